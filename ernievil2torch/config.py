@@ -1,0 +1,99 @@
+"""Dataclass configs for the two towers and the dual model.
+
+Every hyper-parameter of the released ERNIE-ViL 2.0 Base (ViT, Chinese) checkpoint is spelled out here, so a
+converted directory's ``config.json`` is the complete description of the network it holds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CUSTOM_MODEL_TYPE = "ernie_vil_2.0_custom"  # any size other than the released Base model
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """ERNIE 3.0 Base text tower (post-norm BERT-style encoder with a tanh pooler)."""
+
+    vocab_size: int = 40000
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 2048
+    # Paddle's LayerNorm default. PaddleNLP >= 2.6 (1e-12) and the seed port (1e-12) got this wrong.
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 0
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """CLIP-style ViT-B/16 image tower (pre-norm blocks, QuickGELU, ln_pre and ln_post)."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_positions(self) -> int:
+        return self.num_patches + 1
+
+
+@dataclass(frozen=True)
+class ErnieViL2Config:
+    """The dual encoder: both towers plus the contrastive temperature flag."""
+
+    text: TextConfig = field(default_factory=TextConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    # Whether the checkpoint carried a temperature; without one the model scores by plain cosine.
+    has_temperature: bool = True
+    model_type: str = "ernie_vil_2.0_base_vit"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ErnieViL2Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        data = dict(data)
+        text = TextConfig(**data.pop("text", {}))
+        vision = VisionConfig(**data.pop("vision", {}))
+        return cls(text=text, vision=vision, **data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ErnieViL2Config":
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def base_config() -> ErnieViL2Config:
+    """The released ERNIE-ViL 2.0 Base (ViT) model."""
+    return ErnieViL2Config()
+
+
+def tiny_config() -> ErnieViL2Config:
+    """A two-layer model of the same architecture (head size 64 like Base, so it can be inferred), for tests."""
+    return ErnieViL2Config(
+        text=TextConfig(vocab_size=120, hidden_size=128, num_layers=2, num_heads=2,
+                        intermediate_size=256, max_position_embeddings=64),
+        vision=VisionConfig(image_size=32, patch_size=8, hidden_size=128, num_layers=2, num_heads=2,
+                            intermediate_size=256),
+        model_type=CUSTOM_MODEL_TYPE,
+    )

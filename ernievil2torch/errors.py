@@ -1,0 +1,21 @@
+"""The project's own error types: every bad checkpoint or input ends in one of these, with a specific message."""
+
+
+class ErnieViL2Error(Exception):
+    """Base class: a problem with the user's input that the project detected and explained."""
+
+
+class CheckpointError(ErnieViL2Error, ValueError):
+    """A checkpoint that cannot be read safely or does not hold the expected model."""
+
+
+class UnsafePickleError(CheckpointError):
+    """A pickle asked for a global outside the allow-list; nothing from it was executed."""
+
+
+class KeyMapError(CheckpointError):
+    """A state dict whose keys or shapes do not match the layout it was detected as."""
+
+
+class InputError(ErnieViL2Error, ValueError):
+    """An image or text the front ends cannot turn into model input."""

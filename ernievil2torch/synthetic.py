@@ -1,0 +1,69 @@
+"""Seeded random checkpoints in either Paddle layout: the stand-in for the real weights in tests and the demo.
+
+Every parameter is randomised — LayerNorm scales and biases, embeddings, the temperature — so a converter or
+model that mixes up any two tensors, forgets a transpose or uses the wrong epsilon produces a visible error.
+The weights are RANDOM: features from them mean nothing; they only prove the port computes Paddle's function.
+"""
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import numpy as np
+
+from .config import ErnieViL2Config, base_config
+from .key_maps import LAYOUTS, target_shapes, to_layout
+from .pdparams import STRUCTURE_KEY
+
+SYNTHETIC_NOTICE = ("SYNTHETIC CHECKPOINT: every weight is random (seeded). Its similarities are meaningless; "
+                    "it only proves that conversion and the PyTorch model reproduce Paddle's computation.")
+
+
+def random_state(config: Optional[ErnieViL2Config] = None, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Our-layout state dict (float32 numpy) with every tensor drawn at a scale that keeps activations sane."""
+    config = config or base_config()
+    rng = np.random.default_rng(seed)
+    state: Dict[str, np.ndarray] = {}
+    for name, shape in target_shapes(config).items():
+        if name == "temperature":
+            value = rng.uniform(math.log(10.0), math.log(100.0), size=shape)
+        elif "norm" in name and name.endswith(".weight"):
+            value = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif name.endswith(".bias"):
+            value = 0.05 * rng.standard_normal(shape)
+        elif name in ("vision.class_embedding", "vision.positional_embedding") or "embeddings" in name:
+            value = 0.1 * rng.standard_normal(shape)
+        else:
+            value = 0.02 * rng.standard_normal(shape)
+        state[name] = value.astype(np.float32)
+    return state
+
+
+def layout_state(config: ErnieViL2Config, layout: str = "official", seed: int = 0,
+                 with_classifier_head: bool = True) -> Dict[str, np.ndarray]:
+    """A random checkpoint in the given Paddle key layout (official adds the unused ``visual.classfy`` head)."""
+    state = to_layout(random_state(config, seed), LAYOUTS[layout], config)
+    if layout == "official" and with_classifier_head:
+        rng = np.random.default_rng(seed + 1)
+        hidden = config.vision.hidden_size
+        state["visual.classfy.weight"] = (0.02 * rng.standard_normal((hidden, 1000))).astype(np.float32)
+        state["visual.classfy.bias"] = np.zeros(1000, np.float32)
+    return state
+
+
+def save_pdparams(state: Dict[str, np.ndarray], path: Union[str, Path], protocol: int = 4) -> Path:
+    """Pickle a state dict the way ``paddle.save`` does (plain dict of arrays plus the name-map entry)."""
+    payload = dict(state)
+    payload[STRUCTURE_KEY] = {k: k for k in state}
+    path = Path(path)
+    with open(path, "wb") as handle:
+        pickle.dump(payload, handle, protocol=protocol)
+    return path
+
+
+def write_synthetic_pdparams(path: Union[str, Path], config: Optional[ErnieViL2Config] = None,
+                             layout: str = "official", seed: int = 0) -> Path:
+    """Write a seeded random full-size (by default) ``.pdparams`` in the given layout."""
+    return save_pdparams(layout_state(config or base_config(), layout, seed), path)

@@ -1,0 +1,56 @@
+"""CLIP-style ViT-B/16 image tower: patch conv (no bias), class token, ln_pre, pre-norm blocks, ln_post."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import VisionConfig
+from .layers import MLP, SelfAttention, quick_gelu
+
+
+class VisionBlock(nn.Module):
+    """Pre-norm transformer block: ``x += Attn(LN1(x)); x += MLP(LN2(x))`` with QuickGELU."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.attn = SelfAttention(cfg.hidden_size, cfg.num_heads)
+        self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, quick_gelu)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionEncoder(nn.Module):
+    """Pixels [B, 3, 224, 224] -> 768-d image feature ``norm_post(x)[:, 0]`` (no projection head)."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.patch_embed = nn.Conv2d(cfg.num_channels, cfg.hidden_size, kernel_size=cfg.patch_size,
+                                     stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(cfg.hidden_size))
+        self.positional_embedding = nn.Parameter(torch.zeros(cfg.num_positions, cfg.hidden_size))
+        self.norm_pre = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_layers))
+        self.norm_post = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """All token states [B, 1 + patches, hidden] before norm_post."""
+        cfg = self.config
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (cfg.num_channels, cfg.image_size,
+                                                                         cfg.image_size):
+            raise ValueError(f"pixel_values must be [batch, {cfg.num_channels}, {cfg.image_size}, "
+                             f"{cfg.image_size}], got {tuple(pixel_values.shape)}")
+        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding
+        x = self.norm_pre(x)
+        for block in self.layers:
+            x = block(x)
+        return x
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.norm_post(self.forward_tokens(pixel_values)[:, 0])
