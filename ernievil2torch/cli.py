@@ -1,0 +1,147 @@
+"""Command implementations shared by ``convert.py``, ``check.py``, ``test.py`` and the ``ernievil2`` console command.
+
+Each command raises the project's own errors; :func:`run_command` turns them into a one-line message on stderr and
+a non-zero exit code instead of a traceback.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+from .errors import ErnieViL2Error
+
+EXIT_BAD_INPUT = 2
+EXIT_CHECK_FAILED = 1
+
+
+def run_command(component: Any, name: Optional[str] = None) -> None:
+    """``fire.Fire`` with clean errors: a bad checkpoint or input is one line on stderr and exit code 2."""
+    import fire
+
+    try:
+        fire.Fire(component, name=name)
+    except (ErnieViL2Error, FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        print("interrupted; no partial output was left behind", file=sys.stderr)
+        sys.exit(130)
+
+
+# ---- convert ----------------------------------------------------------------------------------------------------
+def convert(src: Optional[str] = None, dst: str = "converted/ernie_vil2_base", vocab: Optional[str] = None,
+            overwrite: bool = False, dtype: str = "float32") -> None:
+    """Convert an ERNIE-ViL 2.0 .pdparams (official or PaddleNLP layout) into a PyTorch directory.
+
+    Needs no Paddle. Writes DST/config.json and DST/model.safetensors (and DST/vocab.txt with --vocab), atomically.
+
+    Args:
+        src: the .pdparams file; default: OPEN_ERNIE_VIL2_BASE_ViT.pdparams or ERNIE_VIL2_BASE_ViT.pdparams here.
+        dst: output directory (refused if it exists, unless --overwrite).
+        vocab: vocab.txt to copy into the directory, so it is self-contained for the tokenizer.
+        overwrite: replace an existing DST (the old one stays until the new one is complete).
+        dtype: float32 (default, as released), float16, bfloat16, or keep (the source's dtype).
+    """
+    from .conversion import convert_checkpoint, find_default_checkpoint
+
+    source = Path(src) if src is not None else find_default_checkpoint(".")
+    report = convert_checkpoint(source, dst, overwrite=overwrite, vocab=vocab, dtype=dtype)
+    print(report.summary())
+
+
+# ---- check ------------------------------------------------------------------------------------------------------
+def _official_layout_state(state: Dict[str, np.ndarray]):
+    """Any supported layout -> (config, official-layout arrays) for the Paddle reference."""
+    from .key_maps import OFFICIAL, apply_rule, plan_conversion, to_layout
+
+    plan = plan_conversion({k: tuple(a.shape) for k, a in state.items()})
+    if plan.layout is OFFICIAL:
+        return plan.config, state
+    ours = {rule.target: apply_rule(rule, [state[k] for k in rule.sources]) for rule in plan.rules}
+    return plan.config, to_layout(ours, OFFICIAL, plan.config)
+
+
+def _print_side_by_side(label: str, ours: np.ndarray, theirs: np.ndarray, count: int = 10) -> None:
+    np.set_printoptions(precision=8, suppress=True, linewidth=160)
+    print(f"  {label} (first {count} values of row 0)")
+    print(f"    pytorch: {ours[0, :count]}")
+    print(f"    paddle : {theirs[0, :count]}")
+
+
+def logit_check(paddle: Optional[str] = None, torch: Optional[str] = None, seed: int = 0, tiny: bool = False,
+                feature_atol: Optional[float] = None, min_cosine: Optional[float] = None,
+                logit_atol: Optional[float] = None, workdir: Optional[str] = None) -> None:
+    """Run the Paddle reference and the PyTorch port on the same inputs and compare (needs paddlepaddle).
+
+    With no --paddle/--torch: builds a seeded synthetic full-size checkpoint in the official layout with EVERY
+    weight random, converts it with the same code as convert.py, and checks it end to end.
+
+    Args:
+        paddle: the original .pdparams (official or PaddleNLP layout).
+        torch: the directory convert.py made from it.
+        seed: seed of the synthetic checkpoint and of the inputs.
+        tiny: use the two-layer test size instead of the full Base size (synthetic mode only).
+        feature_atol, min_cosine, logit_atol: pass bounds (defaults: 1e-5, 0.999999, 1e-4).
+        workdir: where the synthetic checkpoint and its conversion go (default: a temporary directory, removed).
+    """
+    from . import parity
+    from .conversion import convert_checkpoint
+    from .model import ErnieViL2
+    from .pdparams import load_pdparams
+
+    if (paddle is None) != (torch is None):
+        raise ErnieViL2Error("give both --paddle X.pdparams and --torch DIR, or neither (synthetic check)")
+    feature_atol = parity.FEATURE_ATOL if feature_atol is None else feature_atol
+    min_cosine = parity.MIN_COSINE if min_cosine is None else min_cosine
+    logit_atol = parity.LOGIT_ATOL if logit_atol is None else logit_atol
+
+    with tempfile.TemporaryDirectory(prefix="ernievil2-check-") as scratch:
+        base = Path(workdir) if workdir else Path(scratch)
+        base.mkdir(parents=True, exist_ok=True)
+        if paddle is None:
+            from .config import base_config, tiny_config
+            from .synthetic import SYNTHETIC_NOTICE, write_synthetic_pdparams
+
+            print(f"*** {SYNTHETIC_NOTICE}")
+            config = tiny_config() if tiny else base_config()
+            paddle = str(write_synthetic_pdparams(base / "synthetic_official.pdparams", config, "official", seed))
+            torch = str(base / "synthetic_converted")
+            print(convert_checkpoint(paddle, torch, overwrite=True).summary())
+        try:
+            with warnings.catch_warnings():  # Paddle warns about a missing ccache at import
+                warnings.simplefilter("ignore")
+                from .paddle_reference import run_reference
+        except ImportError as exc:
+            raise ErnieViL2Error(f"the logit check needs paddlepaddle ({exc}); pip install -r "
+                                 "requirements-paddle.txt") from None
+        config, official = _official_layout_state(load_pdparams(paddle))
+        model = ErnieViL2.from_pretrained(torch)
+        if model.config.text != config.text or model.config.vision != config.vision:
+            raise ErnieViL2Error(f"{torch} holds a different model size than {paddle}")
+        inputs = parity.synthetic_inputs(config, seed)
+        reference = run_reference(config, official, inputs.pixel_values, inputs.input_ids)
+        ours = parity.run_torch(model, inputs)
+
+    print(f"\ninputs: {inputs.pixel_values.shape[0]} images (seeded pixels), {inputs.input_ids.shape[0]} texts "
+          f"(token ids, lengths {(inputs.input_ids != 0).sum(1).tolist()}, padded to {inputs.input_ids.shape[1]})")
+    print("### pytorch vs paddle")
+    _print_side_by_side("visual_output", ours["image_features"], reference["image_features"])
+    _print_side_by_side("text_output", ours["text_features"], reference["text_features"])
+    print(f"  logit_scale: pytorch {None if ours['logit_scale'] is None else float(ours['logit_scale'][0]):} "
+          f"paddle {reference['logit_scale']}")
+    report = parity.compare(ours, reference)
+    print()
+    print(report.table())
+    ok = report.passed(feature_atol, min_cosine, logit_atol)
+    print(f"\n{'PASS' if ok else 'FAIL'}: bounds features max abs <= {feature_atol:g}, cosine >= {min_cosine}, "
+          f"logits max abs <= {logit_atol:g}")
+    if not ok:
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+COMMANDS: Dict[str, Callable[..., Any]] = {"convert": convert, "check": logit_check}
