@@ -1,0 +1,118 @@
+"""The PyTorch port against the Paddle reference: full-size and tiny, both checkpoint layouts, every weight random.
+
+Bounds (fp32, CPU): features max abs diff <= 1e-5 and cosine >= 0.999999 per tower, logits max abs diff <= 1e-4.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("paddle")
+
+from ernievil2torch import parity  # noqa: E402
+from ernievil2torch.cli import _official_layout_state  # noqa: E402
+from ernievil2torch.conversion import convert_checkpoint  # noqa: E402
+from ernievil2torch.model import ErnieViL2  # noqa: E402
+from ernievil2torch.paddle_reference import run_reference  # noqa: E402
+from ernievil2torch.pdparams import load_pdparams  # noqa: E402
+from ernievil2torch.synthetic import layout_state, save_pdparams  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def convert_and_compare(pdparams: Path, out_dir: Path):
+    report = convert_checkpoint(pdparams, out_dir)
+    config, official = _official_layout_state(load_pdparams(pdparams))
+    inputs = parity.synthetic_inputs(config, seed=7)
+    reference = run_reference(config, official, inputs.pixel_values, inputs.input_ids)
+    ours = parity.run_torch(ErnieViL2.from_pretrained(out_dir), inputs)
+    figures = parity.compare(ours, reference)
+    print(f"\n{pdparams.name} ({report.layout}):\n{figures.table()}")
+    return figures, ours, reference
+
+
+@pytest.mark.parametrize("layout", ["official", "paddlenlp"])
+def test_tiny_matches_paddle_reference(synthetic_pdparams, tmp_path, layout):
+    figures, _, _ = convert_and_compare(synthetic_pdparams("tiny", layout), tmp_path / "out")
+    assert figures.passed(), figures.table()
+
+
+@pytest.mark.fullsize
+@pytest.mark.parametrize("layout", ["official", "paddlenlp"])
+def test_full_size_matches_paddle_reference(synthetic_pdparams, tmp_path, layout):
+    figures, ours, _ = convert_and_compare(synthetic_pdparams("base", layout), tmp_path / "out")
+    assert figures.passed(), figures.table()
+    assert ours["image_features"].shape == (2, 768) and ours["text_features"].shape == (4, 768)
+
+
+def test_checkpoint_without_temperature_scores_by_plain_cosine(tmp_path):
+    from ernievil2torch.config import tiny_config
+
+    state = layout_state(tiny_config(), "official", seed=5)
+    del state["contrastive_loss_mm.temperature_b"]
+    src = save_pdparams(state, tmp_path / "no_temp.pdparams")
+    figures, ours, reference = convert_and_compare(src, tmp_path / "out")
+    assert figures.passed(), figures.table()
+    assert ours["logit_scale"] is None and reference["logit_scale"] is None
+    assert np.abs(ours["logits_per_image"]).max() <= 1.0 + 1e-6
+
+
+def test_a_wrong_weight_is_detected(synthetic_pdparams, tmp_path):
+    """The comparison can fail: perturb one LayerNorm bias of the converted model and the bound is broken."""
+    src = synthetic_pdparams("tiny", "official")
+    figures, _, _ = convert_and_compare(src, tmp_path / "out")
+    assert figures.passed()
+    model = ErnieViL2.from_pretrained(tmp_path / "out")
+    with torch.no_grad():
+        model.text.layers[1].norm2.bias[3] += 1e-3
+    config, official = _official_layout_state(load_pdparams(src))
+    inputs = parity.synthetic_inputs(config, seed=7)
+    broken = parity.compare(parity.run_torch(model, inputs),
+                            run_reference(config, official, inputs.pixel_values, inputs.input_ids))
+    assert not broken.passed() and broken.text_max_abs > 1e-5 and broken.image_max_abs <= 1e-5
+
+
+def test_padding_does_not_change_text_features(synthetic_pdparams, tmp_path):
+    convert_checkpoint(synthetic_pdparams("tiny", "official"), tmp_path / "out")
+    model = ErnieViL2.from_pretrained(tmp_path / "out")
+    ids = torch.tensor([[1, 17, 29, 33, 2]])
+    padded = torch.cat([ids, torch.zeros(1, 11, dtype=torch.long)], dim=1)
+    with torch.inference_mode():
+        np.testing.assert_allclose(model.encode_text(ids), model.encode_text(padded), atol=1e-6, rtol=0)
+
+
+def run_check(*args):
+    return subprocess.run([sys.executable, "check.py", "logit_check", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_check_cli_synthetic_tiny_passes_and_says_weights_are_random():
+    proc = run_check("--tiny")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SYNTHETIC CHECKPOINT: every weight is random" in proc.stdout
+    assert "PASS" in proc.stdout and "image features" in proc.stdout and "text features" in proc.stdout
+
+
+def test_check_cli_fails_on_a_mismatching_conversion(synthetic_pdparams, tmp_path):
+    """check.py exits 1 when the PyTorch directory does not compute the Paddle file's function."""
+    from ernievil2torch.config import tiny_config
+
+    src = synthetic_pdparams("tiny", "official")
+    other = save_pdparams(layout_state(tiny_config(), "official", seed=99), tmp_path / "other.pdparams")
+    convert_checkpoint(other, tmp_path / "other")
+    proc = run_check("--paddle", str(src), "--torch", str(tmp_path / "other"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL" in proc.stdout
+
+
+def test_check_cli_real_file_mode_passes(synthetic_pdparams, tmp_path):
+    src = synthetic_pdparams("tiny", "paddlenlp")
+    convert_checkpoint(src, tmp_path / "conv")
+    proc = run_check("--paddle", str(src), "--torch", str(tmp_path / "conv"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SYNTHETIC" not in proc.stdout and "PASS" in proc.stdout
