@@ -107,11 +107,15 @@ def logit_check(paddle: Optional[str] = None, torch: Optional[str] = None, seed:
             from .config import base_config, tiny_config
             from .synthetic import SYNTHETIC_NOTICE, write_synthetic_pdparams
 
+            from .demo import write_synthetic_vocab
+
             print(f"*** {SYNTHETIC_NOTICE}")
             config = tiny_config() if tiny else base_config()
             paddle = str(write_synthetic_pdparams(base / "synthetic_official.pdparams", config, "official", seed))
+            # The tiny size exists for speed; only the full size gets a (synthetic) vocab for performance_check.
+            vocab = None if tiny else write_synthetic_vocab(base / "synthetic_vocab.txt", config.text.vocab_size)
             torch = str(base / "synthetic_converted")
-            print(convert_checkpoint(paddle, torch, overwrite=True).summary())
+            print(convert_checkpoint(paddle, torch, overwrite=True, vocab=vocab).summary())
         try:
             with warnings.catch_warnings():  # Paddle warns about a missing ccache at import
                 warnings.simplefilter("ignore")
@@ -144,4 +148,79 @@ def logit_check(paddle: Optional[str] = None, torch: Optional[str] = None, seed:
         sys.exit(EXIT_CHECK_FAILED)
 
 
-COMMANDS: Dict[str, Callable[..., Any]] = {"convert": convert, "check": logit_check}
+# ---- similarity (test.py performance_check) --------------------------------------------------------------------
+def _split_list(value: Any) -> Optional[list]:
+    """fire gives "a,b" as a str and a,b as a tuple; accept both (and None)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return [str(item) for item in value]
+
+
+def _is_synthetic(model_dir: Path) -> bool:
+    from safetensors import safe_open
+
+    from .io import WEIGHTS_NAME
+
+    with safe_open(str(model_dir / WEIGHTS_NAME), framework="pt") as handle:
+        return (handle.metadata() or {}).get("source_file", "").startswith("synthetic")
+
+
+def performance_check(model: str = "demo/synthetic_converted", images: Any = None, texts: Any = None,
+                      vocab: Optional[str] = None, max_length: int = 48) -> None:
+    """Print the text x image cosine-similarity matrix (rows texts, columns images) and per-image probabilities.
+
+    Args:
+        model: a directory written by convert.py (its vocab.txt is used unless --vocab is given).
+        images: comma-separated image paths; default: three images this project draws (disc, square, triangle).
+        texts: comma-separated captions; default: captions describing the default images.
+        vocab: vocab.txt, when the model directory has none.
+        max_length: token length including [CLS]/[SEP] (48 as in the official evaluation).
+    """
+    import torch
+
+    from .demo import DEMO_CAPTIONS, demo_images
+    from .image_processing import ErnieViL2ImageProcessor
+    from .model import ErnieViL2
+    from .tokenizer import ErnieViL2Tokenizer
+
+    model_dir = Path(model)
+    net = ErnieViL2.from_pretrained(model_dir)
+    vocab_file = Path(vocab) if vocab else model_dir / "vocab.txt"
+    if not vocab_file.is_file():
+        raise ErnieViL2Error(f"{model_dir} has no vocab.txt: pass --vocab vocab.txt (or convert with --vocab)")
+    tokenizer = ErnieViL2Tokenizer(vocab_file)
+    image_list = _split_list(images)
+    text_list = _split_list(texts) or list(DEMO_CAPTIONS)
+    pixel_values = ErnieViL2ImageProcessor()(image_list if image_list else demo_images())
+    image_names = [Path(p).name for p in image_list] if image_list else ["disc(drawn)", "square(drawn)",
+                                                                          "triangle(drawn)"]
+    batch = tokenizer(text_list, max_length=max_length, padding="longest")
+    with torch.inference_mode():
+        image_features = net.encode_image(pixel_values, normalize=True)
+        text_features = net.encode_text(batch["input_ids"], batch["attention_mask"], normalize=True)
+    similarity = text_features @ image_features.T
+    if _is_synthetic(model_dir):
+        from .synthetic import SYNTHETIC_NOTICE
+
+        print(f"*** {SYNTHETIC_NOTICE}")
+    print(f"model: {model_dir}  images: {', '.join(image_names)}")
+    print("cosine similarity (rows: texts, columns: images)")
+    print(similarity)
+    if net.logit_scale is not None:
+        probs = (net.logit_scale * similarity.T).softmax(dim=-1)
+        print(f"\nper-image probabilities over the texts (logit_scale {float(net.logit_scale):.2f})")
+        for name, row in zip(image_names, probs):
+            best = int(row.argmax())
+            print(f"  {name}: " + ", ".join(f"{t} {p:.3f}" for t, p in zip(text_list, row.tolist()))
+                  + f"  -> {text_list[best]}")
+
+
+COMMANDS: Dict[str, Callable[..., Any]] = {"convert": convert, "check": logit_check,
+                                           "similarity": performance_check}
+
+
+def main() -> None:
+    """The ``ernievil2`` console command."""
+    run_command(COMMANDS, name="ernievil2")

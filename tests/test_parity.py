@@ -116,3 +116,20 @@ def test_check_cli_real_file_mode_passes(synthetic_pdparams, tmp_path):
     proc = run_check("--paddle", str(src), "--torch", str(tmp_path / "conv"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SYNTHETIC" not in proc.stdout and "PASS" in proc.stdout
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_file_written_by_paddle_save_converts_and_matches(tmp_path, protocol):
+    """A .pdparams written by Paddle itself (paddle.save of the reference's state_dict) converts unchanged."""
+    import paddle
+
+    from ernievil2torch.config import tiny_config
+    from ernievil2torch.paddle_reference import PaddleErnieViL2, load_official_state
+
+    config = tiny_config()
+    reference = PaddleErnieViL2(config)
+    load_official_state(reference, layout_state(config, "official", seed=11))
+    path = tmp_path / "paddle_saved.pdparams"
+    paddle.save(reference.state_dict(), str(path), protocol=protocol)
+    figures, _, _ = convert_and_compare(path, tmp_path / "out")
+    assert figures.passed(), figures.table()
