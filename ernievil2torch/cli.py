@@ -209,8 +209,8 @@ def performance_check(model: str = "demo/synthetic_converted", images: Any = Non
     print("cosine similarity (rows: texts, columns: images)")
     print(similarity)
     if net.logit_scale is not None:
-        probs = (net.logit_scale * similarity.T).softmax(dim=-1)
-        print(f"\nper-image probabilities over the texts (logit_scale {float(net.logit_scale):.2f})")
+        probs = (net.logit_scale.detach() * similarity.T).softmax(dim=-1)
+        print(f"\nper-image probabilities over the texts (logit_scale {float(net.logit_scale.detach()):.2f})")
         for name, row in zip(image_names, probs):
             best = int(row.argmax())
             print(f"  {name}: " + ", ".join(f"{t} {p:.3f}" for t, p in zip(text_list, row.tolist()))

@@ -6,6 +6,7 @@ lets the random-weight demo tokenize its captions.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import List, Tuple, Union
 
@@ -47,11 +48,13 @@ def write_synthetic_vocab(path: Union[str, Path], vocab_size: int = 40000) -> Pa
     seen = set(tokens)
     for caption in DEMO_CAPTIONS:  # make sure the demo captions never hit [UNK]
         tokens += [ch for ch in caption if ch not in seen and not seen.add(ch)]
-    code = 0x4E00
-    while len(tokens) < vocab_size - 1:
+    # CJK Unified Ideographs, then Extension A, then Extension B: plenty of single-character tokens.
+    codes = itertools.chain(range(0x4E00, 0xA000), range(0x3400, 0x4DC0), range(0x20000, 0x2A6E0))
+    for code in codes:
+        if len(tokens) >= vocab_size - 1:
+            break
         if chr(code) not in seen:
             tokens.append(chr(code))
-        code += 1
     tokens.append("[UNK]")
     path = Path(path)
     path.write_text("".join(f"{token}\t{index}\n" for index, token in enumerate(tokens)), encoding="utf-8")
