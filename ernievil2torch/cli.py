@@ -49,8 +49,9 @@ def convert(src: Optional[str] = None, dst: str = "converted/ernie_vil2_base", v
     """
     from .conversion import convert_checkpoint, find_default_checkpoint
 
-    source = Path(src) if src is not None else find_default_checkpoint(".")
-    report = convert_checkpoint(source, dst, overwrite=overwrite, vocab=vocab, dtype=dtype)
+    # fire turns numeric-looking arguments (--dst 2024) into numbers: paths are strings
+    source = Path(str(src)) if src is not None else find_default_checkpoint(".")
+    report = convert_checkpoint(source, str(dst), overwrite=overwrite, vocab=vocab, dtype=dtype)
     print(report.summary())
 
 

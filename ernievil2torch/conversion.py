@@ -80,10 +80,12 @@ def _check_dtypes(state: Dict[str, np.ndarray]) -> None:
 def _count_non_finite(state: Dict[str, np.ndarray]) -> Dict[str, int]:
     counts = {}
     for key, array in state.items():
-        if array.dtype.kind == "f":
+        if array.dtype == np.uint16:  # bf16 bits: all-ones exponent (0x7F80) is Inf or NaN
+            bad = int(np.count_nonzero((array & 0x7F80) == 0x7F80))
+        else:
             bad = array.size - int(np.count_nonzero(np.isfinite(array)))
-            if bad:
-                counts[key] = bad
+        if bad:
+            counts[key] = bad
     return counts
 
 
