@@ -218,10 +218,69 @@ def performance_check(model: str = "demo/synthetic_converted", images: Any = Non
                   + f"  -> {text_list[best]}")
 
 
-COMMANDS: Dict[str, Callable[..., Any]] = {"convert": convert, "check": logit_check,
-                                           "similarity": performance_check}
+def classify(model: str, images: Any, labels: Any, templates: Any = None, vocab: Optional[str] = None) -> None:
+    """Zero-shot classification: per-image probabilities over your labels (prompt ensemble, open_clip style).
+
+    Args:
+        model: a directory written by convert.py.
+        images: comma-separated image paths.
+        labels: comma-separated class names, e.g. 猫,狗,汽车.
+        templates: comma-separated prompt templates with {} for the label; default 一张{}的照片.
+        vocab: vocab.txt, when the model directory has none.
+    """
+    from .image_processing import ErnieViL2ImageProcessor
+    from .model import ErnieViL2
+    from .tokenizer import ErnieViL2Tokenizer
+    from .zero_shot import DEFAULT_TEMPLATES, build_classifier, classify as zero_shot_classify
+
+    model_dir = Path(model)
+    net = ErnieViL2.from_pretrained(model_dir)
+    vocab_file = Path(vocab) if vocab else model_dir / "vocab.txt"
+    if not vocab_file.is_file():
+        raise ErnieViL2Error(f"{model_dir} has no vocab.txt: pass --vocab vocab.txt (or convert with --vocab)")
+    image_list, label_list = _split_list(images) or [], _split_list(labels) or []
+    if not image_list or not label_list:
+        raise ErnieViL2Error("give --images a.jpg,b.jpg and --labels 猫,狗")
+    classifier = build_classifier(net, ErnieViL2Tokenizer(vocab_file), label_list,
+                                  tuple(_split_list(templates) or DEFAULT_TEMPLATES))
+    probs = zero_shot_classify(net, ErnieViL2ImageProcessor()(image_list), classifier)
+    for path, row in zip(image_list, probs.tolist()):
+        best = max(range(len(row)), key=row.__getitem__)
+        print(f"{Path(path).name}: {label_list[best]} ({row[best]:.3f})  |  "
+              + ", ".join(f"{label} {p:.3f}" for label, p in zip(label_list, row)))
+
+
+def export(model: str, out: str, format: str = "hf", overwrite: bool = False, vocab: Optional[str] = None,
+           opset: int = 17) -> None:
+    """Export a converted model: --format hf (stock transformers ErnieModel + CLIPVisionModel) or onnx (both towers).
+
+    Args:
+        model: a directory written by convert.py.
+        out: output directory.
+        format: hf or onnx.
+        overwrite: replace an existing output directory.
+        vocab: vocab.txt for the HF tokenizer files, when the model directory has none (hf only).
+        opset: ONNX opset (onnx only).
+    """
+    from . import export as exporters
+
+    if format == "hf":
+        print(exporters.export_hf(model, out, vocab=vocab, overwrite=overwrite))
+    elif format == "onnx":
+        print(exporters.export_onnx(model, out, opset=opset, overwrite=overwrite))
+    else:
+        raise ErnieViL2Error(f"--format must be hf or onnx, not {format!r}")
+
+
+COMMANDS: Dict[str, Callable[..., Any]] = {
+    "convert": convert, "check": logit_check, "similarity": performance_check, "classify": classify,
+    "export": export,
+}
 
 
 def main() -> None:
     """The ``ernievil2`` console command."""
-    run_command(COMMANDS, name="ernievil2")
+    from .embed import embed
+    from .retrieval import evaluate, search
+
+    run_command({**COMMANDS, "embed": embed, "search": search, "eval": evaluate}, name="ernievil2")

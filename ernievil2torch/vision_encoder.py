@@ -18,8 +18,12 @@ class VisionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, quick_gelu)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, first_token_only: bool = False) -> torch.Tensor:
+        """``first_token_only``: return only the class token's output [B, 1, D] (what the last block feeds on)."""
+        if first_token_only:
+            x = x[:, :1] + self.attn(self.norm1(x), first_query_only=True)
+        else:
+            x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
@@ -37,8 +41,8 @@ class VisionEncoder(nn.Module):
         self.layers = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_layers))
         self.norm_post = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """All token states [B, 1 + patches, hidden] before norm_post."""
+    def forward_tokens(self, pixel_values: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
+        """All token states [B, 1 + patches, hidden] before norm_post ([B, 1, hidden] with class_token_only)."""
         cfg = self.config
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (cfg.num_channels, cfg.image_size,
                                                                          cfg.image_size):
@@ -48,9 +52,11 @@ class VisionEncoder(nn.Module):
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding
         x = self.norm_pre(x)
-        for block in self.layers:
-            x = block(x)
+        last = len(self.layers) - 1
+        for index, block in enumerate(self.layers):
+            x = block(x, first_token_only=class_token_only and index == last)
         return x
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.norm_post(self.forward_tokens(pixel_values)[:, 0])
+        # Only the class token reaches the feature: the last block computes that row alone.
+        return self.norm_post(self.forward_tokens(pixel_values, class_token_only=True)[:, 0])

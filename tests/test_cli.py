@@ -97,3 +97,33 @@ def test_performance_check_on_a_pdparams_gives_a_one_line_hint(small224):
     root, _ = small224
     proc = run("test.py", "performance_check", "--model", str(root / "synthetic_small.pdparams"))
     assert proc.returncode == 2 and "must be converted first" in proc.stderr and "Traceback" not in proc.stderr
+
+
+CONSOLE_SUBCOMMANDS = ("convert", "check", "similarity", "classify", "embed", "search", "eval", "export")
+
+
+@pytest.mark.parametrize("sub", ("",) + CONSOLE_SUBCOMMANDS)
+def test_console_command_help(sub):
+    args = [sys.executable, "-c", "from ernievil2torch.cli import main; main()"] + ([sub] if sub else []) + ["--help"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env={"PAGER": "cat", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    assert "NAME" in text and ("ernievil2" in text)
+    if sub:
+        assert f"ernievil2 {sub}" in text and ("FLAGS" in text or "POSITIONAL ARGUMENTS" in text)
+
+
+def test_classify_prints_a_label_per_image(small224, tmp_path):
+    from ernievil2torch.demo import demo_images
+
+    root, _ = small224
+    paths = []
+    for i, image in enumerate(demo_images()):
+        paths.append(tmp_path / f"shape{i}.png")
+        image.save(paths[-1])
+    proc = subprocess.run([sys.executable, "-c", "from ernievil2torch.cli import main; main()", "classify",
+                           "--model", str(root / "model"), "--images", ",".join(map(str, paths)),
+                           "--labels", "圆形,正方形,三角形"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("shape")]
+    assert len(lines) == 3 and all("圆形" in line and "三角形" in line for line in lines)

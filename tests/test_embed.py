@@ -1,0 +1,231 @@
+"""embed(): generated images and texts -> embeddings equal to per-item encoding; torchrun; resume after a kill."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ernievil2torch import ErnieViL2, tiny_config
+from ernievil2torch.config import VisionConfig
+from ernievil2torch.embed import embed, list_images, list_texts, load_embeddings
+from ernievil2torch.errors import InputError
+from ernievil2torch.image_processing import ErnieViL2ImageProcessor
+from ernievil2torch.synthetic import random_state
+from ernievil2torch.tokenizer import ErnieViL2Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+N_IMAGES = 1000
+SMALL = 60  # images for the torchrun and resume runs
+
+
+def tiny224_config():
+    """Tiny dims (2 layers, hidden 128) but the released 224 / 16 geometry, so the real image processor fits."""
+    return dataclasses.replace(tiny_config(), vision=VisionConfig(
+        image_size=224, patch_size=16, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared 2-core machine: one thread is faster and steadier than two
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    cfg = tiny224_config()
+    model = ErnieViL2(cfg)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(cfg, seed=5).items()})
+    path = tmp_path_factory.mktemp("embed") / "model"
+    model.save_pretrained(path)
+    # A small vocab (ids = line numbers) covering the test texts.
+    tokens = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"] + list("一只猫狗的照片张赛博朋克边缘行者") + \
+        ["a", "photo", "of", "cat", "dog", "##s", ",", "!", "[UNK]"]
+    (path / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return ErnieViL2.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """N_IMAGES generated images (sizes around 224, PNG and JPEG, in sub-folders) plus two broken files."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(N_IMAGES):
+        h, w = int(rng.integers(200, 260)), int(rng.integers(200, 260))
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        sub = root / f"part{i % 3}"
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(arr).save(sub / f"img{i:04d}.{'png' if i % 2 else 'jpg'}")
+    (root / "part0" / "broken.jpg").write_bytes(b"not an image at all")
+    (root / "part1" / "empty.png").write_bytes(b"")
+    return root
+
+
+def _reference(model, paths):
+    processor = ErnieViL2ImageProcessor()
+    with torch.no_grad():
+        return np.concatenate([model.encode_image(processor([p])).numpy() for p in paths])
+
+
+def test_embed_1000_images_matches_per_item(model, model_dir, image_dir, tmp_path):
+    start = time.time()
+    summary = embed(str(image_dir), str(model_dir), str(tmp_path / "out"), kind="image", batch_size=64,
+                    num_workers=2, shard_size=300, progress=False)
+    elapsed = time.time() - start
+    array, ids = load_embeddings(str(tmp_path / "out"))
+    items = list_images(str(image_dir))
+    good = [it for it in items if not it.id.endswith(("broken.jpg", "empty.png"))]
+    assert summary["count"] == N_IMAGES and summary["failed"] == 2
+    assert ids == [it.id for it in good]  # input order (sorted relative paths), failures left out
+    failed = (tmp_path / "out" / "failed.tsv").read_text(encoding="utf-8").splitlines()
+    assert sorted(line.split("\t")[0] for line in failed) == ["part0/broken.jpg", "part1/empty.png"]
+    assert all("InputError" in line for line in failed)
+    reference = _reference(model, [it.source for it in good])
+    diff = float(np.abs(array - reference).max())
+    print(f"embed {N_IMAGES} images in {elapsed:.1f}s; vs per-item encode_image: max abs diff {diff:.3g}")
+    assert array.dtype == np.float32 and array.shape == (N_IMAGES, 128)
+    assert diff <= 1e-5
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [s["rows"] for s in manifest["shards"]] == [299, 299, 300, 102]  # 1002 inputs; broken in shards 0, 1
+
+
+def test_embed_texts_formats(model, model_dir, tmp_path):
+    texts = ["一只猫的照片", "a photo of cats!", "", "赛博朋克边缘行者", "一张狗的照片"]
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    lines = [json.dumps({"id": f"q{i}", "caption": t}, ensure_ascii=False) for i, t in enumerate(texts)]
+    lines.insert(2, "{broken json")
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "t.csv").write_text("key,caption\n" + "\n".join(f"k{i},\"{t}\"" for i, t in enumerate(texts)) + "\n",
+                                    encoding="utf-8")
+    tok = ErnieViL2Tokenizer(model_dir / "vocab.txt")
+    with torch.no_grad():
+        want = np.concatenate([model.encode_text(**tok([t])).numpy() for t in texts if t])
+    for name, kwargs, ids in [("t.txt", {}, ["0", "1", "3", "4"]),
+                              ("t.jsonl", {"field": "caption", "id_field": "id"}, ["q0", "q1", "q3", "q4"]),
+                              ("t.csv", {"field": "caption", "id_field": "key"}, ["k0", "k1", "k3", "k4"])]:
+        out = tmp_path / f"out_{name}"
+        summary = embed(str(tmp_path / name), str(model_dir), str(out), kind="text", batch_size=2,
+                        num_workers=0, shard_size=3, progress=False, **kwargs)
+        array, got_ids = load_embeddings(str(out))
+        assert got_ids == ids, name
+        assert np.abs(array - want).max() <= 1e-5, name
+        assert summary["failed"] == (2 if name == "t.jsonl" else 1)
+
+
+def test_embed_nothing_succeeded(model_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="no image could be embedded"):
+        embed(str(bad), str(model_dir), str(tmp_path / "out"), num_workers=0, progress=False)
+    assert "a.jpg" in (tmp_path / "out" / "failed.tsv").read_text()
+
+
+def test_list_inputs(image_dir, tmp_path):
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{image_dir}/part1/img0001.png\n\n{image_dir}/part0/img0000.jpg\nmissing.png\n")
+    assert [i.id for i in list_images(str(listed))][:2] == [f"{image_dir}/part1/img0001.png",
+                                                             f"{image_dir}/part0/img0000.jpg"]
+    pattern = f"{image_dir}/part2/*.jpg"
+    assert len(list_images(pattern)) == len([i for i in range(N_IMAGES) if i % 3 == 2 and i % 2 == 0])
+    (tmp_path / "x.txt").write_text("a\n\nb\n")
+    assert [(i.id, i.error) for i in list_texts(str(tmp_path / "x.txt"))] == [("0", None), ("1", "empty text"),
+                                                                              ("2", None)]
+
+
+def _small_set(image_dir, tmp_path):
+    listed = tmp_path / "small.txt"
+    items = list_images(str(image_dir))[:SMALL]
+    listed.write_text("\n".join(i.source for i in items) + "\n")
+    return listed
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def test_torchrun_two_ranks_equals_one_process(model_dir, image_dir, tmp_path):
+    listed = _small_set(image_dir, tmp_path)
+    embed(str(listed), str(model_dir), str(tmp_path / "one"), batch_size=8, shard_size=16, num_workers=0,
+          progress=False)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "ernievil2torch.embed",
+           str(listed), str(model_dir), str(tmp_path / "two"), "--batch_size", "8", "--shard_size", "16",
+           "--num_workers", "0"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, ids_one = load_embeddings(str(tmp_path / "one"))
+    two, ids_two = load_embeddings(str(tmp_path / "two"))
+    assert ids_one == ids_two and one.shape == (SMALL - 1, 128)  # part0/broken.jpg is among the first SMALL
+    assert (tmp_path / "one" / "failed.tsv").read_text() == (tmp_path / "two" / "failed.tsv").read_text() != ""
+    print(f"torchrun x2 vs one process: max abs diff {float(np.abs(one - two).max()):.3g}")
+    assert np.array_equal(one, two)
+    metas = [json.loads(p.read_text()) for p in sorted((tmp_path / "two" / "shards").glob("*.json"))]
+    assert len(metas) == 4
+
+
+SLOW_RUN = """
+import sys, time, torch
+torch.set_num_threads(1)
+from ernievil2torch.model import ErnieViL2
+from ernievil2torch.embed import embed
+original = ErnieViL2.encode_image
+def slow(self, *a, **k):
+    time.sleep(0.3)
+    return original(self, *a, **k)
+ErnieViL2.encode_image = slow
+embed(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=8, shard_size=16, num_workers=0, progress=False)
+"""
+
+
+def test_killed_run_resumes(model_dir, image_dir, tmp_path):
+    listed = _small_set(image_dir, tmp_path)
+    out = tmp_path / "resumed"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(listed), str(model_dir), str(out)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "shards" / "00001.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "embeddings.npy").exists()
+    done = sorted(p.name for p in (out / "shards").glob("*.json"))
+    assert 2 <= len(done) < 4
+    summary = embed(str(listed), str(model_dir), str(out), batch_size=8, shard_size=16, num_workers=0,
+                    progress=False)
+    assert summary["shards_skipped"] == len(done) and summary["shards_done_now"] == 4 - len(done)
+    fresh = tmp_path / "fresh"
+    embed(str(listed), str(model_dir), str(fresh), batch_size=8, shard_size=16, num_workers=0, progress=False)
+    a, ids_a = load_embeddings(str(out))
+    b, ids_b = load_embeddings(str(fresh))
+    assert ids_a == ids_b and np.array_equal(a, b)
+    # A different run in the same folder is refused.
+    with pytest.raises(InputError, match="different run"):
+        embed(str(listed), str(model_dir), str(out), shard_size=8, num_workers=0, progress=False)

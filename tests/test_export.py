@@ -1,0 +1,166 @@
+"""export_hf / export_onnx on a tiny random model: stock HF models and ONNX Runtime reproduce our features."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ernievil2torch import ErnieViL2, tiny_config
+from ernievil2torch.export import export_hf, export_onnx
+from ernievil2torch.synthetic import random_state
+
+VOCAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "vocab.txt"
+
+
+def _import_transformers():
+    """Import transformers; a broken torchvision (e.g. a CUDA build beside CPU torch) is hidden from it."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # RuntimeError "operator torchvision::nms does not exist" and the like
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision"] = None  # find_spec -> None: transformers treats it as absent
+    return pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    cfg = tiny_config()
+    model = ErnieViL2(cfg)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(cfg, seed=3).items()})
+    path = tmp_path_factory.mktemp("export") / "tiny"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return ErnieViL2.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf") / "out"
+    export_hf(str(model_dir), str(out), vocab=str(VOCAB) if VOCAB.is_file() else None)
+    return out
+
+
+def _padded_batch(cfg, batch=5, length=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, cfg.text.vocab_size, (batch, length), generator=gen)
+    mask = torch.ones_like(ids)
+    keeps = [length, 5, 2, length - 1, 3, 1, length]
+    for row in range(batch):
+        keep = min(keeps[row % len(keeps)], length)
+        ids[row, keep:] = 0
+        mask[row, keep:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_hf_ernie_matches_text_features(model, hf_dir, attn):
+    transformers = _import_transformers()
+    hf, info = transformers.ErnieModel.from_pretrained(hf_dir / "text", output_loading_info=True,
+                                                       attn_implementation=attn)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert hf.config.type_vocab_size == 1 and hf.config.layer_norm_eps == 1e-5 and hf.config.hidden_act == "gelu"
+    assert torch.count_nonzero(hf.embeddings.token_type_embeddings.weight) == 0
+    ids, mask = _padded_batch(model.config)
+    with torch.no_grad():
+        ours = model.encode_text(ids, mask)
+        theirs = hf.eval()(input_ids=ids, attention_mask=mask).pooler_output
+    diff = (ours - theirs).abs().max().item()
+    print(f"HF ErnieModel ({attn}) vs ours, padded batch: max abs diff {diff:.3g}")
+    assert diff <= 1e-5
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_hf_clip_vision_matches_image_features(model, hf_dir, attn):
+    transformers = _import_transformers()
+    hf, info = transformers.CLIPVisionModel.from_pretrained(hf_dir / "vision", output_loading_info=True,
+                                                            attn_implementation=attn)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    cfg = model.config.vision
+    assert hf.config.hidden_act == "quick_gelu" and hf.config.layer_norm_eps == 1e-6
+    pixels = torch.randn(3, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model.encode_image(pixels)
+        theirs = hf.eval()(pixel_values=pixels).pooler_output
+    diff = (ours - theirs).abs().max().item()
+    print(f"HF CLIPVisionModel ({attn}) vs ours: max abs diff {diff:.3g}")
+    assert diff <= 1e-5
+
+
+@pytest.mark.skipif(not VOCAB.is_file(), reason="needs the released vocab.txt in ../shared/data")
+def test_hf_tokenizer_files(hf_dir):
+    transformers = _import_transformers()
+    from ernievil2torch.tokenizer import ErnieViL2Tokenizer
+
+    lines = (hf_dir / "text" / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 39980 and lines[12084] == lines[18005] == "$"
+    config = json.loads((hf_dir / "text" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["model_max_length"] == 48
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir / "text")
+    ours = ErnieViL2Tokenizer(VOCAB)
+    texts = ["一只猫的照片", "一张狗的照片", "赛博朋克边缘行者", "A photo of a Cat, $5!", "Café 北京 2024年"]
+    want = ours(texts, return_tensors=None)
+    got = hf_tok(texts, padding="max_length", max_length=48, truncation=True)
+    assert got["input_ids"] == want["input_ids"]
+    assert got["attention_mask"] == want["attention_mask"]
+    assert want["input_ids"][0][:8] == [1, 7, 297, 1821, 5, 575, 433, 2]
+    assert hf_tok.convert_tokens_to_ids("$") == 18005 and hf_tok.unk_token_id == 39979
+
+
+def test_export_hf_refuses_existing_dir(model_dir, hf_dir):
+    with pytest.raises(FileExistsError):
+        export_hf(str(model_dir), str(hf_dir))
+
+
+def test_onnx_runtime_matches(model_dir, model, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    out = tmp_path / "onnx"
+    export_onnx(str(model_dir), str(out), opset=17)
+    text = ort.InferenceSession(str(out / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    image = ort.InferenceSession(str(out / "image_encoder.onnx"), providers=["CPUExecutionProvider"])
+    cfg = model.config
+    worst = 0.0
+    for batch, length in [(1, 48), (7, 11), (7, 48)]:
+        ids, mask = _padded_batch(cfg, batch=batch, length=length, seed=batch)
+        pixels = torch.randn(batch, 3, cfg.vision.image_size, cfg.vision.image_size,
+                             generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            want_t = model.encode_text(ids, mask).numpy()
+            want_i = model.encode_image(pixels).numpy()
+        got_t = text.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        got_i = image.run(None, {"pixel_values": pixels.numpy()})[0]
+        assert got_t.shape == (batch, cfg.text.hidden_size) and got_i.shape == (batch, cfg.vision.hidden_size)
+        worst = max(worst, float(np.abs(got_t - want_t).max()), float(np.abs(got_i - want_i).max()))
+    print(f"ONNX Runtime vs ours (batch 1 and 7, lengths 11/48, padded rows): max abs diff {worst:.3g}")
+    assert worst <= 1e-4
+
+
+def test_full_size_hf_export(tmp_path):
+    """The one full-size check (~15 s): released Base dims, random weights, padded text batch."""
+    transformers = _import_transformers()
+    from ernievil2torch import base_config
+
+    cfg = base_config()
+    model = ErnieViL2(cfg)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(cfg, seed=0).items()})
+    model.eval().save_pretrained(tmp_path / "base")
+    export_hf(str(tmp_path / "base"), str(tmp_path / "hf"))
+    ids, mask = _padded_batch(cfg, batch=3, length=48)
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hf_text = transformers.ErnieModel.from_pretrained(tmp_path / "hf" / "text").eval()
+        d_text = (model.encode_text(ids, mask) - hf_text(input_ids=ids, attention_mask=mask).pooler_output).abs().max()
+        del hf_text
+        hf_vision = transformers.CLIPVisionModel.from_pretrained(tmp_path / "hf" / "vision").eval()
+        d_image = (model.encode_image(pixels) - hf_vision(pixel_values=pixels).pooler_output).abs().max()
+    print(f"full size: HF ErnieModel {d_text.item():.3g}, HF CLIPVisionModel {d_image.item():.3g}")
+    assert d_text.item() <= 1e-5 and d_image.item() <= 1e-5
