@@ -97,3 +97,12 @@ def tiny_config() -> ErnieViL2Config:
                             intermediate_size=256),
         model_type=CUSTOM_MODEL_TYPE,
     )
+
+
+def tiny224_config() -> ErnieViL2Config:
+    """Tiny dims with the released input geometry (224 px / 16 px patches, 40000-token vocab): for tests of the
+    front ends and commands, which feed real 224x224 pixels and real-vocab ids."""
+    tiny = tiny_config()
+    return dataclasses.replace(
+        tiny, text=dataclasses.replace(tiny.text, vocab_size=40000),
+        vision=dataclasses.replace(tiny.vision, image_size=224, patch_size=16))

@@ -41,6 +41,18 @@ def random_state(config: Optional[ErnieViL2Config] = None, seed: int = 0) -> Dic
     return state
 
 
+def random_model(config: Optional[ErnieViL2Config] = None, seed: int = 0):
+    """An :class:`~ernievil2torch.model.ErnieViL2` in eval mode holding :func:`random_state` weights."""
+    import torch
+
+    from .model import ErnieViL2
+
+    config = config or base_config()
+    model = ErnieViL2(config)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(config, seed).items()})
+    return model.eval()
+
+
 def layout_state(config: ErnieViL2Config, layout: str = "official", seed: int = 0,
                  with_classifier_head: bool = True) -> Dict[str, np.ndarray]:
     """A random checkpoint in the given Paddle key layout (official adds the unused ``visual.classfy`` head)."""

@@ -1,14 +1,13 @@
 """The design card's commands as a user runs them: convert.py, test.py performance_check, check.py errors."""
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ernievil2torch.config import TextConfig, VisionConfig, tiny_config
+from ernievil2torch.config import tiny224_config, tiny_config
 from ernievil2torch.demo import DEMO_CAPTIONS, write_synthetic_vocab
 from ernievil2torch.synthetic import write_synthetic_pdparams
 
@@ -24,10 +23,7 @@ def run(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProces
 def small224(tmp_path_factory):
     """A 2-layer model with the real input sizes (224 px images, 40000-token vocab), converted with a vocab."""
     root = tmp_path_factory.mktemp("cli")
-    config = dataclasses.replace(
-        tiny_config(), text=TextConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256),
-        vision=VisionConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256))
-    src = write_synthetic_pdparams(root / "synthetic_small.pdparams", config, "official", seed=2)
+    src = write_synthetic_pdparams(root / "synthetic_small.pdparams", tiny224_config(), "official", seed=2)
     vocab = write_synthetic_vocab(root / "vocab.txt")
     proc = run("convert.py", "--src", str(src), "--dst", str(root / "model"), "--vocab", str(vocab))
     assert proc.returncode == 0, proc.stderr

@@ -1,7 +1,6 @@
 """embed(): generated images and texts -> embeddings equal to per-item encoding; torchrun; resume after a kill."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -15,23 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from ernievil2torch import ErnieViL2, tiny_config
-from ernievil2torch.config import VisionConfig
+from ernievil2torch import ErnieViL2
+from ernievil2torch.config import tiny224_config
 from ernievil2torch.embed import embed, list_images, list_texts, load_embeddings
 from ernievil2torch.errors import InputError
 from ernievil2torch.image_processing import ErnieViL2ImageProcessor
-from ernievil2torch.synthetic import random_state
+from ernievil2torch.synthetic import random_model
 from ernievil2torch.tokenizer import ErnieViL2Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 1000
 SMALL = 60  # images for the torchrun and resume runs
-
-
-def tiny224_config():
-    """Tiny dims (2 layers, hidden 128) but the released 224 / 16 geometry, so the real image processor fits."""
-    return dataclasses.replace(tiny_config(), vision=VisionConfig(
-        image_size=224, patch_size=16, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,8 +38,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     cfg = tiny224_config()
-    model = ErnieViL2(cfg)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(cfg, seed=5).items()})
+    model = random_model(cfg, seed=5)
     path = tmp_path_factory.mktemp("embed") / "model"
     model.save_pretrained(path)
     # A small vocab (ids = line numbers) covering the test texts.

@@ -11,7 +11,7 @@ import torch
 
 from ernievil2torch import ErnieViL2, tiny_config
 from ernievil2torch.export import export_hf, export_onnx
-from ernievil2torch.synthetic import random_state
+from ernievil2torch.synthetic import random_model
 
 VOCAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "vocab.txt"
 
@@ -30,8 +30,7 @@ def _import_transformers():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     cfg = tiny_config()
-    model = ErnieViL2(cfg)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(cfg, seed=3).items()})
+    model = random_model(cfg, seed=3)
     path = tmp_path_factory.mktemp("export") / "tiny"
     model.save_pretrained(path)
     return path
@@ -150,8 +149,7 @@ def test_full_size_hf_export(tmp_path):
     from ernievil2torch import base_config
 
     cfg = base_config()
-    model = ErnieViL2(cfg)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(cfg, seed=0).items()})
+    model = random_model(cfg, seed=0)
     model.eval().save_pretrained(tmp_path / "base")
     export_hf(str(tmp_path / "base"), str(tmp_path / "hf"))
     ids, mask = _padded_batch(cfg, batch=3, length=48)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 
@@ -11,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ernievil2torch import ErnieViL2, tiny_config
-from ernievil2torch.config import VisionConfig
+from ernievil2torch import ErnieViL2
+from ernievil2torch.config import tiny224_config
 from ernievil2torch.image_processing import ErnieViL2ImageProcessor
 from ernievil2torch.retrieval import (evaluate, format_table, load_caption_folder, load_coco_cn_tsv,
                                       retrieval_metrics, retrieval_ranks, search_embeddings)
-from ernievil2torch.synthetic import random_state
+from ernievil2torch.synthetic import random_model
 from ernievil2torch.tokenizer import ErnieViL2Tokenizer
 
 
@@ -139,16 +138,10 @@ def test_topk_k_larger_than_gallery():
 
 
 # ---- loaders and end to end -----------------------------------------------------------------------------------
-def _tiny224():
-    return dataclasses.replace(tiny_config(), vision=VisionConfig(
-        image_size=224, patch_size=16, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256))
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    cfg = _tiny224()
-    model = ErnieViL2(cfg)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(cfg, seed=7).items()})
+    cfg = tiny224_config()
+    model = random_model(cfg, seed=7)
     path = tmp_path_factory.mktemp("retrieval") / "model"
     model.save_pretrained(path)
     tokens = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"] + list("一二三四五六七八九十猫狗鸟鱼马牛羊红绿蓝的照片只张") + ["[UNK]"]
