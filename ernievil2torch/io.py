@@ -97,10 +97,27 @@ def _remove_stale_partials(dst: Path) -> None:
         if not os.path.lexists(dst) and kept.is_dir():
             with contextlib.suppress(OSError):
                 os.replace(kept, dst)
-        shutil.rmtree(leftover, ignore_errors=True)
-    for leftover, pid in _leftovers(dst, "partial"):
-        if not _pid_alive(pid):
-            shutil.rmtree(leftover, ignore_errors=True)
+        _discard(leftover, dst)
+    for kind in ("partial", "trash"):
+        for leftover, pid in _leftovers(dst, kind):
+            if not _pid_alive(pid):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _discard(path: Path, dst: Path) -> None:
+    """Delete ``path`` after renaming it to ``.DST.trash-PID-*``.
+
+    A deletion killed half-way then leaves a *trash* directory, never a half-deleted *old* one that a later run
+    would mistake for a complete previous output and restore.
+    """
+    trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.trash-{os.getpid()}-", dir=dst.parent))
+    try:
+        os.replace(path, trash / "x")
+    except OSError:
+        trash.rmdir()
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -142,7 +159,7 @@ def _publish(tmp: Path, dst: Path) -> None:
             os.replace(old / dst.name, dst)  # put the previous output back
             raise
         finally:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old, dst)
 
 
 @contextlib.contextmanager

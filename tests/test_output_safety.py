@@ -274,7 +274,8 @@ def test_failures_while_writing_keep_previous_output(tiny_src, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(tiny_src, dst, overwrite=True)
     monkeypatch.setattr(model_io.os, "replace", real_replace)
-    assert len(calls) == 3 and fingerprint(dst) == previous and os.listdir(tmp_path) == ["model"]
+    # dst -> .old, tmp -> dst (interrupted), .old/dst -> dst (restored), emptied .old -> .trash (discarded)
+    assert len(calls) == 4 and fingerprint(dst) == previous and os.listdir(tmp_path) == ["model"]
 
 
 # ---- loading a converted directory: safetensors only, damage detected ---------------------------------------------
@@ -370,3 +371,18 @@ def test_missing_files_and_wrong_paths(converted, tmp_path, tiny_src):
         ErnieViL2.from_pretrained(tiny_src)
     with pytest.raises(CheckpointError, match="not a converted model directory"):
         ErnieViL2.from_pretrained(tmp_path / "nowhere")
+
+
+def test_half_deleted_old_output_is_never_restored(tiny_src, tmp_path):
+    """A run killed while deleting the replaced output leaves a .trash dir; if DST is then removed, the next run
+    must not resurrect a half-deleted copy (it converts afresh instead)."""
+    dst = tmp_path / "model"
+    convert_checkpoint(tiny_src, dst)
+    complete = fingerprint(dst)
+    dead = _dead_pid()
+    trash = tmp_path / f".model.trash-{dead}-abc"
+    shutil.copytree(dst, trash / "x")
+    (trash / "x" / "model.safetensors").unlink()  # deletion interrupted half-way
+    shutil.rmtree(dst)
+    convert_checkpoint(tiny_src, dst)
+    assert fingerprint(dst) == complete and os.listdir(tmp_path) == ["model"]
