@@ -169,7 +169,7 @@ def _is_synthetic(model_dir: Path) -> bool:
 
 
 def performance_check(model: str = "demo/synthetic_converted", images: Any = None, texts: Any = None,
-                      vocab: Optional[str] = None, max_length: int = 48) -> None:
+                      vocab: Optional[str] = None, max_length: int = 48, plot: Optional[str] = None) -> None:
     """Print the text x image cosine-similarity matrix (rows texts, columns images) and per-image probabilities.
 
     Args:
@@ -178,6 +178,7 @@ def performance_check(model: str = "demo/synthetic_converted", images: Any = Non
         texts: comma-separated captions; default: captions describing the default images.
         vocab: vocab.txt, when the model directory has none.
         max_length: token length including [CLS]/[SEP] (48 as in the official evaluation).
+        plot: also draw the matrix as a heatmap with thumbnails and captions into this PNG (needs matplotlib).
     """
     import torch
 
@@ -194,7 +195,8 @@ def performance_check(model: str = "demo/synthetic_converted", images: Any = Non
     tokenizer = ErnieViL2Tokenizer(vocab_file)
     image_list = _split_list(images)
     text_list = _split_list(texts) or list(DEMO_CAPTIONS)
-    pixel_values = ErnieViL2ImageProcessor()(image_list if image_list else demo_images())
+    pil_images = [_open_image(p) for p in image_list] if image_list else demo_images()
+    pixel_values = ErnieViL2ImageProcessor()(pil_images)
     image_names = [Path(p).name for p in image_list] if image_list else ["disc(drawn)", "square(drawn)",
                                                                           "triangle(drawn)"]
     batch = tokenizer(text_list, max_length=max_length, padding="longest")
@@ -216,6 +218,20 @@ def performance_check(model: str = "demo/synthetic_converted", images: Any = Non
             best = int(row.argmax())
             print(f"  {name}: " + ", ".join(f"{t} {p:.3f}" for t, p in zip(text_list, row.tolist()))
                   + f"  -> {text_list[best]}")
+    if plot:
+        from .plotting import plot_similarity
+
+        written, has_cjk = plot_similarity(similarity.tolist(), pil_images, text_list, plot)
+        print(f"\nheatmap written to {written}" + ("" if has_cjk else " (no CJK font: rows labelled T1..Tn)"))
+
+
+def _open_image(path: str):
+    """Decode one image with the project's checks (clear error for missing, corrupt or bomb files) as RGB PIL."""
+    from PIL import Image
+
+    from .image_processing import ErnieViL2ImageProcessor
+
+    return Image.fromarray(ErnieViL2ImageProcessor().load_image(path))
 
 
 def classify(model: str, images: Any, labels: Any, templates: Any = None, vocab: Optional[str] = None) -> None:

@@ -123,3 +123,16 @@ def test_classify_prints_a_label_per_image(small224, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("shape")]
     assert len(lines) == 3 and all("圆形" in line and "三角形" in line for line in lines)
+
+
+def test_performance_check_plot_writes_a_png(small224, tmp_path):
+    pytest.importorskip("matplotlib")
+    root, _ = small224
+    png = tmp_path / "sim.png"
+    proc = run("test.py", "performance_check", "--model", str(root / "model"), "--plot", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert "heatmap written to" in proc.stdout
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > 300 and image.height > 300
