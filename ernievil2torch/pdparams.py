@@ -7,6 +7,7 @@ validates its arguments (no object dtypes, no pre-allocated shapes), and refuses
 from __future__ import annotations
 
 import collections
+import contextvars
 import io
 import math
 import os
@@ -91,6 +92,16 @@ def _native_copy(array: np.ndarray) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("="), copy=True)
 
 
+# Byte buffers the unpickler read from the file into fresh ``bytearray``s during the current load (id -> buffer;
+# the dict keeps them alive, so an id cannot be reused). The first array built from such a buffer adopts it
+# without a copy (a 1 GB checkpoint is then held once, not twice: the pickle memo keeps every buffer alive until
+# the load ends); any later use of the same buffer (a memo reference) gets a copy, so no two arrays share memory.
+_FRESH_BUFFERS: "contextvars.ContextVar[Optional[Dict[int, bytearray]]]" = contextvars.ContextVar(
+    "_FRESH_BUFFERS", default=None)
+# Byte strings at least this long are read into an adoptable bytearray; shorter ones stay ``bytes`` as usual.
+_ADOPT_MIN_BYTES = 1 << 16
+
+
 def _array_from_bytes(buf: Any, dtype: np.dtype, shape: Tuple[int, ...], fortran: bool) -> np.ndarray:
     if not isinstance(buf, (bytes, bytearray)):
         raise UnsafePickleError(f"array data is a {type(buf).__name__}, not bytes")
@@ -99,7 +110,13 @@ def _array_from_bytes(buf: Any, dtype: np.dtype, shape: Tuple[int, ...], fortran
         raise CheckpointError(f"array data of {len(buf)} bytes does not fill the declared shape {_short(shape)} of "
                               f"{dtype} ({count * dtype.itemsize} bytes): corrupt, or a memory bomb")
     flat = np.frombuffer(buf, dtype=dtype, count=count)
-    return _native_copy(flat.reshape(shape, order="F" if fortran else "C"))
+    array = flat.reshape(shape, order="F" if fortran else "C")
+    fresh = _FRESH_BUFFERS.get()
+    if (fresh is not None and fresh.get(id(buf)) is buf and array.dtype.isnative and array.flags.writeable
+            and array.flags.aligned):
+        del fresh[id(buf)]  # adopted: any other array from this buffer is a copy
+        return array
+    return _native_copy(array)
 
 
 class _ArraySpec:
@@ -262,8 +279,19 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         self._size = size
         self.dispatch = dict(self.dispatch)
         self.dispatch[pickle.BYTEARRAY8[0]] = RestrictedUnpickler._load_bytearray8
+        self.dispatch[pickle.BINBYTES8[0]] = RestrictedUnpickler._load_binbytes8
+        self.dispatch[pickle.BINBYTES[0]] = RestrictedUnpickler._load_binbytes
         self.dispatch[pickle.GLOBAL[0]] = RestrictedUnpickler._load_global
         self.dispatch[pickle.INST[0]] = RestrictedUnpickler._load_inst
+        self._fresh: Dict[int, bytearray] = {}
+
+    def load(self) -> Any:
+        token = _FRESH_BUFFERS.set(self._fresh)
+        try:
+            return super().load()
+        finally:
+            _FRESH_BUFFERS.reset(token)
+            self._fresh.clear()
 
     def _text_line(self) -> str:
         line = self.readline()
@@ -280,17 +308,46 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         klass = self.find_class(module, self._text_line())
         self._instantiate(klass, self.pop_mark())
 
-    def _load_bytearray8(self) -> None:
-        # The stock loader allocates (and zero-fills) the declared length before reading: refuse lengths that
+    def _read_buffer(self, length: int) -> bytearray:
+        # The stock loaders allocate (and zero-fill) the declared length before reading: refuse lengths that
         # cannot be in the file rather than letting 9 bytes of header cost gigabytes.
-        (length,) = struct.unpack("<Q", self.read(8))
         if self._size is not None and length > self._size:
             raise CheckpointError(f"a byte string declares {length} bytes but the file has only {self._size} "
                                   "(corrupt or truncated pickle)")
         data = bytearray(length)
         if self.readinto(data) != length:
             raise pickle.UnpicklingError("pickle data was truncated")
-        self.append(data)
+        return data
+
+    def _load_bytearray8(self) -> None:
+        (length,) = struct.unpack("<Q", self.read(8))
+        buffer = self._read_buffer(length)
+        self._fresh[id(buffer)] = buffer  # protocol 5 array data: adoptable like BINBYTES data
+        self.append(buffer)
+
+    def _load_large_bytes(self, length: int) -> None:
+        # Array data: read into a bytearray the array can adopt (see _FRESH_BUFFERS) instead of a bytes object it
+        # would have to copy. Short strings (dtype codes, scalars, keys) stay bytes.
+        if length < _ADOPT_MIN_BYTES:
+            if self._size is not None and length > self._size:
+                raise CheckpointError(f"a byte string declares {length} bytes but the file has only {self._size} "
+                                      "(corrupt or truncated pickle)")
+            data = self.read(length)
+            if len(data) != length:
+                raise pickle.UnpicklingError("pickle data was truncated")
+            self.append(data)
+            return
+        buffer = self._read_buffer(length)
+        self._fresh[id(buffer)] = buffer
+        self.append(buffer)
+
+    def _load_binbytes8(self) -> None:
+        (length,) = struct.unpack("<Q", self.read(8))
+        self._load_large_bytes(length)
+
+    def _load_binbytes(self) -> None:
+        (length,) = struct.unpack("<I", self.read(4))
+        self._load_large_bytes(length)
 
 
 def _describe_non_pickle(head: bytes) -> str:
