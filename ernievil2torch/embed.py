@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import ErnieViL2Error, InputError
+from .jsonl import iter_jsonl
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}
 TEXT_LIST_EXTENSIONS = {".txt", ".lst", ".list"}
@@ -92,20 +93,15 @@ def list_texts(inputs: Union[str, Sequence[str]], field: str = "text", id_field:
             raise InputError(f"text input '{path}' is not a file")
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as handle:
-                for num, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raw.append((None, None, f"{path.name} line {num}: bad JSON ({exc.msg})"))
-                        continue
-                    if not isinstance(obj, dict) or field not in obj:
-                        raw.append((None, None, f"{path.name} line {num}: no field '{field}'"))
-                        continue
-                    key = obj.get(id_field) if id_field and isinstance(obj, dict) else None
-                    raw.append((None if key is None else str(key), obj[field], None))
+            for num, obj, error in iter_jsonl(path):
+                if error is not None:
+                    raw.append((None, None, f"{path.name} line {num}: {error}"))
+                    continue
+                if not isinstance(obj, dict) or field not in obj:
+                    raw.append((None, None, f"{path.name} line {num}: no field '{field}'"))
+                    continue
+                key = obj.get(id_field) if id_field else None
+                raw.append((None if key is None else str(key), obj[field], None))
         elif suffix in (".csv", ".tsv"):
             with open(path, encoding="utf-8", newline="") as handle:
                 reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .jsonl import iter_jsonl
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 KS = (1, 5, 10)
@@ -309,18 +310,13 @@ def load_caption_folder(images: Union[str, Path], captions: Union[str, Path]) ->
         raise InputError(f"image folder {root} not found")
     pairs: List[Tuple[str, str]] = []
     if cap.suffix.lower() == ".jsonl":
-        with open(cap, encoding="utf-8") as handle:
-            for num, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{cap} line {num}: bad JSON ({exc.msg})") from None
-                if not isinstance(obj, dict) or "image" not in obj or not ("caption" in obj or "captions" in obj):
-                    raise InputError(f"{cap} line {num}: needs 'image' and 'caption' or 'captions'")
-                texts = obj["captions"] if "captions" in obj else [obj["caption"]]
-                pairs.extend((str(t), str(obj["image"])) for t in texts)
+        for num, obj, error in iter_jsonl(cap):
+            if error is not None:
+                raise InputError(f"{cap} line {num}: {error}")
+            if not isinstance(obj, dict) or "image" not in obj or not ("caption" in obj or "captions" in obj):
+                raise InputError(f"{cap} line {num}: needs 'image' and 'caption' or 'captions'")
+            texts = obj["captions"] if "captions" in obj else [obj["caption"]]
+            pairs.extend((str(t), str(obj["image"])) for t in texts)
     else:
         with open(cap, encoding="utf-8", newline="") as handle:
             rows = [r for r in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if r]
