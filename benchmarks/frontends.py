@@ -20,8 +20,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ernievil2torch.image_processing import ErnieViL2ImageProcessor  # noqa: E402
-from ernievil2torch.tokenizer import ErnieViL2Tokenizer  # noqa: E402
+from ernievil2torch.processing.image import ErnieViL2ImageProcessor  # noqa: E402
+from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer  # noqa: E402
 
 
 def main() -> None:

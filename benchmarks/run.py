@@ -4,7 +4,7 @@ Measures, in one process and in alternating rounds (every case once per round, t
 median over rounds), on the same random full-size weights and the same inputs:
 
 * CPU fp32: our image tower (batch 8, 224x224) and text tower (batch 32 x 48 tokens) vs the independent Paddle
-  reference of the official architecture (``ernievil2torch.paddle_reference``);
+  reference of the official architecture (``ernievil2torch.verify.paddle_reference``);
 * CPU bf16 (when oneDNN bf16 is supported) eager and with ``torch.compile`` (inductor, freezing);
 * Hugging Face peers of the same size (CLIPVisionModel ViT-B/16 quick_gelu, BertModel base, SDPA attention);
 * fp32 and bf16 GEMM ceilings (torch.matmul), to express every figure as a fraction of the attainable rate;
@@ -61,8 +61,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from ernievil2torch.config import base_config  # noqa: E402
-from ernievil2torch.model import ErnieViL2  # noqa: E402
-from ernievil2torch.synthetic import layout_state, random_state  # noqa: E402
+from ernievil2torch.modeling import ErnieViL2  # noqa: E402
+from ernievil2torch.verify.synthetic import layout_state, random_state  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -197,7 +197,7 @@ def cpu_section(args, report: dict) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 import paddle
-                from ernievil2torch.paddle_reference import PaddleErnieViL2, load_official_state
+                from ernievil2torch.verify.paddle_reference import PaddleErnieViL2, load_official_state
             paddle.set_device("cpu")
             ref = PaddleErnieViL2(cfg)
             load_official_state(ref, layout_state(cfg, "official", seed=0))
@@ -377,7 +377,7 @@ def gpu_section(args, report: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def frontends_section(args, report: dict) -> None:
     script = ROOT / "benchmarks" / "frontends.py"
-    needed = [ROOT / "ernievil2torch" / "tokenizer.py", ROOT / "ernievil2torch" / "image_processing.py", script]
+    needed = [ROOT / "ernievil2torch" / "processing" / "tokenizer.py", ROOT / "ernievil2torch" / "processing" / "image.py", script]
     if args.no_frontends or not all(p.exists() for p in needed):
         report["frontends"] = "not measured: " + ("--no-frontends" if args.no_frontends else
                                                   "tokenizer / image processing modules not present")
@@ -413,7 +413,7 @@ def conversion_section(args, report: dict) -> None:
         report["notes"].append("conversion not measured: /usr/bin/time is missing")
         report["conversion"] = None
         return
-    from ernievil2torch.synthetic import write_synthetic_pdparams
+    from ernievil2torch.verify.synthetic import write_synthetic_pdparams
 
     with tempfile.TemporaryDirectory(prefix="ernievil2-bench-") as tmp:
         src = Path(tmp) / "full.pdparams"

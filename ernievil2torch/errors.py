@@ -19,3 +19,7 @@ class KeyMapError(CheckpointError):
 
 class InputError(ErnieViL2Error, ValueError):
     """An image or text the front ends cannot turn into model input."""
+
+
+class OutputExistsError(ErnieViL2Error, FileExistsError):
+    """The output already exists and the command was not told to replace it (``--overwrite``)."""

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from ernievil2torch.config import base_config, tiny_config
-from ernievil2torch.synthetic import save_pdparams, layout_state
+from ernievil2torch.conversion.pdparams import save_pdparams
+from ernievil2torch.verify.synthetic import layout_state
 
 CONFIGS = {"tiny": tiny_config, "base": base_config}
 

@@ -16,11 +16,11 @@ from PIL import Image
 
 from ernievil2torch import ErnieViL2
 from ernievil2torch.config import tiny224_config
-from ernievil2torch.embed import embed, list_images, list_texts, load_embeddings
+from ernievil2torch.apps.embed import embed, list_images, list_texts, load_embeddings
 from ernievil2torch.errors import InputError
-from ernievil2torch.image_processing import ErnieViL2ImageProcessor
-from ernievil2torch.synthetic import random_model
-from ernievil2torch.tokenizer import ErnieViL2Tokenizer
+from ernievil2torch.processing.image import ErnieViL2ImageProcessor
+from ernievil2torch.verify.synthetic import random_model
+from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 1000
@@ -185,8 +185,8 @@ def test_torchrun_two_ranks_equals_one_process(model_dir, image_dir, tmp_path):
 SLOW_RUN = """
 import sys, time, torch
 torch.set_num_threads(1)
-from ernievil2torch.model import ErnieViL2
-from ernievil2torch.embed import embed
+from ernievil2torch.modeling import ErnieViL2
+from ernievil2torch.apps.embed import embed
 original = ErnieViL2.encode_image
 def slow(self, *a, **k):
     time.sleep(0.3)

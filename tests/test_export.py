@@ -11,7 +11,7 @@ import torch
 
 from ernievil2torch import ErnieViL2, tiny_config
 from ernievil2torch.export import export_hf, export_onnx
-from ernievil2torch.synthetic import random_model
+from ernievil2torch.verify.synthetic import random_model
 
 VOCAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "vocab.txt"
 
@@ -97,7 +97,7 @@ def test_hf_clip_vision_matches_image_features(model, hf_dir, attn):
 @pytest.mark.skipif(not VOCAB.is_file(), reason="needs the released vocab.txt in ../shared/data")
 def test_hf_tokenizer_files(hf_dir):
     transformers = _import_transformers()
-    from ernievil2torch.tokenizer import ErnieViL2Tokenizer
+    from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
 
     lines = (hf_dir / "text" / "vocab.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 39980 and lines[12084] == lines[18005] == "$"

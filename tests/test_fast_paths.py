@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from ernievil2torch.config import tiny_config
-from ernievil2torch.model import ErnieViL2
-from ernievil2torch.synthetic import random_state
+from ernievil2torch.modeling import ErnieViL2
+from ernievil2torch.modeling.layers import attention_bias
+from ernievil2torch.verify.synthetic import random_state
 
 ATOL = 1e-5
 MIN_HALF_COSINE = 0.999
@@ -43,13 +44,13 @@ def _inputs(batch: int = 4, seed: int = 0):
 def _plain_text(model: ErnieViL2, ids: torch.Tensor) -> torch.Tensor:
     """The unoptimised definition: every token through every block, pooled [CLS], no trimming."""
     text = model.text
-    hidden = text.forward_tokens(ids, None, cls_only=False)
+    hidden = text.forward_tokens(ids, attention_bias(ids != 0, torch.float32), first_token_only=False)
     return torch.tanh(text.pooler(hidden[:, 0]))
 
 
 def _plain_image(model: ErnieViL2, pixels: torch.Tensor) -> torch.Tensor:
     vision = model.vision
-    return vision.norm_post(vision.forward_tokens(pixels, class_token_only=False)[:, 0])
+    return vision.norm_post(vision.forward_tokens(pixels, first_token_only=False)[:, 0])
 
 
 def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -161,8 +162,8 @@ def test_gpu_path_code_runs_without_cuda():
     """The accelerator branches (no host sync for the mask) are exercised on CPU via a meta-free check."""
     model = _model()
     _, ids = _inputs()
-    bias = model.text.attention_bias(ids, None, torch.float32)
+    bias = model.text.padding_bias(ids, None, torch.float32)
     assert bias is not None and bias.shape == (ids.shape[0], 1, 1, ids.shape[1])
-    assert model.text.attention_bias(torch.ones(2, 4, dtype=torch.long), None, torch.float32) is None
+    assert model.text.padding_bias(torch.ones(2, 4, dtype=torch.long), None, torch.float32) is None
     if not torch.cuda.is_available():
         assert np.isfinite(model.encode_text(ids).detach().numpy()).all()

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from ernievil2torch.config import ErnieViL2Config, TextConfig, VisionConfig
 from ernievil2torch.conversion import convert_checkpoint
 from ernievil2torch.errors import CheckpointError, InputError
-from ernievil2torch.pdparams import BIG_PARAM_KEY, STRUCTURE_KEY, load_pdparams
-from ernievil2torch.synthetic import layout_state
+from ernievil2torch.conversion.pdparams import BIG_PARAM_KEY, STRUCTURE_KEY, load_pdparams
+from ernievil2torch.verify.synthetic import layout_state
 
 READER_EXAMPLES = 10_000
 CONVERT_EXAMPLES = 1_000
@@ -171,7 +171,7 @@ def micro_bases():
 
 
 def test_convert_fuzz(micro_bases, tmp_path_factory):
-    from ernievil2torch.model import ErnieViL2
+    from ernievil2torch.modeling import ErnieViL2
 
     offsets = [_op_offsets(b) for b in micro_bases]
     root = tmp_path_factory.mktemp("convert_fuzz")
@@ -220,7 +220,7 @@ texts = st.one_of(
 @pytest.fixture(scope="module")
 def tokenizer():
     try:
-        from ernievil2torch.tokenizer import ErnieViL2Tokenizer
+        from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
     except ImportError:
         pytest.skip("ernievil2torch/tokenizer.py is not there yet")
     if not VOCAB.is_file():

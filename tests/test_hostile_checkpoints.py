@@ -25,12 +25,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ernievil2torch import pdparams
+from ernievil2torch.conversion import pdparams
 from ernievil2torch.config import tiny_config
 from ernievil2torch.conversion import convert_checkpoint
 from ernievil2torch.errors import CheckpointError, KeyMapError, UnsafePickleError
-from ernievil2torch.pdparams import BIG_PARAM_KEY, STRUCTURE_KEY, load_pdparams
-from ernievil2torch.synthetic import layout_state, save_pdparams
+from ernievil2torch.conversion.pdparams import BIG_PARAM_KEY, STRUCTURE_KEY, load_pdparams, save_pdparams
+from ernievil2torch.verify.synthetic import layout_state
 
 REPO = Path(__file__).resolve().parent.parent
 

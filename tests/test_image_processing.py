@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from ernievil2torch.errors import InputError
-from ernievil2torch.image_processing import ErnieViL2ImageProcessor, IMAGENET_MEAN, IMAGENET_STD
+from ernievil2torch.constants import IMAGENET_MEAN, IMAGENET_STD
+from ernievil2torch.processing.image import ErnieViL2ImageProcessor
 
 from helpers import shared_file
 

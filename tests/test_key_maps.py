@@ -4,15 +4,15 @@ import pytest
 
 from ernievil2torch.config import base_config, tiny_config
 from ernievil2torch.errors import KeyMapError
-from ernievil2torch.key_maps import (LAYOUTS, OFFICIAL, PADDLENLP, apply_rule, detect_layout, expand_rules,
-                                     infer_config, plan_conversion, source_shapes, target_shapes, to_layout)
-from ernievil2torch.synthetic import layout_state, random_state
+from ernievil2torch.conversion.layouts import (LAYOUTS, OFFICIAL, PADDLENLP, detect_layout, expand_rules, infer_config,
+                                               plan_conversion, target_shapes, to_layout)
+from ernievil2torch.verify.synthetic import layout_state, random_state
 
 
 def layout_shapes(layout, config):
     targets = target_shapes(config)
     return {key: shape for rule in expand_rules(layout, config)
-            for key, shape in zip(rule.sources, source_shapes(rule, targets[rule.target]))}
+            for key, shape in zip(rule.sources, rule.source_shapes(targets[rule.target]))}
 
 
 @pytest.mark.parametrize("layout, keys", [(OFFICIAL, 350), (PADDLENLP, 398)])
@@ -56,7 +56,7 @@ def test_round_trip_through_each_layout_is_exact(layout):
     ours = random_state(config, seed=3)
     theirs = to_layout(ours, layout, config)
     plan = plan_conversion({k: v.shape for k, v in theirs.items()})
-    back = {rule.target: apply_rule(rule, [theirs[k] for k in rule.sources]) for rule in plan.rules}
+    back = {rule.target: rule.apply([theirs[k] for k in rule.sources]) for rule in plan.rules}
     assert back.keys() == ours.keys()
     for key in ours:
         np.testing.assert_array_equal(back[key], ours[key], err_msg=key)
@@ -67,7 +67,7 @@ def test_fused_qkv_rows_are_q_then_k_then_v_transposed():
     state = layout_state(config, "official", seed=1)
     plan = plan_conversion({k: v.shape for k, v in state.items()})
     rule = next(r for r in plan.rules if r.target == "text.layers.0.attn.qkv.weight")
-    fused = apply_rule(rule, [state[k] for k in rule.sources])
+    fused = rule.apply([state[k] for k in rule.sources])
     hidden = config.text.hidden_size
     for part, name in enumerate("qkv"):
         np.testing.assert_array_equal(fused[part * hidden:(part + 1) * hidden],

@@ -24,12 +24,13 @@ from typing import Dict, Optional
 import numpy as np
 import pytest
 
-from ernievil2torch import io as model_io
+from ernievil2torch.storage import model_dir as model_io
 from ernievil2torch.config import tiny_config
 from ernievil2torch.conversion import convert_checkpoint
 from ernievil2torch.errors import CheckpointError
-from ernievil2torch.model import ErnieViL2
-from ernievil2torch.synthetic import layout_state, save_pdparams
+from ernievil2torch.modeling import ErnieViL2
+from ernievil2torch.conversion.pdparams import save_pdparams
+from ernievil2torch.verify.synthetic import layout_state
 
 REPO = Path(__file__).resolve().parent.parent
 KILL_TRIALS = 20  # half SIGINT, half SIGKILL, alternating

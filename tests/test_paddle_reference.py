@@ -1,4 +1,4 @@
-"""The official-layout Paddle reference (``ernievil2torch.paddle_reference``) against PaddleNLP 2.8.1's ErnieViLModel.
+"""The official-layout Paddle reference (``ernievil2torch.verify.paddle_reference``) against PaddleNLP 2.8.1's ErnieViLModel.
 
 Two independent Paddle implementations of ERNIE-ViL 2.0 — ours in the official key layout, PaddleNLP's port in its
 own layout — are run on the same random weights (every parameter randomised, LayerNorm scales and biases included)
@@ -29,7 +29,7 @@ _USER_OMP_THREADS = os.environ.get("OMP_NUM_THREADS")
 paddle = pytest.importorskip("paddle")
 
 from ernievil2torch.config import ErnieViL2Config, base_config, tiny_config  # noqa: E402
-from ernievil2torch.paddle_reference import (  # noqa: E402
+from ernievil2torch.verify.paddle_reference import (  # noqa: E402
     PaddleErnieViL2,
     load_official_state,
     run_reference,
@@ -216,8 +216,8 @@ def run_torch_port(workdir: Path, paddlenlp_state: dict[str, np.ndarray], pixel_
                    input_ids: np.ndarray) -> dict[str, np.ndarray]:
     """Convert a PaddleNLP-layout state with the project's converter and run the PyTorch model on it."""
     from ernievil2torch.conversion import convert_state
-    from ernievil2torch.model import ErnieViL2
-    from ernievil2torch.parity import ParityInputs, run_torch
+    from ernievil2torch.modeling import ErnieViL2
+    from ernievil2torch.verify.parity import ParityInputs, run_torch
 
     out_dir = workdir / "torch_port"
     convert_state(dict(paddlenlp_state), out_dir, overwrite=True)

@@ -14,13 +14,14 @@ import torch
 
 pytest.importorskip("paddle")
 
-from ernievil2torch import parity  # noqa: E402
-from ernievil2torch.cli import _official_layout_state  # noqa: E402
+from ernievil2torch.verify import parity  # noqa: E402
+from ernievil2torch.verify.logit_check import to_official_layout as _official_layout_state  # noqa: E402
 from ernievil2torch.conversion import convert_checkpoint  # noqa: E402
-from ernievil2torch.model import ErnieViL2  # noqa: E402
-from ernievil2torch.paddle_reference import run_reference  # noqa: E402
-from ernievil2torch.pdparams import load_pdparams  # noqa: E402
-from ernievil2torch.synthetic import layout_state, save_pdparams  # noqa: E402
+from ernievil2torch.modeling import ErnieViL2  # noqa: E402
+from ernievil2torch.verify.paddle_reference import run_reference  # noqa: E402
+from ernievil2torch.conversion.pdparams import load_pdparams  # noqa: E402
+from ernievil2torch.conversion.pdparams import save_pdparams  # noqa: E402
+from ernievil2torch.verify.synthetic import layout_state  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,7 +125,7 @@ def test_file_written_by_paddle_save_converts_and_matches(tmp_path, protocol):
     import paddle
 
     from ernievil2torch.config import tiny_config
-    from ernievil2torch.paddle_reference import PaddleErnieViL2, load_official_state
+    from ernievil2torch.verify.paddle_reference import PaddleErnieViL2, load_official_state
 
     config = tiny_config()
     reference = PaddleErnieViL2(config)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ernievil2torch.errors import InputError
-from ernievil2torch.tokenizer import ErnieViL2Tokenizer, load_vocab
+from ernievil2torch.processing import ErnieViL2Tokenizer, load_vocab
 
 from helpers import oracle_python, run_oracle, shared_file
 

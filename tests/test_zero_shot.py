@@ -8,11 +8,11 @@ import torch.nn.functional as F
 
 from ernievil2torch.config import tiny_config
 from ernievil2torch.errors import InputError
-from ernievil2torch.image_processing import ErnieViL2ImageProcessor
-from ernievil2torch.model import ErnieViL2
-from ernievil2torch.processor import ErnieViL2Processor
-from ernievil2torch.tokenizer import ErnieViL2Tokenizer
-from ernievil2torch.zero_shot import build_classifier, classify
+from ernievil2torch.processing.image import ErnieViL2ImageProcessor
+from ernievil2torch.modeling import ErnieViL2
+from ernievil2torch.processing import ErnieViL2Processor
+from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
+from ernievil2torch.apps.zero_shot import build_classifier, classify
 
 CHARS = "一张的照片猫狗鸟车船飞机图像"
 

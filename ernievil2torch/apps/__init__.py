@@ -1,0 +1,1 @@
+"""Applications built on the library: similarity, zero-shot classification, batch embedding, retrieval."""

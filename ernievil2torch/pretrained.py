@@ -1,0 +1,70 @@
+"""One loader: a converted directory -> the model, its tokenizer and its image processor, in one call.
+
+Every command and app loads through :func:`load_pretrained`, so "where is the vocab" and "which dtype/device" are
+answered in one place (open_clip's ``create_model_and_transforms``, HF's ``from_pretrained`` + processor).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from .constants import VOCAB_NAME
+from .errors import InputError
+from .modeling import ErnieViL2
+from .modeling.dtypes import torch_dtype
+from .processing import ErnieViL2ImageProcessor, ErnieViL2Processor, ErnieViL2Tokenizer
+from .processing.vocab import resolve_vocab
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class Pretrained:
+    """What :func:`load_pretrained` returns. ``tokenizer`` is None when the directory has no vocab (and none was
+    given): image-only uses still work; :meth:`require_tokenizer` explains the fix to text uses."""
+
+    model: ErnieViL2
+    tokenizer: Optional[ErnieViL2Tokenizer]
+    image_processor: ErnieViL2ImageProcessor
+    path: Path
+
+    def require_tokenizer(self) -> ErnieViL2Tokenizer:
+        """The tokenizer, or :class:`InputError` saying how to provide a vocab."""
+        if self.tokenizer is None:
+            raise InputError(f"{self.path} has no {VOCAB_NAME}: pass --vocab vocab.txt (or convert with --vocab)")
+        return self.tokenizer
+
+    @property
+    def processor(self) -> ErnieViL2Processor:
+        return ErnieViL2Processor(self.require_tokenizer(), self.image_processor)
+
+
+def load_pretrained(path: PathLike, *, dtype: Union[str, torch.dtype, None] = None,
+                    device: Union[str, torch.device, None] = None, vocab: Optional[PathLike] = None,
+                    compile: bool = False, resample: str = "official") -> Pretrained:
+    """Load a converted directory with :meth:`ErnieViL2.from_pretrained` plus its front ends.
+
+    Args:
+        path: a directory written by ``convert.py`` (``config.json``, ``model.safetensors``, maybe ``vocab.txt``).
+        dtype: compute dtype (``torch.bfloat16`` or a name such as ``"bf16"``); default: as stored.
+        device: where the weights go (default CPU).
+        vocab: a vocab file to use instead of ``<path>/vocab.txt``; an explicit one must exist.
+        compile: ``torch.compile`` both towers.
+        resample: the image processor's mode (``"official"`` or ``"paddlenlp"``).
+
+    Raises :class:`~ernievil2torch.errors.CheckpointError` for a damaged directory and :class:`InputError` for a
+    ``vocab`` that does not exist.
+    """
+    if isinstance(dtype, str):
+        dtype = torch_dtype(dtype)
+    model = ErnieViL2.from_pretrained(path, dtype=dtype, device=device, compile=compile)
+    if vocab is not None or (Path(path) / VOCAB_NAME).is_file():
+        tokenizer: Optional[ErnieViL2Tokenizer] = ErnieViL2Tokenizer(resolve_vocab(path, vocab))
+    else:
+        tokenizer = None
+    image_processor = ErnieViL2ImageProcessor(image_size=model.config.vision.image_size, resample=resample)
+    return Pretrained(model, tokenizer, image_processor, Path(path))

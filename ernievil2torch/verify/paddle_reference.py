@@ -1,0 +1,335 @@
+"""An independent PaddlePaddle implementation of the OFFICIAL ERNIE-ViL 2.0 architecture.
+
+This module is a test oracle, written for this project from the architecture of Baidu's release
+(``PaddlePaddle/ERNIE``, branch ``ernie-kit-open-v1.0``, ``Research/ERNIE-ViL2``): its ``state_dict()`` uses exactly the
+official key names and Paddle shapes (``visual.*``, ``text_model.*``, ``contrastive_loss_mm.temperature_b``), so an
+official ``.pdparams`` loads into it without any renaming. It imports ``paddle`` at module level and is only imported
+when Paddle is wanted (tests, checks); the torch package never depends on it.
+
+Architecture, as in the official code:
+
+* image tower (``visual``): Conv patch embedding without bias; prepend ``class_embedding`` [1,1,D], add
+  ``positional_embedding`` [1,N+1,D], ``norm_pre``; pre-norm blocks ``x += attn(norm1(x))``, ``x += mlp(norm2(x))``
+  with a fused ``qkv`` Linear whose output columns are ``q|k|v``, each head-major, scale ``head_dim**-0.5``, and an MLP
+  ``fc1 -> QuickGELU -> fc2``; ``norm_post`` over all tokens; the feature is token 0. All norms use eps 1e-6.
+* text tower (``text_model``, ERNIE 3.0): word + position embeddings (positions 0..L-1), ``ln``; post-norm blocks
+  ``h = ln1(x + o(attn))``, ``out = ln2(h + ffn.o(gelu_erf(ffn.i(h))))``; separate q/k/v/o Linears, scale
+  ``head_dim**-0.5``; additive bias ``(1 - m m^T) * -10000`` with ``m = input_ids != 0`` (the official outer-product
+  mask); feature ``tanh(pooler(h[:, 0]))``. All norms use Paddle's default eps 1e-5.
+* scoring: ``logit_scale = exp(contrastive_loss_mm.temperature_b)``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..config import ErnieViL2Config, TextConfig, VisionConfig
+
+__all__ = [
+    "PaddleErnieViL2",
+    "load_official_state",
+    "run_reference",
+    "IGNORED_OFFICIAL_KEYS",
+]
+
+# Left over in the released file from a classification head the released code never builds.
+IGNORED_OFFICIAL_KEYS = ("visual.classfy.weight", "visual.classfy.bias")
+
+
+def _layer_norm(dim: int, eps: float) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, epsilon=eps)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Image tower
+# --------------------------------------------------------------------------------------------------------------
+class _PatchEmbed(nn.Layer):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.image_size = cfg.image_size
+        self.proj = nn.Conv2D(cfg.num_channels, cfg.hidden_size, kernel_size=cfg.patch_size,
+                              stride=cfg.patch_size, bias_attr=False)
+
+    def forward(self, x):
+        if x.shape[-2] != self.image_size or x.shape[-1] != self.image_size:
+            raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {list(x.shape)}")
+        x = self.proj(x)                               # [B, D, g, g]
+        x = x.flatten(start_axis=2)                    # [B, D, g*g]
+        return x.transpose([0, 2, 1])                  # [B, g*g, D]
+
+
+class _FusedAttention(nn.Layer):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape([b, n, 3, self.num_heads, self.head_dim])
+        qkv = qkv.transpose([2, 0, 3, 1, 4])           # [3, B, H, N, hd]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = paddle.matmul(q, k, transpose_y=True) * (self.head_dim ** -0.5)
+        probs = F.softmax(scores, axis=-1)
+        out = paddle.matmul(probs, v).transpose([0, 2, 1, 3]).reshape([b, n, d])
+        return self.proj(out)
+
+
+class _VisionMlp(nn.Layer):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        h = h * F.sigmoid(1.702 * h)                   # QuickGELU
+        return self.fc2(h)
+
+
+class _VisionBlock(nn.Layer):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.norm1 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps)
+        self.attn = _FusedAttention(cfg.hidden_size, cfg.num_heads)
+        self.norm2 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps)
+        self.mlp = _VisionMlp(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class _VisionTower(nn.Layer):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.patch_embed = _PatchEmbed(cfg)
+        init = nn.initializer.Normal(std=d ** -0.5)
+        self.class_embedding = self.create_parameter(shape=[1, 1, d], default_initializer=init)
+        self.positional_embedding = self.create_parameter(shape=[1, cfg.num_positions, d], default_initializer=init)
+        self.norm_pre = _layer_norm(d, cfg.layer_norm_eps)
+        self.blocks = nn.LayerList([_VisionBlock(cfg) for _ in range(cfg.num_layers)])
+        self.norm_post = _layer_norm(d, cfg.layer_norm_eps)
+
+    def forward(self, pixel_values):
+        x = self.patch_embed(pixel_values)
+        cls = self.class_embedding.expand([x.shape[0], 1, x.shape[-1]])
+        x = paddle.concat([cls, x], axis=1) + self.positional_embedding
+        x = self.norm_pre(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm_post(x)                       # all tokens; the feature is token 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text tower
+# --------------------------------------------------------------------------------------------------------------
+class _TextAttention(nn.Layer):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+
+    def _split(self, t):
+        b, n, _ = t.shape
+        return t.reshape([b, n, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
+
+    def forward(self, x, attn_bias):
+        b, n, d = x.shape
+        q = self._split(self.q(x)) * (self.head_dim ** -0.5)
+        k = self._split(self.k(x))
+        v = self._split(self.v(x))
+        scores = paddle.matmul(q, k, transpose_y=True) + attn_bias
+        probs = F.softmax(scores, axis=-1)
+        out = paddle.matmul(probs, v).transpose([0, 2, 1, 3]).reshape([b, n, d])
+        return self.o(out)
+
+
+class _TextFfn(nn.Layer):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.i = nn.Linear(dim, hidden)
+        self.o = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.o(F.gelu(self.i(x), approximate=False))
+
+
+class _TextBlock(nn.Layer):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.attn = _TextAttention(cfg.hidden_size, cfg.num_heads)
+        self.ln1 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps)
+        self.ffn = _TextFfn(cfg.hidden_size, cfg.intermediate_size)
+        self.ln2 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps)
+
+    def forward(self, x, attn_bias):
+        h = self.ln1(x + self.attn(x, attn_bias))
+        return self.ln2(h + self.ffn(h))
+
+
+class _EncoderStack(nn.Layer):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.block = nn.LayerList([_TextBlock(cfg) for _ in range(cfg.num_layers)])
+
+    def forward(self, x, attn_bias):
+        for blk in self.block:
+            x = blk(x, attn_bias)
+        return x
+
+
+class _TextTower(nn.Layer):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.pad_token_id = cfg.pad_token_id
+        self.max_positions = cfg.max_position_embeddings
+        # Official order of construction: ln, word_emb, pos_emb, encoder_stack, pooler.
+        self.ln = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps)
+        self.word_emb = nn.Embedding(cfg.vocab_size, cfg.hidden_size)   # no padding_idx in the official model
+        self.pos_emb = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.encoder_stack = _EncoderStack(cfg)
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, input_ids):
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got {list(input_ids.shape)}")
+        seq_len = input_ids.shape[1]
+        if seq_len > self.max_positions:
+            raise ValueError(f"sequence of {seq_len} tokens exceeds {self.max_positions} positions")
+        pos_ids = paddle.arange(seq_len, dtype="int64").reshape([1, -1])
+        # Official mask: m = (ids != pad); bias = (1 - m m^T) * -10000, the same for every head.
+        m = paddle.cast(input_ids != self.pad_token_id, "float32").unsqueeze(-1)      # [B, L, 1]
+        attn_bias = (1.0 - paddle.matmul(m, m, transpose_y=True)) * -10000.0            # [B, L, L]
+        attn_bias = attn_bias.unsqueeze(1)                                              # [B, 1, L, L]
+        x = self.word_emb(input_ids) + self.pos_emb(pos_ids)
+        x = self.ln(x)
+        x = self.encoder_stack(x, attn_bias)
+        pooled = paddle.tanh(self.pooler(x[:, 0]))
+        return pooled, x
+
+
+class _ContrastiveHead(nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.temperature_b = self.create_parameter(
+            shape=[1], default_initializer=nn.initializer.Constant(2.65926))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dual model
+# --------------------------------------------------------------------------------------------------------------
+class PaddleErnieViL2(nn.Layer):
+    """Official-layout ERNIE-ViL 2.0 dual encoder in Paddle (eval only; no dropout)."""
+
+    def __init__(self, config: ErnieViL2Config):
+        super().__init__()
+        self.config = config
+        self.visual = _VisionTower(config.vision)
+        self.text_model = _TextTower(config.text)
+        if config.has_temperature:
+            self.contrastive_loss_mm = _ContrastiveHead()
+        else:
+            self.contrastive_loss_mm = None
+
+    def encode_image(self, pixel_values):
+        """``norm_post(tokens)[:, 0]``: [B, D], no projection, not normalised."""
+        if not isinstance(pixel_values, paddle.Tensor):
+            pixel_values = paddle.to_tensor(np.asarray(pixel_values, dtype=np.float32))
+        return self.visual(pixel_values)[:, 0]
+
+    def encode_text(self, input_ids):
+        """``tanh(pooler(h[:, 0]))``: [B, D], mask from ``input_ids != 0``."""
+        if not isinstance(input_ids, paddle.Tensor):
+            input_ids = paddle.to_tensor(np.asarray(input_ids, dtype=np.int64))
+        return self.text_model(input_ids)[0]
+
+    @property
+    def logit_scale(self):
+        """``exp(temperature_b)`` as a 1-element tensor, or None when the model has no temperature."""
+        if self.contrastive_loss_mm is None:
+            return None
+        return paddle.exp(self.contrastive_loss_mm.temperature_b)
+
+    def forward(self, pixel_values, input_ids):
+        img = F.normalize(self.encode_image(pixel_values), axis=-1)
+        txt = F.normalize(self.encode_text(input_ids), axis=-1)
+        logits = paddle.matmul(img, txt, transpose_y=True)
+        scale = self.logit_scale
+        if scale is not None:
+            logits = logits * scale
+        return logits
+
+
+def load_official_state(model: PaddleErnieViL2, state: Mapping[str, Any]) -> None:
+    """Load an official-layout state dict strictly.
+
+    Every parameter of ``model`` must be present with exactly its shape; ``visual.classfy.weight/bias`` are dropped;
+    any other extra key, missing key or shape mismatch raises ``ValueError`` naming the offending keys.
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    given = {k: v for k, v in state.items() if k not in IGNORED_OFFICIAL_KEYS}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    mismatched = []
+    arrays = {}
+    for key in sorted(set(expected) & set(given)):
+        arr = np.asarray(given[key])
+        if tuple(arr.shape) != expected[key]:
+            mismatched.append(f"{key}: file {tuple(arr.shape)} vs model {expected[key]}")
+            continue
+        arrays[key] = np.ascontiguousarray(arr, dtype=np.float32)
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        if mismatched:
+            parts.append(f"shape mismatches {mismatched}")
+        raise ValueError("official state does not fit the model: " + "; ".join(parts))
+    params = model.state_dict()
+    for key, arr in arrays.items():
+        params[key].set_value(arr)
+    # Check the values really landed (guards against silent no-ops in set_value).
+    for key, arr in arrays.items():
+        if not np.array_equal(params[key].numpy(), arr):
+            raise ValueError(f"failed to assign {key}")
+
+
+def run_reference(config: ErnieViL2Config, state: Mapping[str, Any], pixel_values: np.ndarray,
+                  input_ids: np.ndarray) -> dict[str, Any]:
+    """Build the reference on CPU, load ``state`` strictly and return numpy float32 outputs.
+
+    Keys: ``image_features`` [I, D], ``text_features`` [T, D] (both unnormalised), ``logit_scale`` (float or None),
+    ``logits_per_image`` [I, T] = scale * cosine (plain cosine when there is no temperature).
+    """
+    paddle.set_device("cpu")
+    model = PaddleErnieViL2(config)
+    load_official_state(model, state)
+    model.eval()
+    with paddle.no_grad():
+        pix = paddle.to_tensor(np.asarray(pixel_values, dtype=np.float32))
+        ids = paddle.to_tensor(np.asarray(input_ids, dtype=np.int64))
+        img = model.encode_image(pix)
+        txt = model.encode_text(ids)
+        cos = paddle.matmul(F.normalize(img, axis=-1), F.normalize(txt, axis=-1), transpose_y=True)
+        scale = model.logit_scale
+        logits = cos * scale if scale is not None else cos
+        return {
+            "image_features": img.numpy().astype(np.float32),
+            "text_features": txt.numpy().astype(np.float32),
+            "logit_scale": None if scale is None else float(scale.numpy().reshape(-1)[0]),
+            "logits_per_image": logits.numpy().astype(np.float32),
+        }
