@@ -163,7 +163,8 @@ def performance_check(model: str = "demo/synthetic_converted", images: Any = Non
         from .apps.plotting import plot_similarity
 
         written, has_cjk = plot_similarity(result.similarity.tolist(), result.images, result.texts, _path(plot))
-        print(f"\nheatmap written to {written}" + ("" if has_cjk else " (no CJK font: rows labelled T1..Tn)"))
+        print(f"\nheatmap written to {written}" + ("" if has_cjk else " (no CJK font found: rows labelled T1..Tn as "
+                                                                 "printed above; pip install pylopdf-fonts-zh-cn)"))
 
 
 # ---- the ernievil2 console command --------------------------------------------------------------------------------
@@ -209,6 +210,79 @@ def export(model: str, out: str, format: str = "hf", overwrite: bool = False, vo
         raise ErnieViL2Error(f"--format must be hf or onnx, not {format!r}")
 
 
+@leaves_on_interrupt("stopped (the service writes no files)")
+def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: int = 8000,
+          token: Optional[str] = None, cors_origins: Any = None, max_upload_mb: float = 20,
+          max_pixels: int = 40_000_000, max_files: int = 16, max_texts: int = 64, max_text_chars: int = 1000,
+          max_k: int = 1000, max_batch: int = 32, max_wait_ms: float = 5.0, decode_workers: int = 2,
+          dtype: str = "float32", device: Optional[str] = None, vocab: Optional[str] = None,
+          faiss: Optional[bool] = None, log_level: str = "info") -> None:
+    """Search your own photos: an HTTP API (OpenAPI at /docs) and a web page (/) over an `embed` output.
+
+    Listens on 127.0.0.1 only, unless --host says otherwise; any other host needs --token (or the
+    ERNIEVIL2_SERVE_TOKEN environment variable), and every API call must then send 'Authorization: Bearer TOKEN'.
+
+    Args:
+        model: a directory written by convert.py (with vocab.txt, or pass --vocab).
+        gallery: an `ernievil2 embed` output folder of images (embeddings.npy + ids.txt).
+        images: the folder given to `ernievil2 embed` (gallery ids are paths relative to it); only files inside it
+            are served.
+        host: address to listen on (default 127.0.0.1, this machine only).
+        port: port (0 picks a free one; the address is printed).
+        token: bearer token, at least 16 characters; required for a non-loopback host.
+        cors_origins: comma-separated origins allowed to call the API from other web sites (default: none).
+        max_upload_mb: largest request body in MiB (413 above).
+        max_pixels: most pixels of an uploaded image (413 above; Pillow's decompression-bomb guard stays too).
+        max_files: most images in one /v1/embed/image request.
+        max_texts: most texts in one /v1/embed/text request.
+        max_text_chars: longest text or query in characters.
+        max_k: most results per search.
+        max_batch: most queries in one model call (concurrent requests are batched together).
+        max_wait_ms: how long a batch waits for more queries after its first.
+        decode_workers: threads decoding uploads.
+        dtype: float32 (default), float16 or bfloat16 compute.
+        device: cpu / cuda (default: cuda if available).
+        vocab: vocab.txt, when the model directory has none.
+        faiss: use a FAISS exact index (default: when faiss is installed and the gallery has 50,000+ images).
+        log_level: uvicorn's log level (info, warning, error).
+    """
+    from .apps.serve import ServeLimits
+    from .apps.serve import serve as run_service
+
+    limits = ServeLimits(max_body_bytes=int(float(max_upload_mb) * 1024 * 1024), max_pixels=int(max_pixels),
+                         max_files=int(max_files), max_texts=int(max_texts), max_text_chars=int(max_text_chars),
+                         max_k=int(max_k))
+    run_service(_path(model), _path(gallery), _path(images), host=str(host), port=int(port),
+                token=None if token is None else str(token), cors_origins=_split_list(cors_origins) or (),
+                limits=limits, max_batch=int(max_batch), max_wait_ms=float(max_wait_ms),
+                decode_workers=int(decode_workers), dtype=dtype, device=device, vocab=_path(vocab), faiss=faiss,
+                log_level=str(log_level))
+
+
+@leaves_on_interrupt(ATOMIC_OUTPUT)
+def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, images: Optional[str] = None,
+          chunk_size: int = 4096, faiss: bool = False, examples: int = 8, overwrite: bool = False) -> None:
+    """Groups of near-duplicate images in an `embed` output: OUT/groups.tsv, groups.json and groups.png.
+
+    Exact: every pair is compared, block by block (memory ~ chunk_size^2 floats, whatever the gallery size).
+    Two images are linked when their cosine is at least --threshold; a group is a connected set of links.
+
+    Args:
+        embeddings: an `ernievil2 embed` output folder (embeddings.npy + ids.txt).
+        threshold: cosine at or above which two images count as near-duplicates.
+        out: output folder (default EMBEDDINGS/dedup); refused if it exists, unless --overwrite.
+        images: the folder given to `ernievil2 embed`; needed for the picture of example groups.
+        chunk_size: rows compared per block.
+        faiss: find the pairs with a FAISS range search (exact; needs faiss-cpu).
+        examples: groups drawn in the picture (largest first).
+        overwrite: replace an existing output folder.
+    """
+    from .apps.dedup import dedup as find_duplicates
+
+    print(find_duplicates(_path(embeddings), float(threshold), _path(out), _path(images), int(chunk_size),
+                          bool(faiss), int(examples), overwrite).summary())
+
+
 def _embed_command() -> Callable[..., Any]:
     from .apps.embed import embed
 
@@ -225,7 +299,7 @@ def _retrieval_commands() -> Dict[str, Callable[..., Any]]:
 def commands() -> Dict[str, Callable[..., Any]]:
     """The ``ernievil2`` subcommands."""
     return {"convert": convert, "check": logit_check, "similarity": performance_check, "classify": classify,
-            "embed": _embed_command(), **_retrieval_commands(), "export": export}
+            "embed": _embed_command(), **_retrieval_commands(), "export": export, "serve": serve, "dedup": dedup}
 
 
 def main() -> None:

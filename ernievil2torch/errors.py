@@ -23,3 +23,7 @@ class InputError(ErnieViL2Error, ValueError):
 
 class OutputExistsError(ErnieViL2Error, FileExistsError):
     """The output already exists and the command was not told to replace it (``--overwrite``)."""
+
+
+class ImageTooLargeError(InputError):
+    """An image with more pixels than allowed (a caller's limit or Pillow's decompression-bomb guard)."""

@@ -35,7 +35,8 @@ RANK = {component: rank for rank, group in enumerate(LAYERS) for component in gr
 # Optional heavy dependencies and the components allowed to import them.
 OPTIONAL = {"paddle": {"verify"}, "paddlenlp": set(), "transformers": {"export"}, "onnx": {"export"},
             "onnxruntime": {"export"}, "matplotlib": {"apps"}, "tqdm": {"apps", "training"},
-            "faiss": {"apps"}, "fastapi": {"apps"}, "uvicorn": {"apps"}}
+            "faiss": {"apps"}, "fastapi": {"apps"}, "uvicorn": {"apps"}, "starlette": {"apps"}, "pydantic": {"apps"},
+            "multipart": {"apps"}, "pylopdf_fonts_zh_cn": {"apps"}, "playwright": set()}
 
 
 def module_name(path: Path) -> str:

@@ -25,7 +25,9 @@ Decoding (both modes) uses Pillow: EXIF orientation is applied (as ``cv2.imread`
 ``IMREAD_COLOR`` do), animated images give their first frame, and every mode becomes 8-bit RGB the way OpenCV's
 ``IMREAD_COLOR`` would: alpha is dropped (not composited), greyscale is replicated, palettes are expanded, 16-bit
 samples keep their high byte (``v >> 8``). Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) stays in
-force. Anything that cannot be decoded raises :class:`InputError` naming the item.
+force, and :meth:`ErnieViL2ImageProcessor.load_image` can apply a stricter ``max_pixels`` and restrict the formats it
+opens (a service taking uploads does both). Anything that cannot be decoded raises :class:`InputError` naming the
+item; too many pixels raise its subclass :class:`ImageTooLargeError`.
 """
 from __future__ import annotations
 
@@ -35,14 +37,14 @@ import os
 import struct
 import warnings
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..constants import IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
-from ..errors import InputError
+from ..errors import ImageTooLargeError, InputError
 
 __all__ = ["ErnieViL2ImageProcessor", "official_resize_shape", "official_crop_box"]
 
@@ -171,8 +173,15 @@ class ErnieViL2ImageProcessor:
         return f"{type(self).__name__}(image_size={self.image_size}, resample={self.resample!r})"
 
     # ---- decoding ---------------------------------------------------------------------------------------------
-    def load_image(self, image: ImageInput, index: int = 0) -> np.ndarray:
-        """Decode one input to an 8-bit RGB HWC array (EXIF orientation applied, first frame of animations)."""
+    def load_image(self, image: ImageInput, index: int = 0, *, max_pixels: Optional[int] = None,
+                   formats: Optional[Sequence[str]] = None) -> np.ndarray:
+        """Decode one input to an 8-bit RGB HWC array (EXIF orientation applied, first frame of animations).
+
+        For encoded inputs (a path or bytes): ``max_pixels`` refuses, from the header and before any pixel is
+        decoded, an image with more than that many pixels (:class:`ImageTooLargeError`; Pillow's own
+        decompression-bomb limit applies as well); ``formats`` (Pillow format names such as ``"JPEG"``) is the only
+        formats Pillow may try, so a file of any other kind is "not a recognised image format".
+        """
         name = _describe(image, index)
         if isinstance(image, np.ndarray):
             return self._check_array(image, name)
@@ -197,12 +206,18 @@ class ErnieViL2ImageProcessor:
             raise InputError(f"{name}: unsupported input type {type(image).__name__}; give a path, bytes, a "
                              "PIL image or an HxWx3 uint8 RGB numpy array")
         try:
-            with Image.open(source) as img:
+            with Image.open(source, formats=None if formats is None else list(formats)) as img:
+                if max_pixels is not None and img.width * img.height > max_pixels:
+                    raise ImageTooLargeError(f"{name}: refused, {img.width} x {img.height} = "
+                                             f"{img.width * img.height:,} pixels is more than the limit of "
+                                             f"{max_pixels:,}")
                 img.seek(0)
                 img.load()
                 return _pil_to_rgb_array(img)
+        except InputError:
+            raise
         except Image.DecompressionBombError as exc:
-            raise InputError(f"{name}: refused, too many pixels (decompression bomb limit "
+            raise ImageTooLargeError(f"{name}: refused, too many pixels (decompression bomb limit "
                              f"Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}): {exc}") from exc
         except UnidentifiedImageError as exc:
             raise InputError(f"{name}: not a recognised image format") from exc

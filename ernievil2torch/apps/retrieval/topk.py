@@ -26,15 +26,39 @@ def _block_topk(scores: torch.Tensor, k: int, offset: int) -> Tuple[torch.Tensor
     return vals.gather(1, order), cols.gather(1, order) + offset
 
 
+def faiss_available() -> bool:
+    """Whether the optional ``faiss`` package can be imported."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_faiss_index(gallery_embeds: ArrayLike, chunk_size: int = 65536):
+    """A ``faiss.IndexFlatIP`` (exact inner product) holding the gallery, added ``chunk_size`` rows at a time.
+
+    Build it once and pass it to :func:`search_embeddings` as ``faiss_index`` to search the same gallery many
+    times. Raises ImportError when faiss is not installed.
+    """
+    import faiss
+
+    index = faiss.IndexFlatIP(int(gallery_embeds.shape[1]))
+    for start in range(0, int(gallery_embeds.shape[0]), chunk_size):
+        index.add(np.ascontiguousarray(np.asarray(gallery_embeds[start:start + chunk_size]), dtype=np.float32))
+    return index
+
+
 def search_embeddings(query_embeds: ArrayLike, gallery_embeds: ArrayLike, k: int = 10,
-                      chunk_size: int = 65536, query_chunk_size: int = 1024, use_faiss: bool = False
-                      ) -> Tuple[np.ndarray, np.ndarray]:
+                      chunk_size: int = 65536, query_chunk_size: int = 1024, use_faiss: bool = False,
+                      faiss_index=None) -> Tuple[np.ndarray, np.ndarray]:
     """Exact top-k by dot product (cosine if both sides are normalised): ``(scores [Q, k], indices [Q, k])``.
 
     The gallery is scanned ``chunk_size`` rows at a time (a ``np.load(..., mmap_mode="r")`` array works, so
     galleries larger than memory are fine) and queries ``query_chunk_size`` at a time. Order: score descending,
     ties by gallery index ascending, the same for every chunk size. ``use_faiss=True`` uses ``faiss.IndexFlatIP``
-    when faiss is installed (same scores; FAISS's tie order is its own).
+    when faiss is installed (same scores; FAISS's tie order is its own); ``faiss_index`` is such an index already
+    built over ``gallery_embeds`` (:func:`build_faiss_index`), used instead of building one.
     """
     n_gallery = int(gallery_embeds.shape[0])
     if n_gallery == 0 or int(query_embeds.shape[0]) == 0:
@@ -42,18 +66,14 @@ def search_embeddings(query_embeds: ArrayLike, gallery_embeds: ArrayLike, k: int
     k = min(int(k), n_gallery)
     if k < 1:
         raise InputError("k must be at least 1")
-    if use_faiss:
-        try:
-            import faiss
-        except ImportError:
-            print("note: faiss not installed, using exact torch search", file=sys.stderr)
+    if faiss_index is None and use_faiss:
+        if faiss_available():
+            faiss_index = build_faiss_index(gallery_embeds, chunk_size)
         else:
-            index = faiss.IndexFlatIP(int(gallery_embeds.shape[1]))
-            for start in range(0, n_gallery, chunk_size):
-                index.add(np.ascontiguousarray(np.asarray(gallery_embeds[start:start + chunk_size]),
-                                               dtype=np.float32))
-            scores, ids = index.search(np.ascontiguousarray(np.asarray(query_embeds), dtype=np.float32), k)
-            return scores, ids.astype(np.int64)
+            print("note: faiss not installed, using exact torch search", file=sys.stderr)
+    if faiss_index is not None:
+        scores, ids = faiss_index.search(np.ascontiguousarray(np.asarray(query_embeds), dtype=np.float32), k)
+        return scores, ids.astype(np.int64)
     all_scores, all_ids = [], []
     for qs in range(0, int(query_embeds.shape[0]), query_chunk_size):
         q = as_float32_tensor(query_embeds[qs:qs + query_chunk_size])

@@ -1,0 +1,87 @@
+"""``ernievil2 serve``: check the bind, load the model and gallery, run the app under uvicorn.
+
+The bind is checked before anything is loaded, so a refused ``--host`` fails at once. The listening socket is bound
+here (then handed to uvicorn), so ``--port 0`` picks a free port and the printed address is the real one.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any, Optional, Sequence
+
+from ...constants import DEFAULT_MAX_LENGTH
+from ...errors import InputError
+from ...modeling.dtypes import torch_dtype
+from ...pretrained import load_pretrained
+from ...verify.synthetic import SYNTHETIC_NOTICE
+from .gallery import Gallery
+from .limits import ServeLimits
+from .security import LOOPBACK_HOST_NAMES, check_bind, is_loopback
+
+#: Environment variable read for the token when ``--token`` is not given (keeps it out of ``ps`` listings).
+TOKEN_ENV = "ERNIEVIL2_SERVE_TOKEN"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A bound (not yet listening) TCP socket for ``host:port``; ``port`` 0 picks a free one."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InputError(f"cannot resolve --host {host!r}: {exc}") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", port: int = 8000,
+          token: Optional[str] = None, cors_origins: Sequence[str] = (), limits: Optional[ServeLimits] = None,
+          max_batch: int = 32, max_wait_ms: float = 5.0, decode_workers: int = 2, dtype: str = "float32",
+          device: Optional[str] = None, vocab: Optional[str] = None, faiss: Optional[bool] = None,
+          max_length: int = DEFAULT_MAX_LENGTH, log_level: str = "info") -> None:
+    """Serve text->image and image->image search over an ``embed`` output until interrupted.
+
+    Raises :class:`InputError` (before loading anything) for a non-loopback ``host`` without a token, and for a
+    gallery the model cannot serve. See :class:`~.app.ServiceSettings` and :class:`~.limits.ServeLimits`.
+    """
+    token = token or os.environ.get(TOKEN_ENV) or None
+    check_bind(host, token)
+    if max_batch < 1 or max_wait_ms < 0 or decode_workers < 1:
+        raise InputError("max_batch and decode_workers must be positive and max_wait_ms not negative")
+    import uvicorn
+
+    from .app import ServiceSettings, create_app
+    from .engine import SearchEngine
+
+    limits = limits or ServeLimits()
+    pretrained = load_pretrained(model_dir, dtype=torch_dtype(dtype), device=device, vocab=vocab)
+    engine = SearchEngine(pretrained, Gallery.load(gallery, images, use_faiss=faiss), limits, max_length)
+    settings = ServiceSettings(limits=limits, token=token, cors_origins=tuple(cors_origins),
+                               allowed_hosts=tuple(sorted(LOOPBACK_HOST_NAMES)) if is_loopback(host) else None,
+                               max_batch=max_batch, max_wait_ms=max_wait_ms, decode_workers=decode_workers)
+    app = create_app(engine, settings)
+    sock = bind_socket(host, port)
+    bound_port = sock.getsockname()[1]
+    info = engine.describe()
+    if info["synthetic_weights"]:
+        print(f"*** {SYNTHETIC_NOTICE}", file=sys.stderr)
+    print(f"gallery: {info['gallery_size']} images ({info['search_backend']} search), model {model_dir} on "
+          f"{info['device']} ({info['dtype']})" + ("; bearer token required" if token else ""), file=sys.stderr)
+    print(f"serving on {_url(host, bound_port)}  (page: {_url(host, bound_port)}, API docs: "
+          f"{_url(host, bound_port)}docs)", flush=True)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10, server_header=False)
+    server = uvicorn.Server(config)
+    with sock:
+        server.run(sockets=[sock])
