@@ -27,8 +27,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ernievil2torch.config import tiny224_config
+from ernievil2torch.conversion import convert_checkpoint
 from ernievil2torch.verify.demo import demo_images
-from ernievil2torch.verify.synthetic import random_model, write_synthetic_vocab
+from ernievil2torch.verify.synthetic import write_synthetic_pdparams, write_synthetic_vocab
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = REPO.parent / "shared" / "data" / "images"
@@ -60,10 +61,13 @@ def write_gallery_images(root: Path, generated: int = 6) -> List[str]:
 
 
 def tiny_model_dir(root: Path, seed: int = 3) -> Path:
-    """A 2-layer random model with 224 px images and a 40,000-token synthetic vocab, saved under ``root``."""
-    model = random_model(tiny224_config(), seed=seed)
-    model.save_pretrained(root)
-    write_synthetic_vocab(root / "vocab.txt")
+    """A 2-layer random model with 224 px images and a 40,000-token synthetic vocab, converted into ``root`` from
+    a synthetic ``.pdparams`` with the same code as ``convert.py`` (so it is marked as synthetic)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    source = write_synthetic_pdparams(root.parent / f"synthetic_tiny224_seed{seed}.pdparams", tiny224_config(),
+                                      "official", seed=seed)
+    vocab = write_synthetic_vocab(root.parent / "synthetic_vocab.txt")
+    convert_checkpoint(source, root, vocab=vocab)
     return root
 
 

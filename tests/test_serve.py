@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def _upload(name: str, data: bytes, kind: str = "image/png"):
 def test_healthz_and_page(client, site):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["gallery_size"] == len(site["ids"]) and health["dim"] == 128
+    assert health["synthetic_weights"] is True  # converted from a synthetic checkpoint: the page warns
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "搜索" in page.text and 'id="q"' in page.text and 'id="file"' in page.text
@@ -584,8 +586,13 @@ def test_serve_on_all_interfaces_with_a_token(site):
 
 
 def test_page_ships_in_the_wheel_and_is_found_from_an_installed_package(tmp_path):
+    source = tmp_path / "source"  # build from a copy: the build leaves nothing in the work tree
+    shutil.copytree(REPO / "ernievil2torch", source / "ernievil2torch",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, timeout=600)
+                           "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     wheel = next((tmp_path / "dist").glob("ernievil2torch-*.whl"))
     with zipfile.ZipFile(wheel) as archive:

@@ -1,0 +1,163 @@
+"""The search page in a real browser: Debian's Chromium, driven by Playwright, against ``ernievil2 serve``.
+
+Types a Chinese query with real key events, waits until the result images have loaded and checks that they are the
+API's results; then picks a gallery image for image -> image search (and drops another one on the drop zone) and
+checks that the query image comes first. No console errors are allowed (a blocked script or a CSP violation would
+show there). The browser is the OS package (``apt-get install chromium``, done by ``scripts/setup.sh --dev``);
+Playwright never downloads one. Without it the test skips, but fails under ``ERNIEVIL2_REQUIRE_ORACLES=1`` (CI).
+
+Chinese in the screenshot needs a CJK font: the Noto Sans SC file of ``pylopdf-fonts-zh-cn`` is given to Chromium
+through a private fontconfig file. ``ERNIEVIL2_SCREENSHOT=docs/serve_page.png`` also saves the screenshot there
+(reduced to a small palette PNG) for the README.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ernievil2torch.apps.embed import embed
+from ernievil2torch.apps.plotting import cjk_font_file
+
+from helpers import oracles_required
+from serve_helpers import REPO, ServerProcess, tiny_model_dir, write_gallery_images
+
+CHROMIUM = os.environ.get("ERNIEVIL2_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+QUERY = "一只猫"
+
+
+def _unavailable(reason: str) -> None:
+    if oracles_required():
+        pytest.fail(reason + " (ERNIEVIL2_REQUIRE_ORACLES=1: the browser test must run; scripts/setup.sh --dev "
+                             "installs chromium)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -r requirements-dev.txt)")
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set ERNIEVIL2_CHROMIUM)")
+    env = dict(os.environ)
+    font = cjk_font_file()
+    if font is not None:
+        config_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"ernievil2-fontconfig-{os.getpid()}"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        (config_dir / "fonts.conf").write_text(
+            '<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd"><fontconfig>'
+            '<include ignore_missing="yes">/etc/fonts/fonts.conf</include>'
+            f"<dir>{font.parent}</dir><cachedir>{config_dir / 'cache'}</cachedir></fontconfig>", encoding="utf-8")
+        env["FONTCONFIG_FILE"] = str(config_dir / "fonts.conf")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, env=env)
+        yield instance
+        instance.close()
+    if font is not None:
+        shutil.rmtree(config_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    model_dir = tiny_model_dir(root / "model")
+    ids = write_gallery_images(root / "images")
+    embed(str(root / "images"), str(model_dir), str(root / "gallery"), kind="image", batch_size=8, num_workers=0,
+          progress=False)
+    args = [str(model_dir), "--gallery", str(root / "gallery"), "--images", str(root / "images"), "--port", "0",
+            "--log_level", "warning"]
+    with ServerProcess(args) as process:
+        yield process, root, ids
+
+
+def _api(url: str):
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _result_ids(page):
+    return page.eval_on_selector_all("#results .card", "cards => cards.map(c => c.dataset.id)")
+
+
+def _wait_for_loaded_results(page, count: int) -> None:
+    page.wait_for_function(
+        "n => { const imgs = [...document.querySelectorAll('#results .card img')];"
+        " return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }", arg=count,
+        timeout=60_000)
+
+
+def test_search_page_in_chromium(browser, server, tmp_path):
+    process, root, ids = server
+    page = browser.new_page(viewport={"width": 1000, "height": 720}, device_scale_factor=1)
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(process.url)
+    page.wait_for_selector("body[data-ready='1']")
+    assert f"图库共 {len(ids)} 张图片" in page.text_content("#info")
+    assert page.is_visible("#synthetic") and "随机权重" in page.text_content("#synthetic")
+
+    # text -> image: real key events typing Chinese, then Enter
+    page.click("#q")
+    page.locator("#q").press_sequentially(QUERY)
+    assert page.input_value("#q") == QUERY
+    page.keyboard.press("Enter")
+    _wait_for_loaded_results(page, 10)
+    expected = _api(f"{process.url}v1/search?k=10&q={urllib.parse.quote(QUERY)}")["results"]
+    assert _result_ids(page) == [r["id"] for r in expected]
+    assert "找到 10 个结果" in page.text_content("#status")
+    scores = page.eval_on_selector_all("#results .score", "nodes => nodes.map(n => n.textContent)")
+    assert scores == [f"相似度 {r['score']:.4f}" for r in expected]
+    shot = tmp_path / "serve_page.png"
+    page.screenshot(path=str(shot))
+    _publish_screenshot(shot)
+
+    # image -> image: pick a gallery file with the file input
+    query_id = "cat.jpg" if "cat.jpg" in ids else ids[0]
+    page.set_input_files("#file", str(root / "images" / query_id))
+    page.wait_for_function("id => { const c = document.querySelector('#results .card');"
+                           " return c && c.dataset.id === id; }", arg=query_id, timeout=60_000)
+    _wait_for_loaded_results(page, 10)
+    assert page.is_visible("#query-preview")
+    assert _result_ids(page)[0] == query_id
+
+    # image -> image: drop another gallery file on the drop zone
+    dropped_id = next(i for i in ids if i.startswith("相册/") and i != query_id)
+    payload = base64.b64encode((root / "images" / dropped_id).read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        "([b64, name]) => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));"
+        " const dt = new DataTransfer(); dt.items.add(new File([bytes], name, {type: 'image/png'})); return dt; }",
+        [payload, Path(dropped_id).name])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    page.wait_for_function("id => { const c = document.querySelector('#results .card');"
+                           " return c && c.dataset.id === id; }", arg=dropped_id, timeout=60_000)
+
+    # a bad query is explained on the page, and the service keeps serving
+    page.fill("#q", "   ")
+    page.click("#go")
+    assert "请输入" in page.text_content("#status")
+    page.close()
+    assert not errors, errors
+    assert _api(process.url + "healthz")["status"] == "ok"
+
+
+def _publish_screenshot(shot: Path) -> None:
+    """Copy the screenshot to $ERNIEVIL2_SCREENSHOT (relative to the repo), as a small palette PNG."""
+    target = os.environ.get("ERNIEVIL2_SCREENSHOT")
+    if not target:
+        return
+    from PIL import Image
+
+    path = Path(target) if Path(target).is_absolute() else REPO / target
+    with Image.open(shot) as image:
+        image.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
