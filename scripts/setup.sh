@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create the virtual environments this project uses. Idempotent: re-running only installs what is missing.
 #   bash scripts/setup.sh          -> .venv with the runtime + Paddle (for check.py)
-#   bash scripts/setup.sh --dev    -> also test tools, and .venv-paddlenlp (the PaddleNLP oracle)
+#   bash scripts/setup.sh --dev    -> also test tools, .venv-paddlenlp (the PaddleNLP oracle) and, as root on
+#                                     Debian, the chromium package for the browser test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -10,7 +11,23 @@ quiet=(-q --disable-pip-version-check)
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# The real-browser test of `ernievil2 serve` drives Debian's Chromium (Playwright never downloads a browser).
+install_chromium() {
+  if [ -x "${ERNIEVIL2_CHROMIUM:-/usr/bin/chromium}" ]; then
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium (apt-get) for the browser test"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: no chromium at ${ERNIEVIL2_CHROMIUM:-/usr/bin/chromium}; install it (sudo apt-get install chromium)" \
+         "or the browser test skips (and fails under ERNIEVIL2_REQUIRE_ORACLES=1)" >&2
+  fi
+}
+
 if [ "${1:-}" = "--dev" ]; then
+  install_chromium
   .venv/bin/pip install "${quiet[@]}" -r requirements-dev.txt
   .venv/bin/pip install "${quiet[@]}" --no-deps -e .
   if [ ! -x .venv-paddlenlp/bin/python ]; then

@@ -84,7 +84,7 @@ def _faiss_links(rows: NormalizedRows, threshold: float, chunk_size: int) -> Ite
     radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
     for start in range(0, rows.shape[0], chunk_size):
         lims, scores, cols = index.range_search(np.ascontiguousarray(rows[start:start + chunk_size]), radius)
-        query = np.repeat(np.arange(len(lims) - 1, dtype=np.int64) + start, np.diff(lims))
+        query = np.repeat(np.arange(len(lims) - 1, dtype=np.int64) + start, np.diff(lims).astype(np.int64))
         keep = (cols > query) & (scores >= threshold)
         if keep.any():
             yield query[keep], cols[keep].astype(np.int64)

@@ -8,6 +8,7 @@ row numbers) that the command's printed output explains; it never shows code-poi
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -41,10 +42,18 @@ def find_cjk_font() -> Optional[str]:
 
     path = cjk_font_file()
     if path is not None:
-        font_manager.fontManager.addfont(str(path))
-        return font_manager.FontProperties(fname=str(path)).get_name()
+        return _register_font(str(path))
     installed = {font.name for font in font_manager.fontManager.ttflist}
     return next((name for name in CJK_FONT_NAMES if name in installed), None)
+
+
+@functools.lru_cache(maxsize=None)
+def _register_font(path: str) -> str:
+    """Add a font file to matplotlib's font list (once) and return its family name."""
+    from matplotlib import font_manager
+
+    font_manager.fontManager.addfont(path)
+    return font_manager.FontProperties(fname=path).get_name()
 
 
 @contextlib.contextmanager
