@@ -519,6 +519,22 @@ def test_chunked_oversized_upload_on_a_real_server(live_server):
     assert _get_json(f"{url}/healthz")["status"] == "ok"
 
 
+def test_declared_oversized_body_gets_a_readable_413_on_a_real_server(live_server):
+    """The refused body is drained before answering, so the client reads the 413 instead of a reset; with
+    ``Expect: 100-continue`` the answer comes at once and no body is sent."""
+    url, _ = live_server
+    body = b"\0" * 300_000
+    head = (f"POST /v1/search/image HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nConnection: close\r\n\r\n").encode()
+    reply = _raw(url, head + body)
+    assert reply.startswith(b"HTTP/1.1 413") and b"request body too large" in reply, reply[:200]
+    head = (f"POST /v1/search/image HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+            "Expect: 100-continue\r\nContent-Type: multipart/form-data; boundary=b\r\nConnection: close\r\n\r\n")
+    reply = _raw(url, head.encode())
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert _get_json(f"{url}/healthz")["status"] == "ok"
+
+
 # ---- the command ----------------------------------------------------------------------------------------------------
 def test_serve_refuses_a_public_host_without_a_token(site):
     root = site["root"]

@@ -89,27 +89,48 @@ class BearerAuth:
 
 
 class BodyLimit:
-    """Refuses request bodies over ``max_bytes`` with 413: by ``Content-Length`` before reading, or while a
-    chunked body streams in (the HTTPException raised from ``receive`` reaches the app's JSON error handler)."""
+    """Refuses request bodies over ``max_bytes`` with 413, by ``Content-Length`` or while a chunked body streams in
+    (the HTTPException raised from ``receive`` reaches the app's JSON error handler).
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    Before answering, the rest of the refused body is read and thrown away, up to ``drain_factor`` x ``max_bytes``
+    in all: a server that answers and closes while the client is still sending makes the kernel reset the
+    connection, and the client (a browser, ``http.client``) then sees a network error instead of the 413. A body
+    declared larger than that, or sent with ``Expect: 100-continue`` (the client waits for the go-ahead), is
+    answered at once without reading it.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, drain_factor: int = 4) -> None:
+        self.app, self.max_bytes, self.drain_bytes = app, max_bytes, drain_factor * max_bytes
 
     def _too_large(self) -> str:
         return f"request body too large: the limit is {self.max_bytes:,} bytes"
+
+    async def _drain(self, receive: Receive, already: int) -> None:
+        """Read and discard the body until its end, a disconnect, or ``drain_bytes`` read in all."""
+        seen = already
+        while seen <= self.drain_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = _header(scope, b"content-length")
+        waits = (_header(scope, b"expect") or "").lower() == "100-continue"
         if declared is not None:
             try:
                 size = int(declared)
             except ValueError:
-                return await error_response(400, "invalid Content-Length header")(scope, receive, send)
+                size = -1
             if size < 0:
                 return await error_response(400, "invalid Content-Length header")(scope, receive, send)
             if size > self.max_bytes:
+                if size <= self.drain_bytes and not waits:
+                    await self._drain(receive, 0)
                 return await error_response(413, self._too_large())(scope, receive, send)
         seen = 0
 
@@ -119,6 +140,8 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    if message.get("more_body", False):
+                        await self._drain(receive, seen)
                     raise HTTPException(413, self._too_large())
             return message
 
