@@ -625,3 +625,22 @@ def test_page_ships_in_the_wheel_and_is_found_from_an_installed_package(tmp_path
     assert proc.returncode == 0, proc.stderr
     first, rest = proc.stdout.split("\n", 1)
     assert first.startswith(str(target)) and "<!doctype html>" in rest
+
+
+def test_reliability_doc_matches_the_suite():
+    text = (REPO / "RELIABILITY.md").read_text(encoding="utf-8")
+    section = text[text.index("<!-- serve:begin"):text.index("<!-- serve:end -->")]
+    assert f"**{len(HOSTILE)} hostile requests**" in section
+    rows = {"path traversal in the image route": len(TRAVERSALS), "rows: ": len(ROWS), "uploads: ": len(_bad_uploads()),
+            "search parameters": sum(1 for h in HOSTILE if h[0] in ("missing q", "empty q", "blank q", "q too long")
+                                     or h[0].startswith(("k=", "k on image"))),
+            "`/v1/embed/text` bodies": sum(1 for h in HOSTILE if h[0].startswith("embed/text")),
+            "`/v1/embed/image`": sum(1 for h in HOSTILE if h[0].startswith("embed/image"))}
+    counts = {}
+    for line in section.splitlines():
+        for start, expected in rows.items():
+            if line.startswith("| " + start):
+                counts[start] = int(line.split("|")[2])
+                assert counts[start] == expected, (start, counts[start], expected)
+    assert len(counts) == len(rows)
+    assert f"{len(RAW_TRAVERSALS)} raw request lines" in section
