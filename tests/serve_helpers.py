@@ -3,6 +3,7 @@
 * ``write_gallery_images(root)``: the shared photos (cat, dog, cyberpunk; when ../shared/data is there), the three
   drawn demo shapes and generated pictures, some in a sub-folder with a Chinese name.
 * ``tiny_model_dir(root)``: a 2-layer model with the real input sizes (224 px, 40,000-token synthetic vocab).
+* ``embedded_gallery(root, model_dir)``: that gallery under ``root/images``, embedded into ``root/gallery``.
 * ``png_header_only(w, h)``: a valid PNG header declaring ``w`` x ``h`` pixels with almost no data (a bomb).
 * ``ServerProcess``: ``ernievil2 serve`` as a user starts it (a subprocess), with its printed address.
 """
@@ -69,6 +70,16 @@ def tiny_model_dir(root: Path, seed: int = 3) -> Path:
     vocab = write_synthetic_vocab(root.parent / "synthetic_vocab.txt")
     convert_checkpoint(source, root, vocab=vocab)
     return root
+
+
+def embedded_gallery(root: Path, model_dir: Path) -> List[str]:
+    """The test gallery in ``root/images`` embedded by ``embed`` into ``root/gallery``; returns its ids."""
+    from ernievil2torch.apps.embed import embed
+
+    ids = write_gallery_images(root / "images")
+    embed(str(root / "images"), str(model_dir), str(root / "gallery"), kind="image", batch_size=8, num_workers=0,
+          progress=False)
+    return ids
 
 
 def png_bytes(width: int = 64, height: int = 48, color=(200, 30, 30)) -> bytes:

@@ -29,7 +29,7 @@ import torch
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from ernievil2torch.apps.embed import embed, load_embeddings  # noqa: E402
+from ernievil2torch.apps.embed import load_embeddings  # noqa: E402
 from ernievil2torch.apps.retrieval.topk import search_embeddings  # noqa: E402
 from ernievil2torch.apps.serve import Gallery, ImageRoot, ServeLimits, check_bind, is_loopback  # noqa: E402
 from ernievil2torch.apps.serve.app import ServiceSettings, create_app  # noqa: E402
@@ -38,8 +38,8 @@ from ernievil2torch.apps.serve.engine import SearchEngine  # noqa: E402
 from ernievil2torch.errors import InputError  # noqa: E402
 from ernievil2torch.pretrained import load_pretrained  # noqa: E402
 
-from serve_helpers import (QUERIES, REPO, ServerProcess, console_command, png_bytes, png_header_only,  # noqa: E402
-                           tiny_model_dir, write_gallery_images)
+from serve_helpers import (QUERIES, REPO, ServerProcess, console_command, embedded_gallery, png_bytes,  # noqa: E402
+                           png_header_only, tiny_model_dir)
 
 BASE = "http://127.0.0.1:8000"
 
@@ -57,9 +57,7 @@ def site(tmp_path_factory):
     """A tiny model, a gallery of test images and its ``embed`` output."""
     root = tmp_path_factory.mktemp("serve")
     model_dir = tiny_model_dir(root / "model")
-    ids = write_gallery_images(root / "images")
-    embed(str(root / "images"), str(model_dir), str(root / "gallery"), kind="image", batch_size=8, num_workers=0,
-          progress=False)
+    ids = embedded_gallery(root, model_dir)
     pretrained = load_pretrained(model_dir)
     engine = SearchEngine(pretrained, Gallery.load(root / "gallery", root / "images"))
     return {"root": root, "model": model_dir, "ids": ids, "pretrained": pretrained, "engine": engine}
@@ -247,6 +245,14 @@ def test_hostile_request_gets_a_json_4xx_and_the_service_keeps_serving(client, n
     assert message in body["error"], body["error"]
     assert "Traceback" not in response.text and "root:" not in response.text
     assert client.get("/healthz").status_code == 200
+
+
+def test_the_app_starts_again_after_a_shutdown(site):
+    app = create_app(site["engine"])
+    for _ in range(2):
+        with TestClient(app, base_url=BASE) as test_client:
+            assert test_client.get("/v1/search?q=%E7%8C%AB&k=1").status_code == 200
+            assert test_client.post("/v1/search/image", files=_upload("a.png", png_bytes())).status_code == 200
 
 
 def test_decompression_bomb_guard_of_pillow_kept_when_the_pixel_limit_is_raised(site):
@@ -548,6 +554,16 @@ def test_serve_refuses_a_public_host_without_a_token(site):
         assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
         assert ("refusing to listen" in proc.stderr) or ("at least 16 characters" in proc.stderr)
         assert "serving on" not in proc.stdout and time.perf_counter() - start < 60
+
+
+def test_serve_explains_a_bad_gallery_or_image_root(site, tmp_path):
+    root = site["root"]
+    for gallery, images, message in ((tmp_path, root / "images", "is not an `ernievil2 embed` output"),
+                                     (root / "gallery", tmp_path / "missing", "is not a folder")):
+        proc = subprocess.run(console_command("serve", str(site["model"]), "--gallery", str(gallery), "--images",
+                                              str(images), "--port", "0"), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def _non_loopback_addresses():

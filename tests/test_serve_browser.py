@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from ernievil2torch.apps.embed import embed
 from ernievil2torch.apps.plotting import cjk_font_file
 
 from helpers import oracles_required
-from serve_helpers import REPO, ServerProcess, tiny_model_dir, write_gallery_images
+from serve_helpers import REPO, ServerProcess, embedded_gallery, tiny_model_dir
 
 CHROMIUM = os.environ.get("ERNIEVIL2_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -71,9 +70,7 @@ def browser():
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     model_dir = tiny_model_dir(root / "model")
-    ids = write_gallery_images(root / "images")
-    embed(str(root / "images"), str(model_dir), str(root / "gallery"), kind="image", batch_size=8, num_workers=0,
-          progress=False)
+    ids = embedded_gallery(root, model_dir)
     args = [str(model_dir), "--gallery", str(root / "gallery"), "--images", str(root / "images"), "--port", "0",
             "--log_level", "warning"]
     with ServerProcess(args) as process:

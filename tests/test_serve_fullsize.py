@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from ernievil2torch.apps.embed import embed, load_embeddings  # noqa: E402
+from ernievil2torch.apps.embed import load_embeddings  # noqa: E402
 from ernievil2torch.apps.retrieval.topk import search_embeddings  # noqa: E402
 from ernievil2torch.apps.serve import Gallery  # noqa: E402
 from ernievil2torch.apps.serve.app import create_app  # noqa: E402
@@ -25,7 +25,7 @@ from ernievil2torch.conversion import convert_checkpoint  # noqa: E402
 from ernievil2torch.pretrained import load_pretrained  # noqa: E402
 from ernievil2torch.verify.synthetic import write_synthetic_vocab  # noqa: E402
 
-from serve_helpers import QUERIES, write_gallery_images  # noqa: E402
+from serve_helpers import QUERIES, embedded_gallery  # noqa: E402
 
 pytestmark = pytest.mark.fullsize
 
@@ -36,9 +36,7 @@ def fullsize(synthetic_pdparams, tmp_path_factory):
     vocab = write_synthetic_vocab(root / "vocab.txt")
     report = convert_checkpoint(synthetic_pdparams("base", "official"), root / "model", vocab=vocab)
     assert report.summary()
-    ids = write_gallery_images(root / "images")
-    embed(str(root / "images"), str(root / "model"), str(root / "gallery"), kind="image", batch_size=8,
-          num_workers=0, progress=False)
+    ids = embedded_gallery(root, root / "model")
     pretrained = load_pretrained(root / "model")
     assert pretrained.model.config.vision.num_layers == 12 and pretrained.model.config.text.num_layers == 12
     engine = SearchEngine(pretrained, Gallery.load(root / "gallery", root / "images"))

@@ -148,6 +148,14 @@ def _cosines_to_first(rows: NormalizedRows, group: np.ndarray) -> np.ndarray:
     return members @ members[0]
 
 
+def _matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _short(text: str, width: int = 24) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
@@ -232,6 +240,8 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
             note = "no picture: pass --images IMAGE_ROOT (the folder given to `ernievil2 embed`) to draw examples"
         elif not groups:
             note = "no picture: no groups at this threshold"
+        elif not _matplotlib_available():
+            note = "no picture: matplotlib is not installed (pip install 'ernievil2torch[plot]')"
         else:
             _, has_cjk = _draw_groups(tmp / PICTURE_NAME, groups, root, threshold, examples, counts)
             picture = target / PICTURE_NAME

@@ -116,15 +116,19 @@ def _page() -> str:
 def create_app(engine: SearchEngine, settings: ServiceSettings = ServiceSettings()) -> FastAPI:
     """The service over ``engine``; batchers and thread pools start and stop with the app's lifespan."""
     limits = settings.limits
-    model_pool = ThreadPoolExecutor(1, thread_name_prefix="ernievil2-model")
-    decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="ernievil2-decode")
     wait_s = settings.max_wait_ms / 1000.0
-    text_batcher = MicroBatcher(engine.text_batch, model_pool, settings.max_batch, wait_s, name="text")
-    image_batcher = MicroBatcher(engine.image_batch, model_pool, settings.max_batch, wait_s, name="image")
+    # One model thread for both batchers (model calls never compete with each other); uploads decode on a pool.
+    # Both pools are made per lifespan, so the app can be started again after a shutdown.
+    pools: Dict[str, ThreadPoolExecutor] = {}
+    text_batcher = MicroBatcher(engine.text_batch, None, settings.max_batch, wait_s, name="text")
+    image_batcher = MicroBatcher(engine.image_batch, None, settings.max_batch, wait_s, name="image")
     page = _page()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        pools["model"] = ThreadPoolExecutor(1, thread_name_prefix="ernievil2-model")
+        pools["decode"] = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="ernievil2-decode")
+        text_batcher.executor = image_batcher.executor = pools["model"]
         await text_batcher.start()
         await image_batcher.start()
         try:
@@ -132,8 +136,8 @@ def create_app(engine: SearchEngine, settings: ServiceSettings = ServiceSettings
         finally:
             await text_batcher.stop()
             await image_batcher.stop()
-            model_pool.shutdown(wait=True, cancel_futures=True)
-            decode_pool.shutdown(wait=True, cancel_futures=True)
+            for pool in pools.values():
+                pool.shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(title="ERNIE-ViL 2.0 image search", version="1", lifespan=lifespan,
                   description="Text->image and image->image search over your own photos (ernievil2torch).")
@@ -175,7 +179,7 @@ def create_app(engine: SearchEngine, settings: ServiceSettings = ServiceSettings
             raise InputError(f"{name}: empty upload (zero bytes), not an image")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(decode_pool, engine.decode_upload, data, name)
+            return await loop.run_in_executor(pools["decode"], engine.decode_upload, data, name)
         except InputError as exc:
             text = str(exc).replace("image #0 (", f"{name} (", 1)
             raise type(exc)(text) from None

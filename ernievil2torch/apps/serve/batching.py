@@ -43,11 +43,13 @@ class BatchStats:
 class MicroBatcher(Generic[T, R]):
     """Collects items from concurrent callers into batches of at most ``max_batch`` for ``run_batch``.
 
-    ``run_batch(items) -> results`` (same length and order) runs in ``executor``. If it raises, every caller of
-    that batch gets the exception. ``max_pending`` bounds the queue (callers wait for room).
+    ``run_batch(items) -> results`` (same length and order) runs in ``executor`` (which may also be set before
+    :meth:`start`). If it raises, every caller of that batch gets the exception. ``max_pending`` bounds the queue
+    (callers wait for room).
     """
 
-    def __init__(self, run_batch: Callable[[List[T]], Sequence[R]], executor: Executor, max_batch: int = 32,
+    def __init__(self, run_batch: Callable[[List[T]], Sequence[R]], executor: Optional[Executor],
+                 max_batch: int = 32,
                  max_wait_s: float = 0.005, max_pending: int = 1024, name: str = "batcher") -> None:
         if max_batch < 1 or max_pending < 1 or max_wait_s < 0:
             raise ValueError("max_batch and max_pending must be positive and max_wait_s not negative")
@@ -59,6 +61,8 @@ class MicroBatcher(Generic[T, R]):
 
     async def start(self) -> None:
         """Start the collector on the running loop (call from the app's startup)."""
+        if self.executor is None:
+            raise RuntimeError(f"{self.name}: set an executor before start()")
         self._queue = asyncio.Queue(self.max_pending)
         self._task = asyncio.create_task(self._collect(), name=self.name)
 

@@ -11,7 +11,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from ...constants import DEFAULT_MAX_LENGTH
-from ...errors import InputError
+from ...errors import ErnieViL2Error, InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
 from ...verify.synthetic import SYNTHETIC_NOTICE
@@ -60,9 +60,13 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
     check_bind(host, token)
     if max_batch < 1 or max_wait_ms < 0 or decode_workers < 1:
         raise InputError("max_batch and decode_workers must be positive and max_wait_ms not negative")
-    import uvicorn
+    try:
+        import uvicorn
 
-    from .app import ServiceSettings, create_app
+        from .app import ServiceSettings, create_app
+    except ImportError as exc:
+        raise ErnieViL2Error(f"`ernievil2 serve` needs fastapi, uvicorn and python-multipart ({exc}); "
+                             "pip install 'ernievil2torch[serve]'") from exc
     from .engine import SearchEngine
 
     limits = limits or ServeLimits()
