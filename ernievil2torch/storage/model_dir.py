@@ -75,6 +75,9 @@ def _validate_config(config: ErnieViL2Config) -> None:
             if item.name.endswith("eps"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                     raise ValueError(f"{item.name} = {value!r} is not a small positive number")
+            elif item.name.endswith("dropout"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                    raise ValueError(f"{item.name} = {value!r} is not a probability in [0, 1)")
             elif isinstance(value, bool) or not isinstance(value, int) or value < (0 if item.name == "pad_token_id"
                                                                                    else 1):
                 raise ValueError(f"{item.name} = {value!r} is not a valid size")
