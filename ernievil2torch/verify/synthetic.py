@@ -17,7 +17,7 @@ from ..config import ErnieViL2Config, base_config
 from ..constants import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, SYNTHETIC_SOURCE_PREFIX, UNK_TOKEN
 from ..conversion.layouts import LAYOUTS, target_shapes, to_layout
 from ..conversion.pdparams import save_pdparams
-from .demo import DEMO_CAPTIONS
+from .demo import DEMO_CAPTIONS, SHAPE_COLOURS, SHAPES, shape_caption
 
 SYNTHETIC_NOTICE = ("SYNTHETIC CHECKPOINT: every weight is random (seeded). Its similarities are meaningless; "
                     "it only proves that conversion and the PyTorch model reproduce Paddle's computation.")
@@ -92,7 +92,8 @@ def write_synthetic_vocab(path: Union[str, Path], vocab_size: int = 40000) -> Pa
     tokens = [PAD_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN]
     tokens += [chr(c) for c in range(33, 127)]
     seen = set(tokens)
-    for caption in DEMO_CAPTIONS:  # make sure the demo captions never hit [UNK]
+    shape_captions = [shape_caption(colour, shape) for shape in SHAPES for colour in SHAPE_COLOURS]
+    for caption in (*DEMO_CAPTIONS, *shape_captions):  # make sure the drawn sets' captions never hit [UNK]
         tokens += [ch for ch in caption if ch not in seen and not seen.add(ch)]
     # CJK Unified Ideographs, then Extension A, then Extension B: plenty of single-character tokens.
     codes = itertools.chain(range(0x4E00, 0xA000), range(0x3400, 0x4DC0), range(0x20000, 0x2A6E0))
