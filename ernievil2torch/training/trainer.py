@@ -334,12 +334,19 @@ class Trainer:
                 shown = "; ".join(f"{n}: {r}" for n, r in result.skipped[:5])
                 raise InputError(f"validation data: {len(result.skipped)} item(s) cannot be read: {shown}")
             record = result.record()
-            self.last_validation = record
             self.log.write({"step": step, "validation": record})
-            message = (f"step {step}: validation t2i R@1 {record['t2i']['R@1']:.2f} i2t R@1 "
-                       f"{record['i2t']['R@1']:.2f} mean recall {record['mean_recall']:.2f}")
-            (bar.write if bar is not None else print)(message)
-            if step > 0 and (self.best[1] is None or record["mean_recall"] > self.best[1]):
+            write = bar.write if bar is not None else print
+            if result.skipped:
+                write(f"step {step}: validation skipped {len(result.skipped)} unreadable item(s): "
+                      + "; ".join(f"{n}: {r}" for n, r in result.skipped[:3]))
+            if result.metrics is None:
+                write(f"step {step}: validation has no readable pair left: no metrics")
+            else:
+                self.last_validation = record
+                write(f"step {step}: validation t2i R@1 {record['t2i']['R@1']:.2f} i2t R@1 "
+                      f"{record['i2t']['R@1']:.2f} mean recall {record['mean_recall']:.2f}")
+            if step > 0 and result.metrics is not None and (self.best[1] is None
+                                                            or record["mean_recall"] > self.best[1]):
                 self.best = (step, record["mean_recall"])
                 save_best(self.out, self.model, self.vocab_file, s.model, step, record)
         self.train_mode()

@@ -3,13 +3,14 @@
 The same features and metrics as ``ernievil2 eval`` (:func:`~ernievil2torch.apps.embed.encoding.encode_items`, the
 official centre-crop preprocessing, raw-cosine ranking, :func:`~ernievil2torch.apps.retrieval.metrics.
 retrieval_metrics`). An image that cannot be read is left out with its captions and reported instead of stopping
-the run; the trainer treats any such failure before the first step as bad input.
+the run (with none left, there are no metrics); the trainer treats any such failure before the first step as bad
+input.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, ContextManager, Dict, List, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -17,21 +18,23 @@ import torch
 from ..apps.embed import Item, encode_items
 from ..apps.retrieval.datasets import RetrievalData
 from ..apps.retrieval.metrics import retrieval_metrics
-from ..errors import InputError
 from ..modeling import ErnieViL2
 from ..processing import ErnieViL2Tokenizer
 
 
 @dataclass
 class Validation:
-    metrics: Dict[str, Any]
-    skipped: List[Tuple[str, str]]  # (image id, reason)
+    metrics: Optional[Dict[str, Any]]  # None when no caption with a readable image was left
+    skipped: List[Tuple[str, str]]  # (image id or "caption N", reason)
 
     def record(self) -> Dict[str, Any]:
         """The JSON-friendly summary logged to ``metrics.jsonl``."""
+        skipped = [name for name, _ in self.skipped]
+        if self.metrics is None:
+            return {"t2i": None, "i2t": None, "mean_recall": None, "skipped_images": skipped}
         m = self.metrics
         return {"t2i": m["t2i"], "i2t": m["i2t"], "mean_recall": m["mean_recall"], "num_texts": m["num_texts"],
-                "num_images": m["num_images"], "skipped_images": [name for name, _ in self.skipped]}
+                "num_images": m["num_images"], "skipped_images": skipped}
 
 
 def validate(model: ErnieViL2, tokenizer: ErnieViL2Tokenizer, data: RetrievalData, batch_size: int,
@@ -49,7 +52,7 @@ def validate(model: ErnieViL2, tokenizer: ErnieViL2Tokenizer, data: RetrievalDat
     new_index = {old: new for new, old in enumerate(image_ok)}
     keep = [row for row, t in enumerate(text_ok) if data.text_image[t] in new_index]
     if not keep:
-        raise InputError(f"validation: no caption with a readable image left ({len(skipped)} unreadable)")
+        return Validation(None, skipped)
     links = [new_index[data.text_image[text_ok[row]]] for row in keep]
     metrics = retrieval_metrics(np.asarray(text_feats)[keep], image_feats, links)
     return Validation(metrics, skipped)
