@@ -374,4 +374,4 @@ def test_a_model_without_temperature_gets_the_official_initial_one(shapes, tmp_p
     result = finetune(no_temperature, shapes.train, tmp_path / "run", images=shapes.train_images, batch_size=8,
                       max_steps=1, lr=1e-9, warmup_steps=0, num_workers=0, progress=False, eval_at_start=False)
     tuned = ErnieViL2.from_pretrained(result.final)
-    assert tuned.config.has_temperature and abs(float(tuned.temperature) - 2.65926) < 1e-4
+    assert tuned.config.has_temperature and abs(tuned.temperature.item() - 2.65926) < 1e-4

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import shutil
 import time
@@ -87,6 +88,13 @@ class FinetuneSettings:
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        # Paths may arrive as Path objects or, from fire, as numbers ("--out 2024"): keep them as strings.
+        for name in ("model", "train", "out", "images", "val", "val_images", "vocab"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, str(value))
 
     #: Settings a resumed run may change: they do not affect the weights.
     FREE_ON_RESUME = ("eval_every", "save_every", "log_every", "keep_last", "eval_at_start", "eval_batch_size",
@@ -421,15 +429,7 @@ class Trainer:
                               self.start_step or None)
 
 
-def finetune(model: str, train: str, out: str, images: Optional[str] = None, val: Optional[str] = None,
-             val_images: Optional[str] = None, vocab: Optional[str] = None, epochs: int = 5,
-             max_steps: Optional[int] = None, batch_size: int = 128, grad_accum: int = 1, lr: float = 5e-5,
-             warmup_steps: int = 100, weight_decay: float = 0.001, max_grad_norm: float = 1.0,
-             max_length: int = DEFAULT_MAX_LENGTH, seed: int = 1, precision: str = "auto",
-             gradient_checkpointing: bool = True, freeze: Optional[str] = None, eval_every: int = 50,
-             save_every: int = 50, log_every: int = 50, keep_last: int = 2, eval_at_start: bool = True,
-             eval_batch_size: int = 64, num_workers: int = 2, device: Optional[str] = None,
-             overwrite: bool = False, resume: bool = False, progress: bool = True) -> FinetuneResult:
+def finetune(model: str, train: str, out: str, **options: Any) -> FinetuneResult:
     """Fine-tune a converted model contrastively on image-caption pairs; several processes under ``torchrun``.
 
     Defaults follow PaddleNLP's ERNIE-ViL 2.0 recipe (AdamW lr 5e-5, 100 warm-up steps then cosine decay, weight
@@ -469,20 +469,28 @@ def finetune(model: str, train: str, out: str, images: Optional[str] = None, val
         overwrite: discard an existing OUT (after every input was checked).
         resume: continue the run in OUT from its newest checkpoint, exactly (same settings required).
         progress: show a progress bar (loss, lr, items/s).
+        adam_beta1, adam_beta2, adam_eps: AdamW's betas and epsilon.
     """
-    settings = FinetuneSettings(
-        model=str(model), train=str(train), out=str(out), images=_opt_str(images), val=_opt_str(val),
-        val_images=_opt_str(val_images), vocab=_opt_str(vocab), epochs=epochs, max_steps=max_steps,
-        batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
-        weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
-        precision=precision, gradient_checkpointing=gradient_checkpointing, freeze=freeze, eval_every=eval_every,
-        save_every=save_every, log_every=log_every, keep_last=keep_last, eval_at_start=eval_at_start,
-        eval_batch_size=eval_batch_size, num_workers=num_workers, device=device, overwrite=overwrite,
-        resume=resume, progress=progress)
+    try:
+        settings = FinetuneSettings(model=model, train=train, out=out, **options)
+    except TypeError as exc:  # an option FinetuneSettings does not have
+        raise InputError(f"finetune: {exc}") from None
     trainer = Trainer(settings)
     trainer.prepare()
     return trainer.run()
 
 
-def _opt_str(value: Any) -> Optional[str]:
-    return None if value is None else str(value)
+def _settings_signature() -> inspect.Signature:
+    """``finetune``'s signature, read off :class:`FinetuneSettings` (one place for the defaults; fire and
+    ``help()`` show it)."""
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = []
+    for item in dataclasses.fields(FinetuneSettings):
+        if item.default is dataclasses.MISSING:
+            params.append(inspect.Parameter(item.name, positional))
+        else:
+            params.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=item.default))
+    return inspect.Signature(params, return_annotation=FinetuneResult)
+
+
+finetune.__signature__ = _settings_signature()  # type: ignore[attr-defined]

@@ -144,7 +144,8 @@ class GradientReport:
     def table(self) -> str:
         lines = [f"loss: ours {self.loss_ours:.8f}, reference {self.loss_reference:.8f}, "
                  f"|diff| {abs(self.loss_ours - self.loss_reference):.3e}",
-                 "| gradients | tensors | max abs diff | max diff / largest magnitude (worst tensor) | min cosine |",
+                 "| gradients | tensors | max abs diff | max diff / largest magnitude (worst tensor) | "
+                 "1 - min cosine |",
                  "|---|---|---|---|---|"]
         for label, prefix in GRADIENT_GROUPS:
             diffs = self.group(prefix)
@@ -152,7 +153,7 @@ class GradientReport:
                 continue
             worst = max(diffs, key=lambda d: d.relative)
             lines.append(f"| {label} | {len(diffs)} | {max(d.max_abs for d in diffs):.3e} | "
-                         f"{worst.relative:.3e} ({worst.name}) | {min(d.cosine for d in diffs):.9f} |")
+                         f"{worst.relative:.3e} ({worst.name}) | {1 - min(d.cosine for d in diffs):.1e} |")
         return "\n".join(lines)
 
 
