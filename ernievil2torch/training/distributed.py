@@ -45,14 +45,6 @@ class ProcessGroup:
         if self.distributed:
             dist.barrier()
 
-    def broadcast_flag(self, flag: bool) -> bool:
-        """Rank 0's value of ``flag`` on every process."""
-        if not self.distributed:
-            return flag
-        value = torch.tensor([int(flag)], device=self.device)
-        dist.broadcast(value, 0)
-        return bool(value.item())
-
 
 def init_process_group(device: Optional[str] = None) -> ProcessGroup:
     """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, else gloo); a single process

@@ -195,6 +195,7 @@ class Trainer:
     def prepare(self) -> None:
         s = self.settings
         checkpoint = self._check_output_dir()
+        self.group.barrier()  # every process has checked OUT before the main one writes into it
         self.train_data = load_pairs(s.train, s.images, "training")
         self.val_data = load_pairs(s.val, s.val_images, "validation") if s.val else None
         loaded = load_pretrained(s.model, dtype=torch.float32, vocab=s.vocab)
@@ -413,11 +414,13 @@ class Trainer:
                                 items_s=f"{record['items_per_s']:.1f}")
                 if not s.progress and self.group.is_main:
                     print(json.dumps(record))
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                window_loss, window_steps = 0.0, 0
             if step % s.eval_every == 0 or step == self.total_steps:
                 self.run_validation(step, bar)
             if step % s.save_every == 0 or step == self.total_steps:
                 self.checkpoint(step)
+            if window_steps == 0:  # items/s counts training only, not validation or checkpointing
+                window_start = time.perf_counter()
         bar.close()
         final = self.out / FINAL_DIR
         if self.group.is_main:
@@ -456,7 +459,7 @@ def finetune(model: str, train: str, out: str, **options: Any) -> FinetuneResult
         max_length: text length in tokens incl. [CLS]/[SEP].
         seed: seed of the pair order, augmentation and dropout.
         precision: auto (bf16 autocast on a GPU that supports it, else fp32), fp32 or bf16.
-        gradient_checkpointing: recompute activations in backward (less memory, ~30% more compute).
+        gradient_checkpointing: recompute activations in backward (less memory, one more forward pass per step).
         freeze: 'vision' or 'text': keep that tower fixed (LiT-style when 'vision').
         eval_every: validate every this many steps (and at the end).
         save_every: checkpoint every this many steps (and at the end).
