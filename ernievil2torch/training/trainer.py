@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -90,15 +91,17 @@ class FinetuneSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        # Paths may arrive as Path objects or, from fire, as numbers ("--out 2024"): keep them as strings.
+        # Paths may arrive as Path objects or, from fire, as numbers ("--out 2024"); they are kept as absolute
+        # strings, so a resume compares the same paths however they were spelled.
         for name in ("model", "train", "out", "images", "val", "val_images", "vocab"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                object.__setattr__(self, name, str(value))
+            if value is not None:
+                object.__setattr__(self, name, os.path.abspath(str(value)))
 
     #: Settings a resumed run may change: they do not affect the weights.
-    FREE_ON_RESUME = ("eval_every", "save_every", "log_every", "keep_last", "eval_at_start", "eval_batch_size",
-                      "num_workers", "device", "overwrite", "resume", "progress", "gradient_checkpointing")
+    FREE_ON_RESUME = ("out", "eval_every", "save_every", "log_every", "keep_last", "eval_at_start",
+                      "eval_batch_size", "num_workers", "device", "overwrite", "resume", "progress",
+                      "gradient_checkpointing")
 
     def check(self) -> None:
         """:class:`InputError` for values no run can use."""
@@ -374,6 +377,24 @@ class Trainer:
                             self.trainer_state(step), self.settings.keep_last)
         self.group.barrier()
 
+    def optimizer_step(self, step: int, batches) -> Tuple[float, float, float, List[Tuple[str, str]]]:
+        """Step ``step`` (0-based): its micro-batches, clipping, AdamW, the schedule. Returns the mean loss, the
+        gradient norm before clipping, the learning rate used and the images skipped in its batches."""
+        s = self.settings
+        torch.manual_seed(step_seed(s.seed, step, self.group.rank))
+        losses, skipped = [], []
+        for micro in range(s.grad_accum):
+            batch = next(batches)
+            skipped += batch.skipped
+            losses.append(self.micro_step(batch, sync=micro == s.grad_accum - 1))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, s.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(np.mean(losses)), grad_norm, lr, skipped
+
     # ---- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> FinetuneResult:
         s = self.settings
@@ -381,37 +402,26 @@ class Trainer:
         if step == 0 and s.eval_at_start:
             self.run_validation(0)
         self.train_mode()
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
         bar = progress_bar(self.total_steps, "finetune", s.progress and self.group.is_main, unit="step")
         bar.update(step)
         pairs_per_step = s.batch_size * self.group.world_size * s.grad_accum
         batches = iter(self.loader())
         window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         while step < self.total_steps:
-            torch.manual_seed(step_seed(s.seed, step, self.group.rank))
-            losses, skipped = [], []
-            for micro in range(s.grad_accum):
-                batch = next(batches)
-                skipped += batch.skipped
-                losses.append(self.micro_step(batch, sync=micro == s.grad_accum - 1))
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, s.max_grad_norm))
-            lr = self.scheduler.get_last_lr()[0]
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            started = time.perf_counter()
+            loss, grad_norm, lr, skipped = self.optimizer_step(step, batches)
             step += 1
             self.report_skipped(step, skipped, bar)
-            window_loss += float(np.mean(losses))
-            window_steps += 1
+            window_loss, window_steps = window_loss + loss, window_steps + 1
             bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                            items_s=f"{pairs_per_step / max(time.perf_counter() - started, 1e-9):.1f}")
             if step % s.log_every == 0 or step == self.total_steps:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),
                           "loss": window_loss / window_steps, "lr": lr, "grad_norm": grad_norm,
                           "items_per_s": window_steps * pairs_per_step / max(elapsed, 1e-9)}
                 self.log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
-                                items_s=f"{record['items_per_s']:.1f}")
                 if not s.progress and self.group.is_main:
                     print(json.dumps(record))
                 window_loss, window_steps = 0.0, 0
