@@ -268,7 +268,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_dropout():
     torch.manual_seed(5)
     ckpt_loss = model(pixels, ids, return_loss=True).loss
     ckpt = grads_of(model, ckpt_loss)
-    assert float(plain_loss) == float(ckpt_loss)
+    assert plain_loss.item() == ckpt_loss.item()
     for name, grad in plain.items():
         assert float((ckpt[name] - grad).abs().max()) <= 1e-6 * float(grad.abs().max()) + 1e-12, name
     with torch.no_grad():  # inference ignores the flag
