@@ -187,16 +187,18 @@ def classify(model: str, images: Any, labels: Any, templates: Any = None, vocab:
 
 @leaves_on_interrupt(ATOMIC_OUTPUT)
 def export(model: str, out: str, format: str = "hf", overwrite: bool = False, vocab: Optional[str] = None,
-           opset: int = 17) -> None:
-    """Export a converted model: --format hf (stock transformers ErnieModel + CLIPVisionModel) or onnx (both towers).
+           opset: int = 17, layout: str = "official") -> None:
+    """Export a converted model: --format hf (stock transformers ErnieModel + CLIPVisionModel), onnx (both towers)
+    or paddle (a .pdparams for Baidu's official MultiModalModel or PaddleNLP's ErnieViLModel; no Paddle needed).
 
     Args:
-        model: a directory written by convert.py.
-        out: output directory.
-        format: hf or onnx.
-        overwrite: replace an existing output directory.
+        model: a directory written by convert.py (or by finetune).
+        out: output directory (hf, onnx) or .pdparams file (paddle).
+        format: hf, onnx or paddle.
+        overwrite: replace an existing output.
         vocab: vocab.txt for the HF tokenizer files, when the model directory has none (hf only).
         opset: ONNX opset (onnx only).
+        layout: official or paddlenlp: the key layout of the .pdparams (paddle only).
     """
     if format == "hf":
         from .export.hf import export_hf
@@ -206,8 +208,12 @@ def export(model: str, out: str, format: str = "hf", overwrite: bool = False, vo
         from .export.onnx import export_onnx
 
         print(export_onnx(_path(model), _path(out), opset=opset, overwrite=overwrite))
+    elif format == "paddle":
+        from .export.paddle import export_paddle
+
+        print(export_paddle(_path(model), _path(out), layout=str(layout), overwrite=overwrite))
     else:
-        raise ErnieViL2Error(f"--format must be hf or onnx, not {format!r}")
+        raise ErnieViL2Error(f"--format must be hf, onnx or paddle, not {format!r}")
 
 
 @leaves_on_interrupt("stopped (the service writes no files)")
@@ -296,10 +302,22 @@ def _retrieval_commands() -> Dict[str, Callable[..., Any]]:
     return {"search": leaves_on_interrupt(ATOMIC_OUTPUT)(search), "eval": leaves_on_interrupt(NO_OUTPUT)(evaluate)}
 
 
+def _finetune_command() -> Callable[..., Any]:
+    from .training import finetune
+
+    @functools.wraps(finetune)
+    def command(*args: Any, **kwargs: Any) -> None:
+        print(finetune(*args, **kwargs).summary())
+
+    return leaves_on_interrupt("interrupted; the checkpoints written so far are complete: run the same command "
+                               "with --resume to continue exactly")(command)
+
+
 def commands() -> Dict[str, Callable[..., Any]]:
     """The ``ernievil2`` subcommands."""
     return {"convert": convert, "check": logit_check, "similarity": performance_check, "classify": classify,
-            "embed": _embed_command(), **_retrieval_commands(), "export": export, "serve": serve, "dedup": dedup}
+            "embed": _embed_command(), **_retrieval_commands(), "finetune": _finetune_command(), "export": export,
+            "serve": serve, "dedup": dedup}
 
 
 def main() -> None:
@@ -310,3 +328,8 @@ def main() -> None:
 def main_embed() -> None:
     """``python -m ernievil2torch.embed`` (also under torchrun): the embed command alone."""
     run_command(_embed_command(), name="embed")
+
+
+def main_finetune() -> None:
+    """``python -m ernievil2torch.finetune`` (also under torchrun): the finetune command alone."""
+    run_command(_finetune_command(), name="finetune")

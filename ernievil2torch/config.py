@@ -27,6 +27,11 @@ class TextConfig:
     # Paddle's LayerNorm default. PaddleNLP >= 2.6 (1e-12) and the seed port (1e-12) got this wrong.
     layer_norm_eps: float = 1e-5
     pad_token_id: int = 0
+    # Training only (``model.train()``); eval output does not depend on them. The official ERNIE 3.0 config:
+    # ``hidden_dropout_prob`` 0.1 after the embedding LayerNorm and on the attention and FFN outputs before each
+    # residual add, ``attention_probs_dropout_prob`` 0.1 on the attention probabilities.
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class VisionConfig:
     num_heads: int = 12
     intermediate_size: int = 3072
     layer_norm_eps: float = 1e-6
+    # Training only. The released ViT has no dropout and no drop-path (Baidu's and PaddleNLP's code); the fields
+    # exist so a fine-tuning run may add some (on the residual branches and the attention probabilities).
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
 
     @property
     def num_patches(self) -> int:

@@ -27,6 +27,16 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 VOCAB_NAME = "vocab.txt"
 
+# ---- a fine-tuning run's output folder ---------------------------------------------------------------------------
+RUN_SETTINGS_NAME = "run.json"             # the settings the run was started with (checked by --resume)
+METRICS_LOG_NAME = "metrics.jsonl"         # one JSON object per line: training logs, validations, skipped images
+CHECKPOINTS_DIR = "checkpoints"            # step-00000050/ ...: converted directories + TRAINER_STATE_NAME
+TRAINER_STATE_NAME = "trainer_state.pt"    # optimizer, scheduler, step, RNG (tensors and plain values only)
+BEST_DIR = "best"                          # the converted directory with the best validation mean recall
+FINAL_DIR = "final"                        # the converted directory after the last step
+#: Initial value of a temperature added to a checkpoint that has none (Baidu's ``temperature_b`` init, log 14.3).
+OFFICIAL_TEMPERATURE_INIT = 2.65926
+
 # ---- released checkpoints -------------------------------------------------------------------------------------
 DEFAULT_CHECKPOINT_NAMES: Tuple[str, ...] = ("OPEN_ERNIE_VIL2_BASE_ViT.pdparams", "ERNIE_VIL2_BASE_ViT.pdparams")
 DOWNLOAD_HINT = (

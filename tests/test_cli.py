@@ -96,8 +96,8 @@ def test_performance_check_on_a_pdparams_gives_a_one_line_hint(small224):
     assert proc.returncode == 2 and "must be converted first" in proc.stderr and "Traceback" not in proc.stderr
 
 
-CONSOLE_SUBCOMMANDS = ("convert", "check", "similarity", "classify", "embed", "search", "eval", "export", "serve",
-                       "dedup")
+CONSOLE_SUBCOMMANDS = ("convert", "check", "similarity", "classify", "embed", "search", "eval", "finetune", "export",
+                       "serve", "dedup")
 
 
 @pytest.mark.parametrize("sub", ("",) + CONSOLE_SUBCOMMANDS)

@@ -313,6 +313,15 @@ def plan_conversion(shapes: Dict[str, Shape], layout: Optional[Layout] = None,
     return ConversionPlan(layout, config, expanded, expected, dropped)
 
 
+def from_layout(state: Dict[str, np.ndarray], layout: Layout, config: ErnieViL2Config) -> Dict[str, np.ndarray]:
+    """A complete in-memory checkpoint in ``layout`` -> our state dict (numpy): :func:`to_layout` reversed.
+
+    No checks beyond a missing key (use :func:`plan_conversion` for a file of unknown provenance). The ops are
+    linear re-arrangements, so this maps gradients given in a layout's parameter shapes as well as weights.
+    """
+    return {rule.target: rule.apply([state[key] for key in rule.sources]) for rule in expand_rules(layout, config)}
+
+
 def to_layout(state: Dict[str, np.ndarray], layout: Layout, config: ErnieViL2Config) -> Dict[str, np.ndarray]:
     """Our state dict (numpy) -> a checkpoint in ``layout``: test and demo checkpoints, the HF and Paddle exports.
 

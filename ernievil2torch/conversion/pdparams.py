@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import CheckpointError, UnsafePickleError
+from ..storage.atomic import atomic_file
 
 STRUCTURE_KEY = "StructuredToParameterName@@"
 BIG_PARAM_KEY = "UnpackBigParamInfor@@"
@@ -575,10 +576,16 @@ def save_pdparams(state: Dict[str, np.ndarray], path: Union[str, os.PathLike], p
     """Pickle a state dict the way ``paddle.save`` does: a plain dict of numpy arrays plus the name-map entry.
 
     Nothing but a dict, strings and arrays is pickled, so :func:`load_pdparams` (and ``paddle.load``) read it back.
+    Written atomically (:func:`~ernievil2torch.storage.atomic.atomic_file`): ``path`` holds its previous content
+    or the complete new file, never a part.
     """
-    payload: Dict[str, Any] = dict(state)
+    payload: Dict[str, Any] = {}
+    for key, array in state.items():
+        if not isinstance(key, str) or type(array) is not np.ndarray or array.dtype not in _ALLOWED_DTYPES:
+            raise TypeError(f"{key!r}: only plain numeric numpy arrays under string keys are written")
+        payload[key] = array
     payload[STRUCTURE_KEY] = {k: k for k in state}
     path = Path(path)
-    with open(path, "wb") as handle:
+    with atomic_file(path) as handle:
         pickle.dump(payload, handle, protocol=protocol)
     return path

@@ -88,7 +88,7 @@ def hf_text_config(config: ErnieViL2Config) -> dict:
         "architectures": ["ErnieModel"], "model_type": "ernie",
         "vocab_size": t.vocab_size, "hidden_size": t.hidden_size, "num_hidden_layers": t.num_layers,
         "num_attention_heads": t.num_heads, "intermediate_size": t.intermediate_size, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+        "hidden_dropout_prob": t.hidden_dropout, "attention_probs_dropout_prob": t.attention_dropout,
         "max_position_embeddings": t.max_position_embeddings, "type_vocab_size": 1, "use_task_id": False,
         "task_type_vocab_size": 3, "layer_norm_eps": t.layer_norm_eps, "pad_token_id": t.pad_token_id,
         "position_embedding_type": "absolute", "initializer_range": 0.02, "dtype": "float32",
@@ -104,7 +104,7 @@ def hf_vision_config(config: ErnieViL2Config) -> dict:
         "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size, "num_hidden_layers": v.num_layers,
         "num_attention_heads": v.num_heads, "num_channels": v.num_channels, "image_size": v.image_size,
         "patch_size": v.patch_size, "hidden_act": "quick_gelu", "layer_norm_eps": v.layer_norm_eps,
-        "attention_dropout": 0.0, "projection_dim": v.hidden_size, "initializer_range": 0.02,
+        "attention_dropout": v.attention_dropout, "projection_dim": v.hidden_size, "initializer_range": 0.02,
         "initializer_factor": 1.0, "dtype": "float32", "torch_dtype": "float32",
     }
 

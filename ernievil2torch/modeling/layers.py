@@ -1,11 +1,12 @@
 """Building blocks shared by both towers: the attention-bias builder, fused-qkv self-attention, the MLP."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..constants import MASK_BIAS
 
@@ -42,15 +43,20 @@ class SelfAttention(nn.Module):
 
     ``first_token_only=True`` computes the output of token 0 alone (queries from token 0, keys and values from
     every token): the last block of each tower only feeds the [CLS]/class token to the feature, so the other
-    rows' query, attention, output-projection and MLP work is skipped. Row 0 is the same function either way.
+    rows' query, attention, output-projection and MLP work is skipped. Row 0 is the same function either way,
+    gradients included (the weight slices below are views that autograd differentiates like the whole).
+
+    ``attention_dropout`` drops attention probabilities (inverted dropout, as Paddle's ``upscale_in_train``) in
+    training mode only; in eval mode the call is exactly the inference call.
     """
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, attention_dropout: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.attention_dropout = attention_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out_proj = nn.Linear(dim, dim)
 
@@ -58,17 +64,18 @@ class SelfAttention(nn.Module):
                 first_token_only: bool = False) -> torch.Tensor:
         batch, length, dim = x.shape
         heads, head_dim = self.num_heads, self.head_dim
+        dropout_p = self.attention_dropout if self.training else 0.0
         if not first_token_only:
             qkv = self.qkv(x).view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)
             return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
         # Rows [0, dim) of the fused weight are q, rows [dim, 3 dim) are k|v: contiguous views, no copies.
         weight, bias = self.qkv.weight, self.qkv.bias
         q = F.linear(x[:, 0], weight[:dim], bias[:dim]).view(batch, heads, 1, head_dim)
         kv = F.linear(x, weight[dim:], bias[dim:]).view(batch, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)   # [B, H, 1, hd]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)  # [B, H, 1, hd]
         return self.out_proj(out.reshape(batch, 1, dim))
 
 
@@ -83,3 +90,14 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation(self.fc1(x)))
+
+
+def run_block(block: nn.Module, checkpointed: bool, *args: Any) -> torch.Tensor:
+    """``block(*args)``, or the same under activation checkpointing when ``checkpointed`` and autograd is on.
+
+    Checkpointing stores only the block's input and recomputes its activations during backward (non-reentrant
+    ``torch.utils.checkpoint``, which replays the dropout masks: the gradients are those of the plain call).
+    """
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)

@@ -12,18 +12,21 @@ from torch import nn
 from ..config import ErnieViL2Config
 from ..errors import CheckpointError
 from ..storage.model_dir import read_model_dir, write_model_dir
+from .loss import contrastive_loss
 from .text import TextEncoder
 from .vision import VisionEncoder
 
 
 @dataclass
 class ErnieViL2Output:
-    """Scores of every image against every text (``logits_per_text`` is the transpose)."""
+    """Scores of every image against every text (``logits_per_text`` is the transpose); the raw (unnormalised)
+    features; with ``return_loss=True`` the contrastive loss of the batch (0-d), else None."""
 
     logits_per_image: torch.Tensor
     logits_per_text: torch.Tensor
     image_embeds: torch.Tensor
     text_embeds: torch.Tensor
+    loss: Optional[torch.Tensor] = None
 
 
 class ErnieViL2(nn.Module):
@@ -70,11 +73,20 @@ class ErnieViL2(nn.Module):
         return logits if scale is None else logits * scale.to(logits.dtype)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: Optional[torch.Tensor] = None) -> ErnieViL2Output:
+                attention_mask: Optional[torch.Tensor] = None, return_loss: bool = False) -> ErnieViL2Output:
+        """Features and scores of a batch; ``return_loss=True`` adds the contrastive loss
+        (:func:`~ernievil2torch.modeling.loss.contrastive_loss`), which needs image i paired with text i."""
         image_embeds = self.encode_image(pixel_values)
         text_embeds = self.encode_text(input_ids, attention_mask)
         logits_per_image = self.score(image_embeds, text_embeds)
-        return ErnieViL2Output(logits_per_image, logits_per_image.T, image_embeds, text_embeds)
+        loss = contrastive_loss(image_embeds, text_embeds, self.logit_scale) if return_loss else None
+        return ErnieViL2Output(logits_per_image, logits_per_image.T, image_embeds, text_embeds, loss)
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> "ErnieViL2":
+        """Recompute every block's activations during backward instead of storing them (both towers): less memory
+        for about one more forward pass per step; gradients unchanged. Returns ``self``."""
+        self.vision.gradient_checkpointing = self.text.gradient_checkpointing = bool(enabled)
+        return self
 
     # ---- converted-directory format ------------------------------------------------------------------------
     def save_pretrained(self, path: Union[str, Path]) -> None:

@@ -8,17 +8,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TextConfig
-from .layers import MLP, SelfAttention, attention_bias
+from .layers import MLP, SelfAttention, attention_bias, run_block
 
 
 class TextEmbeddings(nn.Module):
-    """Word and absolute position embeddings, then LayerNorm (no token-type or task embedding)."""
+    """Word and absolute position embeddings, then LayerNorm and (training only) dropout; no token-type or task
+    embedding."""
 
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         length = input_ids.shape[1]
@@ -26,27 +28,32 @@ class TextEmbeddings(nn.Module):
             raise ValueError(f"text of {length} tokens exceeds the model's "
                              f"{self.position_embeddings.num_embeddings} positions")
         positions = self.position_embeddings.weight[:length]
-        return self.norm(self.word_embeddings(input_ids) + positions)
+        return self.dropout(self.norm(self.word_embeddings(input_ids) + positions))
 
 
 class TextBlock(nn.Module):
-    """Post-norm transformer block: ``h = LN1(x + Attn(x)); out = LN2(h + MLP(h))``."""
+    """Post-norm transformer block: ``h = LN1(x + drop(Attn(x))); out = LN2(h + drop(MLP(h)))``.
+
+    The dropout sites are the official ones (``hidden_dropout`` on both branch outputs before the residual add,
+    ``attention_dropout`` on the attention probabilities, none inside the MLP); they act in training mode only.
+    """
 
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
-        self.attn = SelfAttention(cfg.hidden_size, cfg.num_heads)
+        self.attn = SelfAttention(cfg.hidden_size, cfg.num_heads, cfg.attention_dropout)
         self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, F.gelu)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor],
                 first_token_only: bool = False) -> torch.Tensor:
         """``first_token_only``: return only the [CLS] row's output [B, 1, D] (what the last block feeds on)."""
         if first_token_only:
-            x = self.norm1(x[:, :1] + self.attn(x, attn_bias, first_token_only=True))
+            x = self.norm1(x[:, :1] + self.dropout(self.attn(x, attn_bias, first_token_only=True)))
         else:
-            x = self.norm1(x + self.attn(x, attn_bias))
-        return self.norm2(x + self.mlp(x))
+            x = self.norm1(x + self.dropout(self.attn(x, attn_bias)))
+        return self.norm2(x + self.dropout(self.mlp(x)))
 
 
 class TextEncoder(nn.Module):
@@ -63,6 +70,8 @@ class TextEncoder(nn.Module):
         self.embeddings = TextEmbeddings(cfg)
         self.layers = nn.ModuleList(TextBlock(cfg) for _ in range(cfg.num_layers))
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        #: Recompute each block's activations in backward instead of storing them (see ``run_block``).
+        self.gradient_checkpointing = False
 
     def keep_mask(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """``[B, L]`` bool, True on real tokens: ``attention_mask`` when given, else ``input_ids != pad id``."""
@@ -106,7 +115,7 @@ class TextEncoder(nn.Module):
         x = self.embeddings(input_ids)
         last = len(self.layers) - 1
         for index, block in enumerate(self.layers):
-            x = block(x, attn_bias, first_token_only=first_token_only and index == last)
+            x = run_block(block, self.gradient_checkpointing, x, attn_bias, first_token_only and index == last)
         return x
 
     def encode(self, input_ids: torch.Tensor, attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -5,26 +5,31 @@ import torch
 from torch import nn
 
 from ..config import VisionConfig
-from .layers import MLP, SelfAttention, quick_gelu
+from .layers import MLP, SelfAttention, quick_gelu, run_block
 
 
 class VisionBlock(nn.Module):
-    """Pre-norm transformer block: ``x += Attn(LN1(x)); x += MLP(LN2(x))`` with QuickGELU."""
+    """Pre-norm transformer block: ``x += drop(Attn(LN1(x))); x += drop(MLP(LN2(x)))`` with QuickGELU.
+
+    The released ViT has no dropout (both probabilities default to 0, so ``drop`` is the identity); a fine-tuning
+    config may set ``hidden_dropout`` (branch outputs) and ``attention_dropout`` (attention probabilities).
+    """
 
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.attn = SelfAttention(cfg.hidden_size, cfg.num_heads)
+        self.attn = SelfAttention(cfg.hidden_size, cfg.num_heads, cfg.attention_dropout)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, quick_gelu)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, x: torch.Tensor, first_token_only: bool = False) -> torch.Tensor:
         """``first_token_only``: return only the class token's output [B, 1, D] (what the last block feeds on)."""
         if first_token_only:
-            x = x[:, :1] + self.attn(self.norm1(x), first_token_only=True)
+            x = x[:, :1] + self.dropout(self.attn(self.norm1(x), first_token_only=True))
         else:
-            x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+            x = x + self.dropout(self.attn(self.norm1(x)))
+        return x + self.dropout(self.mlp(self.norm2(x)))
 
 
 class VisionEncoder(nn.Module):
@@ -40,6 +45,8 @@ class VisionEncoder(nn.Module):
         self.norm_pre = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_layers))
         self.norm_post = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        #: Recompute each block's activations in backward instead of storing them (see ``run_block``).
+        self.gradient_checkpointing = False
 
     def forward_tokens(self, pixel_values: torch.Tensor, first_token_only: bool = False) -> torch.Tensor:
         """Token states [B, 1 + patches, hidden] before norm_post ([B, 1, hidden], the class row computed alone in
@@ -50,7 +57,7 @@ class VisionEncoder(nn.Module):
         x = self.norm_pre(x)
         last = len(self.layers) - 1
         for index, block in enumerate(self.layers):
-            x = block(x, first_token_only=first_token_only and index == last)
+            x = run_block(block, self.gradient_checkpointing, x, first_token_only and index == last)
         return x
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:

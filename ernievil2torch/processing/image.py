@@ -46,7 +46,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..constants import IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ImageTooLargeError, InputError
 
-__all__ = ["ErnieViL2ImageProcessor", "official_resize_shape", "official_crop_box"]
+__all__ = ["ErnieViL2ImageProcessor", "official_resize_shape", "official_crop_box", "official_window"]
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
@@ -63,6 +63,22 @@ def official_resize_shape(width: int, height: int, size: int = IMAGE_SIZE) -> Tu
 def official_crop_box(width: int, height: int, size: int = IMAGE_SIZE) -> Tuple[int, int]:
     """``(left, top)`` of the official centre crop (``ceil`` of half the excess)."""
     return math.ceil((width - size) / 2.0), math.ceil((height - size) / 2.0)
+
+
+def official_window(rgb: np.ndarray, left: int, top: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The ``size`` x ``size`` window at ``(left, top)`` of an 8-bit RGB HWC array after the official short-side
+    resize (:func:`official_resize_shape`, OpenCV ``INTER_LINEAR`` semantics), uint8 HWC.
+
+    Only the window is interpolated. The eval pipeline takes the centre window (:func:`official_crop_box`); the
+    training augmentation takes a random one. ``ValueError`` if the window does not fit the resized image.
+    """
+    h, w = rgb.shape[:2]
+    new_w, new_h = official_resize_shape(w, h, size)
+    if not (0 <= left <= new_w - size and 0 <= top <= new_h - size):
+        raise ValueError(f"window ({left}, {top}) of size {size} is outside the resized {new_w}x{new_h} image")
+    if (new_w, new_h) == (w, h):
+        return np.ascontiguousarray(rgb[top:top + size, left:left + size])
+    return _bilinear_window(rgb, new_w, new_h, left, top, size)
 
 
 def _linear_taps(src_len: int, dst_len: int, start: int, count: int):
@@ -254,11 +270,8 @@ class ErnieViL2ImageProcessor:
             resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BICUBIC))
             top, left = (new_h - size) // 2, (new_w - size) // 2
             return np.ascontiguousarray(resized[top:top + size, left:left + size])
-        new_w, new_h = official_resize_shape(w, h, size)
-        left, top = official_crop_box(new_w, new_h, size)
-        if (new_w, new_h) == (w, h):
-            return np.ascontiguousarray(rgb[top:top + size, left:left + size])
-        return _bilinear_window(rgb, new_w, new_h, left, top, size)
+        left, top = official_crop_box(*official_resize_shape(w, h, size), size)
+        return official_window(rgb, left, top, size)
 
     def crops(self, images: Union[ImageInput, Sequence[ImageInput]]) -> List[np.ndarray]:
         """Decoded, resized and cropped uint8 HWC arrays, one per image."""

@@ -52,16 +52,25 @@ def write_safetensors_streaming(path: Union[str, Path], specs: List[TensorSpec],
         os.fsync(handle.fileno())
 
 
+def fill_model_dir(directory: Union[str, Path], config: ErnieViL2Config, state: Mapping[str, torch.Tensor],
+                   vocab_file: Optional[Union[str, Path]] = None,
+                   metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Write the files of a converted directory into ``directory`` (an unpublished one, e.g. the hidden directory
+    of :func:`~ernievil2torch.storage.atomic.atomic_directory`, where more files may join them)."""
+    directory = Path(directory)
+    specs = [(name, t.dtype, tuple(t.shape)) for name, t in state.items()]
+    config.save(directory / CONFIG_NAME)
+    write_safetensors_streaming(directory / WEIGHTS_NAME, specs, lambda name: state[name].detach().cpu(), metadata)
+    if vocab_file is not None:
+        shutil.copyfile(vocab_file, directory / VOCAB_NAME)
+
+
 def write_model_dir(dst: Union[str, Path], config: ErnieViL2Config, state: Mapping[str, torch.Tensor],
                     overwrite: bool = False, vocab_file: Optional[Union[str, Path]] = None,
                     metadata: Optional[Mapping[str, str]] = None) -> Path:
     """Save an in-memory state dict as a converted directory (atomically); returns ``dst``."""
-    specs = [(name, t.dtype, tuple(t.shape)) for name, t in state.items()]
     with atomic_directory(dst, overwrite) as tmp:
-        config.save(tmp / CONFIG_NAME)
-        write_safetensors_streaming(tmp / WEIGHTS_NAME, specs, lambda name: state[name].detach().cpu(), metadata)
-        if vocab_file is not None:
-            shutil.copyfile(vocab_file, tmp / VOCAB_NAME)
+        fill_model_dir(tmp, config, state, vocab_file, metadata)
     return Path(dst)
 
 
@@ -75,6 +84,9 @@ def _validate_config(config: ErnieViL2Config) -> None:
             if item.name.endswith("eps"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                     raise ValueError(f"{item.name} = {value!r} is not a small positive number")
+            elif item.name.endswith("dropout"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                    raise ValueError(f"{item.name} = {value!r} is not a probability in [0, 1)")
             elif isinstance(value, bool) or not isinstance(value, int) or value < (0 if item.name == "pad_token_id"
                                                                                    else 1):
                 raise ValueError(f"{item.name} = {value!r} is not a valid size")

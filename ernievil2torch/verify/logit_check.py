@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import ErnieViL2Config, base_config, tiny_config
 from ..conversion.convert import convert_checkpoint
-from ..conversion.layouts import OFFICIAL, plan_conversion, to_layout
+from ..conversion.layouts import OFFICIAL, from_layout, plan_conversion, to_layout
 from ..conversion.pdparams import load_pdparams
 from ..errors import ErnieViL2Error
 from ..modeling import ErnieViL2
@@ -35,8 +35,7 @@ def to_official_layout(state: Dict[str, np.ndarray]) -> Tuple[ErnieViL2Config, D
     plan = plan_conversion({k: tuple(a.shape) for k, a in state.items()})
     if plan.layout is OFFICIAL:
         return plan.config, state
-    ours = {rule.target: rule.apply([state[k] for k in rule.sources]) for rule in plan.rules}
-    return plan.config, to_layout(ours, OFFICIAL, plan.config)
+    return plan.config, to_layout(from_layout(state, plan.layout, plan.config), OFFICIAL, plan.config)
 
 
 @dataclass

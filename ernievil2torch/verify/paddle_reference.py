@@ -17,6 +17,9 @@ Architecture, as in the official code:
   ``head_dim**-0.5``; additive bias ``(1 - m m^T) * -10000`` with ``m = input_ids != 0`` (the official outer-product
   mask); feature ``tanh(pooler(h[:, 0]))``. All norms use Paddle's default eps 1e-5.
 * scoring: ``logit_scale = exp(contrastive_loss_mm.temperature_b)``.
+* loss (``run_reference_backward``, Baidu's ``ContrastiveHead``): L2-normalised features, ``logits_per_image =
+  scale * img @ txt^T``, ``logits_per_text = scale * txt @ img^T``, mean cross-entropy against ``arange`` each way,
+  averaged; no clamp. The reference has no dropout, which is what a dropout-0 training step computes.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ __all__ = [
     "PaddleErnieViL2",
     "load_official_state",
     "run_reference",
+    "run_reference_backward",
     "IGNORED_OFFICIAL_KEYS",
 ]
 
@@ -333,3 +337,37 @@ def run_reference(config: ErnieViL2Config, state: Mapping[str, Any], pixel_value
             "logit_scale": None if scale is None else float(scale.numpy().reshape(-1)[0]),
             "logits_per_image": logits.numpy().astype(np.float32),
         }
+
+
+def run_reference_backward(config: ErnieViL2Config, state: Mapping[str, Any], pixel_values: np.ndarray,
+                           input_ids: np.ndarray) -> dict[str, Any]:
+    """One training step's forward and backward of the reference: the contrastive loss of the paired batch
+    (image i with text i) and its gradients, as float32 numpy.
+
+    Returns ``loss`` (float), ``grads`` ({official key: gradient in the parameter's Paddle layout, e.g. Linear
+    [in, out]}) and ``pixel_grad`` [B, 3, S, S]. Needs a temperature and as many texts as images.
+    """
+    if not config.has_temperature:
+        raise ValueError("the contrastive loss needs the temperature")
+    if len(pixel_values) != len(input_ids):
+        raise ValueError(f"{len(pixel_values)} images but {len(input_ids)} texts: the loss pairs them row by row")
+    paddle.set_device("cpu")
+    model = PaddleErnieViL2(config)
+    load_official_state(model, state)
+    model.train()
+    pix = paddle.to_tensor(np.asarray(pixel_values, dtype=np.float32), stop_gradient=False)
+    ids = paddle.to_tensor(np.asarray(input_ids, dtype=np.int64))
+    img = F.normalize(model.encode_image(pix), axis=-1)
+    txt = F.normalize(model.encode_text(ids), axis=-1)
+    scale = model.logit_scale
+    logits_per_image = scale * paddle.matmul(img, txt, transpose_y=True)
+    logits_per_text = scale * paddle.matmul(txt, img, transpose_y=True)
+    labels = paddle.arange(len(input_ids), dtype="int64")
+    loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    if missing:
+        raise RuntimeError(f"no gradient reached {missing[:5]}")
+    return {"loss": float(loss.numpy().reshape(-1)[0]),
+            "grads": {name: p.grad.numpy().astype(np.float32) for name, p in model.named_parameters()},
+            "pixel_grad": pix.grad.numpy().astype(np.float32)}

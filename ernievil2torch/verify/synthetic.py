@@ -17,14 +17,22 @@ from ..config import ErnieViL2Config, base_config
 from ..constants import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, SYNTHETIC_SOURCE_PREFIX, UNK_TOKEN
 from ..conversion.layouts import LAYOUTS, target_shapes, to_layout
 from ..conversion.pdparams import save_pdparams
-from .demo import DEMO_CAPTIONS
+from .demo import DEMO_CAPTIONS, SHAPE_COLOURS, SHAPES, shape_caption
 
 SYNTHETIC_NOTICE = ("SYNTHETIC CHECKPOINT: every weight is random (seeded). Its similarities are meaningless; "
                     "it only proves that conversion and the PyTorch model reproduce Paddle's computation.")
 
 
-def random_state(config: Optional[ErnieViL2Config] = None, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Our-layout state dict (float32 numpy) with every tensor drawn at a scale that keeps activations sane."""
+def random_state(config: Optional[ErnieViL2Config] = None, seed: int = 0,
+                 unit_gain: bool = False) -> Dict[str, np.ndarray]:
+    """Our-layout state dict (float32 numpy) with every tensor drawn at a scale that keeps activations sane.
+
+    ``unit_gain=True`` draws Linear and patch-conv weights with std ``1/sqrt(fan_in)`` instead of 0.02 (same
+    random draws, rescaled). With the small default weights the residual stream is dominated by the embeddings,
+    so every input gets nearly the same features (cosine ~1.000) and a contrastive-loss gradient is mostly
+    cancellation; at unit gain features of different inputs stay apart (cosines ~0.6-0.9), the regime a
+    gradient-parity test needs to compare implementations rather than float32 round-off.
+    """
     config = config or base_config()
     rng = np.random.default_rng(seed)
     state: Dict[str, np.ndarray] = {}
@@ -37,8 +45,9 @@ def random_state(config: Optional[ErnieViL2Config] = None, seed: int = 0) -> Dic
             value = 0.05 * rng.standard_normal(shape)
         elif name in ("vision.class_embedding", "vision.positional_embedding") or "embeddings" in name:
             value = 0.1 * rng.standard_normal(shape)
-        else:
-            value = 0.02 * rng.standard_normal(shape)
+        else:  # Linear and patch-conv weights
+            fan_in = int(np.prod(shape[1:]))
+            value = rng.standard_normal(shape) * (1.0 / math.sqrt(fan_in) if unit_gain else 0.02)
         state[name] = value.astype(np.float32)
     return state
 
@@ -83,7 +92,8 @@ def write_synthetic_vocab(path: Union[str, Path], vocab_size: int = 40000) -> Pa
     tokens = [PAD_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN]
     tokens += [chr(c) for c in range(33, 127)]
     seen = set(tokens)
-    for caption in DEMO_CAPTIONS:  # make sure the demo captions never hit [UNK]
+    shape_captions = [shape_caption(colour, shape) for shape in SHAPES for colour in SHAPE_COLOURS]
+    for caption in (*DEMO_CAPTIONS, *shape_captions):  # make sure the drawn sets' captions never hit [UNK]
         tokens += [ch for ch in caption if ch not in seen and not seen.add(ch)]
     # CJK Unified Ideographs, then Extension A, then Extension B: plenty of single-character tokens.
     codes = itertools.chain(range(0x4E00, 0xA000), range(0x3400, 0x4DC0), range(0x20000, 0x2A6E0))

@@ -23,6 +23,11 @@ projection), ``text_features`` (``get_text_features``: the tanh pooler output, n
 ``_1``, ... (the unsuffixed ones are the first run). Missing or unexpected keys, or shape mismatches,
 are an error (exit status 2) — except ``temperature`` when the config has no temperature: it is then set to 0 so the
 logits are plain cosine.
+
+``--backward``: one training step instead (first ``--text-ln-eps`` value): ``model.train()`` with every dropout at 0,
+``model(input_ids, pixel_values, return_loss=True)`` (images and texts paired row by row), ``loss.backward()``. Writes
+``loss``, ``pixel_grad`` [I,3,S,S] and ``grad/<parameter name>`` for every parameter (PaddleNLP layout and shapes,
+Linear gradients [in, out]); a parameter without a gradient is an error.
 """
 from __future__ import annotations
 
@@ -97,6 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--text-ln-eps", default="1e-5",
                     help="epsilon for every text LayerNorm, or 'none' to keep PaddleNLP's own (1e-12); a "
                          "comma-separated list runs the model once per value (outputs suffixed _0, _1, ...)")
+    ap.add_argument("--backward", action="store_true",
+                    help="run one training step (return_loss=True, backward) and write the loss and gradients")
     args = ap.parse_args(argv)
 
     import paddle
@@ -152,6 +159,11 @@ def main(argv=None) -> int:
         pixel_values = paddle.to_tensor(np.asarray(z["pixel_values"], dtype=np.float32))
         input_ids = paddle.to_tensor(np.asarray(z["input_ids"], dtype=np.int64))
 
+    if args.backward:
+        for l in text_norms:
+            l._epsilon = float(eps_requests[0]) if eps_requests[0].lower() != "none" else l._built_epsilon
+        return _backward(model, pixel_values, input_ids, args.out)
+
     arrays: dict[str, np.ndarray] = {"text_ln_eps_built": np.asarray(built_text_eps, dtype=np.float64),
                                      "num_keys": np.int64(len(own))}
     summary = {"num_keys": len(own), "text_ln_eps_built": built_text_eps, "runs": []}
@@ -186,6 +198,30 @@ def main(argv=None) -> int:
         summary["runs"].append({"text_ln_eps": text_eps[0], "vision_ln_eps": vision_eps[0]})
     np.savez(args.out, **arrays)
     print(json.dumps(summary))
+    return 0
+
+
+def _backward(model, pixel_values, input_ids, out_path: str) -> int:
+    """The ``--backward`` mode: loss and gradients of one dropout-free training step."""
+    import paddle.nn as nn
+
+    rates = sorted({float(l.p) for l in model.sublayers() if isinstance(l, nn.Dropout)})
+    if rates != [0.0]:
+        print(f"error: dropout rates {rates}, expected all 0", file=sys.stderr)
+        return 2
+    model.train()
+    pixel_values.stop_gradient = False
+    out = model(input_ids=input_ids, pixel_values=pixel_values, return_loss=True, return_dict=True)
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    if missing:
+        print(f"error: no gradient for {missing[:5]}", file=sys.stderr)
+        return 2
+    arrays = {f"grad/{n}": p.grad.numpy().astype(np.float32) for n, p in model.named_parameters()}
+    arrays["loss"] = np.float32(float(out.loss.numpy().reshape(-1)[0]))
+    arrays["pixel_grad"] = pixel_values.grad.numpy().astype(np.float32)
+    np.savez(out_path, **arrays)
+    print(json.dumps({"loss": float(arrays["loss"]), "num_grads": len(arrays) - 2}))
     return 0
 
 

@@ -145,14 +145,16 @@ def encode_items(model, items: Sequence[Item], kind: str, batch_size: int = 64, 
     return array, indices, sorted(failed)
 
 
-def progress_bar(total: int, desc: str, enabled: bool, position: int = 0):
-    """A tqdm bar on stderr (a silent stand-in when tqdm is not installed)."""
+def progress_bar(total: int, desc: str, enabled: bool, position: int = 0, unit: str = "item"):
+    """A tqdm bar on stderr (a stand-in that only prints :meth:`write` messages when tqdm is not installed)."""
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         class _Null:
             def update(self, n=1): pass
+            def set_postfix(self, **kwargs): pass
+            def write(self, message): print(message, file=sys.stderr)
             def close(self): pass
         return _Null()
-    return tqdm(total=total, desc=desc, disable=not enabled, position=position, unit="item", dynamic_ncols=True,
+    return tqdm(total=total, desc=desc, disable=not enabled, position=position, unit=unit, dynamic_ncols=True,
                 file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from ...constants import DEFAULT_MAX_LENGTH
 from ...errors import ErnieViL2Error, InputError

@@ -1,0 +1,127 @@
+"""A fine-tuning run's output folder: checkpoints, the best model, the final model, the metrics log.
+
+Every model written here is a converted directory (``config.json`` + ``model.safetensors`` + ``vocab.txt``) that
+``ErnieViL2.from_pretrained`` / ``load_pretrained`` / every ``ernievil2`` command loads. A checkpoint adds
+``trainer_state.pt`` (optimizer, scheduler, step, RNG state: tensors and plain values only, read back with
+``torch.load(weights_only=True)``, so loading a checkpoint runs no pickled code). Directories are published with
+:func:`~ernievil2torch.storage.atomic.atomic_directory`: a run killed at any instant leaves each one complete or
+absent, and :func:`latest_checkpoint` only ever returns a complete one.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+
+from ..constants import (BEST_DIR, CHECKPOINTS_DIR, CONFIG_NAME, FINAL_DIR, METRICS_LOG_NAME, TRAINER_STATE_NAME,
+                         WEIGHTS_NAME)
+from ..errors import CheckpointError
+from ..modeling import ErnieViL2
+from ..storage.atomic import atomic_directory, atomic_write_bytes
+from ..storage.model_dir import fill_model_dir
+
+_STEP_DIR = re.compile(r"step-(\d{8})")
+
+
+def checkpoint_path(out: Path, step: int) -> Path:
+    return Path(out) / CHECKPOINTS_DIR / f"step-{step:08d}"
+
+
+def _model_metadata(source: str, step: int) -> Dict[str, str]:
+    return {"finetuned_from": str(source), "step": str(step)}
+
+
+def write_model(dst: Path, model: ErnieViL2, vocab_file: Optional[Path], source: str, step: int,
+                extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """Publish ``model`` as a converted directory at ``dst`` (replacing it), with ``extra`` files:
+    ``{name: tensors-and-plain-values}`` saved with ``torch.save``, or ``{name.json: dict}`` as JSON."""
+    with atomic_directory(dst, overwrite=True) as tmp:
+        fill_model_dir(tmp, model.config, model.state_dict(), vocab_file, _model_metadata(source, step))
+        for name, value in (extra or {}).items():
+            if name.endswith(".json"):
+                (tmp / name).write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+            else:
+                torch.save(value, tmp / name)
+    return dst
+
+
+def save_checkpoint(out: Path, step: int, model: ErnieViL2, vocab_file: Optional[Path], source: str,
+                    trainer_state: Dict[str, Any], keep_last: int) -> Path:
+    """``out/checkpoints/step-XXXXXXXX``; then all but the ``keep_last`` newest checkpoints are removed."""
+    path = write_model(checkpoint_path(out, step), model, vocab_file, source, step,
+                       {TRAINER_STATE_NAME: trainer_state})
+    for old in list_checkpoints(out)[:-max(1, keep_last)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def save_best(out: Path, model: ErnieViL2, vocab_file: Optional[Path], source: str, step: int,
+              metrics: Mapping[str, Any]) -> Path:
+    return write_model(Path(out) / BEST_DIR, model, vocab_file, source, step,
+                       {"best.json": {"step": step, "validation": dict(metrics)}})
+
+
+def save_final(out: Path, model: ErnieViL2, vocab_file: Optional[Path], source: str, step: int) -> Path:
+    return write_model(Path(out) / FINAL_DIR, model, vocab_file, source, step)
+
+
+def _complete(path: Path) -> bool:
+    return all((path / name).is_file() for name in (CONFIG_NAME, WEIGHTS_NAME, TRAINER_STATE_NAME))
+
+
+def list_checkpoints(out: Path) -> List[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(out) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.fullmatch(p.name)) and _complete(p)]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out: Path) -> Optional[Path]:
+    checkpoints = list_checkpoints(out)
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_trainer_state(checkpoint: Path) -> Dict[str, Any]:
+    """The trainer state of a checkpoint (no pickled code is run: ``weights_only=True``)."""
+    try:
+        return torch.load(Path(checkpoint) / TRAINER_STATE_NAME, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign file
+        raise CheckpointError(f"{checkpoint / TRAINER_STATE_NAME}: cannot read the trainer state ({exc})") from None
+
+
+class MetricsLog:
+    """``out/metrics.jsonl``: one JSON object per line, flushed as written (``tail -f`` friendly)."""
+
+    def __init__(self, out: Path, enabled: bool = True) -> None:
+        self.path = Path(out) / METRICS_LOG_NAME
+        self.enabled = enabled
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the records of steps after ``step`` (written by a run that was then killed), atomically."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        kept = [json.dumps(r, ensure_ascii=False) + "\n" for r in self.records() if r.get("step", 0) <= step]
+        atomic_write_bytes(self.path, "".join(kept).encode("utf-8"))
+
+    def records(self) -> List[Dict[str, Any]]:
+        """Every complete record (a line cut short by a kill is left out)."""
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out

@@ -1,0 +1,57 @@
+"""Validation during fine-tuning: zero-shot retrieval recall on a held-out caption file, with the eval pipeline.
+
+The same features and metrics as ``ernievil2 eval`` (:func:`~ernievil2torch.apps.embed.encoding.encode_items`, the
+official centre-crop preprocessing, raw-cosine ranking, :func:`~ernievil2torch.apps.retrieval.metrics.
+retrieval_metrics`). An image that cannot be read is left out with its captions and reported instead of stopping
+the run (with none left, there are no metrics); the trainer treats any such failure before the first step as bad
+input.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, ContextManager, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..apps.embed import Item, encode_items
+from ..apps.retrieval.datasets import RetrievalData
+from ..apps.retrieval.metrics import retrieval_metrics
+from ..modeling import ErnieViL2
+from ..processing import ErnieViL2Tokenizer
+
+
+@dataclass
+class Validation:
+    metrics: Optional[Dict[str, Any]]  # None when no caption with a readable image was left
+    skipped: List[Tuple[str, str]]  # (image id or "caption N", reason)
+
+    def record(self) -> Dict[str, Any]:
+        """The JSON-friendly summary logged to ``metrics.jsonl``."""
+        skipped = [name for name, _ in self.skipped]
+        if self.metrics is None:
+            return {"t2i": None, "i2t": None, "mean_recall": None, "skipped_images": skipped}
+        m = self.metrics
+        return {"t2i": m["t2i"], "i2t": m["i2t"], "mean_recall": m["mean_recall"], "num_texts": m["num_texts"],
+                "num_images": m["num_images"], "skipped_images": skipped}
+
+
+def validate(model: ErnieViL2, tokenizer: ErnieViL2Tokenizer, data: RetrievalData, batch_size: int,
+             num_workers: int, max_length: int, autocast: ContextManager = contextlib.nullcontext()) -> Validation:
+    """Recall both ways on ``data`` (the model is put in eval mode; the caller restores training mode)."""
+    model.eval()
+    with autocast:
+        image_feats, image_ok, image_failed = encode_items(
+            model, [Item(i, src) for i, src in zip(data.image_ids, data.images)], "image", batch_size, num_workers)
+        text_feats, text_ok, text_failed = encode_items(
+            model, [Item(str(t), text) for t, text in enumerate(data.texts)], "text", batch_size, num_workers,
+            tokenizer, max_length)
+    skipped = [(data.image_ids[i], reason) for i, reason in image_failed]
+    skipped += [(f"caption {i}", reason) for i, reason in text_failed]
+    new_index = {old: new for new, old in enumerate(image_ok)}
+    keep = [row for row, t in enumerate(text_ok) if data.text_image[t] in new_index]
+    if not keep:
+        return Validation(None, skipped)
+    links = [new_index[data.text_image[text_ok[row]]] for row in keep]
+    metrics = retrieval_metrics(np.asarray(text_feats)[keep], image_feats, links)
+    return Validation(metrics, skipped)

@@ -1,0 +1,59 @@
+"""Worker for tests/test_training.py: one training step's loss and gradients, under torchrun or alone.
+
+    torchrun --standalone --nproc_per_node 2 tests/workers/ddp_gradients.py OUT   # each rank: 4 of the 8 pairs
+    python tests/workers/ddp_gradients.py OUT                                     # one process: all 8 pairs
+
+Both build the same tiny model (every weight random, dropout 0) and the same global batch of 8 padded pairs; the
+step is DistributedDataParallel(ContrastiveObjective(model)) with features gathered across ranks, i.e. the code path
+``finetune`` trains with, once in float64 and once in float32. Each process writes OUT/rank<r>-of-<world>.npz:
+``<dtype>/loss`` and ``<dtype>/grad/<name>``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ernievil2torch.config import tiny_config
+from ernievil2torch.modeling import ErnieViL2
+from ernievil2torch.training import ContrastiveObjective
+from ernievil2torch.training.distributed import init_process_group
+from ernievil2torch.verify.parity import synthetic_inputs
+from ernievil2torch.verify.synthetic import random_state
+
+GLOBAL_BATCH = 8
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    group = init_process_group("cpu")
+    config = tiny_config()
+    no_dropout = {"hidden_dropout": 0.0, "attention_dropout": 0.0}
+    config = dataclasses.replace(config, text=dataclasses.replace(config.text, **no_dropout))
+    inputs = synthetic_inputs(config, seed=8, images=GLOBAL_BATCH, lengths=(8, 30, 5, 17, 12, 3, 25, 9))
+    share = GLOBAL_BATCH // group.world_size
+    rows = slice(group.rank * share, (group.rank + 1) * share)
+    ids = torch.from_numpy(inputs.input_ids[rows])
+    arrays = {}
+    for dtype in (torch.float64, torch.float32):
+        model = ErnieViL2(config)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(config, 8, unit_gain=True).items()})
+        model.to(dtype).train()
+        step = ContrastiveObjective(model)
+        if group.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            step = DistributedDataParallel(step)
+        loss = step(torch.from_numpy(inputs.pixel_values[rows]).to(dtype), ids, (ids != 0).long())
+        loss.backward()
+        name = str(dtype).replace("torch.", "")
+        arrays[f"{name}/loss"] = np.float64(loss.item())
+        arrays.update({f"{name}/grad/{n}": p.grad.numpy() for n, p in model.named_parameters()})
+    np.savez(out / f"rank{group.rank}-of-{group.world_size}.npz", **arrays)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
