@@ -197,11 +197,9 @@ def cpu_section(args, report: dict) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 import paddle
-                from ernievil2torch.verify.paddle_reference import PaddleErnieViL2, load_official_state
+                from ernievil2torch.verify.paddle_reference import PaddleErnieViL2
             paddle.set_device("cpu")
-            ref = PaddleErnieViL2(cfg)
-            load_official_state(ref, layout_state(cfg, "official", seed=0))
-            ref.eval()
+            ref = PaddleErnieViL2.from_official_state(layout_state(cfg, "official", seed=0))
             p_pix, p_ids = paddle.to_tensor(pixels_np), paddle.to_tensor(ids_np)
 
             def p_img():

@@ -14,9 +14,9 @@ from ernievil2torch.errors import InputError
 from ernievil2torch.constants import IMAGENET_MEAN, IMAGENET_STD
 from ernievil2torch.processing.image import ErnieViL2ImageProcessor
 
-from helpers import shared_file
+from helpers import require_module, shared_file
 
-cv2 = pytest.importorskip("cv2")
+cv2 = require_module("cv2")
 
 
 def cv_decode(buf: bytes) -> np.ndarray:

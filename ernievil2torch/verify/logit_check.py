@@ -118,7 +118,7 @@ def run_logit_check(paddle: Optional[str] = None, torch_dir: Optional[str] = Non
         if model.config.text != config.text or model.config.vision != config.vision:
             raise ErnieViL2Error(f"{torch_dir} holds a different model size than {paddle}")
         inputs = parity.synthetic_inputs(config, seed)
-        reference = run_reference(config, official, inputs.pixel_values, inputs.input_ids)
+        reference = run_reference(official, inputs.pixel_values, inputs.input_ids)
         ours = parity.run_torch(model, inputs)
     return LogitCheckResult(paddle, torch_dir, inputs, ours, reference, parity.compare(ours, reference),
                             feature_atol, min_cosine, logit_atol)

@@ -35,7 +35,11 @@ def random_state(config: Optional[ErnieViL2Config] = None, seed: int = 0) -> Dic
             value = 1.0 + 0.1 * rng.standard_normal(shape)
         elif name.endswith(".bias"):
             value = 0.05 * rng.standard_normal(shape)
-        elif name in ("vision.class_embedding", "vision.positional_embedding") or "embeddings" in name:
+        elif name.startswith("text.embeddings."):
+            # ERNIE-scale word/position embeddings (the released model's are small, too): the embedding
+            # LayerNorm then sees a variance of ~1e-3, where its eps (1e-5) visibly matters, as in the real model.
+            value = 0.02 * rng.standard_normal(shape)
+        elif name in ("vision.class_embedding", "vision.positional_embedding"):
             value = 0.1 * rng.standard_normal(shape)
         else:
             value = 0.02 * rng.standard_normal(shape)
