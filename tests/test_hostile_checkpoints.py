@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import pickle
 import pickletools
 import random
-import resource
 import struct
 import subprocess
 import sys
@@ -201,8 +201,10 @@ def test_other_unsafe_constructs():
             frag((1,)), dtype_frag("f8", (3, "<", None, ("a",), {"a": (None, 0)}, 8, 1, 0)), frag(b"A" * 8)))),
             "dtype state"),
         "BUILD on an allowed global": (whole(glob("numpy", "dtype") + frag({"__defaults__": (True,)}) + b"b"),
-                                       "corrupt"),
-        "BUILD slot state on a shim": (whole(glob("numpy", "dtype") + frag((None, {"_fn": 1})) + b"b"), ""),
+                                       "corrupt or truncated pickle (AttributeError: '_Shim' object has no "
+                                       "attribute '__dict__')"),
+        "BUILD slot state on a shim": (whole(glob("numpy", "dtype") + frag((None, {"_fn": 1})) + b"b"),
+                                       "refusing to set attributes on an allowed global"),
     }
     for label, (blob, needle) in cases.items():
         with pytest.raises(CheckpointError) as info:
@@ -254,7 +256,7 @@ def _memory_bombs() -> Dict[str, Tuple[bytes, type, str]]:
         "scalar with wrong payload": (state_dict(("x", call("numpy._core.multiarray", "scalar", dtype_frag(),
                                                             frag(b"\0" * 1000)))), UnsafePickleError, "scalar"),
         "BINBYTES8 declaring 2**62 bytes": (b"\x80\x04}\x8c\x01x\x8e" + struct.pack("<Q", 1 << 62) + b"abc",
-                                            CheckpointError, ""),
+                                            CheckpointError, f"declares {1 << 62} bytes but the file has only 18"),
         "one array aliased under 2000 names": (whole(alias_body), CheckpointError, "reuses the same data"),
         "split tensor listing one slice 2000 times": (whole(alias_body[:-1] + frag(BIG_PARAM_KEY) + frag(slices)
                                                             + b"u"), CheckpointError, "reuses the same data"),
@@ -271,17 +273,80 @@ def _memory_bombs() -> Dict[str, Tuple[bytes, type, str]]:
 
 
 MEMORY_BOMBS = _memory_bombs()
+MEMORY_BOMB_LIMIT_MB = 32  # what loading one bomb may allocate (its own file is at most ~1 MB)
+
+# Loads each bomb in a fresh interpreter and measures what that load alone allocates: the Python/numpy allocations
+# (tracemalloc peak, reset before each load) and the resident set (Linux's high-water mark, reset to the current
+# RSS before each load by writing 5 to /proc/self/clear_refs). A plain ru_maxrss difference inside the test
+# session would miss any allocation below an earlier, unrelated peak.
+_PEAK_SCRIPT = r"""
+import json, pickle, sys, tracemalloc
+from ernievil2torch.conversion.pdparams import load_pdparams
+
+def resident_peak_kb():
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+
+def load(blob):
+    try:
+        load_pdparams(blob)
+        return "loaded"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+with open(sys.argv[1], "rb") as handle:
+    bombs = pickle.load(handle)
+results = {}
+for label, blob in bombs.items():  # resident set first, without tracemalloc's own bookkeeping in it
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    before = resident_peak_kb()
+    outcome = load(blob)
+    results[label] = {"resident_mb": (resident_peak_kb() - before) / 1024, "outcome": outcome}
+tracemalloc.start()
+for label, blob in bombs.items():
+    current = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    load(blob)
+    results[label]["allocated_mb"] = (tracemalloc.get_traced_memory()[1] - current) / 2 ** 20
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def bomb_memory(tmp_path_factory) -> Dict[str, dict]:
+    path = tmp_path_factory.mktemp("bombs") / "bombs.pickle"
+    path.write_bytes(pickle.dumps({label: blob for label, (blob, _, _) in MEMORY_BOMBS.items()}))
+    proc = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("label", list(MEMORY_BOMBS))
-def test_memory_bombs_fail_fast_without_allocating(label):
+def test_memory_bombs_fail_fast_without_allocating(label, bomb_memory):
     blob, error, needle = MEMORY_BOMBS[label]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(error) as info:
         load_pdparams(blob)
     assert needle in str(info.value)
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    assert grown_mb < 200, f"{label}: peak memory grew by {grown_mb:.0f} MB"
+    measured = bomb_memory[label]
+    assert measured["outcome"].startswith(f"{error.__name__}: ") and needle in measured["outcome"], measured
+    print(f"{label}: allocated {measured['allocated_mb']:.2f} MB, resident peak +{measured['resident_mb']:.2f} MB")
+    assert measured["allocated_mb"] < MEMORY_BOMB_LIMIT_MB and measured["resident_mb"] < MEMORY_BOMB_LIMIT_MB, \
+        f"{label}: {measured}"
+
+
+def test_the_memory_measurement_sees_an_allocation(tmp_path):
+    """The measurement itself can fail: a loader that allocates 64 MB is seen (both counters)."""
+    script = _PEAK_SCRIPT.replace("        load_pdparams(blob)\n",
+                                  "        junk = bytearray(64 << 20)\n        load_pdparams(blob)\n")
+    assert script != _PEAK_SCRIPT
+    path = tmp_path / "one.pickle"
+    path.write_bytes(pickle.dumps({"good file": small_pickle()}))
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])["good file"]
+    assert measured["outcome"] == "loaded"
+    assert measured["allocated_mb"] >= 64 and measured["resident_mb"] >= 60, measured
 
 
 # ---- 2. damaged files ----------------------------------------------------------------------------------------------
@@ -326,12 +391,20 @@ def reference(tiny_ckpt, tmp_path_factory) -> Dict[str, torch.Tensor]:
     return load_file(str(out / "model.safetensors"))
 
 
+def truncation_offsets(size: int, count: int = TRUNCATIONS_TINY, seed: int = 0) -> List[int]:
+    """``count`` distinct cut points: the first 200 bytes (the header and the first opcodes), the last byte (a file
+    missing only its STOP), and random offsets in between."""
+    offsets = set(range(200)) | {size - 1}
+    rng = random.Random(seed)
+    while len(offsets) < count:
+        offsets.add(rng.randrange(200, size - 1))
+    return sorted(offsets)
+
+
 def test_truncated_tiny_checkpoint(tiny_ckpt, tmp_path):
     blob = tiny_ckpt.read_bytes()
-    rng = random.Random(0)
-    offsets = sorted(set(range(0, 200)) | {rng.randrange(len(blob)) for _ in range(TRUNCATIONS_TINY - 200)}
-                     | {len(blob) - 1})
-    offsets = offsets[:TRUNCATIONS_TINY]
+    offsets = truncation_offsets(len(blob))
+    assert len(offsets) == TRUNCATIONS_TINY and offsets[-1] == len(blob) - 1 and offsets[199] == 199
     for cut in offsets:
         with pytest.raises(CheckpointError):
             load_pdparams(blob[:cut])

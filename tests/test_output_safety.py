@@ -19,7 +19,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -304,7 +304,7 @@ def test_truncated_safetensors_raise_checkpoint_error(converted, tmp_path, cut):
         ErnieViL2.from_pretrained(target)
 
 
-def test_corrupted_safetensors_raise_checkpoint_error(converted, tmp_path):
+def test_corrupted_safetensors_raise_checkpoint_error(converted, tiny_src, tmp_path):
     target = _copy(converted, tmp_path)
     weights = target / "model.safetensors"
     blob = bytearray(weights.read_bytes())
@@ -313,8 +313,7 @@ def test_corrupted_safetensors_raise_checkpoint_error(converted, tmp_path):
         "header length beyond file": (len(blob) * 2).to_bytes(8, "little") + blob[8:],
         "header not JSON": blob[:8] + b"\xff" * header_len + blob[8 + header_len:],
         "random bytes": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
-        "pickle instead": (converted.parent.parent / "tiny_src0" / "tiny.pdparams").read_bytes()
-        if (converted.parent.parent / "tiny_src0" / "tiny.pdparams").exists() else b"\x80\x04}.",
+        "pickle instead": tiny_src.read_bytes(),
     }
     header = json.loads(blob[8:8 + header_len])
     first = next(k for k in header if k != "__metadata__")
@@ -327,7 +326,12 @@ def test_corrupted_safetensors_raise_checkpoint_error(converted, tmp_path):
             ErnieViL2.from_pretrained(target)
 
 
-def _broken_configs(config: dict) -> Dict[str, dict]:
+MISMATCH = "weights do not match config.json: "
+INVALID = "config.json: invalid config "
+
+
+def _broken_configs(config: dict) -> Dict[str, Tuple[dict, str]]:
+    """label -> (edited config, the exact fragment the error must contain)."""
     def edit(path, value):
         new = json.loads(json.dumps(config))
         node = new
@@ -337,15 +341,25 @@ def _broken_configs(config: dict) -> Dict[str, dict]:
         return new
 
     return {
-        "fewer text layers than the weights": edit(("text", "num_layers"), 1),
-        "other hidden size": edit(("vision", "hidden_size"), 64),
-        "other vocab size": edit(("text", "vocab_size"), 121),
-        "no temperature although the weights have one": edit(("has_temperature",), False),
-        "hidden size as a string": edit(("text", "hidden_size"), "128"),
-        "negative layers": edit(("vision", "num_layers"), -2),
-        "unknown field": edit(("bogus",), 1),
-        "heads not dividing hidden": edit(("text", "num_heads"), 3),
+        "fewer text layers than the weights": (edit(("text", "num_layers"), 1),
+                                               MISMATCH + "unexpected 'text.layers.1."),
+        "other hidden size": (edit(("vision", "hidden_size"), 64),
+                              MISMATCH + "'vision.class_embedding' has shape (128,), config says (64,)"),
+        "other vocab size": (edit(("text", "vocab_size"), 121), MISMATCH + "'text.embeddings.word_embeddings.weight' "
+                             "has shape (120, 128), config says (121, 128)"),
+        "no temperature although the weights have one": (edit(("has_temperature",), False),
+                                                         MISMATCH + "unexpected 'temperature'"),
+        "hidden size as a string": (edit(("text", "hidden_size"), "128"),
+                                    INVALID + "(hidden_size = '128' is not a valid size)"),
+        "negative layers": (edit(("vision", "num_layers"), -2), INVALID + "(num_layers = -2 is not a valid size)"),
+        "unknown field": (edit(("bogus",), 1), INVALID + "(unknown config fields: ['bogus'])"),
+        "heads not dividing hidden": (edit(("text", "num_heads"), 3),
+                                      INVALID + "(hidden_size 128 is not a multiple of num_heads 3)"),
     }
+
+
+BAD_CONFIG_TEXTS = {"": "(Expecting value", "{": "(Expecting property name", "[1, 2]": "(unknown config fields",
+                    "null": "('NoneType' object is not iterable)", '{"text": 5}': "must be a mapping, not int)"}
 
 
 def test_config_not_matching_weights_raises_checkpoint_error(converted, tmp_path):
@@ -353,14 +367,16 @@ def test_config_not_matching_weights_raises_checkpoint_error(converted, tmp_path
     config = json.loads((target / "config.json").read_text())
     broken = _broken_configs(config)
     assert len(broken) == BROKEN_CONFIGS
-    for label, data in broken.items():
+    for label, (data, needle) in broken.items():
         (target / "config.json").write_text(json.dumps(data))
-        with pytest.raises(CheckpointError, match="config|weights do not match"):
+        with pytest.raises(CheckpointError) as info:
             ErnieViL2.from_pretrained(target)
-    for text in ("", "{", "[1, 2]", "null", '{"text": 5}'):
+        assert needle in str(info.value), (label, str(info.value))
+    for text, needle in BAD_CONFIG_TEXTS.items():
         (target / "config.json").write_text(text)
-        with pytest.raises(CheckpointError, match="invalid config"):
+        with pytest.raises(CheckpointError) as info:
             ErnieViL2.from_pretrained(target)
+        assert INVALID + needle in str(info.value), (text, str(info.value))
 
 
 def test_missing_files_and_wrong_paths(converted, tmp_path, tiny_src):
