@@ -359,7 +359,8 @@ def _broken_configs(config: dict) -> Dict[str, Tuple[dict, str]]:
 
 
 BAD_CONFIG_TEXTS = {"": "(Expecting value", "{": "(Expecting property name", "[1, 2]": "(unknown config fields",
-                    "null": "('NoneType' object is not iterable)", '{"text": 5}': "must be a mapping, not int)"}
+                    "null": "('NoneType' object is not iterable)",
+                    '{"text": 5}': "(ernievil2torch.config.TextConfig() argument after ** must be a mapping, not int)"}
 
 
 def test_config_not_matching_weights_raises_checkpoint_error(converted, tmp_path):
