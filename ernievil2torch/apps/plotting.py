@@ -6,6 +6,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..storage.atomic import atomic_file
+
 CJK_FONT_NAMES = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
                   "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "AR PL UMing CN")
 
@@ -25,6 +27,7 @@ def plot_similarity(similarity: Sequence[Sequence[float]], images: Sequence[np.n
 
     Returns the written path and whether a CJK font was found. Without one the rows are labelled ``T1..Tn`` and
     the captions are listed (as ``\\u`` escapes are unreadable) in the figure's footer, so nothing renders as boxes.
+    The file is written atomically (the format follows the suffix, PNG by default).
     """
     import matplotlib
 
@@ -56,6 +59,9 @@ def plot_similarity(similarity: Sequence[Sequence[float]], images: Sequence[np.n
                                                    for i, t in enumerate(texts))
         fig.text(0.01, 0.01, footer, fontsize=7, wrap=True)
     out = Path(path)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_file(out) as handle:
+            fig.savefig(handle, format=out.suffix[1:].lower() or "png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return out, font is not None

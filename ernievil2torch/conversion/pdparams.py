@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import CheckpointError, UnsafePickleError
+from ..storage.atomic import atomic_file
 
 STRUCTURE_KEY = "StructuredToParameterName@@"
 BIG_PARAM_KEY = "UnpackBigParamInfor@@"
@@ -635,10 +636,11 @@ def save_pdparams(state: Dict[str, np.ndarray], path: Union[str, os.PathLike], p
     """Pickle a state dict the way ``paddle.save`` does: a plain dict of numpy arrays plus the name-map entry.
 
     Nothing but a dict, strings and arrays is pickled, so :func:`load_pdparams` (and ``paddle.load``) read it back.
+    Written atomically: an interrupted write leaves the previous file or none.
     """
     payload: Dict[str, Any] = dict(state)
     payload[STRUCTURE_KEY] = {k: k for k in state}
     path = Path(path)
-    with open(path, "wb") as handle:
+    with atomic_file(path) as handle:
         pickle.dump(payload, handle, protocol=protocol)
     return path

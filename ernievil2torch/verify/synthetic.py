@@ -17,6 +17,7 @@ from ..config import ErnieViL2Config, base_config
 from ..constants import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, SYNTHETIC_SOURCE_PREFIX, UNK_TOKEN
 from ..conversion.layouts import LAYOUTS, target_shapes, to_layout
 from ..conversion.pdparams import save_pdparams
+from ..storage.atomic import atomic_write_bytes
 from .demo import DEMO_CAPTIONS
 
 SYNTHETIC_NOTICE = ("SYNTHETIC CHECKPOINT: every weight is random (seeded). Its similarities are meaningless; "
@@ -98,7 +99,7 @@ def write_synthetic_vocab(path: Union[str, Path], vocab_size: int = 40000) -> Pa
             tokens.append(chr(code))
     tokens.append(UNK_TOKEN)
     path = Path(path)
-    path.write_text("".join(f"{token}\t{index}\n" for index, token in enumerate(tokens)), encoding="utf-8")
+    atomic_write_bytes(path, "".join(f"{token}\t{index}\n" for index, token in enumerate(tokens)).encode("utf-8"))
     return path
 
 
