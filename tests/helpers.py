@@ -104,13 +104,20 @@ def run_oracle(script: Union[str, Path], payload_path: Union[str, Path, None], *
 
 
 def run_pytest_on_copy(workdir: Path, *pytest_args: str, edits: Optional[dict] = None,
+                       new_files: Optional[dict] = None, hidden_modules: Sequence[str] = (),
                        env: Optional[dict] = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run pytest in a copy of the package and the tests under ``workdir``, optionally with edited sources.
+    """Run pytest in a copy of the package and the tests under ``workdir``, with planted changes.
 
-    ``edits`` maps a path relative to the repo (``"ernievil2torch/config.py"``) to ``(old, new)``; ``old`` must
-    occur exactly once. This is how the suite shows that a test *fails* on a planted mistake (a mutation) and how
-    it runs itself in a fake environment (``env`` is merged into the environment; a value of None removes the
-    variable). The copy's package is the one imported (checked); ``../shared`` is absent beside the copy unless
+    This is how the suite shows that a test *fails* on a planted mistake (a mutation) and how it runs itself in a
+    fake environment:
+
+    * ``edits`` maps a path relative to the repo (``"ernievil2torch/config.py"``) to ``(old, new)``; ``old`` must
+      occur exactly once;
+    * ``new_files`` maps a relative path to the text of a file to add (e.g. an extra test module);
+    * ``hidden_modules`` are made unimportable (a stub package that raises ImportError comes first on the path);
+    * ``env`` is merged into the environment (a value of None removes the variable).
+
+    The copy's package is the one imported (checked); ``../shared`` is absent beside the copy unless
     ``ERNIEVIL2_SHARED_DATA`` points somewhere. Returns the finished process (stdout and stderr together).
     """
     import shutil
@@ -126,7 +133,14 @@ def run_pytest_on_copy(workdir: Path, *pytest_args: str, edits: Optional[dict] =
         text = path.read_text(encoding="utf-8")
         assert text.count(old) == 1, f"{rel}: expected exactly one {old!r}"
         path.write_text(text.replace(old, new), encoding="utf-8")
-    full_env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    for rel, text in (new_files or {}).items():
+        (copy / rel).write_text(text, encoding="utf-8")
+    hidden = Path(workdir) / "hidden_modules"
+    for name in hidden_modules:
+        (hidden / name).mkdir(parents=True)
+        (hidden / name / "__init__.py").write_text(f"raise ImportError('{name} is hidden by the test')\n")
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hidden), str(copy)]),
+                "PYTHONDONTWRITEBYTECODE": "1"}
     for key, value in (env or {}).items():
         if value is None:
             full_env.pop(key, None)
