@@ -33,6 +33,7 @@ from helpers import shared_file
 READER_EXAMPLES = 10_000
 CONVERT_EXAMPLES = 1_000
 TOKENIZER_EXAMPLES = 10_000
+MUTATIONS_PER_EXAMPLE = (1, 4)  # fewest and most mutations applied to one base pickle
 MIN_SURROGATE_TEXTS = 1_000  # of the tokenizer examples, at least this many hold a lone surrogate (asserted)
 PER_EXAMPLE_DEADLINE = timedelta(seconds=2)  # hypothesis fails an example slower than this
 HANG_GUARD_S = 20  # SIGALRM turns a genuine hang into a test failure instead of a stuck CI job
@@ -98,7 +99,7 @@ def mutated(draw, bases=BASES, offsets=OFFSETS) -> bytes:
     """A base pickle with 1-4 mutations; positions are uniform or on an opcode boundary (to hit structure)."""
     index = draw(st.integers(0, len(bases) - 1))
     blob = bytearray(bases[index])
-    for _ in range(draw(st.integers(1, 4))):
+    for _ in range(draw(st.integers(*MUTATIONS_PER_EXAMPLE))):
         if not blob:
             break
         if draw(st.booleans()):

@@ -34,6 +34,10 @@ from ernievil2torch.verify.synthetic import layout_state
 
 REPO = Path(__file__).resolve().parent.parent
 KILL_TRIALS = 20  # half SIGINT, half SIGKILL, alternating
+KILL_LANES = 2  # independent destinations interrupted side by side
+STALE_NAMES = ("model", "out[1]*?", "with-dashes-9")  # destination names for the stale-leftover cleanup
+WRITE_FAILURES = (OSError(28, "No space left on device"), KeyboardInterrupt())  # raised while writing
+CORRUPT_SAFETENSORS = 5  # corrupted (not truncated) weight files, checked below
 BIG_VOCAB = 60_000  # tiny model with a 60,000 x 128 word embedding: ~34 MB, a few tenths of a second to write
 SAFETENSORS_TRUNCATIONS = (0, 4, 8, 20, 100, -1000, -4, -1)
 BROKEN_CONFIGS = 8  # len(_broken_configs()), checked below
@@ -163,7 +167,7 @@ def test_interrupted_conversions_leave_previous_or_complete_output(big_sources, 
     write_phase = max(0.02, time.monotonic() - start)
     assert proc.wait(timeout=300) == 0
     # two independent lanes (own destination each) run side by side to halve the wall time
-    lanes = 2
+    lanes = KILL_LANES
     works = [tmp_path / f"lane{i}" for i in range(lanes)]
     for work in works:
         work.mkdir()
@@ -192,24 +196,37 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+REFUSAL_CASES = 3
+
+
 def test_refuses_to_overwrite_without_flag(tiny_src, tmp_path):
     dst = tmp_path / "out"
     convert_checkpoint(tiny_src, dst)
     before = fingerprint(dst)
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        convert_checkpoint(tiny_src, dst)
-    with pytest.raises(FileExistsError, match="--overwrite"):
+
+    def open_atomic_directory():
         with model_io.atomic_directory(dst):
             pass
+
+    refusals = [
+        ("converter", lambda: convert_checkpoint(tiny_src, dst), "--overwrite"),
+        ("atomic_directory", open_atomic_directory, "--overwrite"),
+        ("DST is a file", lambda: convert_checkpoint(tiny_src, tmp_path / "file", overwrite=True), "not a directory"),
+    ]
+    assert len(refusals) == REFUSAL_CASES
+    for label, action, needle in refusals[:2]:
+        with pytest.raises(FileExistsError, match=needle):
+            action()
     assert fingerprint(dst) == before
     convert_checkpoint(tiny_src, dst, overwrite=True)
     assert fingerprint(dst) == before and os.listdir(tmp_path) == ["out"]
     (tmp_path / "file").write_text("x")
-    with pytest.raises(FileExistsError, match="not a directory"):
-        convert_checkpoint(tiny_src, tmp_path / "file", overwrite=True)
+    label, action, needle = refusals[2]
+    with pytest.raises(FileExistsError, match=needle):
+        action()
 
 
-@pytest.mark.parametrize("name", ["model", "out[1]*?", "with-dashes-9"])
+@pytest.mark.parametrize("name", STALE_NAMES)
 def test_stale_leftovers_are_cleaned_up_by_pid(tiny_src, tmp_path, name):
     dst = tmp_path / name
     dead = _dead_pid()
@@ -251,7 +268,7 @@ def test_failures_while_writing_keep_previous_output(tiny_src, tmp_path, monkeyp
     previous = fingerprint(dst)
     real_write = model_io.write_safetensors_streaming
 
-    for exc in (OSError(28, "No space left on device"), KeyboardInterrupt()):
+    for exc in WRITE_FAILURES:
         def failing(path, specs, produce, metadata=None):
             real_write(path, specs[:3], produce, metadata)
             raise exc
@@ -320,6 +337,7 @@ def test_corrupted_safetensors_raise_checkpoint_error(converted, tiny_src, tmp_p
     header[first]["data_offsets"][1] += 10 ** 9
     bad = json.dumps(header).encode()
     cases["offsets beyond data"] = len(bad).to_bytes(8, "little") + bad + blob[8 + header_len:]
+    assert len(cases) == CORRUPT_SAFETENSORS
     for label, data in cases.items():
         weights.write_bytes(bytes(data))
         with pytest.raises(CheckpointError, match="cannot read weights"):
@@ -380,15 +398,18 @@ def test_config_not_matching_weights_raises_checkpoint_error(converted, tmp_path
         assert INVALID + needle in str(info.value), (text, str(info.value))
 
 
+MISSING_FILE_CASES = 3
+
+
 def test_missing_files_and_wrong_paths(converted, tmp_path, tiny_src):
     target = _copy(converted, tmp_path)
     (target / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="missing config.json"):
-        ErnieViL2.from_pretrained(target)
-    with pytest.raises(CheckpointError, match="must be converted first"):
-        ErnieViL2.from_pretrained(tiny_src)
-    with pytest.raises(CheckpointError, match="not a converted model directory"):
-        ErnieViL2.from_pretrained(tmp_path / "nowhere")
+    cases = [(target, "missing config.json"), (tiny_src, "must be converted first"),
+             (tmp_path / "nowhere", "not a converted model directory")]
+    assert len(cases) == MISSING_FILE_CASES
+    for path, needle in cases:
+        with pytest.raises(CheckpointError, match=needle):
+            ErnieViL2.from_pretrained(path)
 
 
 def test_half_deleted_old_output_is_never_restored(tiny_src, tmp_path):

@@ -67,7 +67,11 @@ def planted(error: type):
     return broken_check_dtype
 
 
-@pytest.mark.parametrize("error", (AttributeError,) + MALFORMED_PICKLE_ERRORS, ids=lambda e: e.__name__)
+# Every type the reader catches from the unpickler, and one it never catches.
+PLANTED_ERRORS = MALFORMED_PICKLE_ERRORS + (RuntimeError,)
+
+
+@pytest.mark.parametrize("error", PLANTED_ERRORS, ids=lambda e: e.__name__)
 def test_a_bug_planted_in_the_reader_surfaces_as_that_bug(error, monkeypatch, tmp_path):
     assert load_pdparams(GOOD).keys() == {"w"}
     monkeypatch.setattr(pdparams, "_check_dtype", planted(error))
