@@ -17,9 +17,11 @@ import json
 import os
 import platform
 import shlex
+import re
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -112,7 +114,7 @@ def measure(work: Path, seed: int = 0) -> dict:
 
 
 def _max_abs(value: float) -> str:
-    return "0" if value == 0 else f"{value:.1e}"
+    return "0" if value == 0 else re.sub(r"e-0*", "e-", f"{value:.1e}")
 
 
 def _cosine(value: float) -> str:
@@ -123,12 +125,11 @@ def render_table(record: dict) -> str:
     """README's block: the inputs line and the table, from the record alone."""
     i = record["inputs"]
     lengths = "/".join(str(n) for n in i["text_lengths"])
-    lines = [BEGIN,
-             f"Full size, fp32, CPU ({record['environment']['torch_threads']} threads); every parameter random "
-             f"(the synthetic checkpoint of `python check.py logit_check`, seed {i['seed']}); inputs: {i['images']} "
-             f"images of seeded pixels and {len(i['text_lengths'])} texts of {lengths} tokens padded to "
-             f"{i['padded_to']} in one batch, the same for every row.",
-             "",
+    intro = (f"Full size, fp32, CPU ({record['environment']['torch_threads']} threads); every parameter random (the "
+             f"synthetic checkpoint of `python check.py logit_check`, seed {i['seed']}); inputs: {i['images']} images "
+             f"of seeded pixels and {len(i['text_lengths'])} texts of {lengths} tokens padded to {i['padded_to']} in "
+             "one batch, the same for every row.")
+    lines = [BEGIN, *textwrap.wrap(intro, width=116, break_on_hyphens=False), "",
              "| comparison (full size) | image features max abs / cosine | text features max abs / cosine | "
              "logits max abs |",
              "|---|---|---|---|"]
@@ -151,7 +152,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where the checkpoints go (default: a temporary directory)")
+    ap.add_argument("--from-record", action="store_true",
+                    help="measure nothing: render README's table again from benchmarks/fidelity.json")
     args = ap.parse_args(argv)
+    if args.from_record:
+        record = json.loads(RECORD.read_text(encoding="utf-8"))
+        README.write_text(replace_block(README.read_text(encoding="utf-8"), render_table(record)), encoding="utf-8")
+        print(render_table(record))
+        return
     with tempfile.TemporaryDirectory(prefix="ernievil2-fidelity-") as scratch:
         work = Path(args.workdir or scratch)
         work.mkdir(parents=True, exist_ok=True)

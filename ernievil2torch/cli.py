@@ -115,10 +115,15 @@ def logit_check(paddle: Optional[str] = None, torch: Optional[str] = None, seed:
                 logit_atol: Optional[float] = None, workdir: Optional[str] = None) -> None:
     """Run the Paddle reference and the PyTorch port on the same inputs and compare (needs paddlepaddle).
 
-    Proves that the converted directory computes the function an independent Paddle implementation of the official
-    architecture computes from the original file. With no --paddle/--torch: builds a seeded synthetic full-size
-    checkpoint in the official layout with EVERY weight random, converts it with the same code as convert.py, and
-    checks it end to end.
+    What it proves: the converted directory computes, in PyTorch, the function that the Paddle reference computes
+    from the original file (features of both towers and the scaled logits within the bounds). The reference is an
+    independent Paddle implementation of the official architecture: its fixed values come from Baidu's code and its
+    sizes from the file's own shapes, nothing from this package's config. What it does not prove: that the
+    reference equals Baidu's own code, or (for a PaddleNLP-layout file, whose keys both sides get renamed by this
+    project) that the renaming is right; the test suite checks both against PaddleNLP 2.8.1's ErnieViLModel.
+
+    With no --paddle/--torch: builds a seeded synthetic full-size checkpoint in the official layout with EVERY
+    weight random, converts it with the same code as convert.py, and checks it end to end.
 
     Args:
         paddle: the original .pdparams (official or PaddleNLP layout).

@@ -30,7 +30,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -58,13 +58,13 @@ def read(doc: str) -> str:
 @dataclass(frozen=True)
 class Figure:
     """``pattern``'s groups in ``doc`` must read ``expected()`` (one string per group); it must match ``count``
-    times (each match is checked). ``source`` says where the figures come from."""
+    times (None: at least once), and each match is checked. ``source`` says where the figures come from."""
 
     doc: str
     pattern: str
     expected: Callable[[], Sequence[str]]
     source: str
-    count: int = 1
+    count: Optional[int] = 1
 
     @property
     def id(self) -> str:
@@ -77,8 +77,10 @@ def n(value: float) -> str:
 
 
 def g(value: float) -> str:
-    """A bound as the documents print it (``1e-05`` -> ``1e-5``)."""
-    return re.sub(r"e-0*(\d)", r"e-\1", f"{value:g}")
+    """A bound as the documents print it: ``1e-5``, ``1e-4``, ``0.999999``."""
+    short = f"{value:.0e}"
+    text = short if value < 1e-3 and float(short) == value else f"{value:g}"
+    return re.sub(r"e-0*(\d)", r"e-\1", text)
 
 
 # ---- sources ------------------------------------------------------------------------------------------------------
@@ -377,7 +379,7 @@ FIGURES: List[Figure] = [
            "constants.IMAGE_SIZE"),
     Figure(M, r"\| torch \(pinned (\S+)\) \|", lambda: [pinned("requirements.txt", "torch")], "requirements.txt"),
     Figure(M, r"PaddleNLP (\d+\.\d+\.\d+)", lambda: [pinned("requirements-oracle.txt", "paddlenlp")],
-           "requirements-oracle.txt", count=6),
+           "requirements-oracle.txt", count=None),
     # README.md's speed summary, re-derived from BENCHMARKS.md's tables
     Figure(M, r"CPU, (\d+) threads for every framework, random full-size weights, medians of (\d+) alternating rounds",
            lambda: [re.search(r"threads: (\d+) for every framework", threads_line()).group(1),
@@ -394,13 +396,14 @@ FIGURES: List[Figure] = [
     Figure(M, r"bf16 features have cosine ≥ ([\d.]+) to fp32", lambda: [bf16_min_cosine()],
            "BENCHMARKS.md accuracy table (its lowest bf16 cosine, rounded down)"),
     Figure(M, r"bf16 GEMM ceiling is only ([\d.]+)× fp32", lambda: [gemm_ratio()], "BENCHMARKS.md GEMM ceilings"),
-    Figure(M, r"bf16 ≥ (\d+)×/(\d+)× Paddle .*? conversion ≤ (\d+)× `cp` time / ≤ ([\d.]+)× file size",
+    Figure(M, r"bf16 ≥ (\d+)×/(\d+)× Paddle [^.]*?\.\d[^.]*?, and conversion ≤ (\d+)× `cp` time / ≤ ([\d.]+)× "
+              r"file size",
            missed_targets, "BENCHMARKS.md targets table (the MISSED rows)"),
 ]
 
 # Numbers that are not figures: names and versions of models, formats and tools, and the names of test inputs.
 NOT_FIGURES: Dict[str, List[str]] = {
-    M: [r"ERNIE-ViL 2\.0", r"ERNIE 3\.0", r"Apache-2\.0", r"PaddleNLP ≥ 2\.6", r"16×16"],
+    M: [r"ERNIE-ViL 2\.0", r"ERNIE 3\.0", r"Apache-2\.0", r"PaddleNLP ≥ 2\.6", r"16×16", r"numpy 1\.x"],
     R: [r"ERNIE-ViL 2\.0", r"numpy-[12]", r"protocol-0", r"\(exit 0\)", r"2-channel"],
 }
 SEALED = ["BENCHMARKS.md"]
@@ -422,7 +425,8 @@ def _inside(position: int, spans: Sequence[Tuple[int, int]]) -> bool:
 def test_figure(figure: Figure):
     text = read(figure.doc)
     matches = list(re.finditer(figure.pattern, text))
-    assert len(matches) == figure.count, f"{figure.doc}: {figure.pattern!r} matched {len(matches)} times"
+    assert len(matches) == figure.count if figure.count is not None else matches, \
+        f"{figure.doc}: {figure.pattern!r} matched {len(matches)} times"
     want = tuple(figure.expected())
     for match in matches:
         assert match.groups() == want, (f"{figure.doc} says {match.groups()} where {figure.source} gives {want}: "

@@ -108,6 +108,7 @@ def test_check_cli_synthetic_tiny_passes_and_says_weights_are_random():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SYNTHETIC CHECKPOINT: every weight is random" in proc.stdout
     assert "PASS" in proc.stdout and "image features" in proc.stdout and "text features" in proc.stdout
+    assert "what this proves: the converted directory computes the function of the Paddle reference" in proc.stdout
 
 
 def test_check_cli_fails_on_a_mismatching_conversion(synthetic_pdparams, tmp_path):
