@@ -3,7 +3,8 @@
 Under ``ERNIEVIL2_REQUIRE_ORACLES=1`` (``scripts/test.sh``, CI) a skip is a failure: the helpers in ``helpers.py``
 already fail with a clear reason when an oracle, optional dependency or ``../shared/data`` is missing, and the hooks
 below turn any other skip (a ``skipif`` marker, a stray ``pytest.importorskip``) into a failure that quotes the skip
-reason. A test that cannot run on some machines (a GPU, say) must be deselected explicitly, never skipped.
+reason. A test that cannot run on some machines must be deselected, never skipped: mark it ``@pytest.mark.gpu`` and
+it is deselected (and counted in the summary line) where CUDA is unavailable, and run where it is.
 """
 from __future__ import annotations
 
@@ -29,6 +30,17 @@ def _fail_instead_of_skip(report) -> None:
         report.outcome = "failed"
         report.longrepr = (f"skipped under {REQUIRE_ENV}=1, where every skip is a failure: "
                            f"{_skip_reason(report.longrepr)}")
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+        config.hook.pytest_deselected(items=gpu)
 
 
 @pytest.hookimpl(hookwrapper=True)

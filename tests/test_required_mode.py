@@ -3,7 +3,8 @@ environments, once in required mode (must fail, saying why) and once as a develo
 saying why).
 
 The fake environments: no ``../shared`` beside the repo, Paddle / OpenCV unimportable, no PaddleNLP interpreter,
-and a stray ``pytest.skip`` / ``skipif`` in a test (turned into a failure by ``tests/conftest.py``).
+and a stray ``pytest.skip`` / ``skipif`` in a test (turned into a failure by ``tests/conftest.py``; a test marked
+``gpu`` is deselected where there is no GPU, not skipped).
 """
 from __future__ import annotations
 
@@ -59,6 +60,13 @@ STRAY_SKIPS = '''
 import pytest
 
 
+@pytest.mark.gpu
+def test_needs_a_gpu():
+    import torch
+
+    assert torch.cuda.is_available()
+
+
 def test_skips_itself():
     pytest.skip("a developer's shortcut")
 
@@ -73,6 +81,10 @@ def test_any_other_skip_fails_in_required_mode(tmp_path):
     files = {"tests/test_stray_skips.py": STRAY_SKIPS}
     required, partial = run_both_ways(tmp_path, "tests/test_stray_skips.py", new_files=files)
     assert required.returncode == 1 and "1 failed" in required.stdout and "1 error" in required.stdout
+    import torch
+
+    if not torch.cuda.is_available():  # a GPU-only test is deselected, in both modes, never skipped
+        assert "1 deselected" in required.stdout and "1 deselected" in partial.stdout
     for reason in ("a developer's shortcut", "a marker someone left"):
         assert f"skipped under {REQUIRE_ENV}=1, where every skip is a failure: Skipped: {reason}" in required.stdout
     assert partial.returncode == 0 and "2 skipped" in partial.stdout
