@@ -351,6 +351,11 @@ FIGURES: List[Figure] = [
     # README.md
     Figure(M, r"\((\d+) tensors, ([\d,]+)\s+parameters for Base\)", base_model_counts,
            "ErnieViL2(base_config()).state_dict()"),
+    Figure(M, r"one `error:` line\nand exit status (\d);", lambda: [str(cli().EXIT_BAD_INPUT)], "cli.EXIT_BAD_INPUT"),
+    Figure(M, r"`internal error`, exit status (\d);", lambda: [str(cli().EXIT_INTERNAL_ERROR)],
+           "cli.EXIT_INTERNAL_ERROR"),
+    Figure(M, r"finished shards and resumes\), exit status (\d+)\.", lambda: [str(cli().EXIT_INTERRUPTED)],
+           "cli.EXIT_INTERRUPTED"),
     Figure(M, r"reproduce our features within (\S+) max abs diff", lambda: [g(export_tests().EXPORT_ATOL)],
            "test_export.EXPORT_ATOL"),
     Figure(M, r"give the published (\d+\.\d) / (\d+\.\d) R@1",
