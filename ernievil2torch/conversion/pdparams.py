@@ -391,7 +391,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 # an unknown opcode (KeyError), a stack or mark underflow (IndexError), an opcode applied to the wrong kind of
 # object (TypeError, AttributeError: BUILD on an int, APPEND to a tuple, ...), bad numbers, protocols, frames or
 # text (ValueError, UnicodeDecodeError), short reads (EOFError, struct.error) and its own UnpicklingError.
-# tests/test_hostile_checkpoints.py makes each of them happen. They count as a damaged file only when the
+# tests/test_reader_errors.py makes each of them happen. They count as a damaged file only when the
 # ``pickle`` module itself raised them: the same types raised by this module's shims and checks are bugs.
 MALFORMED_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, struct.error, KeyError, IndexError, TypeError,
                            AttributeError, ValueError)
@@ -571,7 +571,7 @@ def load_pdparams(source: Union[str, os.PathLike, bytes, io.BufferedIOBase],
     """Read a ``.pdparams`` (path, bytes or binary file object) into ``{name: ndarray}``.
 
     Raises :class:`CheckpointError` (or its subclass :class:`UnsafePickleError`) for anything that is not a
-    plain Paddle state dict. Nothing in the file is executed beyond rebuilding numpy arrays. ``hasher`` (e.g.
+    plain Paddle state dict; any other exception is a bug in the reader and propagates unchanged. Nothing in the file is executed beyond rebuilding numpy arrays. ``hasher`` (e.g.
     ``hashlib.sha256()``) is updated with every byte of the file on the way. Arrays come back writable, in native
     byte order, with one of the plain numeric dtypes (bool, int, uint, float16/32/64).
     """

@@ -76,14 +76,6 @@ class ReferenceSizes:
     has_temperature: bool = True
 
     @property
-    def text_heads(self) -> int:
-        return self.text_hidden // HEAD_DIM
-
-    @property
-    def vision_heads(self) -> int:
-        return self.vision_hidden // HEAD_DIM
-
-    @property
     def num_positions(self) -> int:
         return (self.image_size // self.patch_size) ** 2 + 1
 
