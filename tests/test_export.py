@@ -193,5 +193,5 @@ def test_full_size_onnx_export(base_model_dir, tmp_path):
     model = ErnieViL2.from_pretrained(base_model_dir)
     export_onnx(str(base_model_dir), str(tmp_path / "onnx"), check=False)
     worst = onnx_max_diff(model, tmp_path / "onnx", [(3, 48)])
-    print(f"full size: ONNX Runtime vs ours (batch 3 x 48 tokens, padded rows; 3 images): max abs diff {worst:.3g}")
+    print(f"full size: ONNX Runtime vs ours (3 x 48 tokens, padded rows; 3 images): max abs diff {worst:.3g}")
     assert worst <= EXPORT_ATOL

@@ -8,9 +8,7 @@ and a stray ``pytest.skip`` / ``skipif`` in a test (turned into a failure by ``t
 """
 from __future__ import annotations
 
-import pytest
-
-from helpers import REQUIRE_ENV, SHARED_DATA_ENV, run_pytest_on_copy, shared_data_dir
+from helpers import REQUIRE_ENV, SHARED_DATA_ENV, run_pytest_on_copy
 
 REQUIRED = "ERNIEVIL2_REQUIRE_ORACLES=1: a missing oracle or test input is a failure, not a skip"
 

@@ -571,9 +571,10 @@ def load_pdparams(source: Union[str, os.PathLike, bytes, io.BufferedIOBase],
     """Read a ``.pdparams`` (path, bytes or binary file object) into ``{name: ndarray}``.
 
     Raises :class:`CheckpointError` (or its subclass :class:`UnsafePickleError`) for anything that is not a
-    plain Paddle state dict; any other exception is a bug in the reader and propagates unchanged. Nothing in the file is executed beyond rebuilding numpy arrays. ``hasher`` (e.g.
-    ``hashlib.sha256()``) is updated with every byte of the file on the way. Arrays come back writable, in native
-    byte order, with one of the plain numeric dtypes (bool, int, uint, float16/32/64).
+    plain Paddle state dict; any other exception is a bug in the reader and propagates unchanged. Nothing in the
+    file is executed beyond rebuilding numpy arrays. ``hasher`` (e.g. ``hashlib.sha256()``) is updated with every
+    byte of the file on the way. Arrays come back writable, in native byte order, with one of the plain numeric
+    dtypes (bool, int, uint, float16/32/64).
     """
     if isinstance(source, (bytes, bytearray)):
         return _load_stream(io.BufferedReader(io.BytesIO(bytes(source))), "<bytes>", hasher, len(source))
