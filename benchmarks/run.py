@@ -12,7 +12,8 @@ median over rounds), on the same random full-size weights and the same inputs:
 * tokenizer / image preprocessing throughput via ``benchmarks/frontends.py`` when those modules exist;
 * conversion time and peak RSS (``/usr/bin/time -v``) next to a plain ``cp`` of the same checkpoint.
 
-Writes BENCHMARKS.md and benchmarks/cpu_throughput.png (``--out`` / ``--png`` to change). Every framework runs
+Writes BENCHMARKS.md, sealed (``benchmarks/stamp.py``: the test suite fails if it is edited afterwards), and
+benchmarks/cpu_throughput.png (``--out`` / ``--png`` to change). Every framework runs
 with the same thread count: OMP_NUM_THREADS is set before torch and paddle are imported (Paddle would otherwise
 force 1 thread).
 """
@@ -63,6 +64,9 @@ sys.path.insert(0, str(ROOT))
 from ernievil2torch.config import base_config  # noqa: E402
 from ernievil2torch.modeling import ErnieViL2  # noqa: E402
 from ernievil2torch.verify.synthetic import layout_state, random_state  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from stamp import seal  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -197,11 +201,9 @@ def cpu_section(args, report: dict) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 import paddle
-                from ernievil2torch.verify.paddle_reference import PaddleErnieViL2, load_official_state
+                from ernievil2torch.verify.paddle_reference import PaddleErnieViL2
             paddle.set_device("cpu")
-            ref = PaddleErnieViL2(cfg)
-            load_official_state(ref, layout_state(cfg, "official", seed=0))
-            ref.eval()
+            ref = PaddleErnieViL2.from_official_state(layout_state(cfg, "official", seed=0))
             p_pix, p_ids = paddle.to_tensor(pixels_np), paddle.to_tensor(ids_np)
 
             def p_img():
@@ -537,7 +539,7 @@ def write_report(args, report: dict, command: str) -> None:
     if report["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     lines += ["", OPTIMISATION_LOG.rstrip()]
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    Path(args.out).write_text(seal("\n".join(lines) + "\n", "benchmarks/run.py", command), encoding="utf-8")
     log(f"wrote {args.out}")
     _chart(args, cases)
 

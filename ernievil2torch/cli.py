@@ -45,8 +45,10 @@ def leaves_on_interrupt(message: str) -> Callable[[F], F]:
     return decorate
 
 
-ATOMIC_OUTPUT = "interrupted; no partial output was left behind"
-NO_OUTPUT = "interrupted; nothing was written"
+# What an interrupted command leaves behind; tests/test_cli_failures.py interrupts each command and checks it.
+ATOMIC_OUTPUT = "interrupted; no partial output was left behind"  # every file it writes is published atomically
+NO_OUTPUT = "interrupted; nothing was written"  # the command writes no file
+RESUMABLE_OUTPUT = "interrupted; finished shards are kept in OUT: run the same command again to resume"
 
 
 def run_command(component: Any, name: Optional[str] = None) -> None:
@@ -107,16 +109,21 @@ def convert(src: Optional[str] = None, dst: str = "converted/ernie_vil2_base", v
     print(convert_checkpoint(source, _path(dst), overwrite=overwrite, vocab=_path(vocab), dtype=dtype).summary())
 
 
-@leaves_on_interrupt(NO_OUTPUT)
+@leaves_on_interrupt(ATOMIC_OUTPUT)  # its scratch directory is removed; with --workdir, files there are complete
 def logit_check(paddle: Optional[str] = None, torch: Optional[str] = None, seed: int = 0, tiny: bool = False,
                 feature_atol: Optional[float] = None, min_cosine: Optional[float] = None,
                 logit_atol: Optional[float] = None, workdir: Optional[str] = None) -> None:
     """Run the Paddle reference and the PyTorch port on the same inputs and compare (needs paddlepaddle).
 
-    Proves that the converted directory computes the function an independent Paddle implementation of the official
-    architecture computes from the original file. With no --paddle/--torch: builds a seeded synthetic full-size
-    checkpoint in the official layout with EVERY weight random, converts it with the same code as convert.py, and
-    checks it end to end.
+    What it proves: the converted directory computes, in PyTorch, the function that the Paddle reference computes
+    from the original file (features of both towers and the scaled logits within the bounds). The reference is an
+    independent Paddle implementation of the official architecture: its fixed values come from Baidu's code and its
+    sizes from the file's own shapes, nothing from this package's config. What it does not prove: that the
+    reference equals Baidu's own code, or (for a PaddleNLP-layout file, whose keys both sides get renamed by this
+    project) that the renaming is right; the test suite checks both against PaddleNLP 2.8.1's ErnieViLModel.
+
+    With no --paddle/--torch: builds a seeded synthetic full-size checkpoint in the official layout with EVERY
+    weight random, converts it with the same code as convert.py, and checks it end to end.
 
     Args:
         paddle: the original .pdparams (official or PaddleNLP layout).
@@ -141,7 +148,7 @@ def logit_check(paddle: Optional[str] = None, torch: Optional[str] = None, seed:
         sys.exit(EXIT_CHECK_FAILED)
 
 
-@leaves_on_interrupt(NO_OUTPUT)
+@leaves_on_interrupt(ATOMIC_OUTPUT)  # --plot
 def performance_check(model: str = "demo/synthetic_converted", images: Any = None, texts: Any = None,
                       vocab: Optional[str] = None, max_length: int = DEFAULT_MAX_LENGTH,
                       plot: Optional[str] = None) -> None:
@@ -292,14 +299,14 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
 def _embed_command() -> Callable[..., Any]:
     from .apps.embed import embed
 
-    return leaves_on_interrupt("interrupted; finished shards are kept in OUT: run the same command again to "
-                               "resume")(embed)
+    return leaves_on_interrupt(RESUMABLE_OUTPUT)(embed)
 
 
 def _retrieval_commands() -> Dict[str, Callable[..., Any]]:
     from .apps.retrieval import evaluate, search
 
-    return {"search": leaves_on_interrupt(ATOMIC_OUTPUT)(search), "eval": leaves_on_interrupt(NO_OUTPUT)(evaluate)}
+    return {"search": leaves_on_interrupt(ATOMIC_OUTPUT)(search),
+            "eval": leaves_on_interrupt(ATOMIC_OUTPUT)(evaluate)}  # --out, --save_embeddings
 
 
 def _finetune_command() -> Callable[..., Any]:

@@ -12,6 +12,8 @@ from ernievil2torch.verify.demo import DEMO_CAPTIONS
 from ernievil2torch.verify.synthetic import write_synthetic_vocab
 from ernievil2torch.verify.synthetic import write_synthetic_pdparams
 
+from helpers import require_module
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -128,7 +130,7 @@ def test_classify_prints_a_label_per_image(small224, tmp_path):
 
 
 def test_performance_check_plot_writes_a_png(small224, tmp_path):
-    pytest.importorskip("matplotlib")
+    require_module("matplotlib")
     root, _ = small224
     png = tmp_path / "sim.png"
     proc = run("test.py", "performance_check", "--model", str(root / "model"), "--plot", str(png))

@@ -1,17 +1,20 @@
 """Property-based fuzzing (hypothesis) of the ``.pdparams`` reader, the whole convert path and the tokenizer.
 
 Mutated valid pickles (byte flips, insertions, deletions, truncations, splices) must either load as a state dict or
-raise the project's ``CheckpointError`` family, never anything else, and never hang. Runs are derandomized and use no
-example database, so every CI run tries the same inputs. RELIABILITY.md quotes the example counts below.
+raise the project's ``CheckpointError`` family, never anything else, and never hang. Only the stdlib unpickler's
+own errors on damaged data become ``CheckpointError``: a bug in the reader surfaces as itself, so this fuzz fails on
+it (``tests/test_reader_errors.py`` plants one to show that). Runs are derandomized and use no example database, so
+every CI run tries the same inputs; each test counts the examples it really ran and asserts the count RELIABILITY.md
+quotes (the constants below), rather than trusting ``max_examples``.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import pickle
 import pickletools
 import signal
 from datetime import timedelta
-from pathlib import Path
 from typing import List
 
 import numpy as np
@@ -25,13 +28,16 @@ from ernievil2torch.errors import CheckpointError, InputError
 from ernievil2torch.conversion.pdparams import BIG_PARAM_KEY, STRUCTURE_KEY, load_pdparams
 from ernievil2torch.verify.synthetic import layout_state
 
+from helpers import shared_file
+
 READER_EXAMPLES = 10_000
 CONVERT_EXAMPLES = 1_000
 TOKENIZER_EXAMPLES = 10_000
+MUTATIONS_PER_EXAMPLE = (1, 4)  # fewest and most mutations applied to one base pickle
+MIN_SURROGATE_TEXTS = 1_000  # of the tokenizer examples, at least this many hold a lone surrogate (asserted)
 PER_EXAMPLE_DEADLINE = timedelta(seconds=2)  # hypothesis fails an example slower than this
 HANG_GUARD_S = 20  # SIGALRM turns a genuine hang into a test failure instead of a stuck CI job
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 class Hang(Exception):
@@ -93,7 +99,7 @@ def mutated(draw, bases=BASES, offsets=OFFSETS) -> bytes:
     """A base pickle with 1-4 mutations; positions are uniform or on an opcode boundary (to hit structure)."""
     index = draw(st.integers(0, len(bases) - 1))
     blob = bytearray(bases[index])
-    for _ in range(draw(st.integers(1, 4))):
+    for _ in range(draw(st.integers(*MUTATIONS_PER_EXAMPLE))):
         if not blob:
             break
         if draw(st.booleans()):
@@ -137,16 +143,32 @@ def test_bases_are_valid():
             np.testing.assert_array_equal(state[key], value)
 
 
-@settings(max_examples=READER_EXAMPLES, deadline=PER_EXAMPLE_DEADLINE, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
-@given(blob=mutated())
-def test_reader_fuzz(blob):
-    with hang_guard():
-        try:
-            state = load_pdparams(blob)
-        except CheckpointError:
-            return
-    check_state(state)
+def check_reader_outcome(blob: bytes) -> None:
+    """The reader's contract on any input: a valid state dict or ``CheckpointError``, both for bytes (whose size is
+    known) and for a stream of unknown length (no size bound, no peek at the header)."""
+    for source in (blob, io.BytesIO(blob)):
+        with hang_guard():
+            try:
+                state = load_pdparams(source)
+            except CheckpointError:
+                continue
+        check_state(state)
+
+
+def test_reader_fuzz():
+    outcomes = {"examples": 0, "distinct": set()}
+
+    @settings(max_examples=READER_EXAMPLES, deadline=PER_EXAMPLE_DEADLINE, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(blob=mutated())
+    def run(blob):
+        outcomes["examples"] += 1
+        outcomes["distinct"].add(blob)
+        check_reader_outcome(blob)
+
+    run()
+    print(f"reader fuzz: {outcomes['examples']} examples, {len(outcomes['distinct'])} distinct inputs")
+    assert outcomes["examples"] == READER_EXAMPLES
 
 
 # ---- the whole convert path -----------------------------------------------------------------------------------------
@@ -200,16 +222,19 @@ def test_convert_fuzz(micro_bases, tmp_path_factory):
 
     run()
     print("convert fuzz:", outcomes)
-    assert outcomes["converted"] > 0 and outcomes["refused"] > 0, outcomes
+    assert outcomes["converted"] + outcomes["refused"] == CONVERT_EXAMPLES, outcomes
+    # both outcomes are common: the mutations neither always break nor always miss the checkpoint
+    assert min(outcomes.values()) >= CONVERT_EXAMPLES // 20, outcomes
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------------------------
 
-VOCAB = REPO.parent / "shared" / "data" / "vocab.txt"
+LONE_SURROGATES = st.characters(categories=["Cs"])  # hypothesis' text() never draws these on its own
 
 texts = st.one_of(
     st.text(max_size=200),
     st.text(alphabet=st.characters(codec="utf-8"), max_size=60),
+    st.tuples(st.text(max_size=30), LONE_SURROGATES, st.text(max_size=30)).map("".join),
     st.text(alphabet="一只猫的照片赛博朋克 abcXYZ0123$＄.,!?\t\n\u0000\ufffd\u200b\u0301é", max_size=80),
     st.lists(st.text(max_size=40), min_size=0, max_size=4),
     st.lists(st.one_of(st.text(max_size=10), st.none(), st.integers(), st.binary(max_size=10)), max_size=3),
@@ -219,35 +244,53 @@ texts = st.one_of(
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    try:
-        from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
-    except ImportError:
-        pytest.skip("ernievil2torch/tokenizer.py is not there yet")
-    if not VOCAB.is_file():
-        pytest.skip(f"the real vocab is not at {VOCAB}")
-    return ErnieViL2Tokenizer(VOCAB)
+    from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
+
+    return ErnieViL2Tokenizer(shared_file("vocab.txt"))
+
+
+def is_valid_request(text, max_length) -> bool:
+    """What the tokenizer's documented contract accepts: a str or a non-empty list of str, and an int max_length
+    in 2..2048 (not a bool)."""
+    texts_ok = isinstance(text, str) or (isinstance(text, list) and bool(text)
+                                         and all(isinstance(t, str) for t in text))
+    length_ok = type(max_length) is int and 2 <= max_length <= 2048
+    return texts_ok and length_ok
+
+
+def _has_lone_surrogate(text) -> bool:
+    parts = [text] if isinstance(text, str) else text if isinstance(text, list) else []
+    return any(isinstance(t, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in t) for t in parts)
 
 
 def test_tokenizer_fuzz(tokenizer):
-    max_id = max(tokenizer.vocab.values())
-    outcomes = {"encoded": 0, "refused": 0}
+    """Refused exactly when the request breaks the contract; otherwise each row is ``[CLS] + encode(text)[:L-2] +
+    [SEP]`` padded with 0 to ``max_length`` (the same ids as encoding the text alone)."""
+    outcomes = {"encoded": 0, "refused": 0, "with lone surrogates": 0}
+
     @settings(max_examples=TOKENIZER_EXAMPLES, deadline=PER_EXAMPLE_DEADLINE, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(text=texts, max_length=st.one_of(st.just(48), st.integers(-3, 80), st.none()))
     def run(text, max_length):
+        outcomes["with lone surrogates"] += _has_lone_surrogate(text)
         with hang_guard():
             try:
                 out = tokenizer(text, max_length=max_length)
             except InputError:
+                assert not is_valid_request(text, max_length), (text, max_length)
                 outcomes["refused"] += 1
                 return
+        assert is_valid_request(text, max_length), (text, max_length)
         outcomes["encoded"] += 1
-        ids = out["input_ids"]
-        assert ids.ndim == 2 and ids.shape[1] == max_length
-        assert bool((ids[:, 0] == tokenizer.cls_token_id).all())
-        assert out["attention_mask"].shape == ids.shape
-        assert int(ids.min()) >= 0 and int(ids.max()) <= max_id
+        ids, mask = out["input_ids"].tolist(), out["attention_mask"].tolist()
+        for row, one in enumerate([text] if isinstance(text, str) else text):
+            pieces = tokenizer.encode(one)[:max_length - 2]
+            want = [tokenizer.cls_token_id, *pieces, tokenizer.sep_token_id]
+            assert ids[row] == want + [tokenizer.pad_token_id] * (max_length - len(want)), (one, max_length)
+            assert mask[row] == [1] * len(want) + [0] * (max_length - len(want))
 
     run()
     print("tokenizer fuzz:", outcomes)
-    assert outcomes["encoded"] > 0 and outcomes["refused"] > 0, outcomes
+    assert outcomes["encoded"] + outcomes["refused"] == TOKENIZER_EXAMPLES, outcomes
+    assert outcomes["with lone surrogates"] >= MIN_SURROGATE_TEXTS, outcomes
+    assert min(outcomes["encoded"], outcomes["refused"]) >= TOKENIZER_EXAMPLES // 10, outcomes

@@ -54,7 +54,7 @@ def against_paddle_reference(config, state, inputs):
     pytest.importorskip("paddle")
     from ernievil2torch.verify.paddle_reference import run_reference_backward
 
-    out = run_reference_backward(config, to_layout(state, OFFICIAL, config), inputs.pixel_values, inputs.input_ids)
+    out = run_reference_backward(to_layout(state, OFFICIAL, config), inputs.pixel_values, inputs.input_ids)
     grads = from_layout(out["grads"], OFFICIAL, config)
     grads["pixel_values"] = out["pixel_grad"]
     assert len(out["grads"]) == len(to_layout(state, OFFICIAL, config))  # every official parameter got one

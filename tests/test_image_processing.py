@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from pathlib import Path
+from typing import Dict, Tuple
 
 import numpy as np
 import pytest
@@ -14,9 +16,9 @@ from ernievil2torch.errors import InputError
 from ernievil2torch.constants import IMAGENET_MEAN, IMAGENET_STD
 from ernievil2torch.processing.image import ErnieViL2ImageProcessor
 
-from helpers import shared_file
+from helpers import require_module, shared_file
 
-cv2 = pytest.importorskip("cv2")
+cv2 = require_module("cv2")
 
 
 def cv_decode(buf: bytes) -> np.ndarray:
@@ -158,30 +160,37 @@ def test_animated_uses_first_frame(proc):
     assert tuple(out[0, 0]) == (255, 0, 0)
 
 
-def test_bad_inputs(proc, tmp_path):
+def bad_images(tmp_path: Path) -> Dict[str, Tuple[object, str]]:
+    """label -> (input, text its InputError must contain); RELIABILITY.md counts these cases."""
     good = encode(Image.new("RGB", (50, 50)), "JPEG")
-    bad = {
-        "zero-byte": b"",
-        "not an image": b"hello, world" * 10,
-        "truncated": good[: len(good) // 2],
-        "corrupt": good[:100] + b"\x00" * 50 + good[150:200],
-    }
-    for what, buf in bad.items():
-        with pytest.raises(InputError, match="image #0"):
-            proc(buf)
-    with pytest.raises(InputError, match="missing.jpg"):
-        proc(tmp_path / "missing.jpg")
-    with pytest.raises(InputError, match="image #1"):
-        proc([good, b"junk"])
     (tmp_path / "text.txt").write_text("not an image")
-    with pytest.raises(InputError, match="text.txt"):
-        proc(tmp_path / "text.txt")
-    for item in (None, 3, np.zeros((5, 5, 3), np.float32), np.zeros((5, 5, 2), np.uint8), np.zeros((0, 5, 3),
-                                                                                                     np.uint8)):
-        with pytest.raises(InputError):
+    return {
+        "zero-byte": (b"", "image #0"),
+        "not an image": (b"hello, world" * 10, "image #0"),
+        "truncated JPEG": (good[: len(good) // 2], "image #0"),
+        "corrupt JPEG": (good[:100] + b"\x00" * 50 + good[150:200], "image #0"),
+        "missing path": (tmp_path / "missing.jpg", "missing.jpg"),
+        "bad item inside a batch": ([good, b"junk"], "image #1"),
+        "text file": (tmp_path / "text.txt", "text.txt"),
+        "None": (None, "image #0 (NoneType): got None instead of an image"),
+        "an int": (3, "image #0 (int): unsupported input type int"),
+        "float array": (np.zeros((5, 5, 3), np.float32), "numpy images must be uint8 HxWx3 RGB, got dtype float32"),
+        "2-channel array": (np.zeros((5, 5, 2), np.uint8), "got shape (5, 5, 2)"),
+        "empty array": (np.zeros((0, 5, 3), np.uint8), "empty image of shape (0, 5, 3)"),
+        "empty list": ([], "empty image list: give at least one image"),
+    }
+
+
+BAD_IMAGE_CASES = 13  # len(bad_images(...)), checked below
+
+
+def test_bad_inputs(proc, tmp_path):
+    cases = bad_images(tmp_path)
+    assert len(cases) == BAD_IMAGE_CASES
+    for label, (item, needle) in cases.items():
+        with pytest.raises(InputError) as info:
             proc(item)
-    with pytest.raises(InputError):
-        proc([])
+        assert needle in str(info.value), (label, str(info.value))
 
 
 def test_decompression_bomb_limit_kept(proc, monkeypatch):

@@ -19,7 +19,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -34,6 +34,10 @@ from ernievil2torch.verify.synthetic import layout_state
 
 REPO = Path(__file__).resolve().parent.parent
 KILL_TRIALS = 20  # half SIGINT, half SIGKILL, alternating
+KILL_LANES = 2  # independent destinations interrupted side by side
+STALE_NAMES = ("model", "out[1]*?", "with-dashes-9")  # destination names for the stale-leftover cleanup
+WRITE_FAILURES = (OSError(28, "No space left on device"), KeyboardInterrupt())  # raised while writing
+CORRUPT_SAFETENSORS = 5  # corrupted (not truncated) weight files, checked below
 BIG_VOCAB = 60_000  # tiny model with a 60,000 x 128 word embedding: ~34 MB, a few tenths of a second to write
 SAFETENSORS_TRUNCATIONS = (0, 4, 8, 20, 100, -1000, -4, -1)
 BROKEN_CONFIGS = 8  # len(_broken_configs()), checked below
@@ -163,7 +167,7 @@ def test_interrupted_conversions_leave_previous_or_complete_output(big_sources, 
     write_phase = max(0.02, time.monotonic() - start)
     assert proc.wait(timeout=300) == 0
     # two independent lanes (own destination each) run side by side to halve the wall time
-    lanes = 2
+    lanes = KILL_LANES
     works = [tmp_path / f"lane{i}" for i in range(lanes)]
     for work in works:
         work.mkdir()
@@ -192,24 +196,37 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+REFUSAL_CASES = 3
+
+
 def test_refuses_to_overwrite_without_flag(tiny_src, tmp_path):
     dst = tmp_path / "out"
     convert_checkpoint(tiny_src, dst)
     before = fingerprint(dst)
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        convert_checkpoint(tiny_src, dst)
-    with pytest.raises(FileExistsError, match="--overwrite"):
+
+    def open_atomic_directory():
         with model_io.atomic_directory(dst):
             pass
+
+    refusals = [
+        ("converter", lambda: convert_checkpoint(tiny_src, dst), "--overwrite"),
+        ("atomic_directory", open_atomic_directory, "--overwrite"),
+        ("DST is a file", lambda: convert_checkpoint(tiny_src, tmp_path / "file", overwrite=True), "not a directory"),
+    ]
+    assert len(refusals) == REFUSAL_CASES
+    for label, action, needle in refusals[:2]:
+        with pytest.raises(FileExistsError, match=needle):
+            action()
     assert fingerprint(dst) == before
     convert_checkpoint(tiny_src, dst, overwrite=True)
     assert fingerprint(dst) == before and os.listdir(tmp_path) == ["out"]
     (tmp_path / "file").write_text("x")
-    with pytest.raises(FileExistsError, match="not a directory"):
-        convert_checkpoint(tiny_src, tmp_path / "file", overwrite=True)
+    label, action, needle = refusals[2]
+    with pytest.raises(FileExistsError, match=needle):
+        action()
 
 
-@pytest.mark.parametrize("name", ["model", "out[1]*?", "with-dashes-9"])
+@pytest.mark.parametrize("name", STALE_NAMES)
 def test_stale_leftovers_are_cleaned_up_by_pid(tiny_src, tmp_path, name):
     dst = tmp_path / name
     dead = _dead_pid()
@@ -251,7 +268,7 @@ def test_failures_while_writing_keep_previous_output(tiny_src, tmp_path, monkeyp
     previous = fingerprint(dst)
     real_write = model_io.write_safetensors_streaming
 
-    for exc in (OSError(28, "No space left on device"), KeyboardInterrupt()):
+    for exc in WRITE_FAILURES:
         def failing(path, specs, produce, metadata=None):
             real_write(path, specs[:3], produce, metadata)
             raise exc
@@ -304,7 +321,7 @@ def test_truncated_safetensors_raise_checkpoint_error(converted, tmp_path, cut):
         ErnieViL2.from_pretrained(target)
 
 
-def test_corrupted_safetensors_raise_checkpoint_error(converted, tmp_path):
+def test_corrupted_safetensors_raise_checkpoint_error(converted, tiny_src, tmp_path):
     target = _copy(converted, tmp_path)
     weights = target / "model.safetensors"
     blob = bytearray(weights.read_bytes())
@@ -313,21 +330,26 @@ def test_corrupted_safetensors_raise_checkpoint_error(converted, tmp_path):
         "header length beyond file": (len(blob) * 2).to_bytes(8, "little") + blob[8:],
         "header not JSON": blob[:8] + b"\xff" * header_len + blob[8 + header_len:],
         "random bytes": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
-        "pickle instead": (converted.parent.parent / "tiny_src0" / "tiny.pdparams").read_bytes()
-        if (converted.parent.parent / "tiny_src0" / "tiny.pdparams").exists() else b"\x80\x04}.",
+        "pickle instead": tiny_src.read_bytes(),
     }
     header = json.loads(blob[8:8 + header_len])
     first = next(k for k in header if k != "__metadata__")
     header[first]["data_offsets"][1] += 10 ** 9
     bad = json.dumps(header).encode()
     cases["offsets beyond data"] = len(bad).to_bytes(8, "little") + bad + blob[8 + header_len:]
+    assert len(cases) == CORRUPT_SAFETENSORS
     for label, data in cases.items():
         weights.write_bytes(bytes(data))
         with pytest.raises(CheckpointError, match="cannot read weights"):
             ErnieViL2.from_pretrained(target)
 
 
-def _broken_configs(config: dict) -> Dict[str, dict]:
+MISMATCH = "weights do not match config.json: "
+INVALID = "config.json: invalid config "
+
+
+def _broken_configs(config: dict) -> Dict[str, Tuple[dict, str]]:
+    """label -> (edited config, the exact fragment the error must contain)."""
     def edit(path, value):
         new = json.loads(json.dumps(config))
         node = new
@@ -337,15 +359,26 @@ def _broken_configs(config: dict) -> Dict[str, dict]:
         return new
 
     return {
-        "fewer text layers than the weights": edit(("text", "num_layers"), 1),
-        "other hidden size": edit(("vision", "hidden_size"), 64),
-        "other vocab size": edit(("text", "vocab_size"), 121),
-        "no temperature although the weights have one": edit(("has_temperature",), False),
-        "hidden size as a string": edit(("text", "hidden_size"), "128"),
-        "negative layers": edit(("vision", "num_layers"), -2),
-        "unknown field": edit(("bogus",), 1),
-        "heads not dividing hidden": edit(("text", "num_heads"), 3),
+        "fewer text layers than the weights": (edit(("text", "num_layers"), 1),
+                                               MISMATCH + "unexpected 'text.layers.1."),
+        "other hidden size": (edit(("vision", "hidden_size"), 64),
+                              MISMATCH + "'vision.class_embedding' has shape (128,), config says (64,)"),
+        "other vocab size": (edit(("text", "vocab_size"), 121), MISMATCH + "'text.embeddings.word_embeddings.weight' "
+                             "has shape (120, 128), config says (121, 128)"),
+        "no temperature although the weights have one": (edit(("has_temperature",), False),
+                                                         MISMATCH + "unexpected 'temperature'"),
+        "hidden size as a string": (edit(("text", "hidden_size"), "128"),
+                                    INVALID + "(hidden_size = '128' is not a valid size)"),
+        "negative layers": (edit(("vision", "num_layers"), -2), INVALID + "(num_layers = -2 is not a valid size)"),
+        "unknown field": (edit(("bogus",), 1), INVALID + "(unknown config fields: ['bogus'])"),
+        "heads not dividing hidden": (edit(("text", "num_heads"), 3),
+                                      INVALID + "(hidden_size 128 is not a multiple of num_heads 3)"),
     }
+
+
+BAD_CONFIG_TEXTS = {"": "(Expecting value", "{": "(Expecting property name", "[1, 2]": "(unknown config fields",
+                    "null": "('NoneType' object is not iterable)",
+                    '{"text": 5}': "(ernievil2torch.config.TextConfig() argument after ** must be a mapping, not int)"}
 
 
 def test_config_not_matching_weights_raises_checkpoint_error(converted, tmp_path):
@@ -353,25 +386,30 @@ def test_config_not_matching_weights_raises_checkpoint_error(converted, tmp_path
     config = json.loads((target / "config.json").read_text())
     broken = _broken_configs(config)
     assert len(broken) == BROKEN_CONFIGS
-    for label, data in broken.items():
+    for label, (data, needle) in broken.items():
         (target / "config.json").write_text(json.dumps(data))
-        with pytest.raises(CheckpointError, match="config|weights do not match"):
+        with pytest.raises(CheckpointError) as info:
             ErnieViL2.from_pretrained(target)
-    for text in ("", "{", "[1, 2]", "null", '{"text": 5}'):
+        assert needle in str(info.value), (label, str(info.value))
+    for text, needle in BAD_CONFIG_TEXTS.items():
         (target / "config.json").write_text(text)
-        with pytest.raises(CheckpointError, match="invalid config"):
+        with pytest.raises(CheckpointError) as info:
             ErnieViL2.from_pretrained(target)
+        assert INVALID + needle in str(info.value), (text, str(info.value))
+
+
+MISSING_FILE_CASES = 3
 
 
 def test_missing_files_and_wrong_paths(converted, tmp_path, tiny_src):
     target = _copy(converted, tmp_path)
     (target / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="missing config.json"):
-        ErnieViL2.from_pretrained(target)
-    with pytest.raises(CheckpointError, match="must be converted first"):
-        ErnieViL2.from_pretrained(tiny_src)
-    with pytest.raises(CheckpointError, match="not a converted model directory"):
-        ErnieViL2.from_pretrained(tmp_path / "nowhere")
+    cases = [(target, "missing config.json"), (tiny_src, "must be converted first"),
+             (tmp_path / "nowhere", "not a converted model directory")]
+    assert len(cases) == MISSING_FILE_CASES
+    for path, needle in cases:
+        with pytest.raises(CheckpointError, match=needle):
+            ErnieViL2.from_pretrained(path)
 
 
 def test_half_deleted_old_output_is_never_restored(tiny_src, tmp_path):

@@ -26,59 +26,37 @@ import pytest
 # Paddle sets OMP_NUM_THREADS=1 at import when it is unset: remember the user's value for the oracle subprocess.
 _USER_OMP_THREADS = os.environ.get("OMP_NUM_THREADS")
 
-paddle = pytest.importorskip("paddle")
+import helpers  # noqa: E402
+
+paddle = helpers.require_module("paddle")
 
 from ernievil2torch.config import ErnieViL2Config, base_config, tiny_config  # noqa: E402
+from ernievil2torch.verify.parity import FEATURE_ATOL, LOGIT_ATOL, MIN_COSINE  # noqa: E402
 from ernievil2torch.verify.paddle_reference import (  # noqa: E402
     PaddleErnieViL2,
+    ReferenceSizes,
     load_official_state,
     run_reference,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 ORACLE_SCRIPT = REPO / "tests" / "oracles" / "paddlenlp_model.py"
-REQUIRE_ORACLES = os.environ.get("ERNIEVIL2_REQUIRE_ORACLES") == "1"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Locating the PaddleNLP interpreter
-# ----------------------------------------------------------------------------------------------------------------
-def _local_oracle_python() -> str | None:
-    """Fallback used when ``tests/helpers.py`` is not available."""
-    candidates = [os.environ.get("ERNIEVIL2_PADDLENLP_PYTHON"), str(REPO / ".venv-paddlenlp" / "bin" / "python")]
-    for c in candidates:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return c
-    return None
-
-
-def _oracle_python() -> str | None:
-    helper = None
-    for modname in ("helpers", "tests.helpers"):
-        try:
-            helper = __import__(modname, fromlist=["oracle_python"]).oracle_python
-            break
-        except (ImportError, AttributeError):
-            continue
-    if helper is not None:
-        try:
-            found = helper()
-        except TypeError:  # a helper that wants to know which oracle
-            found = helper("paddlenlp")
-        if found:
-            return str(found)
-    return _local_oracle_python()
 
 
 @pytest.fixture(scope="module")
 def oracle_python() -> str:
-    py = _oracle_python()
-    if py is None:
-        msg = "PaddleNLP oracle interpreter not found (.venv-paddlenlp or ERNIEVIL2_PADDLENLP_PYTHON)"
-        if REQUIRE_ORACLES:
-            pytest.fail(msg + " and ERNIEVIL2_REQUIRE_ORACLES=1")
-        pytest.skip(msg)
-    return py
+    return str(helpers.oracle_python())
+
+
+def reference_sizes(config: ErnieViL2Config) -> ReferenceSizes:
+    """The reference's sizes for one of the project's test configs (only to draw a random state of that size: the
+    reference itself reads its sizes back from the state's shapes)."""
+    t, v = config.text, config.vision
+    return ReferenceSizes(vocab_size=t.vocab_size, text_hidden=t.hidden_size, text_layers=t.num_layers,
+                          text_intermediate=t.intermediate_size, max_positions=t.max_position_embeddings,
+                          image_size=v.image_size, patch_size=v.patch_size, vision_hidden=v.hidden_size,
+                          vision_layers=v.num_layers, vision_intermediate=v.intermediate_size,
+                          has_temperature=config.has_temperature)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -87,7 +65,7 @@ def oracle_python() -> str:
 def random_official_state(config: ErnieViL2Config, seed: int) -> dict[str, np.ndarray]:
     """Every parameter of the official layout, randomised (norm scales/biases, embeddings, temperature included)."""
     paddle.seed(seed)
-    shapes = {k: tuple(v.shape) for k, v in PaddleErnieViL2(config).state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in PaddleErnieViL2(reference_sizes(config)).state_dict().items()}
     rng = np.random.default_rng(seed)
 
     def randn(shape, std, mean=0.0):
@@ -230,9 +208,9 @@ def _assert_torch_matches_oracle(label: str, torch_out: dict, theirs: dict) -> N
     logit_diff = float(np.abs(torch_out["logits_per_image"] - theirs["logits_per_image"]).max())
     print(f"[torch port vs PaddleNLP] {label}: image max abs {img_diff:.3g} cos {img_cos:.9f}, "
           f"text max abs {txt_diff:.3g} cos {txt_cos:.9f}, logits max abs {logit_diff:.3g}", file=sys.stderr)
-    assert img_diff <= 1e-5 and img_cos >= 0.999999
-    assert txt_diff <= 1e-5 and txt_cos >= 0.999999
-    assert logit_diff <= 1e-4
+    assert img_diff <= FEATURE_ATOL and img_cos >= MIN_COSINE
+    assert txt_diff <= FEATURE_ATOL and txt_cos >= MIN_COSINE
+    assert logit_diff <= LOGIT_ATOL
 
 
 def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -260,7 +238,7 @@ def tiny_case(tmp_path_factory):
     config = tiny_config()
     state = random_official_state(config, seed=1234)
     pixel_values, input_ids = random_inputs(config, seed=1234, n_images=3, lengths=[16, 5, 9, 2], seq_len=16)
-    ours = run_reference(config, state, pixel_values, input_ids)
+    ours = run_reference(state, pixel_values, input_ids)
     return dict(config=config, state=state, pixel_values=pixel_values, input_ids=input_ids, ours=ours,
                 workdir=tmp_path_factory.mktemp("tiny_oracle"))
 
@@ -269,9 +247,10 @@ def tiny_case(tmp_path_factory):
 # Tests that need only Paddle
 # ----------------------------------------------------------------------------------------------------------------
 def test_state_dict_layout_full_size():
-    config = base_config()
+    """The reference's default sizes build exactly the released file's 350 tensors (SPEC.md), and its sizes read
+    back from those shapes are the defaults again."""
     paddle.seed(0)
-    shapes = {k: tuple(v.shape) for k, v in PaddleErnieViL2(config).state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in PaddleErnieViL2(ReferenceSizes()).state_dict().items()}
     assert len(shapes) == 350
     assert sum(int(np.prod(s)) for s in shapes.values()) == 203_738_881
     assert shapes["visual.class_embedding"] == (1, 1, 768)
@@ -286,12 +265,33 @@ def test_state_dict_layout_full_size():
     assert shapes["text_model.encoder_stack.block.11.ffn.o.weight"] == (3072, 768)
     assert shapes["text_model.pooler.weight"] == (768, 768)
     assert shapes["contrastive_loss_mm.temperature_b"] == (1,)
-    no_temp = dataclasses.replace(config, has_temperature=False)
+    assert ReferenceSizes.from_state({k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}) \
+        == ReferenceSizes()
+    no_temp = ReferenceSizes(has_temperature=False)
     assert "contrastive_loss_mm.temperature_b" not in PaddleErnieViL2(no_temp).state_dict()
 
 
+def test_sizes_come_from_the_state_and_constants_from_the_official_code():
+    """Nothing of the reference is read from the package it checks: sizes from the state's shapes, fixed values
+    from the module's own constants (never ``ernievil2torch.config`` / ``constants``)."""
+    import ast
+
+    from ernievil2torch.verify import paddle_reference
+
+    tree = ast.parse(Path(paddle_reference.__file__).read_text(encoding="utf-8"))
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if "config" in m or "constants" in m}, imported
+    for config in (tiny_config(), dataclasses.replace(tiny_config(), has_temperature=False)):
+        state = random_official_state(config, seed=0)
+        assert ReferenceSizes.from_state(state) == reference_sizes(config)
+    with pytest.raises(ValueError, match="visual.patch_embed.proj.weight"):
+        ReferenceSizes.from_state({k: v for k, v in random_official_state(tiny_config(), 0).items()
+                                   if not k.startswith("visual.patch")})
+
+
 def test_layer_norm_epsilons():
-    model = PaddleErnieViL2(tiny_config())
+    model = PaddleErnieViL2(reference_sizes(tiny_config()))
     text = [l._epsilon for l in model.text_model.sublayers() if isinstance(l, paddle.nn.LayerNorm)]
     vision = [l._epsilon for l in model.visual.sublayers() if isinstance(l, paddle.nn.LayerNorm)]
     assert len(text) == 2 * 2 + 1 and set(text) == {1e-5}
@@ -301,7 +301,7 @@ def test_layer_norm_epsilons():
 def test_load_official_state_is_strict():
     config = tiny_config()
     state = random_official_state(config, seed=7)
-    model = PaddleErnieViL2(config)
+    model = PaddleErnieViL2(reference_sizes(config))
     # The leftover classification head is dropped silently.
     extra = dict(state)
     extra["visual.classfy.weight"] = np.zeros((config.vision.hidden_size, 10), np.float32)
@@ -342,7 +342,7 @@ def test_reference_outputs_are_consistent(tiny_case):
     ids = tiny_case["input_ids"]
     row = 1
     n = int((ids[row] != 0).sum())
-    alone = run_reference(tiny_case["config"], tiny_case["state"], tiny_case["pixel_values"][:1], ids[row:row + 1, :n])
+    alone = run_reference(tiny_case["state"], tiny_case["pixel_values"][:1], ids[row:row + 1, :n])
     np.testing.assert_allclose(alone["text_features"][0], ours["text_features"][row], atol=2e-6)
 
 
@@ -350,7 +350,7 @@ def test_no_temperature_gives_plain_cosine():
     config = dataclasses.replace(tiny_config(), has_temperature=False)
     state = random_official_state(config, seed=3)
     pixel_values, input_ids = random_inputs(config, seed=3, n_images=2, lengths=[6, 3], seq_len=6)
-    ours = run_reference(config, state, pixel_values, input_ids)
+    ours = run_reference(state, pixel_values, input_ids)
     assert ours["logit_scale"] is None
     img = ours["image_features"] / np.linalg.norm(ours["image_features"], axis=-1, keepdims=True)
     txt = ours["text_features"] / np.linalg.norm(ours["text_features"], axis=-1, keepdims=True)
@@ -363,7 +363,7 @@ def test_no_temperature_gives_plain_cosine():
 def test_conversion_covers_paddlenlp_layout_full_size():
     """At full size the converted official state has exactly PaddleNLP's 398 keys."""
     config = base_config()
-    shapes = {k: tuple(v.shape) for k, v in PaddleErnieViL2(config).state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in PaddleErnieViL2(ReferenceSizes()).state_dict().items()}
     fake = {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}   # no memory behind them
     converted = official_to_paddlenlp(fake, config)
     assert len(converted) == 398
@@ -387,9 +387,9 @@ def test_matches_paddlenlp_with_official_text_eps(oracle_python, tiny_case):
     logit_diff = float(np.abs(ours["logits_per_image"] - theirs["logits_per_image"]).max())
     _report("tiny, text eps 1e-5", image_max_abs=img_diff, image_cos=img_cos, text_max_abs=txt_diff,
             text_cos=txt_cos, logits_max_abs=logit_diff)
-    assert img_diff <= 1e-5 and img_cos >= 0.999999
-    assert txt_diff <= 1e-5 and txt_cos >= 0.999999
-    assert logit_diff <= 1e-4
+    assert img_diff <= FEATURE_ATOL and img_cos >= MIN_COSINE
+    assert txt_diff <= FEATURE_ATOL and txt_cos >= MIN_COSINE
+    assert logit_diff <= LOGIT_ATOL
     assert float(theirs["logit_scale"]) == pytest.approx(ours["logit_scale"], rel=1e-6)
     # The PyTorch port, converted from the PaddleNLP layout by our converter, against the same oracle output.
     torch_out = run_torch_port(tiny_case["workdir"], official_to_paddlenlp(tiny_case["state"], config),
@@ -409,7 +409,7 @@ def test_paddlenlp_default_text_eps_differs(oracle_python, tiny_case):
     txt_diff, txt_cos = _compare(ours["text_features"], theirs["text_features"])
     _report("tiny, PaddleNLP text eps 1e-12", image_max_abs=img_diff, image_cos=img_cos, text_max_abs=txt_diff,
             text_cos=txt_cos)
-    assert img_diff <= 1e-5 and img_cos >= 0.999999
+    assert img_diff <= FEATURE_ATOL and img_cos >= MIN_COSINE
     assert txt_diff >= 1e-4, "expected the 1e-12 text epsilon to change the text features measurably"
 
 
@@ -417,7 +417,7 @@ def test_matches_paddlenlp_full_size(oracle_python, tmp_path):
     config = base_config()
     state = random_official_state(config, seed=99)
     pixel_values, input_ids = random_inputs(config, seed=99, n_images=2, lengths=[48, 9, 20], seq_len=48)
-    ours = run_reference(config, state, pixel_values, input_ids)
+    ours = run_reference(state, pixel_values, input_ids)
     converted = official_to_paddlenlp(state, config)
     assert len(converted) == 398
     del state
@@ -437,10 +437,10 @@ def test_matches_paddlenlp_full_size(oracle_python, tmp_path):
         (img_diff, img_cos), (txt_diff, txt_cos), logit_diff = figures[eps]
         _report(f"full size, text eps {eps if eps != 'none' else '1e-12 (PaddleNLP)'}", image_max_abs=img_diff,
                 image_cos=img_cos, text_max_abs=txt_diff, text_cos=txt_cos, logits_max_abs=logit_diff)
-        assert img_diff <= 1e-5 and img_cos >= 0.999999
+        assert img_diff <= FEATURE_ATOL and img_cos >= MIN_COSINE
     (_, _), (txt_diff, txt_cos), logit_diff = figures["1e-5"]
-    assert txt_diff <= 1e-5 and txt_cos >= 0.999999
-    assert logit_diff <= 1e-4
+    assert txt_diff <= FEATURE_ATOL and txt_cos >= MIN_COSINE
+    assert logit_diff <= LOGIT_ATOL
     assert figures["none"][1][0] >= 1e-4
     # The PyTorch port, converted from the PaddleNLP layout by our converter, against the oracle (eps 1e-5).
     torch_out = run_torch_port(tmp_path, converted, pixel_values, input_ids)
@@ -454,12 +454,12 @@ def test_matches_paddlenlp_without_temperature(oracle_python, tmp_path):
     state = random_official_state(config, seed=5)
     assert "contrastive_loss_mm.temperature_b" not in state
     pixel_values, input_ids = random_inputs(config, seed=5, n_images=2, lengths=[7, 3, 12], seq_len=12)
-    ours = run_reference(config, state, pixel_values, input_ids)
+    ours = run_reference(state, pixel_values, input_ids)
     converted = official_to_paddlenlp(state, config)
     assert "temperature" not in converted
     theirs = run_paddlenlp_oracle(oracle_python, tmp_path, config, converted, pixel_values, input_ids)
     assert float(theirs["logit_scale"]) == 1.0 and ours["logit_scale"] is None
     for name in ("image_features", "text_features"):
         diff, cos = _compare(ours[name], theirs[name])
-        assert diff <= 1e-5 and cos >= 0.999999, (name, diff, cos)
+        assert diff <= FEATURE_ATOL and cos >= MIN_COSINE, (name, diff, cos)
     assert float(np.abs(ours["logits_per_image"] - theirs["logits_per_image"]).max()) <= 1e-5

@@ -15,6 +15,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..storage.atomic import atomic_file
+
 #: The pip package that ships a Simplified-Chinese font (Noto Sans SC).
 CJK_FONT_PACKAGE = "pylopdf-fonts-zh-cn"
 #: System font families that draw Simplified Chinese, tried in order when the pip package is absent.
@@ -72,9 +74,13 @@ def _pyplot(font: Optional[str]) -> Iterator[object]:
 
 
 def _save(fig, plt, path: str) -> Path:
+    """Save ``fig`` atomically (the format follows the suffix, PNG by default) and close it."""
     out = Path(path)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_file(out) as handle:
+            fig.savefig(handle, format=out.suffix[1:].lower() or "png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import inspect
 import io
 import math
 import os
@@ -99,6 +100,10 @@ def _native_copy(array: np.ndarray) -> np.ndarray:
 # the load ends); any later use of the same buffer (a memo reference) gets a copy, so no two arrays share memory.
 _FRESH_BUFFERS: "contextvars.ContextVar[Optional[Dict[int, bytearray]]]" = contextvars.ContextVar(
     "_FRESH_BUFFERS", default=None)
+# The reader's own message for data that ends inside an opcode (the stdlib unpickler's errors are wrapped likewise).
+_TRUNCATED = "corrupt or truncated pickle (the data ends inside an opcode)"
+# Read size for byte strings from a stream whose length is unknown (no allocation beyond what arrives).
+_STREAM_CHUNK = 1 << 24
 # Byte strings at least this long are read into an adoptable bytearray; shorter ones stay ``bytes`` as usual.
 _ADOPT_MIN_BYTES = 1 << 16
 
@@ -197,11 +202,18 @@ def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any, axis_order: A
     return _array_from_bytes(buf, _resolve_dtype(dtype), _check_shape(shape), order == "F")
 
 
+def _latin1_bytes(text: str) -> bytes:
+    try:
+        return text.encode("latin1")
+    except UnicodeEncodeError:
+        raise CheckpointError("a latin-1 byte string holds characters beyond U+00FF (corrupt pickle)") from None
+
+
 def _latin1_encode(text: Any, encoding: Any = "latin1") -> bytes:
     # Protocol-2 pickles written by Python 3 store bytes as `_codecs.encode(str, 'latin1')`.
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise UnsafePickleError("refusing _codecs.encode with arguments other than (str, 'latin1')")
-    return text.encode("latin1")
+    return _latin1_bytes(text)
 
 
 def _safe_bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
@@ -209,7 +221,7 @@ def _safe_bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
     if isinstance(data, (bytes, bytearray)) and encoding is None:
         return bytearray(data)
     if isinstance(data, str) and encoding in ("latin1", "latin-1"):
-        return bytearray(data.encode("latin1"))
+        return bytearray(_latin1_bytes(data))
     raise UnsafePickleError("refusing bytearray() of anything but bytes or a latin-1 string")
 
 
@@ -221,14 +233,24 @@ def _empty_bytes(*args: Any) -> bytes:
 
 
 class _Shim:
-    """A callable the unpickler may resolve a global to; immutable, so ``BUILD`` cannot tamper with it."""
+    """A callable the unpickler may resolve a global to; immutable, so ``BUILD`` cannot tamper with it.
 
-    __slots__ = ("_fn",)
+    The arguments are bound to the function's signature before the call, so a corrupt argument count is a
+    :class:`UnsafePickleError` while a ``TypeError`` raised inside the function stays what it is: a bug.
+    """
+
+    __slots__ = ("_fn", "_signature")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         object.__setattr__(self, "_fn", fn)
+        object.__setattr__(self, "_signature", inspect.signature(fn))
 
     def __call__(self, *args: Any) -> Any:
+        try:
+            self._signature.bind(*args)
+        except TypeError:
+            raise UnsafePickleError(f"{self._fn.__name__.lstrip('_')} called with {len(args)} arguments "
+                                    "(corrupt or hostile pickle)") from None
         return self._fn(*args)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -297,8 +319,17 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def _text_line(self) -> str:
         line = self.readline()
         if not line.endswith(b"\n"):
-            raise pickle.UnpicklingError("pickle data was truncated")
-        return line[:-1].decode("utf-8")
+            raise CheckpointError(_TRUNCATED)
+        try:
+            return line[:-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError("a global's name is not UTF-8 text (corrupt pickle)") from None
+
+    def _read_exact(self, length: int) -> bytes:
+        data = self.read(length)
+        if len(data) != length:
+            raise CheckpointError(_TRUNCATED)
+        return data
 
     def _load_global(self) -> None:
         module = self._text_line()
@@ -312,16 +343,24 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def _read_buffer(self, length: int) -> bytearray:
         # The stock loaders allocate (and zero-fill) the declared length before reading: refuse lengths that
         # cannot be in the file rather than letting 9 bytes of header cost gigabytes.
-        if self._size is not None and length > self._size:
+        if self._size is None:  # a stream of unknown length: grow with the data that really arrives
+            data = bytearray()
+            while len(data) < length:
+                chunk = self.read(min(length - len(data), _STREAM_CHUNK))
+                if not chunk:
+                    raise CheckpointError(_TRUNCATED)
+                data += chunk
+            return data
+        if length > self._size:
             raise CheckpointError(f"a byte string declares {length} bytes but the file has only {self._size} "
                                   "(corrupt or truncated pickle)")
         data = bytearray(length)
         if self.readinto(data) != length:
-            raise pickle.UnpicklingError("pickle data was truncated")
+            raise CheckpointError(_TRUNCATED)
         return data
 
     def _load_bytearray8(self) -> None:
-        (length,) = struct.unpack("<Q", self.read(8))
+        (length,) = struct.unpack("<Q", self._read_exact(8))
         buffer = self._read_buffer(length)
         self._fresh[id(buffer)] = buffer  # protocol 5 array data: adoptable like BINBYTES data
         self.append(buffer)
@@ -333,22 +372,43 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             if self._size is not None and length > self._size:
                 raise CheckpointError(f"a byte string declares {length} bytes but the file has only {self._size} "
                                       "(corrupt or truncated pickle)")
-            data = self.read(length)
-            if len(data) != length:
-                raise pickle.UnpicklingError("pickle data was truncated")
-            self.append(data)
+            self.append(self._read_exact(length))
             return
         buffer = self._read_buffer(length)
         self._fresh[id(buffer)] = buffer
         self.append(buffer)
 
     def _load_binbytes8(self) -> None:
-        (length,) = struct.unpack("<Q", self.read(8))
+        (length,) = struct.unpack("<Q", self._read_exact(8))
         self._load_large_bytes(length)
 
     def _load_binbytes(self) -> None:
-        (length,) = struct.unpack("<I", self.read(4))
+        (length,) = struct.unpack("<I", self._read_exact(4))
         self._load_large_bytes(length)
+
+
+# What the stdlib's pure-Python unpickler (the base of RestrictedUnpickler) raises on a malformed opcode stream:
+# an unknown opcode (KeyError), a stack or mark underflow (IndexError), an opcode applied to the wrong kind of
+# object (TypeError, AttributeError: BUILD on an int, APPEND to a tuple, ...), bad numbers, protocols, frames or
+# text (ValueError, UnicodeDecodeError), short reads (EOFError, struct.error) and its own UnpicklingError.
+# tests/test_reader_errors.py makes each of them happen. They count as a damaged file only when the
+# ``pickle`` module itself raised them: the same types raised by this module's shims and checks are bugs.
+MALFORMED_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, struct.error, KeyError, IndexError, TypeError,
+                           AttributeError, ValueError)
+
+
+def raised_by_stdlib_unpickler(exc: BaseException) -> bool:
+    """Whether the innermost Python frame of ``exc``'s traceback is in the stdlib ``pickle`` module.
+
+    C functions add no frame, so an error from a builtin the unpickler called on corrupt data (``dict[key] = v``
+    with an unhashable key, ``int(b"...")``) counts as the unpickler's; one raised in a shim of this module does not.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__") == "pickle"
 
 
 def _describe_non_pickle(head: bytes) -> str:
@@ -511,9 +571,10 @@ def load_pdparams(source: Union[str, os.PathLike, bytes, io.BufferedIOBase],
     """Read a ``.pdparams`` (path, bytes or binary file object) into ``{name: ndarray}``.
 
     Raises :class:`CheckpointError` (or its subclass :class:`UnsafePickleError`) for anything that is not a
-    plain Paddle state dict. Nothing in the file is executed beyond rebuilding numpy arrays. ``hasher`` (e.g.
-    ``hashlib.sha256()``) is updated with every byte of the file on the way. Arrays come back writable, in native
-    byte order, with one of the plain numeric dtypes (bool, int, uint, float16/32/64).
+    plain Paddle state dict; any other exception is a bug in the reader and propagates unchanged. Nothing in the
+    file is executed beyond rebuilding numpy arrays. ``hasher`` (e.g. ``hashlib.sha256()``) is updated with every
+    byte of the file on the way. Arrays come back writable, in native byte order, with one of the plain numeric
+    dtypes (bool, int, uint, float16/32/64).
     """
     if isinstance(source, (bytes, bytearray)):
         return _load_stream(io.BufferedReader(io.BytesIO(bytes(source))), "<bytes>", hasher, len(source))
@@ -559,7 +620,9 @@ def _load_stream(stream: Any, label: str, hasher: Any = None,
         raise CheckpointError(f"{label}: the pickle asks for more memory than is available (corrupt?)") from None
     except RecursionError:
         raise CheckpointError(f"{label}: the pickle nests too deeply (corrupt or hostile)") from None
-    except Exception as exc:  # truncation and corruption surface as many different exception types
+    except MALFORMED_PICKLE_ERRORS as exc:
+        if not raised_by_stdlib_unpickler(exc):
+            raise  # raised by this module's own code: a bug, shown as what it is
         raise CheckpointError(f"{label}: corrupt or truncated pickle "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from None
     try:
@@ -568,8 +631,6 @@ def _load_stream(stream: Any, label: str, hasher: Any = None,
         raise type(exc)(f"{label}: {exc}") from None
     except MemoryError:
         raise CheckpointError(f"{label}: the state dict needs more memory than is available") from None
-    except Exception as exc:  # defensive: nothing but the project's errors leaves the reader
-        raise CheckpointError(f"{label}: malformed state dict ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def save_pdparams(state: Dict[str, np.ndarray], path: Union[str, os.PathLike], protocol: int = 4) -> Path:

@@ -20,9 +20,19 @@ Architecture, as in the official code:
 * loss (``run_reference_backward``, Baidu's ``ContrastiveHead``): L2-normalised features, ``logits_per_image =
   scale * img @ txt^T``, ``logits_per_text = scale * txt @ img^T``, mean cross-entropy against ``arange`` each way,
   averaged; no clamp. The reference has no dropout, which is what a dropout-0 training step computes.
+
+Independence from the code it checks: the fixed values of the architecture (epsilons, head size, activation, mask
+bias, pad id) are written out below from the official code (``../shared/SPEC.md``), and the sizes the official code
+takes from its config (layers, widths, vocabulary, image size) are read from the shapes of the state dict it is
+given (:meth:`ReferenceSizes.from_state`). Nothing comes from ``ernievil2torch.config`` or
+``ernievil2torch.constants``: a wrong value there (say a text LayerNorm eps of 1e-6) makes the PyTorch port disagree
+with this reference, instead of being copied into both (``tests/test_parity.py`` shows that it does).
 """
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -30,18 +40,82 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..config import ErnieViL2Config, TextConfig, VisionConfig
-
 __all__ = [
     "PaddleErnieViL2",
+    "ReferenceSizes",
     "load_official_state",
     "run_reference",
     "run_reference_backward",
     "IGNORED_OFFICIAL_KEYS",
 ]
 
+# ---- the official architecture's fixed values (SPEC.md), deliberately not imported from the package -------------
+TEXT_LAYER_NORM_EPS = 1e-5     # Paddle's nn.LayerNorm default, used by all 25 text norms of the official model
+VISION_LAYER_NORM_EPS = 1e-6   # all 26 vision norms
+HEAD_DIM = 64                  # both towers: heads = width / 64 (12 heads at width 768)
+QUICK_GELU_ALPHA = 1.702       # the ViT MLP's activation: x * sigmoid(1.702 x)
+MASK_BIAS = -10000.0           # additive bias on masked (padding) keys of the text tower
+PAD_TOKEN_ID = 0               # the mask is input_ids != 0
+NUM_CHANNELS = 3               # RGB
+TEMPERATURE_INIT = 2.65926     # contrastive_loss_mm.temperature_b before loading
+
 # Left over in the released file from a classification head the released code never builds.
 IGNORED_OFFICIAL_KEYS = ("visual.classfy.weight", "visual.classfy.bias")
+
+
+@dataclass(frozen=True)
+class ReferenceSizes:
+    """The sizes the official code takes from its config (the Base release's values as defaults)."""
+
+    vocab_size: int = 40000
+    text_hidden: int = 768
+    text_layers: int = 12
+    text_intermediate: int = 3072
+    max_positions: int = 2048
+    image_size: int = 224
+    patch_size: int = 16
+    vision_hidden: int = 768
+    vision_layers: int = 12
+    vision_intermediate: int = 3072
+    has_temperature: bool = True
+
+    @property
+    def num_positions(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "ReferenceSizes":
+        """Read the sizes from an official-layout state dict (values: arrays, or anything with ``.shape``).
+
+        Raises ``ValueError`` when a key the sizes are read from is missing or a width is not a multiple of 64.
+        """
+        def shape(key: str) -> tuple:
+            if key not in state:
+                raise ValueError(f"not an official-layout ERNIE-ViL 2.0 state: no '{key}'")
+            return tuple(int(d) for d in state[key].shape)
+
+        def count(pattern: str) -> int:
+            return len({m.group(1) for m in map(re.compile(pattern).fullmatch, state) if m})
+
+        vocab_size, text_hidden = shape("text_model.word_emb.weight")
+        max_positions = shape("text_model.pos_emb.weight")[0]
+        vision_hidden, channels, patch_size, _ = shape("visual.patch_embed.proj.weight")
+        patches = shape("visual.positional_embedding")[1] - 1
+        grid = math.isqrt(patches)
+        if grid * grid != patches:
+            raise ValueError(f"{patches} patch positions do not form a square grid")
+        sizes = cls(
+            vocab_size=vocab_size, text_hidden=text_hidden,
+            text_layers=count(r"text_model\.encoder_stack\.block\.(\d+)\.attn\.q\.weight"),
+            text_intermediate=shape("text_model.encoder_stack.block.0.ffn.i.weight")[1],
+            max_positions=max_positions, image_size=grid * patch_size, patch_size=patch_size,
+            vision_hidden=vision_hidden, vision_layers=count(r"visual\.blocks\.(\d+)\.attn\.qkv\.weight"),
+            vision_intermediate=shape("visual.blocks.0.mlp.fc1.weight")[1],
+            has_temperature="contrastive_loss_mm.temperature_b" in state)
+        if channels != NUM_CHANNELS or text_hidden % HEAD_DIM or vision_hidden % HEAD_DIM:
+            raise ValueError(f"not the official architecture: {channels} input channels, widths {text_hidden} / "
+                             f"{vision_hidden} (heads of {HEAD_DIM})")
+        return sizes
 
 
 def _layer_norm(dim: int, eps: float) -> nn.LayerNorm:
@@ -52,11 +126,11 @@ def _layer_norm(dim: int, eps: float) -> nn.LayerNorm:
 # Image tower
 # --------------------------------------------------------------------------------------------------------------
 class _PatchEmbed(nn.Layer):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, sizes: ReferenceSizes):
         super().__init__()
-        self.image_size = cfg.image_size
-        self.proj = nn.Conv2D(cfg.num_channels, cfg.hidden_size, kernel_size=cfg.patch_size,
-                              stride=cfg.patch_size, bias_attr=False)
+        self.image_size = sizes.image_size
+        self.proj = nn.Conv2D(NUM_CHANNELS, sizes.vision_hidden, kernel_size=sizes.patch_size,
+                              stride=sizes.patch_size, bias_attr=False)
 
     def forward(self, x):
         if x.shape[-2] != self.image_size or x.shape[-1] != self.image_size:
@@ -67,10 +141,10 @@ class _PatchEmbed(nn.Layer):
 
 
 class _FusedAttention(nn.Layer):
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int):
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.num_heads = dim // HEAD_DIM
+        self.head_dim = HEAD_DIM
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
@@ -93,17 +167,17 @@ class _VisionMlp(nn.Layer):
 
     def forward(self, x):
         h = self.fc1(x)
-        h = h * F.sigmoid(1.702 * h)                   # QuickGELU
+        h = h * F.sigmoid(QUICK_GELU_ALPHA * h)        # QuickGELU
         return self.fc2(h)
 
 
 class _VisionBlock(nn.Layer):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, sizes: ReferenceSizes):
         super().__init__()
-        self.norm1 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps)
-        self.attn = _FusedAttention(cfg.hidden_size, cfg.num_heads)
-        self.norm2 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps)
-        self.mlp = _VisionMlp(cfg.hidden_size, cfg.intermediate_size)
+        self.norm1 = _layer_norm(sizes.vision_hidden, VISION_LAYER_NORM_EPS)
+        self.attn = _FusedAttention(sizes.vision_hidden)
+        self.norm2 = _layer_norm(sizes.vision_hidden, VISION_LAYER_NORM_EPS)
+        self.mlp = _VisionMlp(sizes.vision_hidden, sizes.vision_intermediate)
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))
@@ -111,16 +185,17 @@ class _VisionBlock(nn.Layer):
 
 
 class _VisionTower(nn.Layer):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, sizes: ReferenceSizes):
         super().__init__()
-        d = cfg.hidden_size
-        self.patch_embed = _PatchEmbed(cfg)
+        d = sizes.vision_hidden
+        self.patch_embed = _PatchEmbed(sizes)
         init = nn.initializer.Normal(std=d ** -0.5)
         self.class_embedding = self.create_parameter(shape=[1, 1, d], default_initializer=init)
-        self.positional_embedding = self.create_parameter(shape=[1, cfg.num_positions, d], default_initializer=init)
-        self.norm_pre = _layer_norm(d, cfg.layer_norm_eps)
-        self.blocks = nn.LayerList([_VisionBlock(cfg) for _ in range(cfg.num_layers)])
-        self.norm_post = _layer_norm(d, cfg.layer_norm_eps)
+        self.positional_embedding = self.create_parameter(shape=[1, sizes.num_positions, d],
+                                                          default_initializer=init)
+        self.norm_pre = _layer_norm(d, VISION_LAYER_NORM_EPS)
+        self.blocks = nn.LayerList([_VisionBlock(sizes) for _ in range(sizes.vision_layers)])
+        self.norm_post = _layer_norm(d, VISION_LAYER_NORM_EPS)
 
     def forward(self, pixel_values):
         x = self.patch_embed(pixel_values)
@@ -136,10 +211,10 @@ class _VisionTower(nn.Layer):
 # Text tower
 # --------------------------------------------------------------------------------------------------------------
 class _TextAttention(nn.Layer):
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int):
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.num_heads = dim // HEAD_DIM
+        self.head_dim = HEAD_DIM
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -171,12 +246,12 @@ class _TextFfn(nn.Layer):
 
 
 class _TextBlock(nn.Layer):
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, sizes: ReferenceSizes):
         super().__init__()
-        self.attn = _TextAttention(cfg.hidden_size, cfg.num_heads)
-        self.ln1 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps)
-        self.ffn = _TextFfn(cfg.hidden_size, cfg.intermediate_size)
-        self.ln2 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps)
+        self.attn = _TextAttention(sizes.text_hidden)
+        self.ln1 = _layer_norm(sizes.text_hidden, TEXT_LAYER_NORM_EPS)
+        self.ffn = _TextFfn(sizes.text_hidden, sizes.text_intermediate)
+        self.ln2 = _layer_norm(sizes.text_hidden, TEXT_LAYER_NORM_EPS)
 
     def forward(self, x, attn_bias):
         h = self.ln1(x + self.attn(x, attn_bias))
@@ -184,9 +259,9 @@ class _TextBlock(nn.Layer):
 
 
 class _EncoderStack(nn.Layer):
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, sizes: ReferenceSizes):
         super().__init__()
-        self.block = nn.LayerList([_TextBlock(cfg) for _ in range(cfg.num_layers)])
+        self.block = nn.LayerList([_TextBlock(sizes) for _ in range(sizes.text_layers)])
 
     def forward(self, x, attn_bias):
         for blk in self.block:
@@ -195,16 +270,16 @@ class _EncoderStack(nn.Layer):
 
 
 class _TextTower(nn.Layer):
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, sizes: ReferenceSizes):
         super().__init__()
-        self.pad_token_id = cfg.pad_token_id
-        self.max_positions = cfg.max_position_embeddings
+        d = sizes.text_hidden
+        self.max_positions = sizes.max_positions
         # Official order of construction: ln, word_emb, pos_emb, encoder_stack, pooler.
-        self.ln = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps)
-        self.word_emb = nn.Embedding(cfg.vocab_size, cfg.hidden_size)   # no padding_idx in the official model
-        self.pos_emb = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.encoder_stack = _EncoderStack(cfg)
-        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.ln = _layer_norm(d, TEXT_LAYER_NORM_EPS)
+        self.word_emb = nn.Embedding(sizes.vocab_size, d)   # no padding_idx in the official model
+        self.pos_emb = nn.Embedding(sizes.max_positions, d)
+        self.encoder_stack = _EncoderStack(sizes)
+        self.pooler = nn.Linear(d, d)
 
     def forward(self, input_ids):
         if input_ids.ndim != 2:
@@ -214,8 +289,8 @@ class _TextTower(nn.Layer):
             raise ValueError(f"sequence of {seq_len} tokens exceeds {self.max_positions} positions")
         pos_ids = paddle.arange(seq_len, dtype="int64").reshape([1, -1])
         # Official mask: m = (ids != pad); bias = (1 - m m^T) * -10000, the same for every head.
-        m = paddle.cast(input_ids != self.pad_token_id, "float32").unsqueeze(-1)      # [B, L, 1]
-        attn_bias = (1.0 - paddle.matmul(m, m, transpose_y=True)) * -10000.0            # [B, L, L]
+        m = paddle.cast(input_ids != PAD_TOKEN_ID, "float32").unsqueeze(-1)            # [B, L, 1]
+        attn_bias = (1.0 - paddle.matmul(m, m, transpose_y=True)) * MASK_BIAS           # [B, L, L]
         attn_bias = attn_bias.unsqueeze(1)                                              # [B, 1, L, L]
         x = self.word_emb(input_ids) + self.pos_emb(pos_ids)
         x = self.ln(x)
@@ -228,24 +303,33 @@ class _ContrastiveHead(nn.Layer):
     def __init__(self):
         super().__init__()
         self.temperature_b = self.create_parameter(
-            shape=[1], default_initializer=nn.initializer.Constant(2.65926))
+            shape=[1], default_initializer=nn.initializer.Constant(TEMPERATURE_INIT))
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Dual model
 # --------------------------------------------------------------------------------------------------------------
 class PaddleErnieViL2(nn.Layer):
-    """Official-layout ERNIE-ViL 2.0 dual encoder in Paddle (eval only; no dropout)."""
+    """Official-layout ERNIE-ViL 2.0 dual encoder in Paddle (eval only; no dropout).
 
-    def __init__(self, config: ErnieViL2Config):
+    ``PaddleErnieViL2(ReferenceSizes())`` is the released Base model; :meth:`from_official_state` builds the model
+    a state dict describes and loads it.
+    """
+
+    def __init__(self, sizes: ReferenceSizes):
         super().__init__()
-        self.config = config
-        self.visual = _VisionTower(config.vision)
-        self.text_model = _TextTower(config.text)
-        if config.has_temperature:
-            self.contrastive_loss_mm = _ContrastiveHead()
-        else:
-            self.contrastive_loss_mm = None
+        self.sizes = sizes
+        self.visual = _VisionTower(sizes)
+        self.text_model = _TextTower(sizes)
+        self.contrastive_loss_mm = _ContrastiveHead() if sizes.has_temperature else None
+
+    @classmethod
+    def from_official_state(cls, state: Mapping[str, Any]) -> "PaddleErnieViL2":
+        """The model of the sizes ``state``'s shapes describe, with ``state`` loaded strictly, in eval mode."""
+        model = cls(ReferenceSizes.from_state(state))
+        load_official_state(model, state)
+        model.eval()
+        return model
 
     def encode_image(self, pixel_values):
         """``norm_post(tokens)[:, 0]``: [B, D], no projection, not normalised."""
@@ -312,17 +396,15 @@ def load_official_state(model: PaddleErnieViL2, state: Mapping[str, Any]) -> Non
             raise ValueError(f"failed to assign {key}")
 
 
-def run_reference(config: ErnieViL2Config, state: Mapping[str, Any], pixel_values: np.ndarray,
-                  input_ids: np.ndarray) -> dict[str, Any]:
-    """Build the reference on CPU, load ``state`` strictly and return numpy float32 outputs.
+def run_reference(state: Mapping[str, Any], pixel_values: np.ndarray, input_ids: np.ndarray) -> dict[str, Any]:
+    """Build the reference the official-layout ``state`` describes on CPU, load it strictly and return numpy
+    float32 outputs.
 
     Keys: ``image_features`` [I, D], ``text_features`` [T, D] (both unnormalised), ``logit_scale`` (float or None),
     ``logits_per_image`` [I, T] = scale * cosine (plain cosine when there is no temperature).
     """
     paddle.set_device("cpu")
-    model = PaddleErnieViL2(config)
-    load_official_state(model, state)
-    model.eval()
+    model = PaddleErnieViL2.from_official_state(state)
     with paddle.no_grad():
         pix = paddle.to_tensor(np.asarray(pixel_values, dtype=np.float32))
         ids = paddle.to_tensor(np.asarray(input_ids, dtype=np.int64))
@@ -339,21 +421,20 @@ def run_reference(config: ErnieViL2Config, state: Mapping[str, Any], pixel_value
         }
 
 
-def run_reference_backward(config: ErnieViL2Config, state: Mapping[str, Any], pixel_values: np.ndarray,
-                           input_ids: np.ndarray) -> dict[str, Any]:
+def run_reference_backward(state: Mapping[str, Any], pixel_values: np.ndarray, input_ids: np.ndarray
+                           ) -> dict[str, Any]:
     """One training step's forward and backward of the reference: the contrastive loss of the paired batch
     (image i with text i) and its gradients, as float32 numpy.
 
     Returns ``loss`` (float), ``grads`` ({official key: gradient in the parameter's Paddle layout, e.g. Linear
     [in, out]}) and ``pixel_grad`` [B, 3, S, S]. Needs a temperature and as many texts as images.
     """
-    if not config.has_temperature:
-        raise ValueError("the contrastive loss needs the temperature")
     if len(pixel_values) != len(input_ids):
         raise ValueError(f"{len(pixel_values)} images but {len(input_ids)} texts: the loss pairs them row by row")
     paddle.set_device("cpu")
-    model = PaddleErnieViL2(config)
-    load_official_state(model, state)
+    model = PaddleErnieViL2.from_official_state(state)
+    if model.contrastive_loss_mm is None:
+        raise ValueError("the contrastive loss needs the temperature")
     model.train()
     pix = paddle.to_tensor(np.asarray(pixel_values, dtype=np.float32), stop_gradient=False)
     ids = paddle.to_tensor(np.asarray(input_ids, dtype=np.int64))

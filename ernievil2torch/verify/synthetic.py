@@ -17,6 +17,7 @@ from ..config import ErnieViL2Config, base_config
 from ..constants import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, SYNTHETIC_SOURCE_PREFIX, UNK_TOKEN
 from ..conversion.layouts import LAYOUTS, target_shapes, to_layout
 from ..conversion.pdparams import save_pdparams
+from ..storage.atomic import atomic_write_bytes
 from .demo import DEMO_CAPTIONS, SHAPE_COLOURS, SHAPES, shape_caption
 
 SYNTHETIC_NOTICE = ("SYNTHETIC CHECKPOINT: every weight is random (seeded). Its similarities are meaningless; "
@@ -43,7 +44,11 @@ def random_state(config: Optional[ErnieViL2Config] = None, seed: int = 0,
             value = 1.0 + 0.1 * rng.standard_normal(shape)
         elif name.endswith(".bias"):
             value = 0.05 * rng.standard_normal(shape)
-        elif name in ("vision.class_embedding", "vision.positional_embedding") or "embeddings" in name:
+        elif name.startswith("text.embeddings."):
+            # ERNIE-scale word/position embeddings (the released model's are small, too): the embedding
+            # LayerNorm then sees a variance of ~1e-3, where its eps (1e-5) visibly matters, as in the real model.
+            value = 0.02 * rng.standard_normal(shape)
+        elif name in ("vision.class_embedding", "vision.positional_embedding"):
             value = 0.1 * rng.standard_normal(shape)
         else:  # Linear and patch-conv weights
             fan_in = int(np.prod(shape[1:]))
@@ -104,7 +109,7 @@ def write_synthetic_vocab(path: Union[str, Path], vocab_size: int = 40000) -> Pa
             tokens.append(chr(code))
     tokens.append(UNK_TOKEN)
     path = Path(path)
-    path.write_text("".join(f"{token}\t{index}\n" for index, token in enumerate(tokens)), encoding="utf-8")
+    atomic_write_bytes(path, "".join(f"{token}\t{index}\n" for index, token in enumerate(tokens)).encode("utf-8"))
     return path
 
 

@@ -13,7 +13,7 @@ from ...constants import DEFAULT_MAX_LENGTH
 from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
-from ...storage.atomic import atomic_file
+from ...storage.atomic import atomic_file, atomic_write_bytes
 from ..embed import Item, encode_items, load_embeddings
 from .datasets import RetrievalData, load_caption_folder, load_coco_cn_tsv
 from .metrics import as_float32_tensor, format_table, retrieval_metrics
@@ -104,12 +104,14 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
     text_feats, image_feats = encode_dataset(model, tokenizer, dataset, batch_size, num_workers, max_length,
                                              progress)
     if save_embeddings:
-        np.savez(save_embeddings, text_embeds=text_feats, image_embeds=image_feats,
-                 text_to_image=np.asarray(dataset.text_image), image_ids=np.asarray(dataset.image_ids))
+        suffixed = save_embeddings if str(save_embeddings).endswith(".npz") else f"{save_embeddings}.npz"
+        with atomic_file(suffixed) as handle:  # np.savez's own naming: ".npz" appended when missing
+            np.savez(handle, text_embeds=text_feats, image_embeds=image_feats,
+                     text_to_image=np.asarray(dataset.text_image), image_ids=np.asarray(dataset.image_ids))
     metrics = retrieval_metrics(text_feats, image_feats, dataset.text_image, protocol=protocol)
     print(f"{metrics['num_texts']} captions, {len(dataset.images)} images, protocol {protocol}")
     print(format_table(metrics))
     print(f"MR (mean of the six recalls): {metrics['mean_recall']:.2f}")
     if out:
-        Path(out).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        atomic_write_bytes(out, (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
     return metrics

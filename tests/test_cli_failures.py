@@ -1,0 +1,323 @@
+"""How a command fails: bad input is one line, a bug shows its traceback, Ctrl-C leaves what its message says.
+
+``run_command``'s contract (``ernievil2torch/cli.py``) is tested on stand-in commands first. Then every ``ernievil2``
+subcommand is interrupted in the middle of its work (a ``KeyboardInterrupt`` raised from inside the library, where
+Ctrl-C would land) and the files it left are checked against the message it printed. ``INTERRUPTIONS`` must cover
+every subcommand: a new command needs a case here (a function that interrupts it and checks what it left).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Callable, List, Tuple
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ernievil2torch import cli
+from ernievil2torch.config import tiny224_config
+from ernievil2torch.errors import CheckpointError, InputError
+from ernievil2torch.verify.demo import demo_images
+from ernievil2torch.verify.synthetic import random_model, write_synthetic_pdparams, write_synthetic_vocab
+
+from helpers import require_module
+
+
+def invoke(component, argv: List[str], monkeypatch, capsys) -> Tuple[int, str, str]:
+    """Run ``cli.run_command(component)`` as the ``ernievil2`` command with ``argv``: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["ernievil2", *map(str, argv)])
+    capsys.readouterr()
+    try:
+        cli.run_command(component, name="ernievil2")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---- run_command's contract on stand-in commands -----------------------------------------------------------------
+
+def _raising(exc: BaseException) -> Callable[[], None]:
+    def command() -> None:
+        raise exc
+    return command
+
+
+def test_bad_input_is_one_error_line(monkeypatch, capsys):
+    for exc in (InputError("image #1 (missing.jpg): no such file"), CheckpointError("x.pdparams: the file is empty")):
+        code, out, err = invoke({"run": _raising(exc)}, ["run"], monkeypatch, capsys)
+        assert (code, out, err) == (cli.EXIT_BAD_INPUT, "", f"error: {exc}\n")
+
+
+def test_a_bug_shows_its_traceback_and_says_internal_error(monkeypatch, capsys):
+    def command() -> None:
+        {}["missing"]  # a bug inside the project
+
+    code, out, err = invoke({"run": command}, ["run"], monkeypatch, capsys)
+    assert code == cli.EXIT_INTERNAL_ERROR and out == ""
+    assert "Traceback (most recent call last)" in err and "KeyError: 'missing'" in err and "in command" in err
+    assert err.splitlines()[-1] == ("internal error: this is a bug in ernievil2torch; please report it with the "
+                                    "traceback above")
+
+
+def test_an_os_error_shows_its_traceback_and_one_error_line(monkeypatch, capsys):
+    code, out, err = invoke({"run": _raising(OSError(28, "No space left on device"))}, ["run"], monkeypatch, capsys)
+    assert code == cli.EXIT_BAD_INPUT and "Traceback (most recent call last)" in err
+    assert err.splitlines()[-1] == "error: [Errno 28] No space left on device"
+
+
+def test_ctrl_c_prints_what_the_command_leaves(monkeypatch, capsys):
+    declared = cli.leaves_on_interrupt("interrupted; the test's message")(_raising(KeyboardInterrupt()))
+    code, _, err = invoke({"run": declared}, ["run"], monkeypatch, capsys)
+    assert (code, err) == (cli.EXIT_INTERRUPTED, "interrupted; the test's message\n")
+    code, _, err = invoke({"run": _raising(KeyboardInterrupt())}, ["run"], monkeypatch, capsys)
+    assert (code, err) == (cli.EXIT_INTERRUPTED, "interrupted\n")
+
+
+def test_real_bad_input_through_the_console_command(tmp_path, monkeypatch, capsys):
+    code, _, err = invoke(cli.commands(), ["classify", "--model", tmp_path / "nowhere", "--images", "a.jpg",
+                                           "--labels", "猫,狗"], monkeypatch, capsys)
+    assert code == cli.EXIT_BAD_INPUT and err.startswith("error: ") and len(err.splitlines()) == 1
+    assert "not a converted model directory" in err and "Traceback" not in err
+
+
+# ---- Ctrl-C in each real command ---------------------------------------------------------------------------------
+
+class Interrupt:
+    """``patch(target, name)`` replaces ``target.name`` with a wrapper that lets ``calls`` calls through (0: none),
+    then runs the real function once more (when ``after_call``) and raises KeyboardInterrupt, as Ctrl-C would."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.monkeypatch = monkeypatch
+
+    def patch(self, target, name: str, calls: int = 0, after_call: bool = True) -> None:
+        real = getattr(target, name)
+        seen = {"n": 0}
+
+        def wrapper(*args, **kwargs):
+            seen["n"] += 1
+            if seen["n"] <= calls:
+                return real(*args, **kwargs)
+            if after_call:
+                real(*args, **kwargs)
+            raise KeyboardInterrupt
+
+        self.monkeypatch.setattr(target, name, wrapper)
+
+
+def listing(root: Path) -> List[str]:
+    """Every path under ``root``, hidden ones included (leftovers of an interrupted write would show here)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    """A 2-layer model with the real input geometry and a synthetic 40000-token vocab."""
+    path = tmp_path_factory.mktemp("cli_failures") / "model"
+    random_model(tiny224_config(), seed=4).save_pretrained(path)
+    write_synthetic_vocab(path / "vocab.txt")
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> List[Path]:
+    root = tmp_path_factory.mktemp("cli_images")
+    paths = []
+    for i, image in enumerate(demo_images()):
+        paths.append(root / f"shape{i}.png")
+        image.save(paths[-1])
+    return paths
+
+
+def interrupt_convert(tmp_path, small_model, images, interrupt) -> Tuple[List[str], Callable[[], None]]:
+    from ernievil2torch.storage import model_dir
+
+    src = write_synthetic_pdparams(tmp_path / "tiny.pdparams", tiny224_config(), "official", seed=1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "previous.txt").write_text("the previous output")
+    before = listing(tmp_path)
+    interrupt.patch(model_dir, "write_safetensors_streaming")  # after the whole weights file is written
+
+    def check() -> None:
+        assert listing(tmp_path) == before  # the previous output intact, nothing partial beside it
+
+    return ["convert", "--src", src, "--dst", tmp_path / "out", "--overwrite"], check
+
+
+def interrupt_check(tmp_path, small_model, images, interrupt):
+    require_module("paddle")
+    from ernievil2torch.conversion.pdparams import load_pdparams
+    from ernievil2torch.storage import model_dir
+
+    interrupt.patch(model_dir, "write_safetensors_streaming")
+
+    def check() -> None:
+        work = tmp_path / "work"
+        assert listing(work) == ["synthetic_official.pdparams"]  # finished and complete; no partial conversion
+        assert len(load_pdparams(work / "synthetic_official.pdparams")) > 0
+
+    return ["check", "--tiny", "--workdir", tmp_path / "work"], check
+
+
+def interrupt_check_writing_the_checkpoint(tmp_path, small_model, images, interrupt):
+    require_module("paddle")
+    import pickle
+
+    def partial_dump(obj, handle, protocol=None):
+        handle.write(b"\x80\x04 half a pickle")
+        raise KeyboardInterrupt
+
+    interrupt.monkeypatch.setattr(pickle, "dump", partial_dump)
+
+    def check() -> None:
+        assert listing(tmp_path / "work") == []
+
+    return ["check", "--tiny", "--workdir", tmp_path / "work"], check
+
+
+def interrupt_similarity(tmp_path, small_model, images, interrupt):
+    require_module("matplotlib")
+    from matplotlib.figure import Figure
+
+    interrupt.patch(Figure, "savefig")  # the PNG is fully written, then Ctrl-C before it is published
+
+    def check() -> None:
+        assert listing(tmp_path) == []
+
+    return ["similarity", "--model", small_model, "--plot", tmp_path / "sim.png"], check
+
+
+def interrupt_classify(tmp_path, small_model, images, interrupt):
+    from ernievil2torch.apps import zero_shot
+
+    interrupt.patch(zero_shot, "classify", after_call=True)
+
+    def check() -> None:
+        assert listing(tmp_path) == []
+
+    return ["classify", "--model", small_model, "--images", ",".join(map(str, images)), "--labels", "圆形,正方形"], \
+        check
+
+
+def interrupt_embed(tmp_path, small_model, images, interrupt):
+    from ernievil2torch.apps.embed import pipeline
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"一张猫的照片 {i}\n" for i in range(30)), encoding="utf-8")
+    args = ["embed", texts, small_model, tmp_path / "out", "--kind", "text", "--shard_size", "10", "--batch_size",
+            "5", "--num_workers", "0", "--progress", "False"]
+    interrupt.patch(pipeline, "write_shard", calls=1, after_call=False)  # shard 0 written, Ctrl-C before shard 1
+
+    def check() -> None:
+        shards = tmp_path / "out" / "shards"
+        assert sorted(p.name for p in shards.iterdir()) == ["00000.json", "00000.npy"]
+        assert np.load(shards / "00000.npy").shape == (10, 128)
+        assert not (tmp_path / "out" / "embeddings.npy").exists()
+        interrupt.monkeypatch.undo()  # the real write_shard again: the same command resumes
+        from ernievil2torch.apps.embed import embed
+
+        summary = embed(str(texts), str(small_model), str(tmp_path / "out"), kind="text", shard_size=10,
+                        batch_size=5, num_workers=0, progress=False)
+        assert summary["shards_skipped"] == 1 and summary["shards_done_now"] == 2 and summary["count"] == 30
+
+    return args, check
+
+
+def _search_inputs(tmp_path: Path) -> Tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "q.npy", rng.standard_normal((4, 8)).astype(np.float32))
+    np.save(tmp_path / "g.npy", rng.standard_normal((50, 8)).astype(np.float32))
+    return tmp_path / "q.npy", tmp_path / "g.npy"
+
+
+def interrupt_search(tmp_path, small_model, images, interrupt):
+    from ernievil2torch.apps.retrieval import commands
+
+    queries, gallery = _search_inputs(tmp_path)
+    before = listing(tmp_path)
+    real_atomic_file = commands.atomic_file
+
+    @contextlib.contextmanager
+    def interrupted_after_one_line(path, *args, **kwargs):
+        with real_atomic_file(path, *args, **kwargs) as handle:
+            class Handle:
+                def write(self, text):
+                    handle.write(text)
+                    raise KeyboardInterrupt
+            yield Handle()
+
+    interrupt.monkeypatch.setattr(commands, "atomic_file", interrupted_after_one_line)
+
+    def check() -> None:
+        assert listing(tmp_path) == before
+
+    return ["search", queries, gallery, tmp_path / "hits.tsv", "--k", "3"], check
+
+
+def interrupt_eval(tmp_path, small_model, images, interrupt):
+    from ernievil2torch.apps.retrieval import commands
+
+    (tmp_path / "imgs").mkdir()
+    lines = []
+    for i, path in enumerate(images):
+        Image.open(path).save(tmp_path / "imgs" / path.name)
+        lines.append(json.dumps({"image": path.name, "caption": ["圆形", "正方形", "三角形"][i]}, ensure_ascii=False))
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    before = listing(tmp_path)
+
+    def partial_savez(file, **arrays):
+        file.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    interrupt.monkeypatch.setattr(commands.np, "savez", partial_savez)
+
+    def check() -> None:
+        assert listing(tmp_path) == before
+
+    return ["eval", small_model, tmp_path / "captions.jsonl", "--images", tmp_path / "imgs", "--out",
+            tmp_path / "metrics.json", "--save_embeddings", tmp_path / "emb.npz", "--num_workers", "0",
+            "--progress", "False"], check
+
+
+def interrupt_export(tmp_path, small_model, images, interrupt):
+    from ernievil2torch.export import hf
+
+    interrupt.patch(hf, "_save_safetensors", calls=1)  # the text tower written, Ctrl-C after the vision tower
+
+    def check() -> None:
+        assert listing(tmp_path) == []
+
+    return ["export", small_model, tmp_path / "hf", "--format", "hf"], check
+
+
+# What each subcommand prints after Ctrl-C ...
+MESSAGES = {"convert": cli.ATOMIC_OUTPUT, "check": cli.ATOMIC_OUTPUT, "similarity": cli.ATOMIC_OUTPUT,
+            "classify": cli.NO_OUTPUT, "embed": cli.RESUMABLE_OUTPUT, "search": cli.ATOMIC_OUTPUT,
+            "eval": cli.ATOMIC_OUTPUT, "export": cli.ATOMIC_OUTPUT}
+# ... and the interruptions that check it: (subcommand, a function that prepares the run, interrupts it and
+# returns (argv, a check of what was left)).
+INTERRUPTIONS: List[Tuple[str, Callable]] = [
+    ("convert", interrupt_convert), ("check", interrupt_check), ("check", interrupt_check_writing_the_checkpoint),
+    ("similarity", interrupt_similarity), ("classify", interrupt_classify), ("embed", interrupt_embed),
+    ("search", interrupt_search), ("eval", interrupt_eval), ("export", interrupt_export),
+]
+
+
+def test_every_subcommand_has_an_interruption_case():
+    assert set(MESSAGES) == {name for name, _ in INTERRUPTIONS} == set(cli.commands())
+
+
+@pytest.mark.parametrize("name,setup", INTERRUPTIONS, ids=[case.__name__ for _, case in INTERRUPTIONS])
+def test_ctrl_c_leaves_what_the_message_says(name, setup, small_model, images, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work_area"
+    work.mkdir()
+    message = MESSAGES[name]
+    argv, check = setup(work, small_model, images, Interrupt(monkeypatch))
+    code, _, err = invoke(cli.commands(), argv, monkeypatch, capsys)
+    assert code == cli.EXIT_INTERRUPTED, err
+    assert err.splitlines()[-1] == message and "Traceback" not in err, err
+    check()
