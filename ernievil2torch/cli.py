@@ -49,6 +49,9 @@ def leaves_on_interrupt(message: str) -> Callable[[F], F]:
 ATOMIC_OUTPUT = "interrupted; no partial output was left behind"  # every file it writes is published atomically
 NO_OUTPUT = "interrupted; nothing was written"  # the command writes no file
 RESUMABLE_OUTPUT = "interrupted; finished shards are kept in OUT: run the same command again to resume"
+CHECKPOINTED_OUTPUT = ("interrupted; the checkpoints written so far are complete: run the same command with --resume "
+                       "to continue exactly")
+SERVICE_STOPPED = "stopped (the service writes no files)"
 
 
 def run_command(component: Any, name: Optional[str] = None) -> None:
@@ -223,7 +226,7 @@ def export(model: str, out: str, format: str = "hf", overwrite: bool = False, vo
         raise ErnieViL2Error(f"--format must be hf, onnx or paddle, not {format!r}")
 
 
-@leaves_on_interrupt("stopped (the service writes no files)")
+@leaves_on_interrupt(SERVICE_STOPPED)
 def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: int = 8000,
           token: Optional[str] = None, cors_origins: Any = None, max_upload_mb: float = 20,
           max_pixels: int = 40_000_000, max_files: int = 16, max_texts: int = 64, max_text_chars: int = 1000,
@@ -316,8 +319,7 @@ def _finetune_command() -> Callable[..., Any]:
     def command(*args: Any, **kwargs: Any) -> None:
         print(finetune(*args, **kwargs).summary())
 
-    return leaves_on_interrupt("interrupted; the checkpoints written so far are complete: run the same command "
-                               "with --resume to continue exactly")(command)
+    return leaves_on_interrupt(CHECKPOINTED_OUTPUT)(command)
 
 
 def commands() -> Dict[str, Callable[..., Any]]:

@@ -1,8 +1,9 @@
 """The drawn shapes x colours set and a tiny random model for the fine-tuning tests (nothing downloaded).
 
 ``shapes_setup(root)`` writes ``root/model`` (the tiny config with a 200-token synthetic vocab, every weight random at
-unit gain), ``root/train`` (every caption drawn ``images_per_caption`` times) and ``root/val`` (each caption once, so
-text->image R@1 by chance is 1/20).
+unit gain, the temperature at its official initial value as for a model trained from nothing), ``root/train`` (every
+caption drawn ``images_per_caption`` times) and ``root/val`` (each caption once, so text->image R@1 by chance is
+1/20).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ernievil2torch.config import ErnieViL2Config, tiny_config
+from ernievil2torch.constants import OFFICIAL_TEMPERATURE_INIT
 from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.verify.demo import write_shape_dataset
 from ernievil2torch.verify.synthetic import random_state, write_synthetic_vocab
@@ -41,7 +43,9 @@ def shapes_setup(root: Path, images_per_caption: int = 8, text_dropout: float = 
     root = Path(root)
     config = shapes_config(text_dropout)
     model = ErnieViL2(config)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(config, seed, unit_gain=True).items()})
+    state = random_state(config, seed, unit_gain=True)
+    state["temperature"][:] = OFFICIAL_TEMPERATURE_INIT  # a model trained from nothing starts where CLIP does
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     model.save_pretrained(root / "model")
     write_synthetic_vocab(root / "model" / "vocab.txt", VOCAB_SIZE)
     train = write_shape_dataset(root / "train", images_per_caption, IMAGE_SIDE, seed=seed + 1)

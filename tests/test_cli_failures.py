@@ -294,16 +294,80 @@ def interrupt_export(tmp_path, small_model, images, interrupt):
     return ["export", small_model, tmp_path / "hf", "--format", "hf"], check
 
 
+
+def _embedded_gallery(tmp_path: Path, small_model: Path, images: List[Path]) -> Tuple[Path, Path]:
+    from ernievil2torch.apps.embed import embed
+
+    (tmp_path / "photos").mkdir()
+    for path in images:
+        Image.open(path).save(tmp_path / "photos" / path.name)
+    embed(str(tmp_path / "photos"), str(small_model), str(tmp_path / "gallery"), kind="image", num_workers=0,
+          progress=False, normalize=True)
+    return tmp_path / "photos", tmp_path / "gallery"
+
+
+def interrupt_serve(tmp_path, small_model, images, interrupt):
+    require_module("fastapi")
+    uvicorn = require_module("uvicorn")
+
+    photos, gallery = _embedded_gallery(tmp_path, small_model, images)
+    before = listing(tmp_path)
+    interrupt.patch(uvicorn.Server, "run", after_call=False)  # Ctrl-C while serving
+
+    def check() -> None:
+        assert listing(tmp_path) == before
+
+    return ["serve", small_model, "--gallery", gallery, "--images", photos, "--port", "0"], check
+
+
+def interrupt_dedup(tmp_path, small_model, images, interrupt):
+    from ernievil2torch.apps import dedup
+
+    photos, gallery = _embedded_gallery(tmp_path, small_model, images)
+    before = listing(tmp_path)
+    interrupt.patch(dedup, "near_duplicate_groups")  # the groups found, Ctrl-C before anything is published
+
+    def check() -> None:
+        assert listing(tmp_path) == before
+
+    return ["dedup", gallery, "--out", tmp_path / "dups", "--images", photos], check
+
+
+def interrupt_finetune(tmp_path, small_model, images, interrupt):
+    from shapes import shapes_setup
+
+    from ernievil2torch.constants import TRAINER_STATE_NAME
+    from ernievil2torch.modeling import ErnieViL2
+    from ernievil2torch.training import trainer
+
+    setup = shapes_setup(tmp_path / "data", images_per_caption=1)
+    out = tmp_path / "run"
+    interrupt.patch(trainer, "save_checkpoint", calls=1)  # step-2 checkpoint written, Ctrl-C after step 4's
+
+    def check() -> None:
+        steps = sorted(p.name for p in (out / "checkpoints").iterdir())
+        assert steps == ["step-00000002", "step-00000004"], steps  # both complete, nothing partial beside them
+        for step in steps:
+            ErnieViL2.from_pretrained(out / "checkpoints" / step)
+            assert (out / "checkpoints" / step / TRAINER_STATE_NAME).is_file()
+        assert not [p for p in out.rglob(".*")], "hidden leftovers of an interrupted write"
+
+    return ["finetune", setup.model, setup.train, out, "--images", setup.train_images, "--val", setup.val,
+            "--val_images", setup.val_images, "--max_steps", "6", "--batch_size", "4", "--save_every", "2",
+            "--eval_every", "100", "--num_workers", "0", "--progress", "False"], check
+
 # What each subcommand prints after Ctrl-C ...
 MESSAGES = {"convert": cli.ATOMIC_OUTPUT, "check": cli.ATOMIC_OUTPUT, "similarity": cli.ATOMIC_OUTPUT,
             "classify": cli.NO_OUTPUT, "embed": cli.RESUMABLE_OUTPUT, "search": cli.ATOMIC_OUTPUT,
-            "eval": cli.ATOMIC_OUTPUT, "export": cli.ATOMIC_OUTPUT}
+            "eval": cli.ATOMIC_OUTPUT, "export": cli.ATOMIC_OUTPUT, "finetune": cli.CHECKPOINTED_OUTPUT,
+            "serve": cli.SERVICE_STOPPED, "dedup": cli.ATOMIC_OUTPUT}
 # ... and the interruptions that check it: (subcommand, a function that prepares the run, interrupts it and
 # returns (argv, a check of what was left)).
 INTERRUPTIONS: List[Tuple[str, Callable]] = [
     ("convert", interrupt_convert), ("check", interrupt_check), ("check", interrupt_check_writing_the_checkpoint),
     ("similarity", interrupt_similarity), ("classify", interrupt_classify), ("embed", interrupt_embed),
     ("search", interrupt_search), ("eval", interrupt_eval), ("export", interrupt_export),
+    ("finetune", interrupt_finetune), ("serve", interrupt_serve), ("dedup", interrupt_dedup),
 ]
 
 

@@ -28,7 +28,7 @@ from ernievil2torch.conversion.pdparams import save_pdparams
 from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.verify import parity
 from ernievil2torch.verify.synthetic import random_state
-from helpers import run_oracle
+from helpers import run_oracle, require_module
 
 SEED = 21
 
@@ -51,7 +51,7 @@ def setup_step(config: ErnieViL2Config):
 
 
 def against_paddle_reference(config, state, inputs):
-    pytest.importorskip("paddle")
+    require_module("paddle")
     from ernievil2torch.verify.paddle_reference import run_reference_backward
 
     out = run_reference_backward(to_layout(state, OFFICIAL, config), inputs.pixel_values, inputs.input_ids)

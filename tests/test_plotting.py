@@ -4,9 +4,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pytest
 
-pytest.importorskip("matplotlib")
+from helpers import require_module
+
+require_module("matplotlib")
 
 from ernievil2torch.apps import plotting  # noqa: E402
 

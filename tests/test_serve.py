@@ -24,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers import require_module
 import torch
 
-fastapi = pytest.importorskip("fastapi")
+fastapi = require_module("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ernievil2torch.apps.embed import load_embeddings  # noqa: E402

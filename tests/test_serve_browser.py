@@ -24,7 +24,7 @@ import pytest
 
 from ernievil2torch.apps.plotting import cjk_font_file
 
-from helpers import oracles_required
+from helpers import unavailable
 from serve_helpers import REPO, ServerProcess, embedded_gallery, tiny_model_dir
 
 CHROMIUM = os.environ.get("ERNIEVIL2_CHROMIUM", "/usr/bin/chromium")
@@ -34,10 +34,7 @@ QUERY = "一只猫"
 
 
 def _unavailable(reason: str) -> None:
-    if oracles_required():
-        pytest.fail(reason + " (ERNIEVIL2_REQUIRE_ORACLES=1: the browser test must run; scripts/setup.sh --dev "
-                             "installs chromium)")
-    pytest.skip(reason)
+    unavailable(reason + " (scripts/setup.sh --dev installs chromium)")
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from helpers import require_module
 import torch
 
-pytest.importorskip("fastapi")
+require_module("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ernievil2torch.apps.embed import load_embeddings  # noqa: E402

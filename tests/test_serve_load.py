@@ -5,11 +5,12 @@ import json
 import subprocess
 import sys
 
-import pytest
+
+from helpers import require_module
 
 from serve_helpers import REPO
 
-pytest.importorskip("fastapi")
+require_module("fastapi")
 
 
 def test_load_script_small_run(tmp_path):
