@@ -25,6 +25,8 @@ import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import stamp  # benchmarks/stamp.py: this script's folder is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "benchmarks" / "fidelity.json"
 README = ROOT / "README.md"
@@ -142,10 +144,10 @@ def render_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str) -> str:
-    """``text`` with the lines from BEGIN to END replaced by ``block``."""
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    return text[:start] + block + text[end:]
+def write_readme(record: dict) -> None:
+    """Put the rendering of ``record`` between README's markers."""
+    README.write_text(stamp.replace_block(README.read_text(encoding="utf-8"), BEGIN, END, render_table(record)),
+                      encoding="utf-8")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -157,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = ap.parse_args(argv)
     if args.from_record:
         record = json.loads(RECORD.read_text(encoding="utf-8"))
-        README.write_text(replace_block(README.read_text(encoding="utf-8"), render_table(record)), encoding="utf-8")
+        write_readme(record)
         print(render_table(record))
         return
     with tempfile.TemporaryDirectory(prefix="ernievil2-fidelity-") as scratch:
@@ -167,7 +169,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     given = sys.argv[1:] if argv is None else argv
     record["command"] = " ".join(shlex.quote(a) for a in ["python", "benchmarks/fidelity.py", *given])
     RECORD.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    README.write_text(replace_block(README.read_text(encoding="utf-8"), render_table(record)), encoding="utf-8")
+    write_readme(record)
     print(render_table(record))
 
 

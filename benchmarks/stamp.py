@@ -1,8 +1,13 @@
-"""A generated report's seal: the last line names the generator and holds the sha256 of everything above it.
+"""How scripts write figures into documents: sealed reports and generated blocks.
 
-``benchmarks/run.py`` seals BENCHMARKS.md with :func:`seal`; ``tests/test_docs.py`` checks the seal with
-:func:`check_seal`, so a figure edited (or added) by hand after the run makes the suite fail until the report is
-generated again. The seal proves that the text is what the generator wrote, not that the machine was quiet.
+* A generated report (BENCHMARKS.md, ``benchmarks/serve_load.md``) ends in a seal: its last line names the
+  generator and holds the sha256 of everything above it. Generators seal with :func:`seal`;
+  ``tests/test_docs.py`` checks with :func:`check_seal`, so a figure edited (or added) by hand after the run makes
+  the suite fail until the report is generated again. The seal proves that the text is what the generator wrote,
+  not that the machine was quiet.
+* A generated block is a table inside a hand-written document (README.md's fidelity and gradient tables), between a
+  BEGIN and an END marker line, rendered by a script from its JSON record; :func:`replace_block` puts it in place and
+  ``tests/test_docs.py`` checks the block equals the rendering of the record.
 """
 from __future__ import annotations
 
@@ -36,3 +41,15 @@ def check_seal(sealed: str) -> Tuple[str, str]:
         raise ValueError(f"the text was changed after {match.group('generator')} wrote it: run "
                          f"`{match.group('command')}` again instead of editing the report")
     return match.group("generator"), match.group("command")
+
+
+def block(text: str, begin: str, end: str) -> str:
+    """The lines of ``text`` from the ``begin`` marker to the ``end`` marker, both included."""
+    start = text.index(begin)
+    return text[start:text.index(end, start) + len(end)]
+
+
+def replace_block(text: str, begin: str, end: str, rendered: str) -> str:
+    """``text`` with its block from ``begin`` to ``end`` replaced by ``rendered`` (which holds both markers)."""
+    old = block(text, begin, end)
+    return text.replace(old, rendered, 1)
