@@ -14,9 +14,10 @@ implementation of this architecture — the same random full-size weights:
 
 "Of ceiling" divides the FLOPs the code executes (``benchmarks/flops.py``: the last block of each tower computes
 one row) per second by the best GEMM rate of the same precision measured in the same rounds. After the rounds, one
-profiled call per fp32 tower shows where the time goes. Also: the front ends (``benchmarks/frontends.py``), the
-conversion's time and peak RSS beside ``cp`` and ``sha256sum`` of the same file, and the GPU section
-(``benchmarks/gpu.py`` in a subprocess when CUDA is available; otherwise the report says it was not measured).
+profiled call per tower (fp32 and bf16) shows where the time goes. Also: the front ends
+(``benchmarks/frontends.py``), the conversion's time and peak RSS beside ``cp`` and ``sha256sum`` of the same file,
+and the GPU section (``benchmarks/gpu.py`` in a subprocess when CUDA is available; otherwise the report says it was
+not measured).
 
 Writes BENCHMARKS.md holding only what this run measured, sealed (``benchmarks/stamp.py``: the suite fails if it is
 edited afterwards), and a chart (``--png``). Every framework runs with ``--threads`` threads: OMP_NUM_THREADS is set
@@ -358,19 +359,26 @@ def gemm_group(bench: Bench) -> Section:
     return out
 
 
-def profile_fp32(bench: Bench, top: int = 6) -> Dict[str, List[Tuple[str, float]]]:
-    """One profiled fp32 call per tower: the ``top`` operators by self CPU time, as shares of the call."""
+def profile_towers(bench: Bench, top: int = 6) -> Dict[Tuple[str, str], List[Tuple[str, float]]]:
+    """One profiled call per tower in fp32 and (where supported) bf16 eager: the ``top`` operators by self CPU
+    time, as shares of the call. {(tower, precision): [(operator, share %)]}."""
     from torch.profiler import ProfilerActivity, profile
 
+    models = [("fp32", bench.fp32)]
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        models.append(("bf16", our_model(bench.cfg, bench.state, torch.bfloat16)))
     shares = {}
-    for tower, call in (("image", lambda: bench.fp32.encode_image(bench.pixels)),
-                        ("text", lambda: bench.fp32.encode_text(bench.ids))):
-        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
-            call()
-        events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-        total = sum(e.self_cpu_time_total for e in events)
-        events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-        shares[tower] = [(e.key, 100.0 * e.self_cpu_time_total / total) for e in events[:top]]
+    for precision, model in models:
+        for tower, call in (("image", lambda m=model: m.encode_image(bench.pixels)),
+                            ("text", lambda m=model: m.encode_text(bench.ids))):
+            with torch.inference_mode():
+                call()  # warm (oneDNN primitives)
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    call()
+            events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+            total = sum(e.self_cpu_time_total for e in events)
+            events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+            shares[(tower, precision)] = [(e.key, 100.0 * e.self_cpu_time_total / total) for e in events[:top]]
     return shares
 
 
@@ -557,12 +565,14 @@ def gemm_lines(cases: List[Case]) -> List[str]:
     return lines
 
 
-def profile_lines(shares: Dict[str, List[Tuple[str, float]]]) -> List[str]:
+def profile_lines(shares: Dict[Tuple[str, str], List[Tuple[str, float]]]) -> List[str]:
     if not shares:
         return ["not measured."]
-    lines = ["One profiled call per fp32 tower (`torch.profiler`, self CPU time), the largest operators:", "",
-             "| tower | operator | share of the call |", "|---|---|---|"]
-    lines += [f"| {tower} | `{name}` | {share:.1f} % |" for tower, rows in shares.items() for name, share in rows]
+    lines = ["One profiled call per tower and precision (ours, eager; `torch.profiler`, self CPU time), the largest "
+             "operators (`aten::addmm` is the Linear layers' GEMMs, bias included):", "",
+             "| tower | precision | operator | share of the call |", "|---|---|---|---|"]
+    lines += [f"| {tower} | {precision} | `{name}` | {share:.1f} % |" for (tower, precision), rows in shares.items()
+              for name, share in rows]
     return lines
 
 
@@ -599,7 +609,7 @@ def render(bench: Bench, section: Section, extras: dict, machine: Dict[str, str]
     lines += ["", "### GEMM ceilings (same rounds)", ""] + gemm_lines(section.cases)
     lines += ["", "### Accuracy of the measured paths", "", "| comparison | result |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in section.accuracy]
-    lines += ["", "### Where the fp32 time goes", ""] + profile_lines(extras["profile"])
+    lines += ["", "### Where the time goes", ""] + profile_lines(extras["profile"])
     lines += ["", "## GPU", "", extras["gpu"]]
     frontends_cmd, frontends = extras["frontends"]
     lines += ["", "## Front ends", ""] + ([f"`{frontends_cmd}`, same threads:", ""] if frontends_cmd else [])
@@ -673,7 +683,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     bench = make_bench(args)
     with tempfile.TemporaryDirectory(prefix="ernievil2-run-") as tmp:
         section = measure(bench, Path(tmp))
-    extras = {"profile": {} if args.no_profile else profile_fp32(bench), "gpu": gpu_section(args),
+    extras = {"profile": {} if args.no_profile else profile_towers(bench), "gpu": gpu_section(args),
               "frontends": frontends_section(args), "conversion": conversion_section(args)}
     text = render(bench, section, extras, machine_info(args.threads), command)
     Path(args.out).write_text(seal(text, "benchmarks/run.py", command), encoding="utf-8")

@@ -82,7 +82,7 @@ def test_run_py_writes_a_sealed_report_of_what_it_measured(tmp_path: Path):
     generator, command = stamp.check_seal(text)
     assert generator == "benchmarks/run.py" and command.startswith("python benchmarks/run.py --smoke")
     for heading in ("## CPU throughput", "### Targets on this run", "### GEMM ceilings (same rounds)",
-                    "### Accuracy of the measured paths", "### Where the fp32 time goes", "## GPU"):
+                    "### Accuracy of the measured paths", "### Where the time goes", "## GPU"):
         assert f"\n{heading}\n" in text, heading
     assert "ISA flags:" in text and "- threads: 1 for every framework" in text
     assert "| image | ours fp32 | fp32 |" in text and "| text | ONNX Runtime (our export) | fp32 |" in text
