@@ -83,7 +83,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def make_setup(args: argparse.Namespace) -> Setup:
     if args.smoke:
-        return Setup("cpu", tiny_config(), 2, 4, 16, 1, not args.no_compile, 0, 4)
+        return Setup("cpu", tiny_config(), 2, 4, 16, 1, not args.no_compile, 1, 4)
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --smoke to exercise the script on the CPU")
     return Setup("cuda", base_config(), args.image_batch, args.text_batch, args.text_length, args.rounds,
