@@ -21,8 +21,8 @@ not measured).
 
 Writes BENCHMARKS.md holding only what this run measured, sealed (``benchmarks/stamp.py``: the suite fails if it is
 edited afterwards), and a chart (``--png``). Every framework runs with ``--threads`` threads: OMP_NUM_THREADS is set
-before paddle is imported and passed to the worker, and ``torch.set_num_threads`` / ONNX Runtime's intra-op
-threads get the same number. ``--smoke`` runs the whole report path on the tiny test config in seconds.
+before any OpenMP runtime loads (the script restarts itself once to set it) and passed to the worker, and
+``torch.set_num_threads`` / ONNX Runtime's intra-op threads get the same number. ``--smoke`` runs the whole report path on the tiny test config in seconds.
 """
 from __future__ import annotations
 
@@ -673,10 +673,20 @@ def measure(bench: Bench, workdir: Path) -> Section:
     return merged
 
 
+def pin_threads(threads: int, argv: Optional[Sequence[str]]) -> None:
+    """Every framework on ``threads`` threads. OpenMP runtimes read OMP_NUM_THREADS when they load, and torch's has
+    loaded with this module: run as a script with another value, the process restarts itself with it set."""
+    wanted = str(threads)
+    if argv is None and os.environ.get("OMP_NUM_THREADS") != wanted:
+        env = dict(os.environ, OMP_NUM_THREADS=wanted, MKL_NUM_THREADS=wanted)
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = wanted
+    torch.set_num_threads(threads)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # before paddle's import
-    torch.set_num_threads(args.threads)
+    pin_threads(args.threads, argv)
     shown = [os.path.relpath(Path(sys.argv[0]).resolve(), ROOT)] if argv is None else ["benchmarks/run.py"]
     command = "python " + " ".join(shlex.quote(a) for a in shown + list(sys.argv[1:] if argv is None else argv))
     log(f"threads={args.threads}, rounds={args.rounds}, smoke={args.smoke}")
