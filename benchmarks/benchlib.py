@@ -3,7 +3,8 @@
 A :class:`Case` is one callable doing a fixed amount of work (``items`` per call, ``flop`` per item).
 :func:`run_rounds` warms every case up, then runs all of them once per round, the order rotated (and reversed every
 other round) so that a slow spell of a shared machine hits every case alike; each case reports the median over
-rounds and the [min-max] spread.
+rounds and the [min-max] spread. Comparisons between cases (:func:`paired_ratio`, :func:`share_of_ceiling`) are
+medians of per-round ratios.
 """
 from __future__ import annotations
 
@@ -88,6 +89,25 @@ def gemm_case(m: int, k: int, n: int, dtype: torch.dtype, label: str, device: st
 def ceiling(cases: List[Case], precision: str) -> float:
     """The best GEMM GFLOP/s of ``precision`` among ``cases`` (0 when none was measured)."""
     return max((c.gflops for c in cases if c.group == "gemm" and c.precision == precision), default=0.0)
+
+
+def paired_ratio(case: Case, base: Case) -> float:
+    """Median over rounds of ``case``'s rate / ``base``'s rate in the same round.
+
+    Both ran minutes apart at most within one round, so a slow spell of a shared machine that spans a round
+    slows both; a ratio of medians taken over different rounds would not cancel it."""
+    return float(np.median([(case.items / a) / (base.items / b) for a, b in zip(case.times, base.times)]))
+
+
+def share_of_ceiling(case: Case, cases: List[Case], precision: str) -> float:
+    """Median over rounds of ``case``'s executed GFLOP/s / the best ``precision`` GEMM GFLOP/s of the same round,
+    in per cent (0 when no GEMM of that precision was measured)."""
+    gemms = [c for c in cases if c.group == "gemm" and c.precision == precision]
+    if not gemms:
+        return 0.0
+    shares = [(case.items * case.flop / t) / max(g.flop / g.times[r] for g in gemms)
+              for r, t in enumerate(case.times)]
+    return 100.0 * float(np.median(shares))
 
 
 def cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:

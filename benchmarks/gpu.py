@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchlib import Case, ceiling, cosine_min, fmt, gemm_case, hf_peers, log, run_rounds  # noqa: E402
+from benchlib import (Case, ceiling, cosine_min, fmt, gemm_case, hf_peers, log, paired_ratio,  # noqa: E402
+                      run_rounds, share_of_ceiling)
 from flops import image_flops, text_flops  # noqa: E402
 
 from ernievil2torch.config import ErnieViL2Config, base_config, tiny_config  # noqa: E402
@@ -264,7 +265,7 @@ def target_lines(cases: List[Case]) -> List[str]:
                      f"{'met' if best.rate >= goal else 'MISSED'} |")
         theirs = [c for c in cases if c.group == group and c.name.startswith(peer)]
         if theirs:
-            x = best.rate / theirs[0].rate
+            x = paired_ratio(best, theirs[0])
             lines.append(f"| {group} ahead of {theirs[0].name} | {x:.2f}x | {'met' if x > 1 else 'MISSED'} |")
         else:
             lines.append(f"| {group} ahead of the {peer} peer | n/a | not measured |")
@@ -276,12 +277,13 @@ def render(setup: Setup, cases: List[Case], accuracy: List[Tuple[str, str]], not
     name = torch.cuda.get_device_name() if setup.device == "cuda" else "CPU (--smoke: tiny config, not a measurement)"
     bf16_ceiling = ceiling(cases, "bf16")
     lines = [f"{name}; torch {torch.__version__}; batch {setup.image_batch} images / {setup.text_batch} texts x "
-             f"{setup.text_length} tokens; {setup.rounds} alternating rounds, median [min-max].", "",
+             f"{setup.text_length} tokens; {setup.rounds} alternating rounds, median [min-max]; shares of the "
+             "ceiling and ratios to peers are medians of per-round ratios.", "",
              "| tower | implementation | precision | items/s [min-max] | executed TFLOP/s | of bf16 GEMM ceiling |",
              "|---|---|---|---|---|---|"]
     for c in (c for c in cases if c.group != "gemm"):
         lo, hi = c.spread
-        share = f"{100 * c.gflops / bf16_ceiling:.0f} %" if bf16_ceiling else "n/a"
+        share = f"{share_of_ceiling(c, cases, 'bf16'):.0f} %" if bf16_ceiling else "n/a"
         lines.append(f"| {c.group} | {c.name} | {c.precision} | {fmt(c.rate, 0)} [{fmt(lo, 0)}-{fmt(hi, 0)}] | "
                      f"{fmt(c.gflops / 1e3, 1)} | {share} |")
     lines += ["", f"bf16 GEMM ceiling: {fmt(bf16_ceiling / 1e3, 1)} TFLOP/s "

@@ -22,7 +22,8 @@ not measured).
 Writes BENCHMARKS.md holding only what this run measured, sealed (``benchmarks/stamp.py``: the suite fails if it is
 edited afterwards), and a chart (``--png``). Every framework runs with ``--threads`` threads: OMP_NUM_THREADS is set
 before any OpenMP runtime loads (the script restarts itself once to set it) and passed to the worker, and
-``torch.set_num_threads`` / ONNX Runtime's intra-op threads get the same number. ``--smoke`` runs the whole report path on the tiny test config in seconds.
+``torch.set_num_threads`` / ONNX Runtime's intra-op threads get the same number. ``--smoke`` runs the whole
+report path on the tiny test config in seconds.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchlib import Case, ceiling, cosine_min, fmt, gemm_case, hf_peers, log, run_rounds  # noqa: E402
+from benchlib import (Case, cosine_min, fmt, gemm_case, hf_peers, log, paired_ratio, run_rounds,  # noqa: E402
+                      share_of_ceiling)
 from flops import image_flops, text_flops  # noqa: E402
 from stamp import seal  # noqa: E402
 
@@ -463,29 +465,31 @@ def machine_info(threads: int) -> Dict[str, str]:
     return info
 
 
-def ratio(value: float, base: Optional[float]) -> str:
-    return f"{fmt(value / base)}x" if base else "n/a"
+def case_of(cases: List[Case], group: str, name: str) -> Optional[Case]:
+    return next((c for c in cases if c.group == group and c.name == name), None)
 
 
-def percent(value: float, base: float) -> str:
-    return f"{100 * value / base:.0f} %" if base else "n/a"
+def ratio_cell(case: Case, base: Optional[Case]) -> str:
+    return f"{fmt(paired_ratio(case, base))}x" if base else "n/a"
 
 
-def rates_of(cases: List[Case], name: str) -> Dict[str, float]:
-    return {c.group: c.rate for c in cases if c.name == name}
+def share_cell(case: Case, cases: List[Case], precision: str) -> str:
+    share = share_of_ceiling(case, cases, precision)
+    return f"{share:.0f} %" if share else "n/a"
 
 
 def throughput_lines(cases: List[Case]) -> List[str]:
-    paddle, paddlenlp = rates_of(cases, "Paddle reference"), rates_of(cases, "PaddleNLP ErnieViLModel")
-    fp32, bf16 = ceiling(cases, "fp32"), ceiling(cases, "bf16")
+    """The CPU throughput table; 'x' and 'of ceiling' columns are medians of per-round ratios."""
     lines = ["| tower | implementation | precision | items/s [min-max] | x Paddle reference | x PaddleNLP | "
-             "executed GFLOP/s | of fp32 GEMM ceiling | of bf16 GEMM ceiling |", "|---|---|---|---|---|---|---|---|---|"]
+             "executed GFLOP/s | of fp32 GEMM ceiling | of bf16 GEMM ceiling |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for group in ("image", "text"):
+        paddle, paddlenlp = case_of(cases, group, "Paddle reference"), case_of(cases, group, "PaddleNLP ErnieViLModel")
         for c in (c for c in cases if c.group == group):
             lo, hi = c.spread
             lines.append(f"| {group} | {c.name} | {c.precision} | {fmt(c.rate)} [{fmt(lo)}-{fmt(hi)}] | "
-                         f"{ratio(c.rate, paddle.get(group))} | {ratio(c.rate, paddlenlp.get(group))} | "
-                         f"{fmt(c.gflops, 1)} | {percent(c.gflops, fp32)} | {percent(c.gflops, bf16)} |")
+                         f"{ratio_cell(c, paddle)} | {ratio_cell(c, paddlenlp)} | {fmt(c.gflops, 1)} | "
+                         f"{share_cell(c, cases, 'fp32')} | {share_cell(c, cases, 'bf16')} |")
     return lines
 
 
@@ -502,28 +506,26 @@ def verdict(ok: Optional[bool]) -> str:
 def target_rows(cases: List[Case], accuracy: List[Tuple[str, str]], conversion: Optional[dict]) -> List[str]:
     """Every target of issue 11 evaluated on this run's figures: met, MISSED (never rounded up) or not measured."""
     rows = ["| target | figure | verdict |", "|---|---|---|"]
-    ours = rates_of(cases, "ours fp32")
-    fp32_ceiling, bf16_ceiling = ceiling(cases, "fp32"), ceiling(cases, "bf16")
     for group in ("image", "text"):
+        ours = case_of(cases, group, "ours fp32")
         for peer in ("ONNX Runtime (our export)", "HF " + ("CLIPVisionModel" if group == "image" else "BertModel")):
-            theirs = rates_of(cases, peer).get(group)
-            figure = f"{ours[group] / theirs:.2f}x" if theirs else "n/a"
-            rows.append(f"| {group} fp32 faster than {peer} | {figure} | "
-                        f"{verdict(None if not theirs else ours[group] > theirs)} |")
+            theirs = case_of(cases, group, peer)
+            x = paired_ratio(ours, theirs) if theirs else None
+            rows.append(f"| {group} fp32 faster than {peer} | {'n/a' if x is None else f'{x:.2f}x'} | "
+                        f"{verdict(None if x is None else x > 1)} |")
     for group in ("image", "text"):
         goal = TARGETS[f"{group}_fp32_ceiling"]
-        c = next(c for c in cases if c.group == group and c.name == "ours fp32")
-        share = 100 * c.gflops / fp32_ceiling
+        share = share_of_ceiling(case_of(cases, group, "ours fp32"), cases, "fp32")
         rows.append(f"| {group} fp32 >= {goal:.0f} % of fp32 GEMM ceiling | {share:.1f} % | {verdict(share >= goal)} |")
     for group in ("image", "text"):
         bf16 = [c for c in cases if c.group == group and c.name.startswith("ours") and c.precision == "bf16"]
         goal, cos_goal = TARGETS["bf16_ceiling"], TARGETS["bf16_cosine"]
-        if not bf16 or not bf16_ceiling:
+        if not bf16 or not any(c.group == "gemm" and c.precision == "bf16" for c in cases):
             rows.append(f"| {group} bf16 >= {goal:.0f} % of bf16 GEMM ceiling, cosine >= {cos_goal} | n/a | "
                         "not measured |")
             continue
         best = max(bf16, key=lambda c: c.rate)
-        share = 100 * best.gflops / bf16_ceiling
+        share = share_of_ceiling(best, cases, "bf16")
         cosine = min_cosines(accuracy, f"{best.name} vs ours fp32")[group]
         rows.append(f"| {group} bf16 >= {goal:.0f} % of bf16 GEMM ceiling (best: {best.name}) | {share:.1f} % | "
                     f"{verdict(share >= goal)} |")
@@ -593,10 +595,11 @@ def header_lines(bench: Bench, machine: Dict[str, str], versions: Dict[str, str]
         f"have their own), image batch {bench.pixels.shape[0]} x {cfg.vision.num_channels} x {cfg.vision.image_size} "
         f"x {cfg.vision.image_size}, text batch {bench.ids.shape[0]} x {bench.ids.shape[1]} tokens (no padding); "
         f"{args.rounds} alternating rounds (each case once per round, order rotated), median reported, [min-max] "
-        f"over rounds; warm-up calls excluded.",
+        f"over rounds; ratios between cases (x, of ceiling, faster than) are medians of per-round ratios; warm-up "
+        f"calls excluded.",
         f"- executed FLOPs (`benchmarks/flops.py`, matrix products, the last block computing one row): "
         f"{bench.image_flop / 1e9:.2f} GFLOP per image, {bench.text_flop / 1e9:.2f} GFLOP per text; 'of ceiling' = "
-        f"executed GFLOP/s / the best torch.matmul GFLOP/s of that precision in the same rounds.",
+        f"executed GFLOP/s / the best torch.matmul GFLOP/s of that precision in the same round.",
     ]
 
 

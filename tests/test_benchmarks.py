@@ -110,3 +110,23 @@ def test_importing_the_scripts_runs_nothing():
     run_py = load("run")
     assert callable(run_py.main) and callable(run_py.parse_args)
     assert run_py.parse_args(["--smoke"]).rounds == 1
+
+
+def test_readme_speed_summary_is_what_readme_speed_renders():
+    """README's "## Speed" section is benchmarks/readme_speed.py's rendering of BENCHMARKS.md, prose included."""
+    readme_speed = load("readme_speed")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Speed\n")
+    assert readme[start:readme.index("\n## ", start + 1) + 1] == readme_speed.render(), \
+        "run python benchmarks/readme_speed.py after benchmarks/run.py"
+
+
+def test_ratios_are_medians_of_per_round_ratios():
+    """A slow spell that hits one round hits both cases of a comparison; the per-round ratio cancels it."""
+    benchlib = load("benchlib")
+    ours = benchlib.Case("ours", "image", lambda: None, 8, 1e9, "fp32", times=[1.0, 3.0, 1.0])
+    peer = benchlib.Case("peer", "image", lambda: None, 8, 1e9, "fp32", times=[2.0, 6.0, 2.2])
+    gemm = benchlib.Case("GEMM", "gemm", lambda: None, 1, 10e9, "fp32", times=[0.5, 1.5, 0.5])
+    assert benchlib.paired_ratio(ours, peer) == pytest.approx(2.0)
+    assert benchlib.share_of_ceiling(ours, [ours, gemm], "fp32") == pytest.approx(40.0)
+    assert benchlib.share_of_ceiling(ours, [ours, gemm], "bf16") == 0.0
