@@ -1,25 +1,34 @@
-"""One-command benchmark of the ERNIE-ViL 2.0 port: ``python benchmarks/run.py [--quick] [--threads N]``.
+"""One-command CPU benchmark of the ERNIE-ViL 2.0 port: ``python benchmarks/run.py [--threads N] [--rounds R]``.
 
-Measures, in one process and in alternating rounds (every case once per round, the order rotated each round,
-median over rounds), on the same random full-size weights and the same inputs:
+Measures, in one process and in alternating rounds (``benchlib.run_rounds``), on the same inputs and — for every
+implementation of this architecture — the same random full-size weights:
 
-* CPU fp32: our image tower (batch 8, 224x224) and text tower (batch 32 x 48 tokens) vs the independent Paddle
-  reference of the official architecture (``ernievil2torch.verify.paddle_reference``);
-* CPU bf16 (when oneDNN bf16 is supported) eager and with ``torch.compile`` (inductor, freezing);
-* Hugging Face peers of the same size (CLIPVisionModel ViT-B/16 quick_gelu, BertModel base, SDPA attention);
-* fp32 and bf16 GEMM ceilings (torch.matmul), to express every figure as a fraction of the attainable rate;
-* a GPU section when CUDA is available (otherwise it says so);
-* tokenizer / image preprocessing throughput via ``benchmarks/frontends.py`` when those modules exist;
-* conversion time and peak RSS (``/usr/bin/time -v``) next to a plain ``cp`` of the same checkpoint.
+* ours: fp32 eager, bf16 eager and bf16 + ``torch.compile`` (inductor, freezing), when oneDNN supports bf16;
+* the project's Paddle reference (``ernievil2torch.verify.paddle_reference``), in process;
+* PaddleNLP 2.8.1's ``ErnieViLModel`` (Baidu's code) in a worker process under the PaddleNLP interpreter
+  (``benchmarks/paddlenlp_worker.py``), its text LayerNorm epsilon set to the official 1e-5;
+* ONNX Runtime running our own ONNX export (``ernievil2torch.export.onnx``), fp32, graph optimisation level "all",
+  intra-op threads = the benchmark's threads;
+* Hugging Face peers of the same size (``CLIPVisionModel`` QuickGELU, ``BertModel``; seeded random weights);
+* fp32 and bf16 GEMM ceilings (``torch.matmul`` on the towers' own MLP shapes and a square 2048 GEMM).
 
-Writes BENCHMARKS.md, sealed (``benchmarks/stamp.py``: the test suite fails if it is edited afterwards), and
-benchmarks/cpu_throughput.png (``--out`` / ``--png`` to change). Every framework runs
-with the same thread count: OMP_NUM_THREADS is set before torch and paddle are imported (Paddle would otherwise
-force 1 thread).
+"Of ceiling" divides the FLOPs the code executes (``benchmarks/flops.py``: the last block of each tower computes
+one row) per second by the best GEMM rate of the same precision measured in the same rounds. After the rounds, one
+profiled call per tower (fp32 and bf16) shows where the time goes. Also: the front ends
+(``benchmarks/frontends.py``), the conversion's time and peak RSS beside ``cp`` and ``sha256sum`` of the same file,
+and the GPU section (``benchmarks/gpu.py`` in a subprocess when CUDA is available; otherwise the report says it was
+not measured).
+
+Writes BENCHMARKS.md holding only what this run measured, sealed (``benchmarks/stamp.py``: the suite fails if it is
+edited afterwards), and a chart (``--png``). Every framework runs with ``--threads`` threads: OMP_NUM_THREADS is set
+before any OpenMP runtime loads (the script restarts itself once to set it) and passed to the worker, and
+``torch.set_num_threads`` / ONNX Runtime's intra-op threads get the same number. ``--smoke`` runs the whole
+report path on the tiny test config in seconds.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -28,374 +37,385 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE_GFLOP = 35.1   # ViT-B/16 at 224, per image (2 x multiply-adds)
-TEXT_GFLOP = 8.2     # ERNIE 3.0 Base text tower, per 48-token text
-
-
-def _parse() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer rounds, no compile, small front-end runs")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every framework")
-    ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 7, --quick 3)")
-    ap.add_argument("--no-paddle", action="store_true")
-    ap.add_argument("--no-hf", action="store_true")
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--no-conversion", action="store_true")
-    ap.add_argument("--no-frontends", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    ap.add_argument("--png", default=str(ROOT / "benchmarks" / "cpu_throughput.png"))
-    return ap.parse_args()
-
-
-ARGS = _parse() if __name__ == "__main__" else None
-if ARGS is not None:
-    # Must happen before numpy/torch/paddle start their thread pools.
-    os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
-    os.environ.setdefault("MKL_NUM_THREADS", str(ARGS.threads))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 sys.path.insert(0, str(ROOT))
-from ernievil2torch.config import base_config  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from benchlib import (Case, cosine_min, fmt, gemm_case, hf_peers, log, paired_ratio, run_rounds,  # noqa: E402
+                      share_of_ceiling)
+from flops import image_flops, text_flops  # noqa: E402
+from stamp import seal  # noqa: E402
+
+from ernievil2torch.config import ErnieViL2Config, base_config, tiny_config  # noqa: E402
 from ernievil2torch.modeling import ErnieViL2  # noqa: E402
 from ernievil2torch.verify.synthetic import layout_state, random_state  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from stamp import seal  # noqa: E402
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+NO_GPU = "not measured: no GPU lent to this task"
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+TARGETS = {"image_fp32_ceiling": 85.0, "text_fp32_ceiling": 90.0, "bf16_ceiling": 70.0, "bf16_cosine": 0.999,
+           "conversion_time": 2.0, "conversion_rss": 1.3}
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Cases and the alternating timer
+# Arguments and the shared setup
 # ---------------------------------------------------------------------------------------------------------------
-class Case:
-    """One timed callable: ``items`` per call, ``gflop`` per item, ``group`` = 'image' | 'text' | 'gemm'."""
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every framework")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds (median reported)")
+    ap.add_argument("--image-batch", type=int, default=8)
+    ap.add_argument("--text-batch", type=int, default=32)
+    ap.add_argument("--text-length", type=int, default=48, help="tokens per text (no padding)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny config, batch 2 images / 4 texts x 16 tokens, 1 round; skips Paddle, PaddleNLP, "
+                         "compile, front ends and conversion (proves the report path, measures nothing useful)")
+    for name in ("paddle", "paddlenlp", "hf", "onnx", "compile", "profile", "conversion", "frontends", "gpu"):
+        ap.add_argument(f"--no-{name}", action="store_true", help=f"skip the {name} cases")
+    ap.add_argument("--paddlenlp-python", default=os.environ.get(
+        "ERNIEVIL2_ORACLE_PYTHON", str(ROOT / ".venv-paddlenlp" / "bin" / "python")))
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--png", default=str(ROOT / "benchmarks" / "cpu_throughput.png"))
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.image_batch, args.text_batch, args.text_length = 1, 2, 4, 16
+        args.no_paddle = args.no_paddlenlp = args.no_compile = args.no_conversion = args.no_frontends = True
+    return args
 
-    def __init__(self, name: str, group: str, fn: Callable[[], object], items: int, gflop: float,
-                 precision: str) -> None:
-        self.name, self.group, self.fn, self.items, self.gflop, self.precision = name, group, fn, items, gflop, precision
-        self.times: List[float] = []
+
+@dataclass
+class Bench:
+    """The config, weights, inputs and our fp32 model (with its features, the accuracy reference) of one run."""
+
+    args: argparse.Namespace
+    cfg: ErnieViL2Config
+    state: Dict[str, np.ndarray]
+    pixels: torch.Tensor
+    ids: torch.Tensor
+    fp32: ErnieViL2
+    ref_image: torch.Tensor = None
+    ref_text: torch.Tensor = None
 
     @property
-    def rate(self) -> float:
-        return self.items / float(np.median(self.times))
+    def image_flop(self) -> int:
+        return image_flops(self.cfg.vision)
 
     @property
-    def spread(self) -> Tuple[float, float]:
-        rates = [self.items / t for t in self.times]
-        return min(rates), max(rates)
+    def text_flop(self) -> int:
+        return text_flops(self.cfg.text, self.ids.shape[1])
+
+    def image_case(self, name: str, fn: Callable[[], object], precision: str) -> Case:
+        return Case(name, "image", fn, self.pixels.shape[0], self.image_flop, precision)
+
+    def text_case(self, name: str, fn: Callable[[], object], precision: str) -> Case:
+        return Case(name, "text", fn, self.ids.shape[0], self.text_flop, precision)
 
 
-def run_rounds(cases: List[Case], rounds: int) -> None:
-    for case in cases:  # warm-up (and compile) outside the timed rounds
-        t0 = time.perf_counter()
-        case.fn()
-        case.fn()
-        log(f"warm {case.name}: {time.perf_counter() - t0:.1f} s")
-    for r in range(rounds):
-        shift = r % len(cases)
-        order = cases[shift:] + cases[:shift]
-        if r % 2:
-            order = order[::-1]
-        for case in order:
-            t0 = time.perf_counter()
-            case.fn()
-            case.times.append(time.perf_counter() - t0)
-        log(f"round {r + 1}/{rounds} done")
+@dataclass
+class Section:
+    """What one case group contributes: cases, accuracy rows, notes, versions, and clean-ups after the rounds."""
+
+    cases: List[Case] = field(default_factory=list)
+    accuracy: List[Tuple[str, str]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    versions: Dict[str, str] = field(default_factory=dict)
+    cleanup: List[Callable[[], None]] = field(default_factory=list)
 
 
-def gemm_cases(dtype: torch.dtype, label: str, device: str = "cpu") -> List[Case]:
-    """The ViT MLP GEMM (batch-8 tokens x 768 x 3072) and a square 2048 GEMM; the ceiling is the better one."""
-    cases = []
-    for m, k, n in ((8 * 197, 768, 3072), (2048, 2048, 2048)):
-        a = torch.randn(m, k, dtype=dtype, device=device)
-        b = torch.randn(k, n, dtype=dtype, device=device)
-        flop = 2.0 * m * k * n / 1e9
-
-        def fn(a=a, b=b):
-            out = a @ b
-            if device != "cpu":
-                torch.cuda.synchronize()
-            return out
-        cases.append(Case(f"GEMM {label} {m}x{k}x{n}", "gemm", fn, 1, flop, label))
-    return cases
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Models
-# ---------------------------------------------------------------------------------------------------------------
-def our_model(state: Dict[str, np.ndarray], dtype: torch.dtype = torch.float32, device: str = "cpu") -> ErnieViL2:
-    model = ErnieViL2(base_config())
+def our_model(cfg: ErnieViL2Config, state: Dict[str, np.ndarray], dtype: torch.dtype = torch.float32) -> ErnieViL2:
+    model = ErnieViL2(cfg)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    return model.eval().to(device=device, dtype=dtype)
+    return model.eval().to(dtype=dtype)
 
 
-def hf_peers(dtype: torch.dtype, device: str = "cpu"):
-    import warnings
-
-    warnings.simplefilter("ignore")
-    from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel
-
-    torch.manual_seed(0)
-    vision = CLIPVisionModel(CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                              num_attention_heads=12, image_size=224, patch_size=16,
-                                              hidden_act="quick_gelu", attn_implementation="sdpa"))
-    text = BertModel(BertConfig(vocab_size=40000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                intermediate_size=3072, max_position_embeddings=2048,
-                                attn_implementation="sdpa"))
-    return vision.eval().to(device=device, dtype=dtype), text.eval().to(device=device, dtype=dtype)
-
-
-def cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).min())
+def make_bench(args: argparse.Namespace) -> Bench:
+    """Random weights (seed 0) and seeded inputs: pixels in the normalised range, ids without padding."""
+    cfg = tiny_config() if args.smoke else base_config()
+    state = random_state(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    v = cfg.vision
+    pixels = rng.uniform(-2.1, 2.6, (args.image_batch, v.num_channels, v.image_size, v.image_size))
+    ids = rng.integers(4, cfg.text.vocab_size, (args.text_batch, args.text_length))
+    ids[:, 0], ids[:, -1] = 1, 2
+    bench = Bench(args, cfg, state, torch.from_numpy(pixels.astype(np.float32)), torch.from_numpy(ids),
+                  our_model(cfg, state))
+    with torch.inference_mode():
+        bench.ref_image, bench.ref_text = bench.fp32.encode_image(bench.pixels), bench.fp32.encode_text(bench.ids)
+    return bench
 
 
-def compile_options() -> dict:
-    return {"options": {"freezing": True}}
+def cosine_row(label: str, bench: Bench, image: torch.Tensor, text: torch.Tensor) -> Tuple[str, str]:
+    return (label, f"image min cosine {cosine_min(image, bench.ref_image):.6f}, "
+                   f"text min cosine {cosine_min(text, bench.ref_text):.6f}")
 
 
-def inductor_usable() -> str:
+def max_abs_row(label: str, bench: Bench, image: np.ndarray, text: np.ndarray) -> Tuple[str, str]:
+    return (label, f"image max abs {float(np.abs(image - bench.ref_image.numpy()).max()):.2e}, "
+                   f"text max abs {float(np.abs(text - bench.ref_text.numpy()).max()):.2e}")
+
+
+def inductor_problem() -> str:
+    """Why ``torch.compile`` cannot run here ("" when it can)."""
     try:
         torch.compile(lambda t: t * 2 + 1)(torch.ones(3))
         return ""
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - no C++ compiler, broken toolchain, ...
         return f"{type(exc).__name__}: {exc}"[:200]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# CPU section
+# Case groups
 # ---------------------------------------------------------------------------------------------------------------
-def cpu_section(args, report: dict) -> None:
-    torch.set_num_threads(args.threads)
-    cfg = base_config()
-    state = random_state(cfg, seed=0)
-    rng = np.random.default_rng(0)
-    pixels_np = rng.uniform(-2.1, 2.6, (8, 3, 224, 224)).astype(np.float32)
-    ids_np = rng.integers(4, cfg.text.vocab_size, (32, 48)).astype(np.int64)
-    ids_np[:, 0], ids_np[:, -1] = 1, 2
-    pixels, ids = torch.from_numpy(pixels_np), torch.from_numpy(ids_np)
-    mask = torch.ones_like(ids)
-    cases: List[Case] = []
-    notes: List[str] = []
-    accuracy: List[Tuple[str, str]] = []
-
-    fp32 = our_model(state)
-    inference = torch.inference_mode()
-    inference.__enter__()
-    ref_img, ref_txt = fp32.encode_image(pixels), fp32.encode_text(ids)
-    cases += [Case("ours fp32", "image", lambda: fp32.encode_image(pixels), 8, IMAGE_GFLOP, "fp32"),
-              Case("ours fp32", "text", lambda: fp32.encode_text(ids), 32, TEXT_GFLOP, "fp32")]
-
-    if not args.no_paddle:
-        try:
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                import paddle
-                from ernievil2torch.verify.paddle_reference import PaddleErnieViL2
-            paddle.set_device("cpu")
-            ref = PaddleErnieViL2.from_official_state(layout_state(cfg, "official", seed=0))
-            p_pix, p_ids = paddle.to_tensor(pixels_np), paddle.to_tensor(ids_np)
-
-            def p_img():
-                with paddle.no_grad():
-                    return ref.encode_image(p_pix).numpy()
-
-            def p_txt():
-                with paddle.no_grad():
-                    return ref.encode_text(p_ids).numpy()
-            img_diff = float(np.abs(p_img() - ref_img.numpy()).max())
-            txt_diff = float(np.abs(p_txt() - ref_txt.numpy()).max())
-            accuracy.append(("ours fp32 vs Paddle reference (benchmark inputs)",
-                             f"image max abs {img_diff:.2e}, text max abs {txt_diff:.2e}"))
-            cases += [Case("Paddle reference fp32", "image", p_img, 8, IMAGE_GFLOP, "fp32"),
-                      Case("Paddle reference fp32", "text", p_txt, 32, TEXT_GFLOP, "fp32")]
-            report["paddle_version"] = paddle.__version__
-            a = paddle.randn([8 * 197, 768])
-            b = paddle.randn([768, 3072])
-            cases.append(Case("GEMM Paddle fp32 1576x768x3072", "gemm", lambda: paddle.matmul(a, b).numpy(), 1,
-                              2.0 * 8 * 197 * 768 * 3072 / 1e9, "fp32"))
-        except ImportError as exc:
-            notes.append(f"Paddle reference not measured: {exc}")
-
-    bf16_ok = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    report["bf16_supported"] = bf16_ok
-    if bf16_ok:
-        bf16 = our_model(state, torch.bfloat16)
-        img, txt = bf16.encode_image(pixels), bf16.encode_text(ids)
-        accuracy.append(("ours bf16 eager vs ours fp32", f"image min cosine {cosine_min(img, ref_img):.6f}, "
-                                                         f"text min cosine {cosine_min(txt, ref_txt):.6f}"))
-        cases += [Case("ours bf16", "image", lambda: bf16.encode_image(pixels), 8, IMAGE_GFLOP, "bf16"),
-                  Case("ours bf16", "text", lambda: bf16.encode_text(ids), 32, TEXT_GFLOP, "bf16")]
-        reason = "" if not args.no_compile and not args.quick else "skipped (--quick / --no-compile)"
-        reason = reason or inductor_usable()
-        if not reason:
-            compiled = our_model(state, torch.bfloat16).compile(**compile_options())
-            t0 = time.perf_counter()
-            img, txt = compiled.encode_image(pixels), compiled.encode_text(ids)
-            notes.append(f"torch.compile (inductor, freezing) of both bf16 towers took "
-                         f"{time.perf_counter() - t0:.0f} s on first call")
-            accuracy.append(("ours bf16 + compile vs ours fp32",
-                             f"image min cosine {cosine_min(img, ref_img):.6f}, "
-                             f"text min cosine {cosine_min(txt, ref_txt):.6f}"))
-            cases += [Case("ours bf16 + compile", "image", lambda: compiled.encode_image(pixels), 8,
-                           IMAGE_GFLOP, "bf16"),
-                      Case("ours bf16 + compile", "text", lambda: compiled.encode_text(ids), 32, TEXT_GFLOP,
-                           "bf16")]
-            if not args.quick:
-                compiled32 = our_model(state).compile(**compile_options())
-                img, txt = compiled32.encode_image(pixels), compiled32.encode_text(ids)
-                accuracy.append(("ours fp32 + compile vs ours fp32 eager",
-                                 f"image max abs {float((img - ref_img).abs().max()):.2e}, "
-                                 f"text max abs {float((txt - ref_txt).abs().max()):.2e}"))
-                cases += [Case("ours fp32 + compile", "image", lambda: compiled32.encode_image(pixels), 8,
-                               IMAGE_GFLOP, "fp32"),
-                          Case("ours fp32 + compile", "text", lambda: compiled32.encode_text(ids), 32,
-                               TEXT_GFLOP, "fp32")]
-        else:
-            notes.append(f"torch.compile not measured: {reason}")
+def ours_group(bench: Bench) -> Section:
+    """Our model: fp32 eager, bf16 eager, bf16 + compile (bf16 only where oneDNN supports it)."""
+    out = Section()
+    fp32, pixels, ids = bench.fp32, bench.pixels, bench.ids
+    out.cases += [bench.image_case("ours fp32", lambda: fp32.encode_image(pixels), "fp32"),
+                  bench.text_case("ours fp32", lambda: fp32.encode_text(ids), "fp32")]
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        out.notes.append("bf16 not measured: oneDNN reports no bf16 support on this CPU")
+        return out
+    variants = [("ours bf16", our_model(bench.cfg, bench.state, torch.bfloat16))]
+    problem = "skipped (--no-compile)" if bench.args.no_compile else inductor_problem()
+    if problem:
+        out.notes.append(f"torch.compile not measured: {problem}")
     else:
-        notes.append("bf16 not measured: oneDNN reports no bf16 support on this CPU")
+        compiled = our_model(bench.cfg, bench.state, torch.bfloat16).compile(options={"freezing": True})
+        t0 = time.perf_counter()
+        compiled.encode_image(pixels), compiled.encode_text(ids)
+        out.notes.append(f"torch.compile (inductor, freezing) of both bf16 towers took "
+                         f"{time.perf_counter() - t0:.0f} s on the first call")
+        variants.append(("ours bf16 + compile", compiled))
+    for name, model in variants:
+        out.accuracy.append(cosine_row(f"{name} vs ours fp32", bench, model.encode_image(pixels),
+                                       model.encode_text(ids)))
+        out.cases += [bench.image_case(name, lambda m=model: m.encode_image(pixels), "bf16"),
+                      bench.text_case(name, lambda m=model: m.encode_text(ids), "bf16")]
+    return out
 
-    if not args.no_hf:
-        try:
-            hf_img32, hf_txt32 = hf_peers(torch.float32)
-            cases += [Case("HF CLIPVisionModel fp32", "image", lambda: hf_img32(pixel_values=pixels), 8,
-                           IMAGE_GFLOP, "fp32"),
-                      Case("HF BertModel fp32", "text", lambda: hf_txt32(input_ids=ids, attention_mask=mask), 32,
-                           TEXT_GFLOP, "fp32")]
-            if bf16_ok:
-                hf_img16, hf_txt16 = hf_peers(torch.bfloat16)
-                pix16 = pixels.to(torch.bfloat16)
-                cases += [Case("HF CLIPVisionModel bf16", "image", lambda: hf_img16(pixel_values=pix16), 8,
-                               IMAGE_GFLOP, "bf16"),
-                          Case("HF BertModel bf16", "text", lambda: hf_txt16(input_ids=ids, attention_mask=mask),
-                               32, TEXT_GFLOP, "bf16")]
-            import transformers
 
-            report["transformers_version"] = transformers.__version__
-        except ImportError as exc:
-            notes.append(f"Hugging Face peers not measured: {exc}")
+def paddle_reference_group(bench: Bench) -> Section:
+    """The project's Paddle reference of the official architecture, on the same weights (official layout)."""
+    out = Section()
+    try:
+        import warnings
 
-    cases += gemm_cases(torch.float32, "fp32")
-    if bf16_ok:
-        cases += gemm_cases(torch.bfloat16, "bf16")
-    run_rounds(cases, args.rounds)
-    inference.__exit__(None, None, None)
-    report["cpu_cases"] = cases
-    report["notes"] += notes
-    report["accuracy"] += accuracy
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import paddle
+            from ernievil2torch.verify.paddle_reference import PaddleErnieViL2
+    except ImportError as exc:
+        out.notes.append(f"Paddle reference not measured: {exc}")
+        return out
+    paddle.set_device("cpu")
+    ref = PaddleErnieViL2.from_official_state(layout_state(bench.cfg, "official", seed=0))
+    p_pix, p_ids = paddle.to_tensor(bench.pixels.numpy()), paddle.to_tensor(bench.ids.numpy())
+
+    def image() -> np.ndarray:
+        with paddle.no_grad():
+            return ref.encode_image(p_pix).numpy()
+
+    def text() -> np.ndarray:
+        with paddle.no_grad():
+            return ref.encode_text(p_ids).numpy()
+    out.accuracy.append(max_abs_row("Paddle reference vs ours fp32", bench, image(), text()))
+    out.cases += [bench.image_case("Paddle reference", image, "fp32"),
+                  bench.text_case("Paddle reference", text, "fp32")]
+    out.versions["paddlepaddle"] = paddle.__version__
+    return out
+
+
+class PaddleNLPWorker:
+    """``benchmarks/paddlenlp_worker.py`` under the PaddleNLP interpreter: one stdin line per timed call."""
+
+    def __init__(self, python: str, workdir: Path, bench: Bench) -> None:
+        from ernievil2torch.conversion.layouts import LAYOUTS, to_layout
+
+        np.savez(workdir / "state.npz", **to_layout(bench.state, LAYOUTS["paddlenlp"], bench.cfg))
+        (workdir / "config.json").write_text(json.dumps(bench.cfg.to_dict()), encoding="utf-8")
+        np.savez(workdir / "inputs.npz", pixel_values=bench.pixels.numpy(), input_ids=bench.ids.numpy())
+        env = dict(os.environ, OMP_NUM_THREADS=str(bench.args.threads), MKL_NUM_THREADS=str(bench.args.threads))
+        self.stderr = open(workdir / "worker.log", "w+", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [python, str(ROOT / "benchmarks" / "paddlenlp_worker.py"), "--params", str(workdir / "state.npz"),
+             "--config", str(workdir / "config.json"), "--inputs", str(workdir / "inputs.npz"),
+             "--out", str(workdir / "features.npz")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1, env=env)
+        self._expect("ready")
+        with np.load(workdir / "features.npz") as z:
+            self.image_features, self.text_features = z["image_features"], z["text_features"]
+
+    def _expect(self, word: str) -> None:
+        line = self.proc.stdout.readline().strip()
+        if line != word:
+            self.stderr.seek(0)
+            raise RuntimeError(f"PaddleNLP worker said {line!r}, expected {word!r}: {self.stderr.read()[-800:]}")
+
+    def call(self, tower: str) -> None:
+        self.proc.stdin.write(tower + "\n")
+        self._expect("done")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        self.stderr.close()
+
+
+def paddlenlp_version(python: str) -> str:
+    """"paddlenlp X, paddlepaddle Y" of the worker's interpreter ("" when it cannot import them)."""
+    code = "import paddlenlp, paddle; print(f'paddlenlp {paddlenlp.__version__}, paddlepaddle {paddle.__version__}')"
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else ""
+
+
+def paddlenlp_group(bench: Bench, workdir: Path) -> Section:
+    """PaddleNLP 2.8.1's ``ErnieViLModel`` on the same weights (PaddleNLP layout, official text epsilon)."""
+    out = Section()
+    python = bench.args.paddlenlp_python
+    versions = paddlenlp_version(python) if Path(python).exists() else ""
+    if not versions:
+        out.notes.append(f"PaddleNLP not measured: no working PaddleNLP interpreter at {python}")
+        return out
+    worker = PaddleNLPWorker(python, workdir, bench)
+    out.cleanup.append(worker.close)
+    out.accuracy.append(max_abs_row("PaddleNLP ErnieViLModel vs ours fp32", bench, worker.image_features,
+                                    worker.text_features))
+    out.cases += [bench.image_case("PaddleNLP ErnieViLModel", lambda: worker.call("image"), "fp32"),
+                  bench.text_case("PaddleNLP ErnieViLModel", lambda: worker.call("text"), "fp32")]
+    out.versions["PaddleNLP worker:"] = versions
+    return out
+
+
+def onnxruntime_group(bench: Bench, workdir: Path) -> Section:
+    """ONNX Runtime on our own ONNX export, fp32, graph optimisation "all", intra-op threads = ``--threads``."""
+    out = Section()
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        out.notes.append(f"ONNX Runtime not measured: {exc}")
+        return out
+    from ernievil2torch.export.onnx import export_onnx
+
+    bench.fp32.save_pretrained(workdir / "model")
+    export_onnx(str(workdir / "model"), str(workdir / "onnx"), check=False)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = bench.args.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+
+    def session(name: str):
+        return ort.InferenceSession(str(workdir / "onnx" / name), options, providers=["CPUExecutionProvider"])
+    image_session, text_session = session("image_encoder.onnx"), session("text_encoder.onnx")
+    pixels = {"pixel_values": bench.pixels.numpy()}
+    text = {"input_ids": bench.ids.numpy(), "attention_mask": np.ones_like(bench.ids.numpy())}
+
+    def image_call() -> np.ndarray:
+        return image_session.run(None, pixels)[0]
+
+    def text_call() -> np.ndarray:
+        return text_session.run(None, text)[0]
+    out.accuracy.append(max_abs_row("ONNX Runtime (our export) vs ours fp32", bench, image_call(), text_call()))
+    out.cases += [bench.image_case("ONNX Runtime (our export)", image_call, "fp32"),
+                  bench.text_case("ONNX Runtime (our export)", text_call, "fp32")]
+    out.versions["onnxruntime"] = ort.__version__
+    return out
+
+
+def hf_group(bench: Bench) -> Section:
+    """Hugging Face peers of the towers' sizes, fp32 (their own seeded random weights: another architecture)."""
+    out = Section()
+    try:
+        import transformers
+
+        vision, text = hf_peers(bench.cfg, torch.float32)
+    except ImportError as exc:
+        out.notes.append(f"Hugging Face peers not measured: {exc}")
+        return out
+    pixels, ids = bench.pixels, bench.ids
+    mask = torch.ones_like(ids)
+    out.cases += [bench.image_case("HF CLIPVisionModel", lambda: vision(pixel_values=pixels), "fp32"),
+                  bench.text_case("HF BertModel", lambda: text(input_ids=ids, attention_mask=mask), "fp32")]
+    out.versions["transformers"] = transformers.__version__
+    return out
+
+
+def gemm_group(bench: Bench) -> Section:
+    """fp32 and bf16 GEMM ceilings: each tower's MLP GEMM at the benchmark batch and a square GEMM."""
+    out = Section()
+    v, t = bench.cfg.vision, bench.cfg.text
+    square = 256 if bench.args.smoke else 2048
+    shapes = [(bench.pixels.shape[0] * v.num_positions, v.hidden_size, v.intermediate_size),
+              (bench.ids.numel(), t.hidden_size, t.intermediate_size), (square, square, square)]
+    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    for dtype, label in [(torch.float32, "fp32")] + ([(torch.bfloat16, "bf16")] if bf16 else []):
+        out.cases += [gemm_case(m, k, n, dtype, label) for m, k, n in shapes]
+    return out
+
+
+def profile_towers(bench: Bench, top: int = 6) -> Dict[Tuple[str, str], List[Tuple[str, float]]]:
+    """One profiled call per tower in fp32 and (where supported) bf16 eager: the ``top`` operators by self CPU
+    time, as shares of the call. {(tower, precision): [(operator, share %)]}."""
+    from torch.profiler import ProfilerActivity, profile
+
+    models = [("fp32", bench.fp32)]
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        models.append(("bf16", our_model(bench.cfg, bench.state, torch.bfloat16)))
+    shares = {}
+    for precision, model in models:
+        for tower, call in (("image", lambda m=model: m.encode_image(bench.pixels)),
+                            ("text", lambda m=model: m.encode_text(bench.ids))):
+            with torch.inference_mode():
+                call()  # warm (oneDNN primitives)
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    call()
+            events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+            total = sum(e.self_cpu_time_total for e in events)
+            events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+            shares[(tower, precision)] = [(e.key, 100.0 * e.self_cpu_time_total / total) for e in events[:top]]
+    return shares
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# GPU section (only with CUDA)
+# GPU, front ends, conversion (subprocesses)
 # ---------------------------------------------------------------------------------------------------------------
-def gpu_section(args, report: dict) -> None:
+def gpu_section(args: argparse.Namespace) -> str:
+    """The markdown of ``benchmarks/gpu.py`` run here, or why there is none."""
+    if args.no_gpu:
+        return "not measured: --no-gpu"
     if not torch.cuda.is_available():
-        report["gpu"] = "not measured: no GPU in this session"
-        return
-    cfg = base_config()
-    state = random_state(cfg, seed=0)
-    n_img, n_txt = (64, 256) if args.quick else (256, 1024)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    pixels = (torch.rand(n_img, 3, 224, 224, generator=g) * 4.7 - 2.1).cuda()
-    ids = torch.randint(4, cfg.text.vocab_size, (n_txt, 48), generator=g).cuda()
-    mask = torch.ones_like(ids)
-    cases: List[Case] = []
-
-    def synced(fn):
-        def run():
-            out = fn()
-            torch.cuda.synchronize()
-            return out
-        return run
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    fp32 = our_model(state, device="cuda")
-    variants = [("fp32", fp32, torch.float32)]
-    with torch.inference_mode():
-        ref_img, ref_txt = fp32.encode_image(pixels), fp32.encode_text(ids)
-        for label, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
-            variants.append((label, our_model(state, dtype, "cuda"), dtype))
-        if not args.no_compile:
-            variants.append(("bf16 + compile", our_model(state, torch.bfloat16, "cuda").compile(), torch.bfloat16))
-        for label, model, dtype in variants:
-            img, txt = model.encode_image(pixels), model.encode_text(ids)
-            report["accuracy"].append((f"GPU ours {label} vs GPU fp32",
-                                       f"image min cosine {cosine_min(img, ref_img):.6f}, "
-                                       f"text min cosine {cosine_min(txt, ref_txt):.6f}"))
-            cases += [Case(f"ours {label}", "image", synced(lambda m=model: m.encode_image(pixels)), n_img,
-                           IMAGE_GFLOP, label),
-                      Case(f"ours {label}", "text", synced(lambda m=model: m.encode_text(ids)), n_txt, TEXT_GFLOP,
-                           label)]
-
-        def tf32_case(fn):
-            def run():
-                torch.backends.cuda.matmul.allow_tf32 = True
-                try:
-                    return synced(fn)()
-                finally:
-                    torch.backends.cuda.matmul.allow_tf32 = False
-            return run
-        cases += [Case("ours tf32", "image", tf32_case(lambda: fp32.encode_image(pixels)), n_img, IMAGE_GFLOP,
-                       "tf32"),
-                  Case("ours tf32", "text", tf32_case(lambda: fp32.encode_text(ids)), n_txt, TEXT_GFLOP, "tf32")]
-        try:
-            import timm
-
-            vit = timm.create_model("vit_base_patch16_clip_quickgelu_224", pretrained=False, num_classes=0)
-            vit = vit.eval().cuda().to(torch.bfloat16)
-            pix16 = pixels.to(torch.bfloat16)
-            cases.append(Case("timm vit_base_patch16_clip_quickgelu_224 bf16", "image",
-                              synced(lambda: vit(pix16)), n_img, IMAGE_GFLOP, "bf16"))
-        except Exception as exc:  # noqa: BLE001 - timm missing or broken beside this torch
-            report["notes"].append(f"GPU timm peer not measured: {type(exc).__name__}: {exc}"[:200])
-        if not args.no_hf:
-            try:
-                _, bert = hf_peers(torch.bfloat16, "cuda")
-                cases.append(Case("HF BertModel bf16", "text", synced(lambda: bert(input_ids=ids,
-                                                                                   attention_mask=mask)),
-                                  n_txt, TEXT_GFLOP, "bf16"))
-            except ImportError as exc:
-                report["notes"].append(f"GPU HF peer not measured: {exc}")
-        cases += gemm_cases(torch.bfloat16, "bf16", "cuda")
-        run_rounds(cases, max(3, args.rounds // 2))
-    report["gpu"] = cases
-    report["gpu_name"] = torch.cuda.get_device_name()
+        return NO_GPU
+    with tempfile.TemporaryDirectory(prefix="ernievil2-gpu-") as tmp:
+        record = Path(tmp) / "gpu.md"
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--markdown", str(record)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+        if proc.returncode:
+            return f"failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"
+        return record.read_text(encoding="utf-8").strip()
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Front ends and conversion (subprocesses)
-# ---------------------------------------------------------------------------------------------------------------
-def frontends_section(args, report: dict) -> None:
-    script = ROOT / "benchmarks" / "frontends.py"
-    needed = [ROOT / "ernievil2torch" / "processing" / "tokenizer.py", ROOT / "ernievil2torch" / "processing" / "image.py", script]
-    if args.no_frontends or not all(p.exists() for p in needed):
-        report["frontends"] = "not measured: " + ("--no-frontends" if args.no_frontends else
-                                                  "tokenizer / image processing modules not present")
-        return
-    extra = ["--captions", "20000", "--images", "64"] if args.quick else ["--captions", "100000", "--images", "200"]
-    proc = subprocess.run([sys.executable, str(script), *extra], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ))
+def frontends_section(args: argparse.Namespace) -> Tuple[str, str]:
+    """(command, markdown) of ``benchmarks/frontends.py`` at the same threads."""
+    if args.no_frontends:
+        return "", "not measured: --no-frontends"
+    extra = ["--captions", "100000", "--images", "200"]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontends.py"), *extra], capture_output=True,
+                          text=True, cwd=ROOT, env=dict(os.environ))
     if proc.returncode:
-        report["frontends"] = f"failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"
-    else:
-        report["frontends"] = proc.stdout.strip()
-        report["frontends_cmd"] = " ".join(["python benchmarks/frontends.py", *extra])
+        return "", f"failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"
+    return " ".join(["python benchmarks/frontends.py", *extra]), proc.stdout.strip()
 
 
-def _time_v(cmd: List[str]) -> Tuple[float, float, str]:
-    """(elapsed s, peak RSS MiB, stderr tail) of ``cmd`` under /usr/bin/time -v."""
+def time_v(cmd: List[str]) -> Tuple[float, float]:
+    """(elapsed s, peak RSS MiB) of ``cmd`` under ``/usr/bin/time -v``."""
     proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-600:]}")
@@ -404,197 +424,206 @@ def _time_v(cmd: List[str]) -> Tuple[float, float, str]:
     seconds = 0.0
     for part in wall.split(":"):
         seconds = seconds * 60 + float(part)
-    return seconds, rss, proc.stderr
+    return seconds, rss
 
 
-def conversion_section(args, report: dict) -> None:
-    if args.no_conversion:
-        report["conversion"] = None
-        return
-    if not Path("/usr/bin/time").exists():
-        report["notes"].append("conversion not measured: /usr/bin/time is missing")
-        report["conversion"] = None
-        return
+def conversion_section(args: argparse.Namespace) -> Optional[dict]:
+    """Alternating runs of ``cp``, ``sha256sum`` and ``convert.py`` on a synthetic full-size checkpoint."""
+    if args.no_conversion or not Path("/usr/bin/time").exists():
+        return None
     from ernievil2torch.verify.synthetic import write_synthetic_pdparams
 
     with tempfile.TemporaryDirectory(prefix="ernievil2-bench-") as tmp:
         src = Path(tmp) / "full.pdparams"
         write_synthetic_pdparams(src, base_config(), "official", seed=0)
-        size_mib = src.stat().st_size / 2**20
         rows = []
-        repeats = 1 if args.quick else 2
-        for r in range(repeats):  # alternate cp and convert
+        for r in range(2):
             for name, cmd in (("cp", ["cp", str(src), str(Path(tmp) / f"copy{r}.pdparams")]),
+                              ("sha256sum", ["sha256sum", str(src)]),
                               ("convert.py", [sys.executable, "convert.py", "--src", str(src),
                                               "--dst", str(Path(tmp) / f"out{r}")])):
-                seconds, rss, _ = _time_v(cmd)
-                rows.append((name, seconds, rss))
-        report["conversion"] = {"size_mib": size_mib, "rows": rows}
+                rows.append((name, *time_v(cmd)))
+        return {"size_mib": src.stat().st_size / 2**20, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------------------------
-def machine_info(args) -> Dict[str, str]:
-    model, cores = platform.processor(), str(os.cpu_count())
+def machine_info(threads: int) -> Dict[str, str]:
+    """CPU model, logical CPUs, the ISA flags that matter for fp32/bf16 GEMMs, OS."""
+    info = {"cpu": platform.processor() or "unknown", "cpus": str(os.cpu_count()), "flags": ""}
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        model = fields.get("Model name", model).strip()
-        cores = fields.get("CPU(s)", cores).strip()
-        flags = fields.get("Flags", "")
-        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags.split()]
+        fields = dict(line.split(":", 1) for line in
+                      subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if ":" in line)
+        info["cpu"] = fields.get("Model name", info["cpu"]).strip()
+        info["cpus"] = fields.get("CPU(s)", info["cpus"]).strip()
+        present = set(fields.get("Flags", "").split())
+        info["flags"] = " ".join(f for f in ISA_FLAGS if f in present)
     except OSError:
-        isa = []
-    return {"cpu": model, "cores": cores, "isa": " ".join(isa), "threads": str(args.threads),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "os": platform.platform()}
+        pass
+    info.update(threads=str(threads), os=platform.platform())
+    return info
 
 
-def fmt(x: float, digits: int = 2) -> str:
-    return f"{x:,.{digits}f}"
+def case_of(cases: List[Case], group: str, name: str) -> Optional[Case]:
+    return next((c for c in cases if c.group == group and c.name == name), None)
 
 
-def write_report(args, report: dict, command: str) -> None:
-    cases: List[Case] = report.get("cpu_cases", [])
-    ceil = {}
-    for c in cases:
-        if c.group == "gemm" and not c.name.startswith("GEMM Paddle"):
-            ceil[c.precision] = max(ceil.get(c.precision, 0.0), c.rate * c.gflop)
-    paddle_rate = {c.group: c.rate for c in cases if c.name.startswith("Paddle")}
-    hf32 = {c.group: c.rate for c in cases if c.name.startswith("HF") and c.precision == "fp32"}
-    info = report["machine"]
-    lines = [
-        "# Benchmarks",
-        "",
-        "Generated by `benchmarks/run.py`; every number below comes from one run of:",
-        "",
-        f"    {command}",
-        "",
-        f"- machine: {info['cpu']}, {info['cores']} CPUs ({info['isa']}), {info['os']}",
-        f"- threads: {info['threads']} for every framework (OMP_NUM_THREADS set before any import, "
-        f"torch.set_num_threads)",
-        f"- versions: python {info['python']}, torch {info['torch']}, numpy {info['numpy']}, "
-        f"paddlepaddle {report.get('paddle_version', 'n/a')}, transformers {report.get('transformers_version', 'n/a')}",
-        f"- method: random full-size weights (same values in every framework), image batch 8 x 3 x 224 x 224, text "
-        f"batch 32 x 48 tokens (no padding); {args.rounds} alternating rounds (each case once per round, order "
-        f"rotated), median reported, [min-max] over rounds; warm-up calls excluded.",
-        f"- FLOP per item: image {IMAGE_GFLOP} GFLOP, text {TEXT_GFLOP} GFLOP; 'of ceiling' = achieved GFLOP/s "
-        f"divided by the best torch.matmul GFLOP/s of the same precision measured in the same rounds.",
-        f"- the machine is shared with other jobs: treat single figures as +-10-20 %; ratios within a round "
-        f"are more reliable.",
-        "",
-        "## CPU throughput",
-        "",
-        "| tower | implementation | precision | items/s [min-max] | x Paddle fp32 | x HF fp32 | GFLOP/s | "
-        "of fp32 ceiling | of bf16 ceiling |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+def ratio_cell(case: Case, base: Optional[Case]) -> str:
+    return f"{fmt(paired_ratio(case, base))}x" if base else "n/a"
+
+
+def share_cell(case: Case, cases: List[Case], precision: str) -> str:
+    share = share_of_ceiling(case, cases, precision)
+    return f"{share:.0f} %" if share else "n/a"
+
+
+def throughput_lines(cases: List[Case]) -> List[str]:
+    """The CPU throughput table; 'x' and 'of ceiling' columns are medians of per-round ratios."""
+    lines = ["| tower | implementation | precision | items/s [min-max] | x Paddle reference | x PaddleNLP | "
+             "executed GFLOP/s | of fp32 GEMM ceiling | of bf16 GEMM ceiling |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for group in ("image", "text"):
-        for c in [c for c in cases if c.group == group]:
+        paddle, paddlenlp = case_of(cases, group, "Paddle reference"), case_of(cases, group, "PaddleNLP ErnieViLModel")
+        for c in (c for c in cases if c.group == group):
             lo, hi = c.spread
-            gf = c.rate * c.gflop
-            lines.append(
-                f"| {group} | {c.name} | {c.precision} | {fmt(c.rate)} [{fmt(lo)}-{fmt(hi)}] | "
-                f"{fmt(c.rate / paddle_rate[group]) + 'x' if group in paddle_rate else 'n/a'} | "
-                f"{fmt(c.rate / hf32[group]) + 'x' if group in hf32 else 'n/a'} | {fmt(gf, 1)} | "
-                f"{fmt(100 * gf / ceil['fp32'], 0) + ' %' if 'fp32' in ceil else 'n/a'} | "
-                f"{fmt(100 * gf / ceil['bf16'], 0) + ' %' if 'bf16' in ceil else 'n/a'} |")
-    lines += _targets(cases, paddle_rate, hf32, report.get("conversion"))
-    lines += ["", "### GEMM ceilings (same rounds)", "", "| GEMM | GFLOP/s [min-max] |", "|---|---|"]
-    for c in [c for c in cases if c.group == "gemm"]:
+            lines.append(f"| {group} | {c.name} | {c.precision} | {fmt(c.rate)} [{fmt(lo)}-{fmt(hi)}] | "
+                         f"{ratio_cell(c, paddle)} | {ratio_cell(c, paddlenlp)} | {fmt(c.gflops, 1)} | "
+                         f"{share_cell(c, cases, 'fp32')} | {share_cell(c, cases, 'bf16')} |")
+    return lines
+
+
+def min_cosines(accuracy: List[Tuple[str, str]], label: str) -> Dict[str, float]:
+    """{tower: min cosine} from the accuracy row named ``label``."""
+    row = dict(accuracy).get(label, "")
+    return {tower: float(value) for tower, value in re.findall(r"(image|text) min cosine ([0-9.]+)", row)}
+
+
+def verdict(ok: Optional[bool]) -> str:
+    return "not measured" if ok is None else "met" if ok else "MISSED"
+
+
+def target_rows(cases: List[Case], accuracy: List[Tuple[str, str]], conversion: Optional[dict]) -> List[str]:
+    """Every target of issue 11 evaluated on this run's figures: met, MISSED (never rounded up) or not measured."""
+    rows = ["| target | figure | verdict |", "|---|---|---|"]
+    for group in ("image", "text"):
+        ours = case_of(cases, group, "ours fp32")
+        for peer in ("ONNX Runtime (our export)", "HF " + ("CLIPVisionModel" if group == "image" else "BertModel")):
+            theirs = case_of(cases, group, peer)
+            x = paired_ratio(ours, theirs) if theirs else None
+            rows.append(f"| {group} fp32 faster than {peer} | {'n/a' if x is None else f'{x:.2f}x'} | "
+                        f"{verdict(None if x is None else x > 1)} |")
+    for group in ("image", "text"):
+        goal = TARGETS[f"{group}_fp32_ceiling"]
+        share = share_of_ceiling(case_of(cases, group, "ours fp32"), cases, "fp32")
+        rows.append(f"| {group} fp32 >= {goal:.0f} % of fp32 GEMM ceiling | {share:.1f} % | {verdict(share >= goal)} |")
+    for group in ("image", "text"):
+        bf16 = [c for c in cases if c.group == group and c.name.startswith("ours") and c.precision == "bf16"]
+        goal, cos_goal = TARGETS["bf16_ceiling"], TARGETS["bf16_cosine"]
+        if not bf16 or not any(c.group == "gemm" and c.precision == "bf16" for c in cases):
+            rows.append(f"| {group} bf16 >= {goal:.0f} % of bf16 GEMM ceiling, cosine >= {cos_goal} | n/a | "
+                        "not measured |")
+            continue
+        best = max(bf16, key=lambda c: c.rate)
+        share = share_of_ceiling(best, cases, "bf16")
+        cosine = min_cosines(accuracy, f"{best.name} vs ours fp32")[group]
+        rows.append(f"| {group} bf16 >= {goal:.0f} % of bf16 GEMM ceiling (best: {best.name}) | {share:.1f} % | "
+                    f"{verdict(share >= goal)} |")
+        rows.append(f"| {group} bf16 cosine >= {cos_goal} to fp32 ({best.name}) | {cosine:.6f} | "
+                    f"{verdict(cosine >= cos_goal)} |")
+    if conversion:
+        time_ratio, rss_ratio = conversion_ratios(conversion)
+        rows.append(f"| conversion time <= {TARGETS['conversion_time']:g}x sha256sum | {time_ratio:.2f}x | "
+                    f"{verdict(time_ratio <= TARGETS['conversion_time'])} |")
+        rows.append(f"| conversion peak RSS <= {TARGETS['conversion_rss']:g}x checkpoint | {rss_ratio:.2f}x | "
+                    f"{verdict(rss_ratio <= TARGETS['conversion_rss'])} |")
+    return rows
+
+
+def conversion_ratios(conversion: dict) -> Tuple[float, float]:
+    """(median convert.py time / median sha256sum time, worst convert.py peak RSS / checkpoint size)."""
+    rows = conversion["rows"]
+    seconds = {name: float(np.median([s for n, s, _ in rows if n == name])) for name in ("sha256sum", "convert.py")}
+    rss = max(r for n, _, r in rows if n == "convert.py")
+    return seconds["convert.py"] / seconds["sha256sum"], rss / conversion["size_mib"]
+
+
+def conversion_lines(conversion: Optional[dict]) -> List[str]:
+    if not conversion:
+        return ["not measured."]
+    lines = [f"Synthetic full-size official-layout checkpoint, {fmt(conversion['size_mib'], 0)} MiB; "
+             "`/usr/bin/time -v`, alternating runs:", "",
+             "| command | wall s | peak RSS MiB | RSS / checkpoint size |", "|---|---|---|---|"]
+    lines += [f"| {name} | {fmt(seconds)} | {fmt(rss, 0)} | {fmt(rss / conversion['size_mib'])} |"
+              for name, seconds, rss in conversion["rows"]]
+    return lines
+
+
+def gemm_lines(cases: List[Case]) -> List[str]:
+    lines = ["| GEMM | GFLOP/s [min-max] |", "|---|---|"]
+    for c in (c for c in cases if c.group == "gemm"):
         lo, hi = c.spread
-        lines.append(f"| {c.name} | {fmt(c.rate * c.gflop, 1)} [{fmt(lo * c.gflop, 1)}-{fmt(hi * c.gflop, 1)}] |")
+        lines.append(f"| {c.name} | {fmt(c.gflops, 1)} [{fmt(lo * c.flop / 1e9, 1)}-{fmt(hi * c.flop / 1e9, 1)}] |")
+    return lines
+
+
+def profile_lines(shares: Dict[Tuple[str, str], List[Tuple[str, float]]]) -> List[str]:
+    if not shares:
+        return ["not measured."]
+    lines = ["One profiled call per tower and precision (ours, eager; `torch.profiler`, self CPU time), the largest "
+             "operators (`aten::addmm` is the Linear layers' GEMMs, bias included):", "",
+             "| tower | precision | operator | share of the call |", "|---|---|---|---|"]
+    lines += [f"| {tower} | {precision} | `{name}` | {share:.1f} % |" for (tower, precision), rows in shares.items()
+              for name, share in rows]
+    return lines
+
+
+def header_lines(bench: Bench, machine: Dict[str, str], versions: Dict[str, str], command: str) -> List[str]:
+    args, cfg = bench.args, bench.cfg
+    version_text = ", ".join(f"{k} {v}" for k, v in versions.items())
+    size = "tiny test config (--smoke)" if args.smoke else "random full-size weights"
+    return [
+        "# Benchmarks", "",
+        "Generated by `benchmarks/run.py`; every number below comes from one run of:", "",
+        f"    {command}", "",
+        f"- machine: {machine['cpu']}, {machine['cpus']} logical CPUs, ISA flags: {machine['flags'] or 'none listed'}; "
+        f"{machine['os']}",
+        f"- threads: {machine['threads']} for every framework (torch.set_num_threads, OMP_NUM_THREADS for Paddle "
+        f"and the PaddleNLP worker, ONNX Runtime intra-op threads)",
+        f"- versions: {version_text}",
+        f"- method: {size} (the same values in ours, the Paddle reference, PaddleNLP and the ONNX export; HF peers "
+        f"have their own), image batch {bench.pixels.shape[0]} x {cfg.vision.num_channels} x {cfg.vision.image_size} "
+        f"x {cfg.vision.image_size}, text batch {bench.ids.shape[0]} x {bench.ids.shape[1]} tokens (no padding); "
+        f"{args.rounds} alternating rounds (each case once per round, order rotated), median reported, [min-max] "
+        f"over rounds; ratios between cases (x, of ceiling, faster than) are medians of per-round ratios; warm-up "
+        f"calls excluded.",
+        f"- executed FLOPs (`benchmarks/flops.py`, matrix products, the last block computing one row): "
+        f"{bench.image_flop / 1e9:.2f} GFLOP per image, {bench.text_flop / 1e9:.2f} GFLOP per text; 'of ceiling' = "
+        f"executed GFLOP/s / the best torch.matmul GFLOP/s of that precision in the same round.",
+    ]
+
+
+def render(bench: Bench, section: Section, extras: dict, machine: Dict[str, str], command: str) -> str:
+    """The whole report (unsealed) from what this run measured."""
+    lines = header_lines(bench, machine, section.versions, command)
+    lines += ["", "## CPU throughput", ""] + throughput_lines(section.cases)
+    lines += ["", "### Targets on this run", ""] + target_rows(section.cases, section.accuracy,
+                                                                extras["conversion"])
+    lines += ["", "### GEMM ceilings (same rounds)", ""] + gemm_lines(section.cases)
     lines += ["", "### Accuracy of the measured paths", "", "| comparison | result |", "|---|---|"]
-    lines += [f"| {a} | {b} |" for a, b in report["accuracy"]]
-    lines += ["", "## GPU", ""]
-    gpu = report.get("gpu")
-    if isinstance(gpu, str):
-        lines.append(gpu + ".")
-    else:
-        lines += [f"{report.get('gpu_name')}; batch {gpu[0].items} images / {gpu[1].items} texts.", "",
-                  "| tower | implementation | precision | items/s |", "|---|---|---|---|"]
-        lines += [f"| {c.group} | {c.name} | {c.precision} | "
-                  f"{fmt(c.rate) if c.group != 'gemm' else fmt(c.rate * c.gflop, 0) + ' GFLOP/s'} |" for c in gpu]
-    lines += ["", "## Front ends", ""]
-    fe = report.get("frontends", "not measured")
-    if "frontends_cmd" in report:
-        lines += [f"`{report['frontends_cmd']}`, same threads:", ""]
-    lines.append(fe)
-    lines += ["", "## Conversion", ""]
-    conv = report.get("conversion")
-    if conv:
-        lines += [f"Synthetic full-size official-layout checkpoint, {fmt(conv['size_mib'], 0)} MiB; "
-                  f"`/usr/bin/time -v`, alternating runs:", "",
-                  "| command | wall s | peak RSS MiB | RSS / checkpoint size |", "|---|---|---|---|"]
-        for name, seconds, rss in conv["rows"]:
-            lines.append(f"| {name} | {fmt(seconds)} | {fmt(rss, 0)} | {fmt(rss / conv['size_mib'])} |")
-        cp = [s for n, s, _ in conv["rows"] if n == "cp"]
-        cv = [s for n, s, _ in conv["rows"] if n != "cp"]
-        lines += ["", f"convert.py / cp time: {fmt(np.median(cv) / np.median(cp))}x (target <= 2x); "
-                      f"peak RSS / checkpoint: {fmt(max(r for n, _, r in conv['rows'] if n != 'cp') / conv['size_mib'])}"
-                      f" (target <= 1.3)."]
-    else:
-        lines.append("not measured.")
-    if report["notes"]:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    lines += ["", OPTIMISATION_LOG.rstrip()]
-    Path(args.out).write_text(seal("\n".join(lines) + "\n", "benchmarks/run.py", command), encoding="utf-8")
-    log(f"wrote {args.out}")
-    _chart(args, cases)
+    lines += [f"| {a} | {b} |" for a, b in section.accuracy]
+    lines += ["", "### Where the time goes", ""] + profile_lines(extras["profile"])
+    lines += ["", "## GPU", "", extras["gpu"]]
+    frontends_cmd, frontends = extras["frontends"]
+    lines += ["", "## Front ends", ""] + ([f"`{frontends_cmd}`, same threads:", ""] if frontends_cmd else [])
+    lines += [frontends, "", "## Conversion", ""] + conversion_lines(extras["conversion"])
+    if section.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in section.notes]
+    return "\n".join(lines) + "\n"
 
 
-# Kept optimisations, each measured A/B (5 alternating rounds, median, same process, 2 threads, same machine as
-# the tables) against the committed code before the change; fp32 features changed by <= 7.2e-7.
-OPTIMISATION_LOG = """## Optimisations kept (A/B against the code before them)
-
-| change | image fp32 | text fp32 | image bf16 | text bf16 |
-|---|---|---|---|---|
-| last block computes only the [CLS]/class row (queries from token 0, k/v from all), QuickGELU in place without autograd, trailing batch-wide padding trimmed on CPU | 5.01 -> 5.60 img/s (1.12x) | 22.79 -> 24.32 texts/s (1.07x) | 9.59 -> 10.41 img/s (1.09x) | 44.36 -> 47.06 texts/s (1.06x) |
-
-- QuickGELU alone, [1576, 3072] activations: bf16 6.26 -> 2.26 ms, fp32 6.74 -> 6.16 ms per call (12 calls per batch).
-- Measured and not kept / not needed: SDPA math path or manual matmul-softmax attention (fp32 197 tokens: 3x slower
-  than SDPA's flash kernel); `torch.compile` is offered (`ErnieViL2.compile()`, `from_pretrained(compile=True)`) but
-  buys only 0-4 % here once the eager path is tuned; the patch convolution is 0.6 % of the bf16 image time.
-- Why the Paddle baseline is slow: its fp32 GEMM reaches ~75 GFLOP/s on this AMD CPU against torch/oneDNN's ~187
-  (see GEMM ceilings), so a straight SDPA port is already ~3x Paddle here; both towers run at ~100 % of the fp32
-  GEMM ceiling, so fp32 has no headroom left.
-- bf16 targets: 6x Paddle images = 10.5 img/s = 369 GFLOP/s (90 % of the bf16 GEMM ceiling, no AMX on this CPU);
-  9x Paddle texts = 68 texts/s = 561 GFLOP/s, above the bf16 GEMM ceiling itself: not reachable on this machine
-  without skipping work.
-"""
-
-
-def _targets(cases: List[Case], paddle_rate: Dict[str, float], hf32: Dict[str, float], conv) -> List[str]:
-    """Issue 6 acceptance targets, evaluated on this run's figures (met / MISSED, never rounded up)."""
-    if not paddle_rate:
-        return []
-    out = ["", "### Targets (issue 6) on this run", "", "| target | figure | verdict |", "|---|---|---|"]
-
-    def row(text: str, value: float, goal: float, unit: str = "x") -> None:
-        out.append(f"| {text} | {value:.2f}{unit} | {'met' if value >= goal else 'MISSED'} |")
-
-    for group, fp32_goal, bf16_goal in (("image", 2.0, 6.0), ("text", 2.0, 9.0)):
-        ours = {c.name: c.rate for c in cases if c.group == group and c.name.startswith("ours")}
-        if "ours fp32" in ours and group in paddle_rate:
-            row(f"{group} fp32 >= {fp32_goal:g}x Paddle reference", ours["ours fp32"] / paddle_rate[group], fp32_goal)
-        if "ours fp32" in ours and group in hf32:
-            row(f"{group} fp32 faster than HF fp32 peer", ours["ours fp32"] / hf32[group], 1.0 + 1e-9)
-        bf16 = {n: r for n, r in ours.items() if "bf16" in n}
-        if bf16:
-            name = max(bf16, key=bf16.get)
-            row(f"{group} bf16 >= {bf16_goal:g}x Paddle fp32 (best: {name})", bf16[name] / paddle_rate[group],
-                bf16_goal)
-    if conv:
-        cp = float(np.median([s for n, s, _ in conv["rows"] if n == "cp"]))
-        cv = float(np.median([s for n, s, _ in conv["rows"] if n != "cp"]))
-        rss = max(r for n, _, r in conv["rows"] if n != "cp") / conv["size_mib"]
-        out.append(f"| conversion time <= 2x cp | {cv / cp:.2f}x | {'met' if cv / cp <= 2 else 'MISSED'} |")
-        out.append(f"| conversion peak RSS <= 1.3x checkpoint | {rss:.2f}x | {'met' if rss <= 1.3 else 'MISSED'} |")
-    return out
-
-
-def _chart(args, cases: List[Case]) -> None:
+def chart(path: str, cases: List[Case], threads: int) -> None:
+    """Horizontal bars of items/s per tower (ours blue, Paddle/PaddleNLP red, peers grey)."""
     try:
         import matplotlib
 
@@ -604,34 +633,75 @@ def _chart(args, cases: List[Case]) -> None:
         log("matplotlib missing: no chart")
         return
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for ax, group, unit in ((axes[0], "image", "images/s (batch 8)"), (axes[1], "text", "texts/s (32 x 48)")):
-        sel = [c for c in cases if c.group == group]
-        names = [c.name for c in sel]
-        rates = [c.rate for c in sel]
-        colors = ["#d62728" if n.startswith("Paddle") else "#1f77b4" if n.startswith("ours") else "#7f7f7f"
-                  for n in names]
-        ax.barh(names[::-1], rates[::-1], color=colors[::-1])
-        for y, r in enumerate(rates[::-1]):
-            ax.text(r, y, f" {r:.1f}", va="center", fontsize=8)
-        ax.set_xlabel(unit)
-        ax.set_title(f"{group} tower, CPU, {args.threads} threads")
+    for ax, group in zip(axes, ("image", "text")):
+        sel = [c for c in cases if c.group == group][::-1]
+        colors = ["#1f77b4" if c.name.startswith("ours") else "#d62728" if "Paddle" in c.name else "#7f7f7f"
+                  for c in sel]
+        ax.barh([f"{c.name} {c.precision}" for c in sel], [c.rate for c in sel], color=colors)
+        for y, c in enumerate(sel):
+            ax.text(c.rate, y, f" {c.rate:.1f}", va="center", fontsize=8)
+        ax.set_xlabel(f"{group}s/s")
+        ax.set_title(f"{group} tower, CPU, {threads} threads")
     fig.tight_layout()
-    fig.savefig(args.png, dpi=110)
-    log(f"wrote {args.png}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def main() -> None:
-    args = ARGS
-    if args.rounds is None:
-        args.rounds = 3 if args.quick else 7
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
-    report = {"notes": [], "accuracy": [], "machine": machine_info(args)}
-    log(f"threads={args.threads}, rounds={args.rounds}, quick={args.quick}")
-    cpu_section(args, report)
-    gpu_section(args, report)
-    frontends_section(args, report)
-    conversion_section(args, report)
-    write_report(args, report, command)
+def measure(bench: Bench, workdir: Path) -> Section:
+    """Every case group, then the alternating rounds; returns everything merged."""
+    args = bench.args
+    groups: List[Callable[[], Section]] = [lambda: ours_group(bench)]
+    if not args.no_paddle:
+        groups.append(lambda: paddle_reference_group(bench))
+    if not args.no_paddlenlp:
+        groups.append(lambda: paddlenlp_group(bench, workdir))
+    if not args.no_onnx:
+        groups.append(lambda: onnxruntime_group(bench, workdir))
+    if not args.no_hf:
+        groups.append(lambda: hf_group(bench))
+    groups.append(lambda: gemm_group(bench))
+    merged = Section(versions={"python": platform.python_version(), "torch": torch.__version__,
+                               "numpy": np.__version__})
+    with torch.inference_mode():
+        for make in groups:
+            part = make()
+            for name in ("cases", "accuracy", "notes", "cleanup"):
+                getattr(merged, name).extend(getattr(part, name))
+            merged.versions.update(part.versions)
+        try:
+            run_rounds(merged.cases, args.rounds)
+        finally:
+            for close in merged.cleanup:
+                close()
+    return merged
+
+
+def pin_threads(threads: int, argv: Optional[Sequence[str]]) -> None:
+    """Every framework on ``threads`` threads. OpenMP runtimes read OMP_NUM_THREADS when they load, and torch's has
+    loaded with this module: run as a script with another value, the process restarts itself with it set."""
+    wanted = str(threads)
+    if argv is None and os.environ.get("OMP_NUM_THREADS") != wanted:
+        env = dict(os.environ, OMP_NUM_THREADS=wanted, MKL_NUM_THREADS=wanted)
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = wanted
+    torch.set_num_threads(threads)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    pin_threads(args.threads, argv)
+    shown = [os.path.relpath(Path(sys.argv[0]).resolve(), ROOT)] if argv is None else ["benchmarks/run.py"]
+    command = "python " + " ".join(shlex.quote(a) for a in shown + list(sys.argv[1:] if argv is None else argv))
+    log(f"threads={args.threads}, rounds={args.rounds}, smoke={args.smoke}")
+    bench = make_bench(args)
+    with tempfile.TemporaryDirectory(prefix="ernievil2-run-") as tmp:
+        section = measure(bench, Path(tmp))
+    extras = {"profile": {} if args.no_profile else profile_towers(bench), "gpu": gpu_section(args),
+              "frontends": frontends_section(args), "conversion": conversion_section(args)}
+    text = render(bench, section, extras, machine_info(args.threads), command)
+    Path(args.out).write_text(seal(text, "benchmarks/run.py", command), encoding="utf-8")
+    log(f"wrote {args.out}")
+    chart(args.png, section.cases, args.threads)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,27 @@ def test_half_precision_cosine(dtype):
     assert _min_cosine(text, reference.encode_text(ids)) >= MIN_HALF_COSINE
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_quick_gelu_mlp_is_the_plain_mlp(dtype, monkeypatch):
+    """The half-precision QuickGELU MLP (scalings folded into the GEMMs) computes the plain MLP's function in
+    inference, and is not taken where autograd is on or in fp32."""
+    from ernievil2torch.modeling.layers import MLP, quick_gelu
+
+    torch.manual_seed(0)
+    mlp = MLP(128, 256, quick_gelu).eval()
+    x = torch.randn(3, 17, 128)
+    with torch.no_grad():
+        exact = mlp.double()(x.double())
+        half = mlp.to(dtype)
+        fast, plain = half(x.to(dtype)).double(), half.fc2(quick_gelu(half.fc1(x.to(dtype)))).double()
+    scale = float(exact.abs().max())
+    assert float((fast - exact).abs().max()) <= 2 * float((plain - exact).abs().max()) + 1e-3 * scale
+    monkeypatch.setattr(MLP, "_half_quick_gelu", lambda self, x: pytest.fail("fast path taken"))
+    half(x.to(dtype).requires_grad_())  # autograd on: the plain path
+    with torch.no_grad():
+        mlp.float()(x)  # fp32: the plain path
+
+
 @torch.inference_mode()
 def test_from_pretrained_half_dtype(tmp_path):
     model = _model()

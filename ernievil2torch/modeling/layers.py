@@ -22,6 +22,9 @@ def attention_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return ((1.0 - keep.to(dtype)) * MASK_BIAS)[:, None, None, :]
 
 
+QUICK_GELU_SLOPE = 1.702
+
+
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     """CLIP's QuickGELU, ``x * sigmoid(1.702 x)``, used by the released ViT (not the exact GELU).
 
@@ -29,8 +32,8 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     extra pass over memory): 2.8x faster in bf16 on CPU, where the out-of-place form is memory bound.
     """
     if torch.is_grad_enabled() and x.requires_grad:
-        return x * torch.sigmoid(1.702 * x)
-    out = x.mul(1.702)
+        return x * torch.sigmoid(QUICK_GELU_SLOPE * x)
+    out = x.mul(QUICK_GELU_SLOPE)
     out.sigmoid_()
     return out.mul_(x)
 
@@ -89,7 +92,26 @@ class MLP(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation is quick_gelu and x.dtype != torch.float32 and not self._autograd(x):
+            return self._half_quick_gelu(x)
         return self.fc2(self.activation(self.fc1(x)))
+
+    def _autograd(self, x: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad)
+
+    def _half_quick_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """The QuickGELU MLP with its two scalings done by the GEMMs: ``h * sigmoid(s h) = silu(s h) / s``, so
+        ``fc1`` computes ``s h`` (``addmm`` alpha = beta = s), ``silu`` runs in place, and ``fc2`` divides by ``s``
+        (alpha = 1/s). Two passes over the [tokens, intermediate] activations fewer than :func:`quick_gelu`, and one
+        rounding fewer. Inference in half precision only, where those passes cost about as much as the GEMMs
+        (bf16 on AMX); fp32 keeps the reference's order of operations, training the plain autograd path.
+        """
+        s = QUICK_GELU_SLOPE
+        rows = x.reshape(-1, x.shape[-1])
+        hidden = torch.addmm(self.fc1.bias, rows, self.fc1.weight.t(), beta=s, alpha=s)
+        F.silu(hidden, inplace=True)
+        out = torch.addmm(self.fc2.bias, hidden, self.fc2.weight.t(), alpha=1.0 / s)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def run_block(block: nn.Module, checkpointed: bool, *args: Any) -> torch.Tensor:
