@@ -79,7 +79,7 @@ def run_embed(model_dir: Path, texts_file: Path, out: Path, threads: int, batch_
            "--model_dir", str(model_dir), "--out", str(out), "--kind", "text", "--batch_size", str(batch_size),
            "--progress", "False", "--overwrite"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)  # "-c" puts the cwd first
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"embed failed:\n{proc.stderr[-3000:]}")
