@@ -1,4 +1,6 @@
 """Key maps: layout detection, exact key/parameter counts, strictness (missing, extra, wrong shape), round trips."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,18 @@ def test_a_twenty_four_layer_text_tower_converts_as_a_custom_size():
     config = replace(base, text=replace(base.text, num_layers=4))
     plan = plan_conversion(layout_shapes(OFFICIAL, config))
     assert plan.config.text.num_layers == 4 and plan.config.model_type == "ernie_vil_2.0_custom"
+
+
+@pytest.mark.parametrize("config", [base_config(), tiny_config(),
+                                    dataclasses.replace(tiny_config(), has_temperature=False)],
+                         ids=["base", "tiny", "no-temperature"])
+def test_target_shapes_are_the_models_state_dict(config):
+    """The converter learns target shapes from the config's arithmetic: they must be the model's, in its order."""
+    import torch
+
+    from ernievil2torch.modeling import ErnieViL2
+
+    with torch.device("meta"):
+        model = ErnieViL2(config)
+    expected = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
+    assert list(target_shapes(config).items()) == expected

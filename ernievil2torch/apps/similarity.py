@@ -14,6 +14,7 @@ import torch
 
 from ..constants import DEFAULT_MAX_LENGTH
 from ..pretrained import load_pretrained
+from ..processing.length_groups import LengthGroupedTexts
 from ..storage.model_dir import read_metadata
 from ..verify.demo import DEMO_CAPTIONS, demo_images
 from ..verify.synthetic import SYNTHETIC_NOTICE, is_synthetic_source
@@ -56,10 +57,11 @@ class SimilarityResult:
 
 def image_text_similarity(model_dir: str, images: Optional[Sequence[str]] = None,
                           texts: Optional[Sequence[str]] = None, vocab: Optional[str] = None,
-                          max_length: int = DEFAULT_MAX_LENGTH) -> SimilarityResult:
+                          max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 64) -> SimilarityResult:
     """Cosine similarity of every text with every image under the model in ``model_dir``.
 
-    ``images`` are paths (default: the three drawn demo images), ``texts`` captions (default: the demo captions).
+    ``images`` are paths (default: the three drawn demo images), ``texts`` captions (default: the demo captions),
+    encoded ``batch_size`` at a time in batches grouped by token length (rows stay in the order given).
     Raises :class:`~ernievil2torch.errors.InputError` for an unreadable image or a missing vocab and
     :class:`~ernievil2torch.errors.CheckpointError` for a damaged model directory.
     """
@@ -72,11 +74,11 @@ def image_text_similarity(model_dir: str, images: Optional[Sequence[str]] = None
         arrays = [np.asarray(image) for image in demo_images()]
         names = list(DEMO_IMAGE_NAMES)
     text_list = list(texts) if texts else list(DEMO_CAPTIONS)
-    batch = tokenizer(text_list, max_length=max_length, padding="longest")
+    groups = LengthGroupedTexts(tokenizer, text_list, batch_size, max_length)
     model = loaded.model
     with torch.inference_mode():
         image_features = model.encode_image(processor(arrays), normalize=True)
-        text_features = model.encode_text(batch["input_ids"], batch["attention_mask"], normalize=True)
+        text_features = groups.encode(lambda ids, mask: model.encode_text(ids, mask, normalize=True))
     scale = model.logit_scale
     return SimilarityResult(
         model_dir=str(model_dir), similarity=text_features @ image_features.T, texts=text_list, image_names=names,

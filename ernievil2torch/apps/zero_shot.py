@@ -12,6 +12,7 @@ from ..constants import DEFAULT_MAX_LENGTH
 from ..errors import InputError
 from ..pretrained import load_pretrained
 from ..processing import ErnieViL2Tokenizer
+from ..processing.length_groups import LengthGroupedTexts
 
 __all__ = ["DEFAULT_TEMPLATES", "DEFAULT_LOGIT_SCALE", "build_classifier", "classify", "classify_images"]
 
@@ -24,7 +25,8 @@ def build_classifier(model, tokenizer: ErnieViL2Tokenizer, labels: Sequence[str]
                      templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = 256,
                      max_length: int = DEFAULT_MAX_LENGTH) -> torch.Tensor:
     """Class weights [num_labels, dim]: every ``template.format(label)`` is encoded and L2-normalised, the
-    prompts of a label are averaged, and the mean is normalised again."""
+    prompts of a label are averaged, and the mean is normalised again. Prompts are encoded ``batch_size`` at a time,
+    grouped by token length (:class:`LengthGroupedTexts`)."""
     if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels) == 0:
         raise InputError("labels must be a non-empty list of str")
     if isinstance(templates, str) or not isinstance(templates, Sequence) or len(templates) == 0:
@@ -36,12 +38,10 @@ def build_classifier(model, tokenizer: ErnieViL2Tokenizer, labels: Sequence[str]
         if not isinstance(label, str):
             raise InputError(f"labels must be str, got {type(label).__name__}")
     prompts = [t.format(label) for label in labels for t in templates]
-    chunks = []
+    groups = LengthGroupedTexts(tokenizer, prompts, batch_size, max_length)
     with torch.inference_mode():
-        for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i:i + batch_size], max_length=max_length, padding="longest")
-            chunks.append(model.encode_text(enc["input_ids"], enc["attention_mask"], normalize=True).float())
-        emb = torch.cat(chunks).view(len(labels), len(templates), -1).mean(dim=1)
+        emb = groups.encode(lambda ids, mask: model.encode_text(ids, mask, normalize=True).float())
+        emb = emb.view(len(labels), len(templates), -1).mean(dim=1)
         return F.normalize(emb, dim=-1)
 
 

@@ -268,15 +268,51 @@ class ConversionPlan:
     dropped: List[str]
 
 
+def _linear(prefix: str, out_features: int, in_features: int) -> Dict[str, Shape]:
+    return {f"{prefix}.weight": (out_features, in_features), f"{prefix}.bias": (out_features,)}
+
+
+def _norm(prefix: str, size: int) -> Dict[str, Shape]:
+    return {f"{prefix}.weight": (size,), f"{prefix}.bias": (size,)}
+
+
+def _vision_shapes(cfg: VisionConfig) -> Dict[str, Shape]:
+    d = cfg.hidden_size
+    shapes: Dict[str, Shape] = {"vision.class_embedding": (d,), "vision.positional_embedding": (cfg.num_positions, d),
+                                "vision.patch_embed.weight": (d, cfg.num_channels, cfg.patch_size, cfg.patch_size)}
+    shapes.update(_norm("vision.norm_pre", d))
+    for i in range(cfg.num_layers):
+        block = f"vision.layers.{i}"
+        shapes.update({**_norm(f"{block}.norm1", d), **_linear(f"{block}.attn.qkv", 3 * d, d),
+                       **_linear(f"{block}.attn.out_proj", d, d), **_norm(f"{block}.norm2", d),
+                       **_linear(f"{block}.mlp.fc1", cfg.intermediate_size, d),
+                       **_linear(f"{block}.mlp.fc2", d, cfg.intermediate_size)})
+    shapes.update(_norm("vision.norm_post", d))
+    return shapes
+
+
+def _text_shapes(cfg: TextConfig) -> Dict[str, Shape]:
+    d = cfg.hidden_size
+    shapes: Dict[str, Shape] = {"text.embeddings.word_embeddings.weight": (cfg.vocab_size, d),
+                                "text.embeddings.position_embeddings.weight": (cfg.max_position_embeddings, d)}
+    shapes.update(_norm("text.embeddings.norm", d))
+    for i in range(cfg.num_layers):
+        block = f"text.layers.{i}"
+        shapes.update({**_linear(f"{block}.attn.qkv", 3 * d, d), **_linear(f"{block}.attn.out_proj", d, d),
+                       **_norm(f"{block}.norm1", d), **_linear(f"{block}.mlp.fc1", cfg.intermediate_size, d),
+                       **_linear(f"{block}.mlp.fc2", d, cfg.intermediate_size), **_norm(f"{block}.norm2", d)})
+    shapes.update(_linear("text.pooler", d, d))
+    return shapes
+
+
 def target_shapes(config: ErnieViL2Config) -> Dict[str, Shape]:
-    """Shapes of every tensor of our model for ``config`` (built on the meta device: no memory, no init)."""
-    import torch
-
-    from ..modeling import ErnieViL2
-
-    with torch.device("meta"):
-        model = ErnieViL2(config)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    """Shapes of every tensor of our model for ``config``, in ``state_dict()`` order, from the config's arithmetic
+    (no model is built and torch is not imported; ``tests/test_key_maps.py`` holds it equal to the model's own
+    ``state_dict()`` shapes and order)."""
+    shapes: Dict[str, Shape] = {"temperature": (1,)} if config.has_temperature else {}
+    shapes.update(_vision_shapes(config.vision))
+    shapes.update(_text_shapes(config.text))
+    return shapes
 
 
 def plan_conversion(shapes: Dict[str, Shape], layout: Optional[Layout] = None,

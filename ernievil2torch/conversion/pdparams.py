@@ -13,8 +13,10 @@ import io
 import math
 import os
 import pickle
+import queue
 import stat
 import struct
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -536,11 +538,51 @@ class _BoundedReader:
         return count
 
 
+class _BackgroundHasher:
+    """Feeds a hash on a second thread, in submission order (hashlib releases the GIL on large updates, so the
+    hash of a chunk overlaps the reading of the next one).
+
+    Submitted data must not change until :meth:`finish` returns: here it is either ``bytes`` or a view of a
+    fresh buffer the unpickler has just read into and never writes again. :meth:`finish` waits for the queue to
+    drain and re-raises a failure of the hash thread.
+    """
+
+    _STOP = object()
+
+    def __init__(self, hasher: Any) -> None:
+        self._hasher, self._queue = hasher, queue.SimpleQueue()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="pdparams-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is self._STOP:
+                return
+            if self._error is None:
+                try:
+                    self._hasher.update(data)
+                except BaseException as exc:  # reported by finish(), in the reading thread
+                    self._error = exc
+
+    def update(self, data: Any) -> None:
+        if data:
+            self._queue.put(data)
+
+    def finish(self) -> None:
+        self._queue.put(self._STOP)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class _HashingReader:
-    """File wrapper that feeds everything the unpickler reads into a hash (one pass over the file, not two)."""
+    """File wrapper that feeds everything the unpickler reads into a hash (one pass over the file, not two); the
+    hashing runs on a :class:`_BackgroundHasher` thread, and :meth:`close` must be called (it joins it)."""
 
     def __init__(self, raw: Any, hasher: Any) -> None:
-        self._raw, self._hasher = raw, hasher
+        self._raw, self._hasher = raw, _BackgroundHasher(hasher)
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size)
@@ -564,6 +606,10 @@ class _HashingReader:
         """Hash whatever follows the pickle's STOP opcode, so the digest covers the whole file."""
         while self.read(1 << 20):
             pass
+
+    def close(self) -> None:
+        """Wait until every byte read so far is hashed (the caller's hasher is then final)."""
+        self._hasher.finish()
 
 
 def load_pdparams(source: Union[str, os.PathLike, bytes, io.BufferedIOBase],
@@ -611,9 +657,13 @@ def _load_stream(stream: Any, label: str, hasher: Any = None,
     if available_bytes is not None:
         source = _BoundedReader(source, available_bytes)
     try:
-        obj = RestrictedUnpickler(source, available_bytes).load()
-        if hashing is not None:
-            hashing.drain()
+        try:
+            obj = RestrictedUnpickler(source, available_bytes).load()
+            if hashing is not None:
+                hashing.drain()
+        finally:
+            if hashing is not None:
+                hashing.close()
     except CheckpointError as exc:
         raise type(exc)(f"{label}: {exc}") from None
     except MemoryError:

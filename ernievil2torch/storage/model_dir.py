@@ -12,60 +12,93 @@ import os
 import shutil
 import struct
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-import torch
+import numpy as np
 
 from ..config import ErnieViL2Config
 from ..constants import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME
 from ..errors import CheckpointError
 from .atomic import atomic_directory
 
-_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-              torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
+if TYPE_CHECKING:  # torch is imported where tensors are read or written, so the converter runs without it
+    import torch
 
-TensorSpec = Tuple[str, torch.dtype, Tuple[int, ...]]
+#: safetensors dtype name -> bytes per element. BF16 data is handed over as its uint16 bits.
+ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
+
+#: One tensor of a safetensors file planned up front: name, safetensors dtype name (``"F32"``...), shape.
+TensorSpec = Tuple[str, str, Tuple[int, ...]]
 
 
-def write_safetensors_streaming(path: Union[str, Path], specs: List[TensorSpec],
-                                produce: Callable[[str], torch.Tensor],
-                                metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Write a safetensors file from shapes known up front, asking ``produce(name)`` for one tensor at a time."""
+def _tensor_header(specs: List[TensorSpec], metadata: Optional[Mapping[str, str]]) -> bytes:
+    """The length-prefixed JSON header, padded with spaces so tensor data starts 8-byte aligned."""
     header: Dict[str, object] = {"__metadata__": dict(metadata or {})}
     offset = 0
     for name, dtype, shape in specs:
-        size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        size = int(np.prod(shape, dtype=np.int64)) * ST_ITEMSIZE[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def _little_endian_bytes(array: np.ndarray, name: str, dtype: str, shape: Tuple[int, ...]) -> memoryview:
+    """The array's data as safetensors stores it (C order, little-endian), without a copy when it already is."""
+    if tuple(array.shape) != tuple(shape) or array.dtype.itemsize != ST_ITEMSIZE[dtype]:
+        raise RuntimeError(f"{name}: produced {array.dtype} {tuple(array.shape)}, planned {dtype} {tuple(shape)}")
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def write_safetensors_streaming(path: Union[str, Path], specs: List[TensorSpec],
+                                produce: Callable[[str], np.ndarray],
+                                metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Write a safetensors file from shapes known up front, asking ``produce(name)`` for one numpy array at a time
+    (BF16 as uint16 bits), then fsync it. Only one produced array is alive at a time; nothing is copied beyond
+    what C order and little-endian storage need. ``RuntimeError`` when a produced array does not fit its spec."""
     with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(blob)))
-        handle.write(blob)
+        handle.write(_tensor_header(specs, metadata))
         for name, dtype, shape in specs:
-            tensor = produce(name)
-            if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-                raise RuntimeError(f"{name}: produced {tensor.dtype} {tuple(tensor.shape)}, "
-                                   f"planned {dtype} {tuple(shape)}")
-            handle.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            handle.write(_little_endian_bytes(produce(name), name, dtype, shape))
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def fill_model_dir(directory: Union[str, Path], config: ErnieViL2Config, state: Mapping[str, torch.Tensor],
+def _torch_dtype_names() -> Dict["torch.dtype", str]:
+    import torch
+
+    return {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+            torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def _tensor_as_numpy(tensor: "torch.Tensor") -> np.ndarray:
+    """A CPU tensor's data as numpy (bfloat16 as its uint16 bits), shape kept."""
+    import torch
+
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.numpy()
+
+
+def fill_model_dir(directory: Union[str, Path], config: ErnieViL2Config, state: Mapping[str, "torch.Tensor"],
                    vocab_file: Optional[Union[str, Path]] = None,
                    metadata: Optional[Mapping[str, str]] = None) -> None:
     """Write the files of a converted directory into ``directory`` (an unpublished one, e.g. the hidden directory
     of :func:`~ernievil2torch.storage.atomic.atomic_directory`, where more files may join them)."""
     directory = Path(directory)
-    specs = [(name, t.dtype, tuple(t.shape)) for name, t in state.items()]
+    names = _torch_dtype_names()
+    specs = [(name, names[t.dtype], tuple(t.shape)) for name, t in state.items()]
     config.save(directory / CONFIG_NAME)
-    write_safetensors_streaming(directory / WEIGHTS_NAME, specs, lambda name: state[name].detach().cpu(), metadata)
+    write_safetensors_streaming(directory / WEIGHTS_NAME, specs, lambda name: _tensor_as_numpy(state[name]),
+                                metadata)
     if vocab_file is not None:
         shutil.copyfile(vocab_file, directory / VOCAB_NAME)
 
 
-def write_model_dir(dst: Union[str, Path], config: ErnieViL2Config, state: Mapping[str, torch.Tensor],
+def write_model_dir(dst: Union[str, Path], config: ErnieViL2Config, state: Mapping[str, "torch.Tensor"],
                     overwrite: bool = False, vocab_file: Optional[Union[str, Path]] = None,
                     metadata: Optional[Mapping[str, str]] = None) -> Path:
     """Save an in-memory state dict as a converted directory (atomically); returns ``dst``."""
@@ -99,8 +132,8 @@ def _validate_config(config: ErnieViL2Config) -> None:
         raise ValueError("image_size is not a multiple of patch_size")
 
 
-def read_model_dir(path: Union[str, Path], device: Union[str, torch.device, None] = None
-                   ) -> Tuple[ErnieViL2Config, Dict[str, torch.Tensor]]:
+def read_model_dir(path: Union[str, Path], device: Union[str, "torch.device", None] = None
+                   ) -> Tuple[ErnieViL2Config, Dict[str, "torch.Tensor"]]:
     """Read ``config.json`` and the safetensors weights (no pickle involved)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -20,7 +20,7 @@ from ...constants import DEFAULT_MAX_LENGTH
 from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
-from .encoding import feature_dim, make_loader, progress_bar, run_batch
+from .encoding import feature_dim, group_batches, progress_bar, run_batch
 from .inputs import Item, list_images, list_texts
 from .shards import SHARD_DIR, ShardPlan, claim_output, join_shards, plan_shards, run_fingerprint, write_shard
 
@@ -34,15 +34,15 @@ def dist_info() -> Tuple[int, int, int]:
 def encode_shards(model, items: Sequence[Item], kind: str, plan: ShardPlan, shard_dir: Path, batch_size: int,
                   num_workers: int, tokenizer, max_length: int, normalize: bool, save_dtype, bar) -> None:
     """Encode this rank's unfinished shards and write each one as soon as its last batch is done."""
-    batches, owner = plan.batches(batch_size)
-    if not batches:
+    if not plan.todo:
         return
     dim = feature_dim(model, kind)
     remaining = {s: plan.bounds[s][1] - plan.bounds[s][0] for s in plan.todo}
     buffers: Dict[int, Dict[str, list]] = {s: {"idx": [], "feats": [], "failed": []} for s in plan.todo}
-    loader = make_loader(items, kind, batches, num_workers, model, tokenizer, max_length)
-    for b, (idx, inputs, bad) in enumerate(loader):
-        s = owner[b]
+    groups = [range(*plan.bounds[s]) for s in plan.todo]
+    for group, (idx, inputs, bad) in group_batches(items, kind, groups, batch_size, num_workers, model, tokenizer,
+                                                   max_length):
+        s = plan.todo[group]
         buf = buffers[s]
         buf["failed"].extend(bad)
         if idx:
@@ -74,7 +74,8 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
         out: output directory (created; an unfinished one of the same run is resumed).
         kind: 'image' or 'text'.
         batch_size: items per forward pass.
-        num_workers: DataLoader worker processes for decoding / tokenising (0 = in the main process).
+        num_workers: DataLoader worker processes decoding images (0 = in the main process). Texts are
+            tokenised in the main process, a shard at a time, and batched by token length.
         dtype: compute dtype: float32, float16 or bfloat16 (embeddings are saved as float16 for float16,
             else float32).
         shard_size: items per shard (the unit of resumption and of work split between ranks).

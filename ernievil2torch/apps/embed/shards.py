@@ -65,16 +65,6 @@ class ShardPlan:
     def num_shards(self) -> int:
         return len(self.bounds)
 
-    def batches(self, batch_size: int) -> Tuple[List[List[int]], List[int]]:
-        """Index batches over the shards to do (no batch crosses a shard), and the shard of each batch."""
-        batches, owner = [], []
-        for s in self.todo:
-            start, stop = self.bounds[s]
-            for b in range(start, stop, batch_size):
-                batches.append(list(range(b, min(b + batch_size, stop))))
-                owner.append(s)
-        return batches, owner
-
 
 def plan_shards(items: Sequence[Item], shard_size: int, shard_dir: Path, rank: int = 0, world: int = 1) -> ShardPlan:
     """Split ``items`` into shards, give rank ``rank`` every ``world``-th, and skip those already finished."""

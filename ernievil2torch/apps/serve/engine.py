@@ -15,6 +15,7 @@ import torch
 from ...constants import DEFAULT_MAX_LENGTH
 from ...errors import InputError
 from ...pretrained import Pretrained
+from ...processing.length_groups import LengthGroupedTexts
 from ...storage.model_dir import read_metadata
 from ...verify.synthetic import is_synthetic_source
 from .gallery import Gallery, Hit
@@ -69,10 +70,10 @@ class SearchEngine:
 
     @torch.inference_mode()
     def text_batch(self, queries: Sequence[Query]) -> List[Answer]:
-        """Encode a batch of texts in one model call (official 48-token layout) and search those with ``k``."""
-        encoded = [self.tokenizer.encode(q.payload) for q in queries]
-        batch = self.tokenizer.pad(encoded, max_length=self.max_length, padding="max_length")
-        features = self.model.encode_text(batch["input_ids"], batch["attention_mask"], normalize=True)
+        """Encode a batch of texts in one model call (official layout, padded only to the batch's longest text:
+        :class:`LengthGroupedTexts` with one group) and search those with ``k``."""
+        groups = LengthGroupedTexts(self.tokenizer, [q.payload for q in queries], len(queries), self.max_length)
+        features = groups.encode(lambda ids, mask: self.model.encode_text(ids, mask, normalize=True))
         return self._answer(queries, features)
 
     @torch.inference_mode()
