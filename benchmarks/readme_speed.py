@@ -50,7 +50,18 @@ def render() -> str:
         "below.", "",
         "Targets reported MISSED in that run:", "",
         d.missed_targets()[0], "",
-        f"GPU (`benchmarks/gpu.py`): {d.gpu_status()[0]}.", "", ""])
+        f"GPU (`benchmarks/gpu.py`): {d.gpu_status()[0]}.", "",
+        "No padding paid: every command that encodes many texts (`embed --kind text`, `eval`, `similarity`, "
+        "`classify`,",
+        "the service) tokenises each text once, sorts the texts by token length (`processing/length_groups.py`) and "
+        "encodes",
+        "batches padded only to their own longest text, then returns the rows in input order: the same rows as "
+        "encoding",
+        "each text alone (`tests/test_length_grouping.py`). `python convert.py` needs only numpy: it never imports "
+        "torch,",
+        "takes the target shapes from the config and hashes the checkpoint on a second thread while reading it. "
+        "Both are",
+        "timed in BENCHMARKS.md (the embed command and conversion sections).", "", ""])
 
 
 def main() -> None:

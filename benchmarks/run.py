@@ -60,7 +60,7 @@ from ernievil2torch.verify.synthetic import layout_state, random_state  # noqa: 
 NO_GPU = "not measured: no GPU lent to this task"
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 TARGETS = {"image_fp32_ceiling": 85.0, "text_fp32_ceiling": 90.0, "bf16_ceiling": 70.0, "bf16_cosine": 0.999,
-           "conversion_time": 2.0, "conversion_rss": 1.3}
+           "conversion_time": 2.0, "conversion_rss": 1.3, "embed_text_lengths": 2.0, "embed_image_share": 85.0}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -76,7 +76,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true",
                     help="tiny config, batch 2 images / 4 texts x 16 tokens, 1 round; skips Paddle, PaddleNLP, "
                          "compile, front ends and conversion (proves the report path, measures nothing useful)")
-    for name in ("paddle", "paddlenlp", "hf", "onnx", "compile", "profile", "conversion", "frontends", "gpu"):
+    ap.add_argument("--embed-rounds", type=int, default=2, help="rounds of the embed-command cases (best reported)")
+    for name in ("paddle", "paddlenlp", "hf", "onnx", "compile", "profile", "conversion", "frontends", "gpu",
+                 "embed"):
         ap.add_argument(f"--no-{name}", action="store_true", help=f"skip the {name} cases")
     ap.add_argument("--paddlenlp-python", default=os.environ.get(
         "ERNIEVIL2_ORACLE_PYTHON", str(ROOT / ".venv-paddlenlp" / "bin" / "python")))
@@ -86,6 +88,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.smoke:
         args.rounds, args.image_batch, args.text_batch, args.text_length = 1, 2, 4, 16
         args.no_paddle = args.no_paddlenlp = args.no_compile = args.no_conversion = args.no_frontends = True
+        args.no_embed = True
     return args
 
 
@@ -503,7 +506,33 @@ def verdict(ok: Optional[bool]) -> str:
     return "not measured" if ok is None else "met" if ok else "MISSED"
 
 
-def target_rows(cases: List[Case], accuracy: List[Tuple[str, str]], conversion: Optional[dict]) -> List[str]:
+def embed_section(args: argparse.Namespace) -> Optional[dict]:
+    """``benchmarks/embed_lengths.py``'s two cases: the whole ``ernievil2 embed --kind text`` command on realistic vs
+    46-character captions, and embed's image loop (DataLoader workers) vs the model alone, bf16."""
+    if args.no_embed:
+        return None
+    import embed_lengths
+
+    with tempfile.TemporaryDirectory(prefix="ernievil2-embed-") as tmp:
+        work = Path(tmp)
+        model_dir = embed_lengths.make_model_dir(work / "model")
+        text_lines, text_ratio = embed_lengths.text_case(work, model_dir, 1000, args.embed_rounds, args.threads, 64)
+        image_lines, image_share = embed_lengths.image_case(work, model_dir, 128, args.embed_rounds, args.threads,
+                                                            32, 2)
+    command = f"python benchmarks/embed_lengths.py --rounds {args.embed_rounds} --threads {args.threads}"
+    return {"lines": [line.replace(str(ROOT), ".") for line in text_lines + image_lines], "command": command,
+            "text_ratio": text_ratio, "image_share": 100 * image_share}
+
+
+def embed_lines(embed: Optional[dict]) -> List[str]:
+    if not embed:
+        return ["not measured."]
+    return [f"The cases of `{embed['command']}` (full-size synthetic model, random weights):", "", "```",
+            *embed["lines"], "```"]
+
+
+def target_rows(cases: List[Case], accuracy: List[Tuple[str, str]], conversion: Optional[dict],
+                embed: Optional[dict] = None) -> List[str]:
     """Every target of issue 11 evaluated on this run's figures: met, MISSED (never rounded up) or not measured."""
     rows = ["| target | figure | verdict |", "|---|---|---|"]
     for group in ("image", "text"):
@@ -537,6 +566,13 @@ def target_rows(cases: List[Case], accuracy: List[Tuple[str, str]], conversion: 
                     f"{verdict(time_ratio <= TARGETS['conversion_time'])} |")
         rows.append(f"| conversion peak RSS <= {TARGETS['conversion_rss']:g}x checkpoint | {rss_ratio:.2f}x | "
                     f"{verdict(rss_ratio <= TARGETS['conversion_rss'])} |")
+    if embed:
+        goal = TARGETS["embed_text_lengths"]
+        rows.append(f"| `embed --kind text`: realistic captions >= {goal:g}x the texts/s of 46-character ones | "
+                    f"{embed['text_ratio']:.2f}x | {verdict(embed['text_ratio'] >= goal)} |")
+        goal = TARGETS["embed_image_share"]
+        rows.append(f"| `embed --kind image` loop >= {goal:.0f} % of model-only images/s (bf16) | "
+                    f"{embed['image_share']:.1f} % | {verdict(embed['image_share'] >= goal)} |")
     return rows
 
 
@@ -608,7 +644,7 @@ def render(bench: Bench, section: Section, extras: dict, machine: Dict[str, str]
     lines = header_lines(bench, machine, section.versions, command)
     lines += ["", "## CPU throughput", ""] + throughput_lines(section.cases)
     lines += ["", "### Targets on this run", ""] + target_rows(section.cases, section.accuracy,
-                                                                extras["conversion"])
+                                                                extras["conversion"], extras.get("embed"))
     lines += ["", "### GEMM ceilings (same rounds)", ""] + gemm_lines(section.cases)
     lines += ["", "### Accuracy of the measured paths", "", "| comparison | result |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in section.accuracy]
@@ -617,6 +653,7 @@ def render(bench: Bench, section: Section, extras: dict, machine: Dict[str, str]
     frontends_cmd, frontends = extras["frontends"]
     lines += ["", "## Front ends", ""] + ([f"`{frontends_cmd}`, same threads:", ""] if frontends_cmd else [])
     lines += [frontends, "", "## Conversion", ""] + conversion_lines(extras["conversion"])
+    lines += ["", "## The embed command", ""] + embed_lines(extras.get("embed"))
     if section.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in section.notes]
     return "\n".join(lines) + "\n"
@@ -697,7 +734,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ernievil2-run-") as tmp:
         section = measure(bench, Path(tmp))
     extras = {"profile": {} if args.no_profile else profile_towers(bench), "gpu": gpu_section(args),
-              "frontends": frontends_section(args), "conversion": conversion_section(args)}
+              "frontends": frontends_section(args), "conversion": conversion_section(args),
+              "embed": embed_section(args)}
     text = render(bench, section, extras, machine_info(args.threads), command)
     Path(args.out).write_text(seal(text, "benchmarks/run.py", command), encoding="utf-8")
     log(f"wrote {args.out}")
