@@ -2,8 +2,9 @@
 
 Each commit is checked out into a temporary ``git worktree`` and timed in its own subprocess (so each imports its
 own ``ernievil2torch``), alternating OLD, NEW, OLD, NEW, ... for ``--rounds`` rounds so drift on a shared machine hits
-both alike. Every worker builds the full-size model on the same random weights (seeded, made by the worker's own
-``ErnieViL2`` so only the public API is used: ``ErnieViL2(base_config())``, ``encode_image``, ``encode_text``), runs
+both alike. Every worker builds the full-size model on the same random weights (each tensor seeded by its name, so
+the values do not depend on the order of parameters; only the public API is used: ``ErnieViL2(base_config())``,
+``encode_image``, ``encode_text``), runs
 fp32 eager image batches and text batches, and prints items/s. The script reports per-round figures, the median
 ratio NEW/OLD and its spread; it proves nothing about fidelity (the test suite does). NEW defaults to the working
 tree. Nothing is written to the repository.
@@ -24,7 +25,7 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 
 WORKER = textwrap.dedent('''
-    import json, sys, time
+    import json, sys, time, zlib
     import torch
     torch.manual_seed(0)
     from ernievil2torch import ErnieViL2, base_config
@@ -32,10 +33,10 @@ WORKER = textwrap.dedent('''
     seconds = float(sys.argv[5])
     torch.set_num_threads(threads)
     model = ErnieViL2(base_config()).eval()
+    with torch.no_grad():  # each tensor seeded by its name: the same values whatever the parameter order
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(zlib.crc32(name.encode()))) * 0.02)
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
     pixels = torch.randn(image_batch, 3, 224, 224, generator=generator)
     ids = torch.randint(5, 18000, (text_batch, tokens), generator=generator)
     ids[:, 0] = 1
