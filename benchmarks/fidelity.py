@@ -16,7 +16,6 @@ import gc
 import json
 import os
 import platform
-import shlex
 import re
 import subprocess
 import sys
@@ -166,9 +165,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         work = Path(args.workdir or scratch)
         work.mkdir(parents=True, exist_ok=True)
         record = measure(work, args.seed)
-    given = sys.argv[1:] if argv is None else argv
-    record["command"] = " ".join(shlex.quote(a) for a in ["python", "benchmarks/fidelity.py", *given])
-    RECORD.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    stamp.save_record(RECORD, record, "benchmarks/fidelity.py", sys.argv[1:] if argv is None else argv)
     write_readme(record)
     print(render_table(record))
 

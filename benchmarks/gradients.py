@@ -13,7 +13,6 @@ import argparse
 import platform
 import json
 import re
-import shlex
 import sys
 import tempfile
 import textwrap
@@ -119,9 +118,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="ernievil2-gradients-") as scratch:
             record = measure(Path(scratch))
-        given = sys.argv[1:] if argv is None else argv
-        record["command"] = " ".join(shlex.quote(a) for a in ["python", "benchmarks/gradients.py", *given])
-        RECORD.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        stamp.save_record(RECORD, record, "benchmarks/gradients.py", sys.argv[1:] if argv is None else argv)
     write_readme(record)
     print(render_table(record))
 
