@@ -55,11 +55,9 @@ class LengthGroupedTexts:
         if len(texts) == 0:
             raise InputError("no texts to encode")
         self.tokenizer, self.batch_size, self.max_length = tokenizer, batch_size, max_length
-        self.count = len(texts)
         self.encoded, self.positions, self.failed = self._tokenize(texts, skip_failures)
-        lengths = np.minimum([len(ids) for ids in self.encoded], max_length - 2) + 2
-        self.lengths = lengths.astype(np.int64)
-        self.order = np.argsort(-self.lengths, kind="stable")  # longest first: the biggest batch runs first
+        lengths = np.minimum([len(ids) for ids in self.encoded], max_length - 2).astype(np.int64) + 2
+        self.order = np.argsort(-lengths, kind="stable")  # longest first: the biggest batch runs first
 
     def _tokenize(self, texts: Sequence[str], skip_failures: bool
                   ) -> Tuple[List[List[int]], np.ndarray, List[Tuple[int, str]]]:
