@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .constants import DTYPE_ALIASES, KEEP_DTYPE
+from .errors import InputError
+
 CUSTOM_MODEL_TYPE = "ernie_vil_2.0_custom"  # any size other than the released Base model
 
 
@@ -115,3 +118,21 @@ def tiny224_config() -> ErnieViL2Config:
     return dataclasses.replace(
         tiny, text=dataclasses.replace(tiny.text, vocab_size=40000),
         vision=dataclasses.replace(tiny.vision, image_size=224, patch_size=16))
+
+
+def canonical_dtype(name: Any, allow_keep: bool = False) -> str:
+    """The canonical dtype name (``"float32"``, ``"float16"``, ``"bfloat16"``; ``"keep"`` where ``allow_keep``)
+    of any spelling in :data:`~ernievil2torch.constants.DTYPE_ALIASES`, case-insensitive.
+
+    The one resolver of dtype names for every command and for ``from_pretrained``: it imports neither torch nor
+    numpy, so a command can refuse a bad spelling before any work. Raises :class:`InputError` naming the accepted
+    spellings.
+    """
+    text = str(name).strip().lower()
+    if allow_keep and text == KEEP_DTYPE:
+        return KEEP_DTYPE
+    canonical = DTYPE_ALIASES.get(text)
+    if canonical is None:
+        accepted = sorted(DTYPE_ALIASES) + ([KEEP_DTYPE] if allow_keep else [])
+        raise InputError(f"dtype must be one of {', '.join(accepted)}, not {name!r}")
+    return canonical

@@ -52,9 +52,12 @@ CONVERTED_BY = "ernievil2torch"
 SYNTHETIC_SOURCE_PREFIX = "synthetic"
 
 # ---- compute / storage dtypes ---------------------------------------------------------------------------------
-#: Every spelling a command accepts, mapped to the canonical name (``torch.<name>``).
+#: Every spelling a command or ``from_pretrained`` accepts, mapped to the canonical name (``torch.<name>``).
+#: :func:`ernievil2torch.config.canonical_dtype` is the one resolver of this table.
 DTYPE_ALIASES: Dict[str, str] = {
     "float32": "float32", "fp32": "float32",
     "float16": "float16", "fp16": "float16", "half": "float16",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
 }
+#: The converter's extra choice: store each tensor in the source file's own dtype.
+KEEP_DTYPE = "keep"

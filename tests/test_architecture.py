@@ -23,11 +23,13 @@ LAYERS: List[Tuple[str, ...]] = [
     ("storage",),
     ("modeling",),
     ("processing",),
+    ("data",),          # dataset readers and input listings: no model
     ("pretrained", "conversion"),
+    ("runtime",),       # batch encoding, progress, process groups
+    ("retrieval",),     # metrics, top-k, search back ends
     ("export",),
     ("verify",),
-    ("apps",),
-    ("training",),
+    ("apps", "training"),  # siblings: neither imports the other
     ("cli",),
     ("embed", "finetune"),  # the ``python -m ernievil2torch.embed`` / ``.finetune`` shims: call the CLI
 ]
