@@ -133,7 +133,8 @@ def image_case(work: Path, model_dir: Path, count: int, rounds: int, threads: in
     """Report lines and the share embed-loop images/s / model-only images/s (best of ``rounds`` each)."""
     import torch
 
-    from ernievil2torch.apps.embed import Item, encode_items
+    from ernievil2torch.data.inputs import Item
+    from ernievil2torch.runtime.encoding import encode_items
     from ernievil2torch.pretrained import load_pretrained
 
     torch.set_num_threads(threads)

@@ -36,8 +36,8 @@ LAYERS: List[Tuple[str, ...]] = [
 RANK = {component: rank for rank, group in enumerate(LAYERS) for component in group}
 # Optional heavy dependencies and the components allowed to import them.
 OPTIONAL = {"paddle": {"verify"}, "paddlenlp": set(), "transformers": {"export"}, "onnx": {"export"},
-            "onnxruntime": {"export"}, "matplotlib": {"apps"}, "tqdm": {"apps", "training"},
-            "faiss": {"apps"}, "fastapi": {"apps"}, "uvicorn": {"apps"}, "starlette": {"apps"}, "pydantic": {"apps"},
+            "onnxruntime": {"export"}, "matplotlib": {"apps"}, "tqdm": {"runtime"},
+            "faiss": {"retrieval"}, "fastapi": {"apps"}, "uvicorn": {"apps"}, "starlette": {"apps"}, "pydantic": {"apps"},
             "multipart": {"apps"}, "pylopdf_fonts_zh_cn": {"apps"}, "playwright": set()}
 
 

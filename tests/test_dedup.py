@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ernievil2torch.apps.dedup import dedup, near_duplicate_groups, union_links
-from ernievil2torch.apps.retrieval.topk import faiss_available
+from ernievil2torch.retrieval.topk import faiss_available
 from ernievil2torch.errors import InputError, OutputExistsError
 
 from serve_helpers import REPO, console_command

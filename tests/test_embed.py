@@ -16,7 +16,8 @@ from PIL import Image
 
 from ernievil2torch import ErnieViL2
 from ernievil2torch.config import tiny224_config
-from ernievil2torch.apps.embed import embed, list_images, list_texts, load_embeddings
+from ernievil2torch.apps.embed import embed, load_embeddings
+from ernievil2torch.data.inputs import list_images, list_texts
 from ernievil2torch.errors import InputError
 from ernievil2torch.processing.image import ErnieViL2ImageProcessor
 from ernievil2torch.verify.synthetic import random_model

@@ -13,8 +13,10 @@ from PIL import Image
 from ernievil2torch import ErnieViL2
 from ernievil2torch.config import tiny224_config
 from ernievil2torch.processing.image import ErnieViL2ImageProcessor
-from ernievil2torch.apps.retrieval import (evaluate, format_table, load_caption_folder, load_coco_cn_tsv,
-                                      retrieval_metrics, retrieval_ranks, search_embeddings)
+from ernievil2torch.apps.retrieval import evaluate
+from ernievil2torch.data.datasets import load_caption_folder, load_coco_cn_tsv
+from ernievil2torch.retrieval.metrics import format_table, retrieval_metrics, retrieval_ranks
+from ernievil2torch.retrieval.topk import search_embeddings
 from ernievil2torch.verify.synthetic import random_model
 from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
 

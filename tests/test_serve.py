@@ -32,7 +32,7 @@ fastapi = require_module("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ernievil2torch.apps.embed import load_embeddings  # noqa: E402
-from ernievil2torch.apps.retrieval.topk import search_embeddings  # noqa: E402
+from ernievil2torch.retrieval.topk import search_embeddings  # noqa: E402
 from ernievil2torch.apps.serve import Gallery, ImageRoot, ServeLimits, check_bind, is_loopback  # noqa: E402
 from ernievil2torch.apps.serve.app import ServiceSettings, create_app  # noqa: E402
 from ernievil2torch.apps.serve.batching import MicroBatcher  # noqa: E402

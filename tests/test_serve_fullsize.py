@@ -19,7 +19,7 @@ require_module("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ernievil2torch.apps.embed import load_embeddings  # noqa: E402
-from ernievil2torch.apps.retrieval.topk import search_embeddings  # noqa: E402
+from ernievil2torch.retrieval.topk import search_embeddings  # noqa: E402
 from ernievil2torch.apps.serve import Gallery  # noqa: E402
 from ernievil2torch.apps.serve.app import create_app  # noqa: E402
 from ernievil2torch.apps.serve.engine import SearchEngine  # noqa: E402

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..processing import ErnieViL2ImageProcessor
 from ..storage.atomic import atomic_directory
 from .embed import load_embeddings
-from .retrieval.topk import NormalizedRows, build_faiss_index, faiss_available
+from ..retrieval.topk import NormalizedRows, build_faiss_index, faiss_available
 from .serve.gallery import ImageRoot
 
 TSV_NAME, JSON_NAME, PICTURE_NAME = "groups.tsv", "groups.json", "groups.png"

@@ -1,7 +1,7 @@
 """Training data: caption-image pairs in the formats ``eval`` reads, checked up front, served in a seeded order.
 
 * :func:`load_pairs` reads a COCO-CN style TSV or an image folder + captions file (the loaders of
-  :mod:`ernievil2torch.apps.retrieval.datasets`) and checks, before any training, that it has rows and that every
+  :mod:`ernievil2torch.data.datasets`) and checks, before any training, that it has rows and that every
   caption's image file exists.
 * :class:`PairBatches` is the order: one seeded permutation per epoch, cut into global batches of
   ``batch_size x world_size`` pairs (an incomplete last batch is dropped), each process taking its slice. It can start
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..apps.retrieval.datasets import RetrievalData, load_caption_folder, load_coco_cn_tsv
+from ..data.datasets import RetrievalData, load_caption_folder, load_coco_cn_tsv
 from ..errors import InputError
 from ..processing import ErnieViL2Tokenizer
 from .augment import TrainAugmentation

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..apps.embed.encoding import progress_bar
+from ..runtime.encoding import progress_bar
 from ..constants import BEST_DIR, DEFAULT_MAX_LENGTH, FINAL_DIR, OFFICIAL_TEMPERATURE_INIT, RUN_SETTINGS_NAME
 from ..errors import InputError, OutputExistsError
 from ..modeling import ErnieViL2

@@ -1,7 +1,7 @@
 """Validation during fine-tuning: zero-shot retrieval recall on a held-out caption file, with the eval pipeline.
 
-The same features and metrics as ``ernievil2 eval`` (:func:`~ernievil2torch.apps.embed.encoding.encode_items`, the
-official centre-crop preprocessing, raw-cosine ranking, :func:`~ernievil2torch.apps.retrieval.metrics.
+The same features and metrics as ``ernievil2 eval`` (:func:`~ernievil2torch.runtime.encoding.encode_items`, the
+official centre-crop preprocessing, raw-cosine ranking, :func:`~ernievil2torch.retrieval.metrics.
 retrieval_metrics`). An image that cannot be read is left out with its captions and reported instead of stopping
 the run (with none left, there are no metrics); the trainer treats any such failure before the first step as bad
 input.
@@ -14,9 +14,10 @@ from typing import Any, ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..apps.embed import Item, encode_items
-from ..apps.retrieval.datasets import RetrievalData
-from ..apps.retrieval.metrics import retrieval_metrics
+from ..data.inputs import Item
+from ..runtime.encoding import encode_items
+from ..data.datasets import RetrievalData
+from ..retrieval.metrics import retrieval_metrics
 from ..modeling import ErnieViL2
 from ..processing import ErnieViL2Tokenizer
 

@@ -20,8 +20,8 @@ from ...constants import DEFAULT_MAX_LENGTH
 from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
-from .encoding import feature_dim, group_batches, progress_bar, run_batch
-from .inputs import Item, list_images, list_texts
+from ...runtime.encoding import feature_dim, group_batches, progress_bar, run_batch
+from ...data.inputs import Item, list_images, list_texts
 from .shards import SHARD_DIR, ShardPlan, claim_output, join_shards, plan_shards, run_fingerprint, write_shard
 
 

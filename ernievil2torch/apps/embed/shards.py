@@ -27,7 +27,7 @@ import numpy as np
 
 from ...errors import ErnieViL2Error, InputError
 from ...storage.atomic import atomic_save_npy, atomic_write_bytes
-from .inputs import Item
+from ...data.inputs import Item
 
 SHARD_DIR = "shards"
 RUN_FILE = "run.json"

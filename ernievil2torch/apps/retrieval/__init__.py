@@ -1,8 +1,4 @@
-"""Cross-modal retrieval in four layers: recall metrics, exact top-k search, dataset formats, the commands."""
+"""The retrieval commands: ``search`` (top-k over embedding folders) and ``eval`` (zero-shot recall of a model)."""
 from .commands import encode_dataset, evaluate, search
-from .datasets import RetrievalData, load_caption_folder, load_coco_cn_tsv
-from .metrics import format_table, recall_from_ranks, retrieval_metrics, retrieval_ranks
-from .topk import search_embeddings
 
-__all__ = ["RetrievalData", "encode_dataset", "evaluate", "format_table", "load_caption_folder", "load_coco_cn_tsv",
-           "recall_from_ranks", "retrieval_metrics", "retrieval_ranks", "search", "search_embeddings"]
+__all__ = ["encode_dataset", "evaluate", "search"]

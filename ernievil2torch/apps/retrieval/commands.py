@@ -14,10 +14,12 @@ from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
 from ...storage.atomic import atomic_file, atomic_write_bytes
-from ..embed import Item, encode_items, load_embeddings
-from .datasets import RetrievalData, load_caption_folder, load_coco_cn_tsv
-from .metrics import as_float32_tensor, format_table, retrieval_metrics
-from .topk import NormalizedRows, search_embeddings
+from ...data.datasets import RetrievalData, load_caption_folder, load_coco_cn_tsv
+from ...data.inputs import Item
+from ...retrieval.metrics import as_float32_tensor, format_table, retrieval_metrics
+from ...retrieval.topk import NormalizedRows, search_embeddings
+from ...runtime.encoding import encode_items
+from ..embed import load_embeddings
 
 
 def _load_side(spec: str) -> Tuple[np.ndarray, List[str]]:

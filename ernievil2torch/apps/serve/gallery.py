@@ -4,7 +4,7 @@
   is safe to serve: inside the root after every symlink is followed, a regular file, with an image extension.
   Clients never send paths, only row numbers; this is the second wall, against ids or symlinks that lead out.
 * :class:`Gallery` holds the L2-normalised embeddings in memory and answers exact top-k queries by cosine
-  (:func:`~ernievil2torch.apps.retrieval.topk.search_embeddings`; a FAISS ``IndexFlatIP``, built once, when faiss
+  (:func:`~ernievil2torch.retrieval.topk.search_embeddings`; a FAISS ``IndexFlatIP``, built once, when faiss
   is installed and the gallery is large; both are exact).
 """
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import List, Optional, Union
 import numpy as np
 
 from ...errors import InputError
-from ..embed import IMAGE_EXTENSIONS, load_embeddings
-from ..retrieval.topk import build_faiss_index, faiss_available, search_embeddings
+from ...data.inputs import IMAGE_EXTENSIONS
+from ..embed import load_embeddings
+from ...retrieval.topk import build_faiss_index, faiss_available, search_embeddings
 
 #: Galleries with at least this many rows use FAISS (when installed and not switched off); smaller ones torch.
 FAISS_MIN_ROWS = 50_000

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import InputError
+from ..errors import InputError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 KS = (1, 5, 10)

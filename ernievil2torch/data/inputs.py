@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-from ...errors import InputError
-from ..records import iter_jsonl
+from ..errors import InputError
+from .records import iter_jsonl
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}
 TEXT_LIST_EXTENSIONS = {".txt", ".lst", ".list"}

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ...constants import DEFAULT_MAX_LENGTH
-from ...processing import ErnieViL2ImageProcessor, ErnieViL2Tokenizer
-from ...processing.length_groups import LengthGroupedTexts
-from .inputs import Item
+from ..constants import DEFAULT_MAX_LENGTH
+from ..processing import ErnieViL2ImageProcessor, ErnieViL2Tokenizer
+from ..processing.length_groups import LengthGroupedTexts
+from ..data.inputs import Item
 
 #: One loader batch: input indices that succeeded, their model input (None if none did), (index, reason) failures.
 Batch = Tuple[List[int], Any, List[Tuple[int, str]]]

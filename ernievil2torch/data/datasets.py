@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Hashable, List, Tuple, Union
 
-from ...errors import InputError
-from ..records import iter_jsonl
+from ..errors import InputError
+from .records import iter_jsonl
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import InputError
+from ..errors import InputError
 from .metrics import ArrayLike, as_float32_tensor
 
 
