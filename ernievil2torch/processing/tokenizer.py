@@ -164,7 +164,6 @@ class ErnieViL2Tokenizer:
     released vocab), never assumed.
     """
 
-    vocab_file_name = VOCAB_NAME
 
     def __init__(self, vocab_file: Union[str, os.PathLike], *, cache_size: int = 1 << 18) -> None:
         self.vocab_file = str(vocab_file)
