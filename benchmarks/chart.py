@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import List
 
-from benchlib import Case, log
+from benchlib import log
+from cases import Case
 
 
 def chart(path: str, cases: List[Case], threads: int) -> None:

@@ -31,8 +31,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchlib import (Case, ceiling, cosine_min, fmt, gemm_case, hf_peers, log, paired_ratio,
-                      run_rounds, share_of_ceiling)
+from benchlib import cosine_min, gemm_case, hf_peers, log, run_rounds
+from cases import Case, ceiling, fmt, paired_ratio, share_of_ceiling
 from flops import image_flops, text_flops
 
 from ernievil2torch.config import ErnieViL2Config, base_config, tiny_config

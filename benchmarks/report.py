@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from benchlib import Case, fmt, paired_ratio, share_of_ceiling
+from cases import Case, fmt, paired_ratio, share_of_ceiling
 
 TARGETS = {"image_fp32_ceiling": 85.0, "text_fp32_ceiling": 90.0, "bf16_ceiling": 70.0, "bf16_cosine": 0.999,
            "conversion_time": 2.0, "conversion_rss": 1.3, "embed_text_lengths": 2.0, "embed_image_share": 85.0}

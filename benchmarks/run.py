@@ -25,7 +25,7 @@ edited afterwards), and a chart (``--png``). Every framework runs with ``--threa
 report path on the tiny test config in seconds.
 
 This file parses the arguments and holds one function per case group; the other jobs have their own files:
-``benchlib.py`` (timed cases, alternating rounds, ratios), ``subprocess_runs.py`` (the sections measured beside the
+``benchlib.py`` (alternating rounds, GEMM ceilings, peers), ``cases.py`` (timed cases and their ratios), ``subprocess_runs.py`` (the sections measured beside the
 rounds), ``paddlenlp_client.py`` (the PaddleNLP worker's protocol), ``report.py`` (the markdown, measuring nothing),
 ``environment.py`` (threads, CPU support, machine description), ``chart.py`` (the PNG).
 """
@@ -45,7 +45,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from benchlib import Case, cosine_min, gemm_case, hf_peers, log, run_rounds
+from benchlib import cosine_min, gemm_case, hf_peers, log, run_rounds
+from cases import Case
 from chart import chart
 from environment import cpu_bf16_supported, inductor_problem, machine_info, pin_threads
 from flops import image_flops, text_flops

@@ -111,7 +111,7 @@ def test_gpu_py_smoke_runs_every_path_on_the_cpu(tmp_path: Path):
 
 
 def test_importing_the_scripts_runs_nothing():
-    for name in ("benchlib", "chart", "environment", "paddlenlp_client", "report", "repo", "subprocess_runs",
+    for name in ("benchlib", "cases", "chart", "environment", "paddlenlp_client", "report", "repo", "subprocess_runs",
                  "readme_speed", "gpu", "serve_load"):
         load(name)
     run_py = load("run")
@@ -175,10 +175,10 @@ def test_no_benchmark_script_edits_sys_path(tmp_path: Path):
 
 def test_the_report_renderer_measures_nothing():
     """``report.render`` shows exactly the cases and sections it is given, with the machine named."""
-    benchlib, report = load("benchlib"), load("report")
-    cases = [benchlib.Case("ours fp32", "image", lambda: None, 8, 1e9, "fp32", times=[1.0, 1.0, 1.0]),
-             benchlib.Case("ours fp32", "text", lambda: None, 32, 1e8, "fp32", times=[2.0, 2.0, 2.0]),
-             benchlib.Case("GEMM fp32 8x8x8", "gemm", lambda: None, 1, 2e9, "fp32", times=[1.0, 1.0, 1.0])]
+    cases_py, report = load("cases"), load("report")
+    cases = [cases_py.Case("ours fp32", "image", lambda: None, 8, 1e9, "fp32", times=[1.0, 1.0, 1.0]),
+             cases_py.Case("ours fp32", "text", lambda: None, 32, 1e8, "fp32", times=[2.0, 2.0, 2.0]),
+             cases_py.Case("GEMM fp32 8x8x8", "gemm", lambda: None, 1, 2e9, "fp32", times=[1.0, 1.0, 1.0])]
     facts = report.RunFacts(command="python benchmarks/run.py --threads 3", versions={"torch": "9.9"},
                             machine={"cpu": "Test CPU", "cpus": "4", "flags": "avx2", "threads": "3", "os": "TestOS"},
                             smoke=False, rounds=3, image_shape=(8, 3, 224, 224), text_shape=(32, 48),
@@ -192,14 +192,17 @@ def test_the_report_renderer_measures_nothing():
     assert "| image bf16 >= 70 % of bf16 GEMM ceiling, cosine >= 0.999 | n/a | not measured |" in text
     assert "\n## GPU\n\nnot measured: no CUDA device on this machine\n" in text
     assert "\n## Conversion\n\nnot measured.\n" in text and "## Notes" not in text
+    probe = "import sys, report; print(sorted({'torch', 'benchlib'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=BENCHMARKS, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr  # apart from measuring
 
 
 def test_ratios_are_medians_of_per_round_ratios():
     """A slow spell that hits one round hits both cases of a comparison; the per-round ratio cancels it."""
-    benchlib = load("benchlib")
-    ours = benchlib.Case("ours", "image", lambda: None, 8, 1e9, "fp32", times=[1.0, 3.0, 1.0])
-    peer = benchlib.Case("peer", "image", lambda: None, 8, 1e9, "fp32", times=[2.0, 6.0, 2.2])
-    gemm = benchlib.Case("GEMM", "gemm", lambda: None, 1, 10e9, "fp32", times=[0.5, 1.5, 0.5])
-    assert benchlib.paired_ratio(ours, peer) == pytest.approx(2.0)
-    assert benchlib.share_of_ceiling(ours, [ours, gemm], "fp32") == pytest.approx(40.0)
-    assert benchlib.share_of_ceiling(ours, [ours, gemm], "bf16") == 0.0
+    cases = load("cases")
+    ours = cases.Case("ours", "image", lambda: None, 8, 1e9, "fp32", times=[1.0, 3.0, 1.0])
+    peer = cases.Case("peer", "image", lambda: None, 8, 1e9, "fp32", times=[2.0, 6.0, 2.2])
+    gemm = cases.Case("GEMM", "gemm", lambda: None, 1, 10e9, "fp32", times=[0.5, 1.5, 0.5])
+    assert cases.paired_ratio(ours, peer) == pytest.approx(2.0)
+    assert cases.share_of_ceiling(ours, [ours, gemm], "fp32") == pytest.approx(40.0)
+    assert cases.share_of_ceiling(ours, [ours, gemm], "bf16") == 0.0
