@@ -3,12 +3,14 @@
 :func:`render` turns a :class:`RunFacts` (the run's command, machine, versions, sizes) and a :class:`Measured` (the
 timed cases after their rounds, accuracy rows, notes and the sections measured beside the rounds) into the report's
 markdown, unsealed. It measures nothing and holds only what it is given; every target in :data:`TARGETS` is
-evaluated on the given figures as met, MISSED (never rounded up) or not measured.
+evaluated on the given figures as met, MISSED (never rounded up) or not measured. :func:`to_record` /
+:func:`from_record` turn both into JSON-ready data and back (every call time kept), so a report can be rendered
+again from its record without measuring.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -54,6 +56,38 @@ class Measured:
     frontends: Tuple[str, str] = ("", "")
     conversion: Optional[dict] = None
     embed: Optional[dict] = None
+
+
+def _recorded_case() -> None:
+    raise RuntimeError("a case read from a record has its times; it is not run again")
+
+
+def to_record(facts: RunFacts, measured: Measured) -> dict:
+    """Everything :func:`render` reads, as JSON-ready data (cases without their callables)."""
+    cases = [{"name": c.name, "group": c.group, "items": c.items, "flop": c.flop, "precision": c.precision,
+              "times": list(c.times)} for c in measured.cases]
+    profile = [[tower, precision, [[name, share] for name, share in rows]]
+               for (tower, precision), rows in measured.profile.items()]
+    return {"facts": asdict(facts), "cases": cases, "accuracy": [list(row) for row in measured.accuracy],
+            "notes": list(measured.notes), "profile": profile, "gpu": measured.gpu,
+            "frontends": list(measured.frontends), "conversion": measured.conversion, "embed": measured.embed}
+
+
+def from_record(record: dict) -> Tuple[RunFacts, Measured]:
+    """The inverse of :func:`to_record`: ``render(*from_record(to_record(f, m))) == render(f, m)``."""
+    facts = dict(record["facts"])
+    facts["image_shape"], facts["text_shape"] = tuple(facts["image_shape"]), tuple(facts["text_shape"])
+    cases = [Case(c["name"], c["group"], _recorded_case, c["items"], c["flop"], c["precision"], list(c["times"]))
+             for c in record["cases"]]
+    profile = {(tower, precision): [(name, share) for name, share in rows]
+               for tower, precision, rows in record["profile"]}
+    conversion = record["conversion"]
+    if conversion is not None:
+        conversion = dict(conversion, rows=[tuple(row) for row in conversion["rows"]])
+    measured = Measured(cases=cases, accuracy=[tuple(row) for row in record["accuracy"]], notes=record["notes"],
+                        profile=profile, gpu=record["gpu"], frontends=tuple(record["frontends"]),
+                        conversion=conversion, embed=record["embed"])
+    return RunFacts(**facts), measured
 
 
 def case_of(cases: List[Case], group: str, name: str) -> Optional[Case]:

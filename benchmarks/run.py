@@ -20,7 +20,8 @@ and the GPU section (``benchmarks/gpu.py`` in a subprocess when CUDA is availabl
 not measured).
 
 Writes BENCHMARKS.md holding only what this run measured, sealed (``benchmarks/stamp.py``: the suite fails if it is
-edited afterwards), and a chart (``--png``). Every framework runs with ``--threads`` threads
+edited afterwards), a chart (``--png``) and the run's record (``--record``, every call time);
+``--from-record`` renders the report and chart again from a record without measuring. Every framework runs with ``--threads`` threads
 (``environment.pin_threads``; the PaddleNLP worker and ONNX Runtime get the same number). ``--smoke`` runs the whole
 report path on the tiny test config in seconds.
 
@@ -32,6 +33,7 @@ rounds), ``paddlenlp_client.py`` (the PaddleNLP worker's protocol), ``report.py`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -51,7 +53,7 @@ from chart import chart
 from environment import cpu_bf16_supported, inductor_problem, machine_info, pin_threads
 from flops import image_flops, text_flops
 from paddlenlp_client import PaddleNLPWorker, paddlenlp_version
-from report import Measured, Profile, RunFacts, render
+from report import Measured, Profile, RunFacts, from_record, render, to_record
 from repo import ROOT
 from stamp import seal
 from subprocess_runs import conversion_section, embed_section, frontends_section, gpu_section
@@ -82,6 +84,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "ERNIEVIL2_ORACLE_PYTHON", str(ROOT / ".venv-paddlenlp" / "bin" / "python")))
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--png", default=str(ROOT / "benchmarks" / "cpu_throughput.png"))
+    ap.add_argument("--record", default=str(ROOT / "benchmarks" / "cpu_run.json"),
+                    help="the run's record (every call time): written after measuring, read by --from-record")
+    ap.add_argument("--from-record", action="store_true",
+                    help="measure nothing: render --out and --png again from --record")
     args = ap.parse_args(argv)
     if args.smoke:
         args.rounds, args.image_batch, args.text_batch, args.text_length = 1, 2, 4, 16
@@ -371,10 +377,22 @@ def facts_of(bench: Bench, versions: Dict[str, str], command: str) -> RunFacts:
                     text_flop=bench.text_flop)
 
 
+def write_report(facts: RunFacts, measured: Measured, out: str, png: str) -> None:
+    """The sealed report to ``out`` and the chart to ``png``."""
+    Path(out).write_text(seal(render(facts, measured), "benchmarks/run.py", facts.command), encoding="utf-8")
+    log(f"wrote {out}")
+    chart(png, measured.cases, int(facts.machine["threads"]))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Parse ``argv`` (None: the command line, and pin threads by restarting if needed), measure, write the sealed
-    report to ``--out`` and the chart to ``--png``."""
+    """Parse ``argv`` (None: the command line, and pin threads by restarting if needed), measure, write the record
+    to ``--record``, the sealed report to ``--out`` and the chart to ``--png``; with ``--from-record``, only render
+    the report and chart again from the record."""
     args = parse_args(argv)
+    if args.from_record:
+        facts, measured = from_record(json.loads(Path(args.record).read_text(encoding="utf-8")))
+        write_report(facts, measured, args.out, args.png)
+        return
     pin_threads(args.threads, argv)
     shown = [os.path.relpath(Path(sys.argv[0]).resolve(), ROOT)] if argv is None else ["benchmarks/run.py"]
     command = "python " + " ".join(shlex.quote(a) for a in shown + list(sys.argv[1:] if argv is None else argv))
@@ -386,10 +404,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         profile={} if args.no_profile else profile_towers(bench), gpu=gpu_section(args),
                         frontends=frontends_section(args), conversion=conversion_section(args),
                         embed=embed_section(args))
-    text = render(facts_of(bench, section.versions, command), measured)
-    Path(args.out).write_text(seal(text, "benchmarks/run.py", command), encoding="utf-8")
-    log(f"wrote {args.out}")
-    chart(args.png, section.cases, args.threads)
+    facts = facts_of(bench, section.versions, command)
+    Path(args.record).write_text(json.dumps(to_record(facts, measured), indent=1) + "\n", encoding="utf-8")
+    log(f"wrote {args.record}")
+    write_report(facts, measured, args.out, args.png)
 
 
 if __name__ == "__main__":

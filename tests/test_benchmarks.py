@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -80,8 +81,9 @@ def run(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedPr
 
 
 def test_run_py_writes_a_sealed_report_of_what_it_measured(tmp_path: Path):
-    out = tmp_path / "BENCHMARKS.md"
-    run("run.py", "--smoke", "--threads", "1", "--out", str(out), "--png", str(tmp_path / "chart.png"))
+    out, record = tmp_path / "BENCHMARKS.md", tmp_path / "record.json"
+    run("run.py", "--smoke", "--threads", "1", "--out", str(out), "--png", str(tmp_path / "chart.png"),
+        "--record", str(record))
     text = out.read_text(encoding="utf-8")
     generator, command = stamp.check_seal(text)
     assert generator == "benchmarks/run.py" and command.startswith("python benchmarks/run.py --smoke")
@@ -97,6 +99,9 @@ def test_run_py_writes_a_sealed_report_of_what_it_measured(tmp_path: Path):
     if not torch.cuda.is_available():
         assert "\n## GPU\n\nnot measured: no CUDA device on this machine\n" in text
     assert "Optimisations kept" not in text
+    again = tmp_path / "again.md"  # the record renders the same sealed report, measuring nothing
+    run("run.py", "--from-record", "--record", str(record), "--out", str(again), "--png", str(tmp_path / "again.png"))
+    assert again.read_text(encoding="utf-8") == text
 
 
 def test_gpu_py_smoke_runs_every_path_on_the_cpu(tmp_path: Path):
@@ -183,7 +188,12 @@ def test_the_report_renderer_measures_nothing():
                             machine={"cpu": "Test CPU", "cpus": "4", "flags": "avx2", "threads": "3", "os": "TestOS"},
                             smoke=False, rounds=3, image_shape=(8, 3, 224, 224), text_shape=(32, 48),
                             image_flop=1e9, text_flop=2e9)
-    text = report.render(facts, report.Measured(cases=cases, gpu=load("subprocess_runs").NO_CUDA))
+    measured = report.Measured(cases=cases, gpu=load("subprocess_runs").NO_CUDA,
+                               conversion={"size_mib": 100.0, "rows": [("sha256sum", 1.0, 10.0),
+                                                                       ("convert.py", 1.5, 120.0)]})
+    text = report.render(facts, measured)
+    record = json.loads(json.dumps(report.to_record(facts, measured)))
+    assert report.render(*report.from_record(record)) == text
     assert "    python benchmarks/run.py --threads 3\n" in text
     assert "- machine: Test CPU, 4 logical CPUs, ISA flags: avx2; TestOS" in text and "torch 9.9" in text
     assert "| image | ours fp32 | fp32 | 8.00 [8.00-8.00] | n/a | n/a | 8.0 | 400 % | n/a |" in text
@@ -191,7 +201,7 @@ def test_the_report_renderer_measures_nothing():
     assert "| text fp32 >= 90 % of fp32 GEMM ceiling | 80.0 % | MISSED |" in text
     assert "| image bf16 >= 70 % of bf16 GEMM ceiling, cosine >= 0.999 | n/a | not measured |" in text
     assert "\n## GPU\n\nnot measured: no CUDA device on this machine\n" in text
-    assert "\n## Conversion\n\nnot measured.\n" in text and "## Notes" not in text
+    assert "| conversion peak RSS <= 1.3x checkpoint | 1.20x | met |" in text and "## Notes" not in text
     probe = "import sys, report; print(sorted({'torch', 'benchlib'} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", probe], cwd=BENCHMARKS, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr  # apart from measuring
