@@ -20,15 +20,16 @@ and the GPU section (``benchmarks/gpu.py`` in a subprocess when CUDA is availabl
 not measured).
 
 Writes BENCHMARKS.md holding only what this run measured, sealed (``benchmarks/stamp.py``: the suite fails if it is
-edited afterwards), a chart (``--png``) and the run's record (``--record``, every call time);
-``--from-record`` renders the report and chart again from a record without measuring. Every framework runs with ``--threads`` threads
-(``environment.pin_threads``; the PaddleNLP worker and ONNX Runtime get the same number). ``--smoke`` runs the whole
-report path on the tiny test config in seconds.
+edited afterwards), a chart (``--png``) and the run's record (``--record``, every call time); ``--from-record``
+renders the report and chart again from a record without measuring. Every framework runs with ``--threads``
+threads (``environment.pin_threads``; the PaddleNLP worker and ONNX Runtime get the same number). ``--smoke`` runs
+the whole report path on the tiny test config in seconds.
 
 This file parses the arguments and holds one function per case group; the other jobs have their own files:
-``benchlib.py`` (alternating rounds, GEMM ceilings, peers), ``cases.py`` (timed cases and their ratios), ``subprocess_runs.py`` (the sections measured beside the
-rounds), ``paddlenlp_client.py`` (the PaddleNLP worker's protocol), ``report.py`` (the markdown, measuring nothing),
-``environment.py`` (threads, CPU support, machine description), ``chart.py`` (the PNG).
+``benchlib.py`` (alternating rounds, GEMM ceilings, peers), ``cases.py`` (timed cases and their ratios),
+``subprocess_runs.py`` (the sections measured beside the rounds), ``paddlenlp_client.py`` (the PaddleNLP worker's
+protocol), ``report.py`` (the markdown, measuring nothing), ``environment.py`` (threads, CPU support, machine
+description), ``chart.py`` (the PNG).
 """
 from __future__ import annotations
 

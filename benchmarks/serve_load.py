@@ -266,7 +266,8 @@ def render(summary: Dict[str, object], args: argparse.Namespace, command: str) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 clients x 25 requests, 2-layer model, 40 images")
-    ap.add_argument("--size", choices=("base", "tiny"), default=None, help="model size (default base; tiny with --quick)")
+    ap.add_argument("--size", choices=("base", "tiny"), default=None,
+                    help="model size (default base; tiny with --quick)")
     ap.add_argument("--clients", type=int, default=None)
     ap.add_argument("--requests", type=int, default=None, help="requests per client")
     ap.add_argument("--bad-every", type=int, default=5, help="every Nth request of a client is a bad one")

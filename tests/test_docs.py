@@ -467,7 +467,7 @@ def render_figures(doc: str, text: str) -> Tuple[str, List[str]]:
     return "".join(pieces) + text[last:], skipped
 
 
-# ---- the checks -------------------------------------------------------------------------------------------------------
+# ---- the checks ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("block", all_figure_blocks(), ids=lambda b: b.id)
 def test_figure_block_reads_its_sources(block: FigureBlock):
