@@ -1,19 +1,17 @@
-"""What ``benchmarks/run.py`` (CPU) and ``benchmarks/gpu.py`` share: timed cases, alternating rounds, peers, cosine.
+"""Measuring helpers shared by ``benchmarks/run.py`` (CPU) and ``benchmarks/gpu.py``: rounds, GEMM ceilings, peers.
 
-A :class:`Case` is one callable doing a fixed amount of work (``items`` per call, ``flop`` per item).
-:func:`run_rounds` warms every case up, then runs all of them once per round, the order rotated (and reversed every
-other round) so that a slow spell of a shared machine hits every case alike; each case reports the median over
-rounds and the [min-max] spread. Comparisons between cases (:func:`paired_ratio`, :func:`share_of_ceiling`) are
-medians of per-round ratios.
+:func:`run_rounds` warms every :class:`cases.Case` up, then runs all of them once per round, the order rotated (and
+reversed every other round) so that a slow spell of a shared machine hits every case alike; the figures derived from
+the times live in ``cases.py``.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, List, Tuple
+from typing import Callable, List
 
-import numpy as np
 import torch
+
+from cases import Case
 
 from ernievil2torch.config import ErnieViL2Config
 
@@ -21,35 +19,6 @@ from ernievil2torch.config import ErnieViL2Config
 def log(msg: str) -> None:
     """A timestamped progress line on stdout."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-@dataclass
-class Case:
-    """One timed callable. ``group``: 'image' | 'text' | 'gemm'; ``flop``: executed FLOPs per item."""
-
-    name: str
-    group: str
-    fn: Callable[[], object]
-    items: int
-    flop: float
-    precision: str
-    times: List[float] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        """Items per second, median over rounds."""
-        return self.items / float(np.median(self.times))
-
-    @property
-    def gflops(self) -> float:
-        """Executed GFLOP/s at the median rate."""
-        return self.rate * self.flop / 1e9
-
-    @property
-    def spread(self) -> Tuple[float, float]:
-        """(slowest, fastest) items per second over rounds."""
-        rates = [self.items / t for t in self.times]
-        return min(rates), max(rates)
 
 
 def run_rounds(cases: List[Case], rounds: int, warmup: int = 2) -> None:
@@ -86,30 +55,6 @@ def gemm_case(m: int, k: int, n: int, dtype: torch.dtype, label: str, device: st
     return Case(f"GEMM {label} {m}x{k}x{n}", "gemm", fn, 1, gemm_flop(m, k, n), label)
 
 
-def ceiling(cases: List[Case], precision: str) -> float:
-    """The best GEMM GFLOP/s of ``precision`` among ``cases`` (0 when none was measured)."""
-    return max((c.gflops for c in cases if c.group == "gemm" and c.precision == precision), default=0.0)
-
-
-def paired_ratio(case: Case, base: Case) -> float:
-    """Median over rounds of ``case``'s rate / ``base``'s rate in the same round.
-
-    Both ran minutes apart at most within one round, so a slow spell of a shared machine that spans a round
-    slows both; a ratio of medians taken over different rounds would not cancel it."""
-    return float(np.median([(case.items / a) / (base.items / b) for a, b in zip(case.times, base.times)]))
-
-
-def share_of_ceiling(case: Case, cases: List[Case], precision: str) -> float:
-    """Median over rounds of ``case``'s executed GFLOP/s / the best ``precision`` GEMM GFLOP/s of the same round,
-    in per cent (0 when no GEMM of that precision was measured)."""
-    gemms = [c for c in cases if c.group == "gemm" and c.precision == precision]
-    if not gemms:
-        return 0.0
-    shares = [(case.items * case.flop / t) / max(g.flop / g.times[r] for g in gemms)
-              for r, t in enumerate(case.times)]
-    return 100.0 * float(np.median(shares))
-
-
 def cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:
     """The lowest row-wise cosine similarity between two feature matrices (computed in float64)."""
     return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).min())
@@ -132,8 +77,3 @@ def hf_peers(cfg: ErnieViL2Config, dtype: torch.dtype, device: str = "cpu"):
                                 num_attention_heads=t.num_heads, intermediate_size=t.intermediate_size,
                                 max_position_embeddings=t.max_position_embeddings, attn_implementation="sdpa"))
     return vision.eval().to(device=device, dtype=dtype), text.eval().to(device=device, dtype=dtype)
-
-
-def fmt(x: float, digits: int = 2) -> str:
-    """A figure as the reports print it (thousands separated)."""
-    return f"{x:,.{digits}f}"

@@ -47,7 +47,6 @@ def timed(cmd: List[str]) -> Run:
 
 def make_checkpoint(path: Path) -> Path:
     """The seeded full-size official-layout checkpoint the tests use (seed 0)."""
-    sys.path.insert(0, str(ROOT))
     from ernievil2torch.verify.synthetic import write_synthetic_pdparams
 
     return write_synthetic_pdparams(path)

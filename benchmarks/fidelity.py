@@ -24,7 +24,7 @@ import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import stamp  # benchmarks/stamp.py: this script's folder is on sys.path
+import stamp  # benchmarks/stamp.py (a script's own folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "benchmarks" / "fidelity.json"
@@ -171,5 +171,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()

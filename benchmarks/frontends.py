@@ -11,17 +11,14 @@ import argparse
 import io
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ernievil2torch.processing.image import ErnieViL2ImageProcessor  # noqa: E402
-from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer  # noqa: E402
+from ernievil2torch.processing.image import ErnieViL2ImageProcessor
+from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import stamp  # benchmarks/stamp.py: this script's folder is on sys.path
+import stamp  # benchmarks/stamp.py (a script's own folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "benchmarks" / "gradients.json"
@@ -49,10 +49,11 @@ def summarise(report) -> dict:
 
 
 def measure(work: Path) -> dict:
-    sys.path.insert(0, str(ROOT / "tests"))
     import torch
 
-    import test_gradient_parity as case  # the test's own weights, inputs and Paddle runs
+    from repo import load_file
+
+    case = load_file("tests/test_gradient_parity.py")  # the test's own weights, inputs and Paddle runs
     from ernievil2torch.config import base_config
     from ernievil2torch.verify import parity
 
@@ -124,5 +125,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()

@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "oracles"))
+from repo import load_file
 
 
 def build_model(params: str, config: dict):
     """The ``ErnieViLModel`` in eval mode with ``params`` loaded strictly and the official text epsilon."""
     import paddle.nn as nn
-    import paddlenlp_model as oracle
     from paddlenlp.transformers import ErnieViLModel
 
+    oracle = load_file("tests/oracles/paddlenlp_model.py")
     model = ErnieViLModel(oracle._build_config(config))
     model.eval()
     state = oracle._load_state(params)

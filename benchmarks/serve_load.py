@@ -34,18 +34,18 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the serve tests' helpers: the server process, hostile uploads
+from repo import ROOT, load_file
+from stamp import seal
 
-from ernievil2torch.apps.embed import embed  # noqa: E402
-from ernievil2torch.config import base_config, tiny224_config  # noqa: E402
-from ernievil2torch.conversion import convert_checkpoint  # noqa: E402
-from ernievil2torch.verify.synthetic import write_synthetic_pdparams, write_synthetic_vocab  # noqa: E402
-from serve_helpers import QUERIES, ServerProcess, png_header_only  # noqa: E402
+from ernievil2torch.apps.embed import embed
+from ernievil2torch.config import base_config, tiny224_config
+from ernievil2torch.conversion import convert_checkpoint
+from ernievil2torch.verify.synthetic import write_synthetic_pdparams, write_synthetic_vocab
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from stamp import seal  # noqa: E402
+_serve_helpers = load_file("tests/serve_helpers.py")  # the serve tests' server process and hostile uploads
+QUERIES = _serve_helpers.QUERIES
+ServerProcess = _serve_helpers.ServerProcess
+png_header_only = _serve_helpers.png_header_only
 
 REPORT = ROOT / "benchmarks" / "serve_load.md"
 UPLOAD_LIMIT_MB = 2
@@ -266,7 +266,8 @@ def render(summary: Dict[str, object], args: argparse.Namespace, command: str) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 clients x 25 requests, 2-layer model, 40 images")
-    ap.add_argument("--size", choices=("base", "tiny"), default=None, help="model size (default base; tiny with --quick)")
+    ap.add_argument("--size", choices=("base", "tiny"), default=None,
+                    help="model size (default base; tiny with --quick)")
     ap.add_argument("--clients", type=int, default=None)
     ap.add_argument("--requests", type=int, default=None, help="requests per client")
     ap.add_argument("--bad-every", type=int, default=5, help="every Nth request of a client is a bad one")

@@ -57,7 +57,6 @@ def run_case(device: str, precision: str, checkpointing: bool, args) -> Dict[str
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from ernievil2torch.config import base_config, tiny_config
     from ernievil2torch.modeling import ErnieViL2
     from ernievil2torch.training import ContrastiveObjective

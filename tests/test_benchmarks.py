@@ -6,7 +6,10 @@ targets table, the GPU section saying why it is empty), not for figures.
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,15 +72,18 @@ def test_the_last_block_counts_one_row_by_hand():
 
 
 def run(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python benchmarks/SCRIPT ARGS...`` as a user runs it, importing the package of this checkout."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=path))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
 
 def test_run_py_writes_a_sealed_report_of_what_it_measured(tmp_path: Path):
-    out = tmp_path / "BENCHMARKS.md"
-    run("run.py", "--smoke", "--threads", "1", "--out", str(out), "--png", str(tmp_path / "chart.png"))
+    out, record = tmp_path / "BENCHMARKS.md", tmp_path / "record.json"
+    run("run.py", "--smoke", "--threads", "1", "--out", str(out), "--png", str(tmp_path / "chart.png"),
+        "--record", str(record))
     text = out.read_text(encoding="utf-8")
     generator, command = stamp.check_seal(text)
     assert generator == "benchmarks/run.py" and command.startswith("python benchmarks/run.py --smoke")
@@ -91,8 +97,11 @@ def test_run_py_writes_a_sealed_report_of_what_it_measured(tmp_path: Path):
     assert len(targets) >= 6 and all(line.rstrip(" |").endswith(("met", "MISSED", "not measured"))
                                      for line in targets)
     if not torch.cuda.is_available():
-        assert "\n## GPU\n\nnot measured: no GPU lent to this task\n" in text
+        assert "\n## GPU\n\nnot measured: no CUDA device on this machine\n" in text
     assert "Optimisations kept" not in text
+    again = tmp_path / "again.md"  # the record renders the same sealed report, measuring nothing
+    run("run.py", "--from-record", "--record", str(record), "--out", str(again), "--png", str(tmp_path / "again.png"))
+    assert again.read_text(encoding="utf-8") == text
 
 
 def test_gpu_py_smoke_runs_every_path_on_the_cpu(tmp_path: Path):
@@ -107,26 +116,103 @@ def test_gpu_py_smoke_runs_every_path_on_the_cpu(tmp_path: Path):
 
 
 def test_importing_the_scripts_runs_nothing():
+    for name in ("benchlib", "cases", "chart", "environment", "paddlenlp_client", "report", "repo", "subprocess_runs",
+                 "readme_speed", "gpu", "serve_load"):
+        load(name)
     run_py = load("run")
     assert callable(run_py.main) and callable(run_py.parse_args)
     assert run_py.parse_args(["--smoke"]).rounds == 1
 
 
 def test_readme_speed_summary_is_what_readme_speed_renders():
-    """README's "## Speed" section is benchmarks/readme_speed.py's rendering of BENCHMARKS.md, prose included."""
+    """README's speed summary (a block of its "## Speed" section) is benchmarks/readme_speed.py's rendering of
+    BENCHMARKS.md, prose included."""
     readme_speed = load("readme_speed")
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    start = readme.index("## Speed\n")
-    assert readme[start:readme.index("\n## ", start + 1) + 1] == readme_speed.render(), \
+    section = readme[readme.index("## Speed\n"):]
+    assert section.index(readme_speed.BEGIN) < section.index("\n## ", 1), "the summary sits in the Speed section"
+    assert stamp.block(readme, readme_speed.BEGIN, readme_speed.END) == readme_speed.render(), \
         "run python benchmarks/readme_speed.py after benchmarks/run.py"
+
+
+def test_readme_speed_reads_only_the_report_it_is_given():
+    """The summary follows BENCHMARKS.md: a changed rate, a target turned MISSED and another GPU line show up."""
+    readme_speed = load("readme_speed")
+    report = (REPO / "BENCHMARKS.md").read_text(encoding="utf-8")
+    changed = (report.replace("| image | ours fp32 | fp32 | 5.33 [", "| image | ours fp32 | fp32 | 6.01 [")
+               .replace("| text fp32 faster than HF BertModel | 1.16x | met |",
+                        "| text fp32 faster than HF BertModel | 0.90x | MISSED |")
+               .replace("not measured: no CUDA device on this machine", "not measured: --no-gpu"))
+    assert changed.count("6.01 [") == 1 and "0.90x | MISSED" in changed and "--no-gpu" in changed
+    summary = readme_speed.render(changed)
+    assert "| 6.01 (" in summary and "- text fp32 faster than HF BertModel: 0.90x" in summary
+    assert "GPU (`benchmarks/gpu.py`): not measured: --no-gpu." in summary
+    with pytest.raises(ValueError, match="no table starting with 'GEMM'"):
+        readme_speed.render(changed.replace("| GEMM |", "| matmul |"))
+
+
+def _is_sys_path(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", "") == "sys"
+
+
+def _sys_path_edits(path: Path) -> list:
+    """Lines of ``path`` that change ``sys.path`` (a method call on it, or an assignment to it)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and _is_sys_path(node.func.value):
+            found.add(node.lineno)
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, ast.AugAssign) else []
+        if any(_is_sys_path(target) for target in targets):
+            found.add(node.lineno)
+    return sorted(found)
+
+
+def test_no_benchmark_script_edits_sys_path(tmp_path: Path):
+    """Scripts run as ``python benchmarks/X.py`` find their siblings and the installed package as they are; other
+    files of the repository are imported by path (``benchmarks/repo.py``)."""
+    edits = {p.name: _sys_path_edits(p) for p in sorted(BENCHMARKS.glob("*.py"))}
+    assert not {name: lines for name, lines in edits.items() if lines}, edits
+    planted = tmp_path / "planted.py"
+    planted.write_text("import sys\nsys.path.insert(0, 'x')\nsys.path = []\n", encoding="utf-8")
+    assert _sys_path_edits(planted) == [2, 3]
+
+
+def test_the_report_renderer_measures_nothing():
+    """``report.render`` shows exactly the cases and sections it is given, with the machine named."""
+    cases_py, report = load("cases"), load("report")
+    cases = [cases_py.Case("ours fp32", "image", lambda: None, 8, 1e9, "fp32", times=[1.0, 1.0, 1.0]),
+             cases_py.Case("ours fp32", "text", lambda: None, 32, 1e8, "fp32", times=[2.0, 2.0, 2.0]),
+             cases_py.Case("GEMM fp32 8x8x8", "gemm", lambda: None, 1, 2e9, "fp32", times=[1.0, 1.0, 1.0])]
+    facts = report.RunFacts(command="python benchmarks/run.py --threads 3", versions={"torch": "9.9"},
+                            machine={"cpu": "Test CPU", "cpus": "4", "flags": "avx2", "threads": "3", "os": "TestOS"},
+                            smoke=False, rounds=3, image_shape=(8, 3, 224, 224), text_shape=(32, 48),
+                            image_flop=1e9, text_flop=2e9)
+    measured = report.Measured(cases=cases, gpu=load("subprocess_runs").NO_CUDA,
+                               conversion={"size_mib": 100.0, "rows": [("sha256sum", 1.0, 10.0),
+                                                                       ("convert.py", 1.5, 120.0)]})
+    text = report.render(facts, measured)
+    record = json.loads(json.dumps(report.to_record(facts, measured)))
+    assert report.render(*report.from_record(record)) == text
+    assert "    python benchmarks/run.py --threads 3\n" in text
+    assert "- machine: Test CPU, 4 logical CPUs, ISA flags: avx2; TestOS" in text and "torch 9.9" in text
+    assert "| image | ours fp32 | fp32 | 8.00 [8.00-8.00] | n/a | n/a | 8.0 | 400 % | n/a |" in text
+    assert "| image fp32 >= 85 % of fp32 GEMM ceiling | 400.0 % | met |" in text
+    assert "| text fp32 >= 90 % of fp32 GEMM ceiling | 80.0 % | MISSED |" in text
+    assert "| image bf16 >= 70 % of bf16 GEMM ceiling, cosine >= 0.999 | n/a | not measured |" in text
+    assert "\n## GPU\n\nnot measured: no CUDA device on this machine\n" in text
+    assert "| conversion peak RSS <= 1.3x checkpoint | 1.20x | met |" in text and "## Notes" not in text
+    probe = "import sys, report; print(sorted({'torch', 'benchlib'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=BENCHMARKS, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr  # apart from measuring
 
 
 def test_ratios_are_medians_of_per_round_ratios():
     """A slow spell that hits one round hits both cases of a comparison; the per-round ratio cancels it."""
-    benchlib = load("benchlib")
-    ours = benchlib.Case("ours", "image", lambda: None, 8, 1e9, "fp32", times=[1.0, 3.0, 1.0])
-    peer = benchlib.Case("peer", "image", lambda: None, 8, 1e9, "fp32", times=[2.0, 6.0, 2.2])
-    gemm = benchlib.Case("GEMM", "gemm", lambda: None, 1, 10e9, "fp32", times=[0.5, 1.5, 0.5])
-    assert benchlib.paired_ratio(ours, peer) == pytest.approx(2.0)
-    assert benchlib.share_of_ceiling(ours, [ours, gemm], "fp32") == pytest.approx(40.0)
-    assert benchlib.share_of_ceiling(ours, [ours, gemm], "bf16") == 0.0
+    cases = load("cases")
+    ours = cases.Case("ours", "image", lambda: None, 8, 1e9, "fp32", times=[1.0, 3.0, 1.0])
+    peer = cases.Case("peer", "image", lambda: None, 8, 1e9, "fp32", times=[2.0, 6.0, 2.2])
+    gemm = cases.Case("GEMM", "gemm", lambda: None, 1, 10e9, "fp32", times=[0.5, 1.5, 0.5])
+    assert cases.paired_ratio(ours, peer) == pytest.approx(2.0)
+    assert cases.share_of_ceiling(ours, [ours, gemm], "fp32") == pytest.approx(40.0)
+    assert cases.share_of_ceiling(ours, [ours, gemm], "bf16") == 0.0

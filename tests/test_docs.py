@@ -2,37 +2,37 @@
 
 How each document is covered:
 
-* **README.md and RELIABILITY.md**: ``FIGURES`` lists every figure as a :class:`Figure`: a regex whose groups are
-  the figures, the document, and a function that computes what each group must read from the code that produces
-  it (a test's constant or case table, a bound the tests assert, a script's record, the model definition, the
-  requirements files, a BENCHMARKS.md table, SPEC.md for published numbers). ``test_every_number_is_a_checked_figure``
-  then scans each of these documents for numbers outside code spans and fails on any that is neither inside a
-  checked group nor matched by ``NOT_FIGURES`` (names and versions such as "ERNIE 3.0", each with the reason it is
-  not a figure). ``GENERATED_BLOCKS`` are tables rendered, not written: README's fidelity and gradient tables
-  (``benchmarks/fidelity.py`` and ``benchmarks/gradients.py`` from their JSON records) and RELIABILITY.md's
-  hostile-request table (from ``tests/test_serve.py``'s own case list); each must equal its rendering
-  (``python tests/test_docs.py --write`` renders them again without measuring).
-* **BENCHMARKS.md** (``benchmarks/run.py``) and **benchmarks/serve_load.md** (``benchmarks/serve_load.py``) are
-  generated and sealed (``benchmarks/stamp.py``): the last line holds the sha256 of the text above, so any figure
-  edited or added by hand after the run fails ``test_benchmarks_md_is_what_its_generator_wrote``. README's speed figures are re-derived from BENCHMARKS.md's
-  own tables.
+* **Figure blocks** (README.md, RELIABILITY.md): a paragraph or table holding figures sits between two marker
+  lines, ``<!-- figures: KEY KEY ... -->`` and ``<!-- end of figures -->``. The keys name, in reading order, the
+  :data:`SOURCES` that produce the block's figures (a test's constant or case table, a bound the tests assert, the
+  model definition, a requirements pin, SPEC.md for published numbers); the numbers in the block (outside code
+  spans and :data:`NOT_FIGURES`) must read exactly those values, in that order. The prose around them is free:
+  reword it, add sentences without figures, and nothing here changes.
+* **Generated blocks** (:data:`GENERATED_BLOCKS`) are rendered whole, prose included: README's fidelity and
+  gradient tables (``benchmarks/fidelity.py`` and ``benchmarks/gradients.py`` from their JSON records), its speed
+  summary (``benchmarks/readme_speed.py`` from BENCHMARKS.md) and RELIABILITY.md's hostile-request table (from
+  ``tests/test_serve.py``'s own case list); each must equal its rendering.
+* **Sealed reports**: BENCHMARKS.md (``benchmarks/run.py``) and benchmarks/serve_load.md
+  (``benchmarks/serve_load.py``) end in a seal (``benchmarks/stamp.py``) holding the sha256 of the text above, so
+  any figure edited or added by hand after the run fails ``test_a_sealed_report_is_what_its_generator_wrote``.
 
-Adding a section with figures (to README.md or RELIABILITY.md): add one :class:`Figure` per figure (or one per
-phrase, with a group per number) to ``FIGURES``, computing the expected text from the test or script that produces
-it; the scan names every number still unchecked (document, line, context). A new generated block works like the
-fidelity table: a script renders it from a record, and a test compares. A new generated document works like
-BENCHMARKS.md: its generator seals it with ``benchmarks/stamp.py`` and ``SEALED`` lists it.
+``test_every_number_is_a_checked_figure`` then scans README.md and RELIABILITY.md and fails on any number outside
+a figure block, a generated block, a code span or :data:`NOT_FIGURES` (names and versions such as "ERNIE 3.0").
+
+``python tests/test_docs.py --write`` renders every generated block and every figure block's numbers again from
+their sources (measuring nothing); a figure block whose count of numbers differs from its keys is left alone and
+named. Adding a figure: put it inside a figure block (or wrap its paragraph in a new one) and add its key, and a
+:data:`SOURCES` entry computing it when no key fits.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import pytest
 
@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _load_script(path: Path):
+    """A file of ``benchmarks/`` or ``tests/`` as a module, registered under its stem (benchmark scripts import
+    their siblings by that name)."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module
@@ -49,29 +51,16 @@ def _load_script(path: Path):
     return module
 
 
+# The benchmark scripts import their siblings ``repo`` and ``stamp`` by name: those load first.
+_load_script(REPO / "benchmarks" / "repo.py")
 stamp = _load_script(REPO / "benchmarks" / "stamp.py")
 fidelity = _load_script(REPO / "benchmarks" / "fidelity.py")
 gradients = _load_script(REPO / "benchmarks" / "gradients.py")
+readme_speed = _load_script(REPO / "benchmarks" / "readme_speed.py")
 
 
 def read(doc: str) -> str:
     return (REPO / doc).read_text(encoding="utf-8")
-
-
-@dataclass(frozen=True)
-class Figure:
-    """``pattern``'s groups in ``doc`` must read ``expected()`` (one string per group); it must match ``count``
-    times (None: at least once), and each match is checked. ``source`` says where the figures come from."""
-
-    doc: str
-    pattern: str
-    expected: Callable[[], Sequence[str]]
-    source: str
-    count: Optional[int] = 1
-
-    @property
-    def id(self) -> str:
-        return f"{self.doc}: {self.pattern[:60]}"
 
 
 def n(value: float) -> str:
@@ -88,49 +77,49 @@ def g(value: float) -> str:
 
 # ---- sources ------------------------------------------------------------------------------------------------------
 
+def _test_module(stem: str):
+    """The test module ``stem`` wherever it sits under ``tests/`` (the one already imported, or loaded by path)."""
+    if stem in sys.modules:
+        return sys.modules[stem]
+    found = sorted((REPO / "tests").glob(f"**/{stem}.py"))
+    assert len(found) == 1, f"expected one tests/**/{stem}.py, found {found}"
+    return _load_script(found[0])
+
+
 def hostile():
-    import test_hostile_checkpoints
-    return test_hostile_checkpoints
+    return _test_module("test_hostile_checkpoints")
 
 
 def fuzz():
-    import test_fuzz_reader
-    return test_fuzz_reader
+    return _test_module("test_fuzz_reader")
 
 
 def safety():
-    import test_output_safety
-    return test_output_safety
+    return _test_module("test_output_safety")
 
 
 def reader_errors():
-    import test_reader_errors
-    return test_reader_errors
+    return _test_module("test_reader_errors")
 
 
 def cli_failures():
-    import test_cli_failures
-    return test_cli_failures
+    return _test_module("test_cli_failures")
 
 
 def images():
-    import test_image_processing
-    return test_image_processing
+    return _test_module("test_image_processing")
 
 
 def export_tests():
-    import test_export
-    return test_export
+    return _test_module("test_export")
 
 
 def training():
-    import test_training
-    return test_training
+    return _test_module("test_training")
 
 
 def serve_tests():
-    import test_serve
-    return test_serve
+    return _test_module("test_serve")
 
 
 def captions_drawn() -> int:
@@ -138,28 +127,19 @@ def captions_drawn() -> int:
     return len(SHAPES) * len(SHAPE_COLOURS)
 
 
-def learning_figures() -> List[str]:
-    per_caption = training().LEARNING_IMAGES_PER_CAPTION
-    return [str(per_caption), n(per_caption * captions_drawn()), f"{training().LEARNING_MIN_R1:g}",
-            str(captions_drawn()), f"{100 / captions_drawn():g}", str(training().LEARNING_STEPS),
-            f"{training().LEARNING_CPU_LIMIT_S:g}"]
-
-
-def ddp_figures() -> List[str]:
-    bounds = dict(training().DDP_BOUNDS)
-    world = training().DDP_PROCESSES
-    batch = _load_script(REPO / "tests" / "workers" / "ddp_gradients.py").GLOBAL_BATCH
-    return [str(world), str(batch // world), "1", str(batch), g(bounds["float64"]), g(bounds["float32"])]
+def ddp_global_batch() -> int:
+    return _load_script(REPO / "tests" / "workers" / "ddp_gradients.py").GLOBAL_BATCH
 
 
 def text_dropout() -> List[str]:
+    """The one text dropout rate README states for both fields (nothing when they differ: the check then fails)."""
     from ernievil2torch.config import TextConfig
     return [f"{TextConfig.hidden_dropout:g}"] if TextConfig.hidden_dropout == TextConfig.attention_dropout else []
 
 
-def parity_bounds() -> Tuple[str, str, str]:
-    from ernievil2torch.verify import parity
-    return g(parity.FEATURE_ATOL), f"{parity.MIN_COSINE}", g(parity.LOGIT_ATOL)
+def parity():
+    from ernievil2torch.verify import parity as module
+    return module
 
 
 def reference_constants():
@@ -188,330 +168,190 @@ def spec_text() -> str:
     return (shared_data_dir().parent / "SPEC.md").read_text(encoding="utf-8")
 
 
-def base_model_counts() -> Tuple[str, str]:
+def base_state_shapes() -> List[int]:
+    """The element count of every tensor of the Base model's state dict (built on the meta device)."""
     import torch
 
     from ernievil2torch.config import base_config
     from ernievil2torch.modeling import ErnieViL2
 
     with torch.device("meta"):
-        state = ErnieViL2(base_config()).state_dict()
-    return n(len(state)), n(sum(t.numel() for t in state.values()))
+        return [t.numel() for t in ErnieViL2(base_config()).state_dict().values()]
 
 
-def kill_checkpoint_mb() -> List[str]:
+def kill_checkpoint_mb() -> str:
     from ernievil2torch.verify.synthetic import layout_state
 
     state = layout_state(safety().big_config(), "official", seed=0)
-    return [str(round(sum(a.nbytes for a in state.values()) / 1e6))]
+    return str(round(sum(a.nbytes for a in state.values()) / 1e6))
 
 
-# ---- BENCHMARKS.md's own tables, for README's speed summary ------------------------------------------------------
-
-def markdown_tables(text: str) -> List[List[List[str]]]:
-    """Every table of a markdown text as rows of cells (header row first, separator row dropped)."""
-    tables, current = [], []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if not all(set(c) <= set("-: ") for c in cells):
-                current.append(cells)
-        elif current:
-            tables.append(current)
-            current = []
-    return tables
+def spec_published_r1() -> Tuple[str, str]:
+    """The official COCO-CN R@1, text→image and image→text."""
+    return re.search(r"text→image R@1/5/10 = (\d+\.\d) .*?image→text (\d+\.\d)", spec_text()).groups()
 
 
-def benchmark_table(first_header: str, key_columns: int = 1) -> Dict[Tuple[str, ...], Dict[str, str]]:
-    """The BENCHMARKS.md table whose header starts with ``first_header``: {key cells: {column: cell}}."""
-    for table in markdown_tables(read("BENCHMARKS.md")):
-        header = table[0]
-        if header[0] == first_header:
-            return {tuple(row[:key_columns]): dict(zip(header, row)) for row in table[1:]}
-    raise AssertionError(f"BENCHMARKS.md has no table starting with '{first_header}'")
+def spec_paddlenlp_eps_bug() -> Tuple[str, str]:
+    """(the first PaddleNLP version with the text LayerNorm eps bug, the eps it builds), from SPEC.md."""
+    return re.search(r"PaddleNLP ≥(\d\.\d) builds them with (1e-12)", spec_text()).groups()
 
 
-def throughput(tower: str, implementation: str) -> Dict[str, str]:
-    return benchmark_table("tower", 2)[(tower, implementation)]
+# ---- the sources of figure blocks ----------------------------------------------------------------------------------
+
+Figures = Union[str, Sequence[str]]
 
 
-def rate(tower: str, implementation: str) -> float:
-    return float(throughput(tower, implementation)["items/s [min-max]"].split()[0].replace(",", ""))
+@dataclass(frozen=True)
+class Source:
+    """What a figure-block key stands for: ``origin`` (where the figures come from, for messages) and ``figures``
+    (the figure, or several in reading order, as the documents print them)."""
+
+    origin: str
+    figures: Callable[[], Figures]
+
+    def values(self) -> List[str]:
+        found = self.figures()
+        return [found] if isinstance(found, str) else list(found)
 
 
-def sig3(value: float) -> str:
-    """A rate as README prints it: three significant digits (5.28, 23.2, 173)."""
-    return f"{value:.{max(0, 2 - math.floor(math.log10(value)))}f}"
+SOURCES: Dict[str, Source] = {
+    # exit statuses and the CLI
+    "exit_bad_input": Source("cli.EXIT_BAD_INPUT", lambda: str(cli().EXIT_BAD_INPUT)),
+    "exit_internal_error": Source("cli.EXIT_INTERNAL_ERROR", lambda: str(cli().EXIT_INTERNAL_ERROR)),
+    "exit_interrupted": Source("cli.EXIT_INTERRUPTED", lambda: str(cli().EXIT_INTERRUPTED)),
+    "planted_errors": Source("test_reader_errors.PLANTED_ERRORS",
+                             lambda: str(len(reader_errors().PLANTED_ERRORS))),
+    # hostile checkpoints
+    "payload_calls": Source("test_hostile_checkpoints._payload_calls",
+                            lambda: str(len(hostile()._payload_calls(Path("m"))))),
+    "hiding_places": Source("test_hostile_checkpoints.PLACEMENTS", lambda: str(len(hostile().PLACEMENTS))),
+    "payload_cases": Source("_payload_calls x PLACEMENTS", lambda: str(
+        len(hostile()._payload_calls(Path("m"))) * len(hostile().PLACEMENTS))),
+    "foreign_cases": Source("test_hostile_checkpoints.FOREIGN_GLOBALS, each in 3 spellings: (all, globals, 3)",
+                            lambda: [str(3 * len(hostile().FOREIGN_GLOBALS)), str(len(hostile().FOREIGN_GLOBALS)),
+                                     "3"]),
+    "unsafe_constructs": Source("test_hostile_checkpoints.UNSAFE_CONSTRUCTS",
+                                lambda: str(len(hostile().UNSAFE_CONSTRUCTS))),
+    "bad_dtypes": Source("test_hostile_checkpoints.BAD_DTYPES", lambda: str(len(hostile().BAD_DTYPES))),
+    "memory_bombs": Source("test_hostile_checkpoints.MEMORY_BOMBS", lambda: str(len(hostile().MEMORY_BOMBS))),
+    "memory_bomb_limit_mb": Source("test_hostile_checkpoints.MEMORY_BOMB_LIMIT_MB",
+                                   lambda: str(hostile().MEMORY_BOMB_LIMIT_MB)),
+    "small_truncations": Source("test_hostile_checkpoints.count_small_truncations()",
+                                lambda: n(hostile().count_small_truncations())),
+    "truncation_head": Source("test_hostile_checkpoints.TRUNCATION_HEAD", lambda: str(hostile().TRUNCATION_HEAD)),
+    "truncations_converted": Source("TRUNCATIONS_TINY / CONVERT_EVERY", lambda: str(len(range(
+        0, hostile().TRUNCATIONS_TINY, hostile().CONVERT_EVERY)))),
+    "truncations_tiny": Source("test_hostile_checkpoints.TRUNCATIONS_TINY", lambda: str(hostile().TRUNCATIONS_TINY)),
+    "random_blobs": Source("test_hostile_checkpoints.RANDOM_BLOBS", lambda: str(hostile().RANDOM_BLOBS)),
+    "wrong_files": Source("test_hostile_checkpoints._wrong_files",
+                          lambda: str(len(hostile()._wrong_files(Path(__file__))))),
+    "wrong_model_cases": Source("test_hostile_checkpoints.WRONG_MODEL_CASES",
+                                lambda: str(hostile().WRONG_MODEL_CASES)),
+    "non_finite_checkpoints": Source("test_non_finite_weights_convert_with_a_warning: one checkpoint", lambda: "1"),
+    "bad_path_cases": Source("test_hostile_checkpoints.BAD_PATH_CASES", lambda: str(hostile().BAD_PATH_CASES)),
+    "valid_variants": Source("test_hostile_checkpoints.VALID_VARIANTS", lambda: str(len(hostile().VALID_VARIANTS))),
+    "convert_cli_cases": Source("test_hostile_checkpoints.CLI_CASES", lambda: str(hostile().CLI_CASES)),
+    # fuzzing
+    "fuzz_bases": Source("test_fuzz_reader.BASES", lambda: str(len(fuzz().BASES))),
+    "byte_flips": Source("test_fuzz_reader.MUTATIONS_PER_EXAMPLE: (fewest, most)",
+                         lambda: [str(v) for v in fuzz().MUTATIONS_PER_EXAMPLE]),
+    "reader_examples": Source("test_fuzz_reader.READER_EXAMPLES", lambda: n(fuzz().READER_EXAMPLES)),
+    "fuzz_deadlines_s": Source("test_fuzz_reader.PER_EXAMPLE_DEADLINE, HANG_GUARD_S", lambda: [
+        str(int(fuzz().PER_EXAMPLE_DEADLINE.total_seconds())), str(fuzz().HANG_GUARD_S)]),
+    "convert_examples": Source("test_fuzz_reader.CONVERT_EXAMPLES", lambda: n(fuzz().CONVERT_EXAMPLES)),
+    "surrogate_texts": Source("test_fuzz_reader.MIN_SURROGATE_TEXTS", lambda: n(fuzz().MIN_SURROGATE_TEXTS)),
+    "tokenizer_examples": Source("test_fuzz_reader.TOKENIZER_EXAMPLES", lambda: n(fuzz().TOKENIZER_EXAMPLES)),
+    # output safety
+    "kill_checkpoint_mb": Source("test_output_safety.big_config(), saved size", kill_checkpoint_mb),
+    "kill_lanes": Source("test_output_safety.KILL_LANES", lambda: str(safety().KILL_LANES)),
+    "kill_trials": Source("test_output_safety.KILL_TRIALS", lambda: str(safety().KILL_TRIALS)),
+    "stale_leftovers": Source("test_output_safety.STALE_NAMES, plus test_killed_overwrite_between_renames_is_restored",
+                              lambda: [str(len(safety().STALE_NAMES)), "1"]),
+    "refusal_cases": Source("test_output_safety.REFUSAL_CASES", lambda: str(safety().REFUSAL_CASES)),
+    "write_failures": Source("test_output_safety.WRITE_FAILURES, plus the interrupted rename",
+                             lambda: str(len(safety().WRITE_FAILURES) + 1)),
+    "safetensors_cuts": Source("test_output_safety.SAFETENSORS_TRUNCATIONS",
+                               lambda: str(len(safety().SAFETENSORS_TRUNCATIONS))),
+    "bad_safetensors": Source("SAFETENSORS_TRUNCATIONS + CORRUPT_SAFETENSORS", lambda: str(
+        len(safety().SAFETENSORS_TRUNCATIONS) + safety().CORRUPT_SAFETENSORS)),
+    "bad_configs": Source("BROKEN_CONFIGS + BAD_CONFIG_TEXTS",
+                          lambda: str(safety().BROKEN_CONFIGS + len(safety().BAD_CONFIG_TEXTS))),
+    "missing_file_cases": Source("test_output_safety.MISSING_FILE_CASES", lambda: str(safety().MISSING_FILE_CASES)),
+    # interrupted commands, bad images and texts, resume
+    "subcommands": Source("test_cli_failures.MESSAGES", lambda: str(len(cli_failures().MESSAGES))),
+    "interruptions": Source("test_cli_failures.INTERRUPTIONS", lambda: str(len(cli_failures().INTERRUPTIONS))),
+    "bad_image_cases": Source("test_image_processing.BAD_IMAGE_CASES", lambda: str(images().BAD_IMAGE_CASES)),
+    "resume_atol": Source("test_training.RESUME_ATOL", lambda: g(training().RESUME_ATOL)),
+    # the search service
+    "raw_traversals": Source("test_serve.RAW_TRAVERSALS", lambda: str(len(serve_tests().RAW_TRAVERSALS))),
+    "min_token_length": Source("apps.serve.security.MIN_TOKEN_LENGTH", lambda: str(
+        __import__("ernievil2torch.apps.serve.security", fromlist=["x"]).MIN_TOKEN_LENGTH)),
+    "slow_model_call_s": Source("test_serve.SLOW_MODEL_CALL_S", lambda: f"{serve_tests().SLOW_MODEL_CALL_S:g}"),
+    "responsive_within_s": Source("test_serve.RESPONSIVE_WITHIN_S",
+                                  lambda: f"{serve_tests().RESPONSIVE_WITHIN_S:g}"),
+    # README: the model, conversion, export, retrieval
+    "base_tensors": Source("ErnieViL2(base_config()).state_dict(): tensors", lambda: n(len(base_state_shapes()))),
+    "base_parameters": Source("ErnieViL2(base_config()).state_dict(): parameters",
+                              lambda: n(sum(base_state_shapes()))),
+    "export_atol": Source("test_export.EXPORT_ATOL", lambda: g(export_tests().EXPORT_ATOL)),
+    "published_r1": Source("SPEC.md, the official COCO-CN R@1 (text→image, image→text)", spec_published_r1),
+    # README: fidelity
+    "feature_atol": Source("verify.parity.FEATURE_ATOL", lambda: g(parity().FEATURE_ATOL)),
+    "min_cosine": Source("verify.parity.MIN_COSINE", lambda: f"{parity().MIN_COSINE}"),
+    "logit_atol": Source("verify.parity.LOGIT_ATOL", lambda: g(parity().LOGIT_ATOL)),
+    "paddlenlp_eps_bug": Source("SPEC.md: (first PaddleNLP version with the bug, the text eps it builds)",
+                                spec_paddlenlp_eps_bug),
+    # README: what the port reproduces
+    "text_ln_eps": Source("paddle_reference.TEXT_LAYER_NORM_EPS",
+                          lambda: g(reference_constants().TEXT_LAYER_NORM_EPS)),
+    "vision_ln_eps": Source("paddle_reference.VISION_LAYER_NORM_EPS",
+                            lambda: g(reference_constants().VISION_LAYER_NORM_EPS)),
+    "mask_bias": Source("paddle_reference.MASK_BIAS", lambda: f"−{-int(reference_constants().MASK_BIAS)}"),
+    "text_hidden": Source("paddle_reference.ReferenceSizes().text_hidden",
+                          lambda: str(reference_constants().ReferenceSizes().text_hidden)),
+    "vision_hidden": Source("paddle_reference.ReferenceSizes().vision_hidden",
+                            lambda: str(reference_constants().ReferenceSizes().vision_hidden)),
+    "pad_token_id": Source("paddle_reference.PAD_TOKEN_ID", lambda: str(reference_constants().PAD_TOKEN_ID)),
+    "max_length": Source("constants.DEFAULT_MAX_LENGTH", lambda: str(constants().DEFAULT_MAX_LENGTH)),
+    "max_text_positions": Source("constants.MAX_TEXT_POSITIONS", lambda: str(constants().MAX_TEXT_POSITIONS)),
+    "image_size": Source("constants.IMAGE_SIZE", lambda: str(constants().IMAGE_SIZE)),
+    # README: dependencies
+    "torch_pin": Source("requirements.txt", lambda: pinned("requirements.txt", "torch")),
+    "paddlenlp_pin": Source("requirements-oracle.txt", lambda: pinned("requirements-oracle.txt", "paddlenlp")),
+    # README: fine-tuning
+    "text_dropout": Source("config.TextConfig hidden_dropout = attention_dropout", text_dropout),
+    "learning_images_per_caption": Source("test_training.LEARNING_IMAGES_PER_CAPTION",
+                                          lambda: str(training().LEARNING_IMAGES_PER_CAPTION)),
+    "learning_images": Source("LEARNING_IMAGES_PER_CAPTION x verify.demo shapes x colours", lambda: n(
+        training().LEARNING_IMAGES_PER_CAPTION * captions_drawn())),
+    "learning_min_r1": Source("test_training.LEARNING_MIN_R1", lambda: f"{training().LEARNING_MIN_R1:g}"),
+    "captions_drawn": Source("verify.demo shapes x colours", lambda: str(captions_drawn())),
+    "chance_percent": Source("100 / (verify.demo shapes x colours)", lambda: f"{100 / captions_drawn():g}"),
+    "learning_steps": Source("test_training.LEARNING_STEPS", lambda: str(training().LEARNING_STEPS)),
+    "learning_cpu_s": Source("test_training.LEARNING_CPU_LIMIT_S", lambda: f"{training().LEARNING_CPU_LIMIT_S:g}"),
+    "ddp_processes": Source("test_training.DDP_PROCESSES", lambda: str(training().DDP_PROCESSES)),
+    "ddp_pairs_per_process": Source("workers/ddp_gradients.GLOBAL_BATCH / DDP_PROCESSES",
+                                    lambda: str(ddp_global_batch() // training().DDP_PROCESSES)),
+    "one_process": Source("the single-process run the DDP test compares with", lambda: "1"),
+    "ddp_global_batch": Source("workers/ddp_gradients.GLOBAL_BATCH", lambda: str(ddp_global_batch())),
+    "ddp_bounds": Source("test_training.DDP_BOUNDS: (float64, float32)", lambda: [
+        g(dict(training().DDP_BOUNDS)["float64"]), g(dict(training().DDP_BOUNDS)["float32"])]),
+}
 
 
-def best_bf16(tower: str) -> str:
-    """The fastest of our bf16 paths in BENCHMARKS.md for ``tower``."""
-    names = [name for (t, name), row in benchmark_table("tower", 2).items() if t == tower
-             and name.startswith("ours") and row["precision"] == "bf16"]
-    return max(names, key=lambda name: rate(tower, name))
-
-
-def speed_row(tower: str) -> Tuple[str, ...]:
-    """README's speed row for a tower, from BENCHMARKS.md: ours fp32 (x PaddleNLP), our best bf16 (its path), then
-    the Paddle reference, PaddleNLP, ONNX Runtime on our export and the HF peer, all fp32."""
-    peer = {"image": "HF CLIPVisionModel", "text": "HF BertModel"}[tower]
-    ours, bf16 = rate(tower, "ours fp32"), best_bf16(tower)
-    x_paddlenlp = float(throughput(tower, "ours fp32")["x PaddleNLP"].rstrip("x"))  # a median of per-round ratios
-    return (sig3(ours), f"{x_paddlenlp:.1f}", sig3(rate(tower, bf16)),
-            bf16[len("ours "):], sig3(rate(tower, "Paddle reference")), sig3(rate(tower, "PaddleNLP ErnieViLModel")),
-            sig3(rate(tower, "ONNX Runtime (our export)")), sig3(rate(tower, peer)))
-
-
-def bench_line(prefix: str) -> str:
-    """The line of BENCHMARKS.md's header list starting with ``prefix``."""
-    return next(line for line in read("BENCHMARKS.md").splitlines() if line.startswith(prefix))
-
-
-def method_line() -> str:
-    return bench_line("- method:")
-
-
-def threads_line() -> str:
-    return bench_line("- threads:")
-
-
-def machine() -> Tuple[str, str]:
-    """(CPU model, ISA flags) from BENCHMARKS.md's machine line."""
-    return re.match(r"- machine: (.+?), \d+ logical CPUs, ISA flags: ([^;]+);", bench_line("- machine:")).groups()
-
-
-def bf16_min_cosine() -> str:
-    cells = [row["result"] for key, row in benchmark_table("comparison").items() if "bf16" in key[0]]
-    lowest = min(float(x) for cell in cells for x in re.findall(r"min cosine ([0-9.]+)", cell))
-    return f"{math.floor(lowest * 1e4) / 1e4:.4f}"
-
-
-def gemm_ratio() -> str:
-    gemms = benchmark_table("GEMM")
-    best = {p: max(float(r["GFLOP/s [min-max]"].split()[0].replace(",", "")) for (name,), r in gemms.items()
-                   if name.startswith(f"GEMM {p} ")) for p in ("fp32", "bf16")}
-    return f"{best['bf16'] / best['fp32']:.1f}"
-
-
-def targets() -> Dict[str, Tuple[str, str]]:
-    """BENCHMARKS.md's targets table: {target text: (figure, verdict)}."""
-    return {key[0]: (row["figure"], row["verdict"]) for key, row in benchmark_table("target").items()}
-
-
-def of_ceiling() -> Tuple[str, ...]:
-    """Ours fp32 image and text, then the best bf16 image and text, as % of their GEMM ceiling (targets table)."""
-    found = targets()
-
-    def share(prefix: str) -> str:
-        (text,) = [t for t in found if t.startswith(prefix)]
-        return found[text][0].rstrip(" %")
-    return (share("image fp32 >="), share("text fp32 >="), share("image bf16 >="), share("text bf16 >="))
-
-
-def missed_targets() -> Tuple[str]:
-    """README's list of the targets BENCHMARKS.md reports MISSED, one ``- target: figure`` line each."""
-    missed = [f"- {text}: {figure}" for text, (figure, verdict) in targets().items() if verdict == "MISSED"]
-    return ("\n".join(missed) or "- none",)
-
-
-def gpu_status() -> Tuple[str]:
-    """The first line of BENCHMARKS.md's GPU section."""
-    text = read("BENCHMARKS.md")
-    return (text[text.index("\n## GPU\n\n") + len("\n## GPU\n\n"):].splitlines()[0],)
-
-
-# ---- the figures --------------------------------------------------------------------------------------------------
+# ---- what the documents hold ----------------------------------------------------------------------------------------
 
 R, M = "RELIABILITY.md", "README.md"
-
-
-def row(start: str) -> str:
-    """A RELIABILITY.md table row beginning with ``start``; the group is its count cell."""
-    return rf"(?m)^\| {re.escape(start)}[^\n]*? \| ([^|\n]+) \| [^\n]*\|$"
-
-
-FIGURES: List[Figure] = [
-    # RELIABILITY.md: the hostile-checkpoint table
-    Figure(R, r"code-execution payloads: (\d+) calls", lambda: [str(len(hostile()._payload_calls(Path("m"))))],
-           "test_hostile_checkpoints._payload_calls"),
-    Figure(R, r"× (\d+) hiding places", lambda: [str(len(hostile().PLACEMENTS))],
-           "test_hostile_checkpoints.PLACEMENTS"),
-    Figure(R, row("code-execution payloads"),
-           lambda: [str(len(hostile()._payload_calls(Path("m"))) * len(hostile().PLACEMENTS))], "calls x placements"),
-    Figure(R, r"\| (\d+) \((\d+) × (\d+)\) \|", lambda: [str(3 * len(hostile().FOREIGN_GLOBALS)),
-                                                        str(len(hostile().FOREIGN_GLOBALS)), "3"],
-           "test_hostile_checkpoints.FOREIGN_GLOBALS, each in 3 spellings"),
-    Figure(R, row("tricks with the allowed globals only"), lambda: [str(len(hostile().UNSAFE_CONSTRUCTS))],
-           "test_hostile_checkpoints.UNSAFE_CONSTRUCTS"),
-    Figure(R, row("non-numeric dtypes"), lambda: [str(len(hostile().BAD_DTYPES))],
-           "test_hostile_checkpoints.BAD_DTYPES"),
-    Figure(R, row("memory bombs"), lambda: [str(len(hostile().MEMORY_BOMBS))], "test_hostile_checkpoints.MEMORY_BOMBS"),
-    Figure(R, r"each load allocates < (\d+) MB and grows the resident set < (\d+) MB",
-           lambda: [str(hostile().MEMORY_BOMB_LIMIT_MB)] * 2, "test_hostile_checkpoints.MEMORY_BOMB_LIMIT_MB"),
-    Figure(R, row("truncations of small state-dict pickles"), lambda: [n(hostile().count_small_truncations())],
-           "test_hostile_checkpoints.count_small_truncations()"),
-    Figure(R, r"every offset of the first (\d+) bytes", lambda: [str(hostile().TRUNCATION_HEAD)],
-           "test_hostile_checkpoints.TRUNCATION_HEAD"),
-    Figure(R, r"random ones\), (\d+) of them also through", lambda: [str(len(range(
-        0, hostile().TRUNCATIONS_TINY, hostile().CONVERT_EVERY)))], "TRUNCATIONS_TINY / CONVERT_EVERY"),
-    Figure(R, row("truncations of the tiny-model checkpoint"), lambda: [str(hostile().TRUNCATIONS_TINY)],
-           "test_hostile_checkpoints.TRUNCATIONS_TINY"),
-    Figure(R, row("random byte strings"), lambda: [str(hostile().RANDOM_BLOBS)],
-           "test_hostile_checkpoints.RANDOM_BLOBS"),
-    Figure(R, row("wrong kinds of file"), lambda: [str(len(hostile()._wrong_files(Path(__file__))))],
-           "test_hostile_checkpoints._wrong_files"),
-    Figure(R, row("wrong model / bad tensors"), lambda: [str(hostile().WRONG_MODEL_CASES)],
-           "test_hostile_checkpoints.WRONG_MODEL_CASES"),
-    Figure(R, row("NaN/Inf weights"), lambda: ["1"], "test_non_finite_weights_convert_with_a_warning: one checkpoint"),
-    Figure(R, row("bad paths"), lambda: [str(hostile().BAD_PATH_CASES)], "test_hostile_checkpoints.BAD_PATH_CASES"),
-    Figure(R, row("valid variants that must load"), lambda: [str(len(hostile().VALID_VARIANTS))],
-           "test_hostile_checkpoints.VALID_VARIANTS"),
-    Figure(R, row("CLI via `convert.py` subprocesses"), lambda: [str(hostile().CLI_CASES)],
-           "test_hostile_checkpoints.CLI_CASES"),
-    Figure(R, r"exit code (\d), no\s+traceback", lambda: [str(cli().EXIT_BAD_INPUT)], "cli.EXIT_BAD_INPUT"),
-    Figure(R, r"\| exit (\d), `error: <message>`", lambda: [str(cli().EXIT_BAD_INPUT)], "cli.EXIT_BAD_INPUT"),
-    Figure(R, r"`internal error`, exit code (\d)", lambda: [str(cli().EXIT_INTERNAL_ERROR)], "cli.EXIT_INTERNAL_ERROR"),
-    Figure(R, r"planted bug\s+\((\d+) exception types\)", lambda: [str(len(reader_errors().PLANTED_ERRORS))],
-           "test_reader_errors.PLANTED_ERRORS"),
-    # the fuzzing table
-    Figure(R, r"\((\d+) bases:", lambda: [str(len(fuzz().BASES))], "test_fuzz_reader.BASES"),
-    Figure(R, r"; (\d+) to (\d+) byte flips", lambda: [str(v) for v in fuzz().MUTATIONS_PER_EXAMPLE],
-           "test_fuzz_reader.MUTATIONS_PER_EXAMPLE"),
-    Figure(R, row("mutated small pickles"), lambda: [n(fuzz().READER_EXAMPLES)], "test_fuzz_reader.READER_EXAMPLES"),
-    Figure(R, r"a (\d+) s per-example deadline and a (\d+) s SIGALRM",
-           lambda: [str(int(fuzz().PER_EXAMPLE_DEADLINE.total_seconds())), str(fuzz().HANG_GUARD_S)],
-           "test_fuzz_reader.PER_EXAMPLE_DEADLINE, HANG_GUARD_S"),
-    Figure(R, row("mutated micro-model checkpoints"), lambda: [n(fuzz().CONVERT_EXAMPLES)],
-           "test_fuzz_reader.CONVERT_EXAMPLES"),
-    Figure(R, r"at least ([\d,]+) of them with a lone surrogate", lambda: [n(fuzz().MIN_SURROGATE_TEXTS)],
-           "test_fuzz_reader.MIN_SURROGATE_TEXTS"),
-    Figure(R, row("random texts"), lambda: [n(fuzz().TOKENIZER_EXAMPLES)], "test_fuzz_reader.TOKENIZER_EXAMPLES"),
-    Figure(R, r"texts: ([\d,]+) random requests", lambda: [n(fuzz().TOKENIZER_EXAMPLES)],
-           "test_fuzz_reader.TOKENIZER_EXAMPLES"),
-    # the output-safety table
-    Figure(R, r"on a ~(\d+) MB checkpoint", kill_checkpoint_mb, "test_output_safety.big_config(), saved size"),
-    Figure(R, r"in (\d+) lanes", lambda: [str(safety().KILL_LANES)], "test_output_safety.KILL_LANES"),
-    Figure(R, row("`convert.py --overwrite`"), lambda: [str(safety().KILL_TRIALS)], "test_output_safety.KILL_TRIALS"),
-    Figure(R, r"SIGINT runs exit (\d+)", lambda: [str(cli().EXIT_INTERRUPTED)], "cli.EXIT_INTERRUPTED"),
-    Figure(R, row("stale `.DST.partial-PID-*`"), lambda: [f"{len(safety().STALE_NAMES)} + 1"],
-           "test_output_safety.STALE_NAMES, plus test_killed_overwrite_between_renames_is_restored"),
-    Figure(R, row("refusal to overwrite"), lambda: [str(safety().REFUSAL_CASES)], "test_output_safety.REFUSAL_CASES"),
-    Figure(R, row("failures while writing"), lambda: [str(len(safety().WRITE_FAILURES) + 1)],
-           "test_output_safety.WRITE_FAILURES, plus the interrupted rename"),
-    Figure(R, r"\((\d+) cut points\)", lambda: [str(len(safety().SAFETENSORS_TRUNCATIONS))],
-           "test_output_safety.SAFETENSORS_TRUNCATIONS"),
-    Figure(R, row("truncated `model.safetensors`"),
-           lambda: [str(len(safety().SAFETENSORS_TRUNCATIONS) + safety().CORRUPT_SAFETENSORS)],
-           "SAFETENSORS_TRUNCATIONS + CORRUPT_SAFETENSORS"),
-    Figure(R, row("`config.json` not matching"),
-           lambda: [str(safety().BROKEN_CONFIGS + len(safety().BAD_CONFIG_TEXTS))],
-           "BROKEN_CONFIGS + BAD_CONFIG_TEXTS"),
-    Figure(R, row("missing config.json"), lambda: [str(safety().MISSING_FILE_CASES)],
-           "test_output_safety.MISSING_FILE_CASES"),
-    # interrupted commands, bad images
-    Figure(R, r"every `ernievil2` subcommand \((\d+)\)", lambda: [str(len(cli_failures().MESSAGES))],
-           "test_cli_failures.MESSAGES"),
-    Figure(R, row("every `ernievil2` subcommand"), lambda: [str(len(cli_failures().INTERRUPTIONS))],
-           "test_cli_failures.INTERRUPTIONS"),
-    Figure(R, r"\| exit (\d+) and a message that holds", lambda: [str(cli().EXIT_INTERRUPTED)], "cli.EXIT_INTERRUPTED"),
-    Figure(R, r"an empty list \((\d+) cases\)", lambda: [str(images().BAD_IMAGE_CASES)],
-           "test_image_processing.BAD_IMAGE_CASES"),
-    Figure(R, r"\(CLI: exit (\d), one `error:` line\)", lambda: [str(cli().EXIT_BAD_INPUT)], "cli.EXIT_BAD_INPUT"),
-    Figure(R, r"weights \(max abs difference ≤ (\S+)\) \|", lambda: [g(training().RESUME_ATOL)],
-           "test_training.RESUME_ATOL"),
-    # the search service (the hostile-request table is a generated block: GENERATED_BLOCKS)
-    Figure(R, r"\| (\d+) raw request lines", lambda: [str(len(serve_tests().RAW_TRAVERSALS))],
-           "test_serve.RAW_TRAVERSALS"),
-    Figure(R, r"a token under (\d+) characters \| exit (\d),", lambda: [
-        str(__import__("ernievil2torch.apps.serve.security", fromlist=["x"]).MIN_TOKEN_LENGTH),
-        str(cli().EXIT_BAD_INPUT)], "apps.serve.security.MIN_TOKEN_LENGTH, cli.EXIT_BAD_INPUT"),
-    Figure(R, r"a model call that takes ([\d.]+) s \| `/healthz` and an image still answer within ([\d.]+) s",
-           lambda: [f"{serve_tests().SLOW_MODEL_CALL_S:g}", f"{serve_tests().RESPONSIVE_WITHIN_S:g}"],
-           "test_serve.SLOW_MODEL_CALL_S, RESPONSIVE_WITHIN_S"),
-
-    # README.md
-    Figure(M, r"\((\d+) tensors, ([\d,]+)\s+parameters for Base\)", base_model_counts,
-           "ErnieViL2(base_config()).state_dict()"),
-    Figure(M, r"one `error:` line\nand exit status (\d);", lambda: [str(cli().EXIT_BAD_INPUT)], "cli.EXIT_BAD_INPUT"),
-    Figure(M, r"`internal error`, exit status (\d);", lambda: [str(cli().EXIT_INTERNAL_ERROR)],
-           "cli.EXIT_INTERNAL_ERROR"),
-    Figure(M, r"finished shards and resumes\), exit status (\d+)\.", lambda: [str(cli().EXIT_INTERRUPTED)],
-           "cli.EXIT_INTERRUPTED"),
-    Figure(M, r"reproduce our features within (\S+) max abs diff", lambda: [g(export_tests().EXPORT_ATOL)],
-           "test_export.EXPORT_ATOL"),
-    Figure(M, r"give the published (\d+\.\d) / (\d+\.\d) R@1",
-           lambda: re.search(r"text→image R@1/5/10 = (\d+\.\d) .*?image→text (\d+\.\d)", spec_text()).groups(),
-           "SPEC.md, the official COCO-CN figures"),
-    Figure(M, r"Bounds asserted by the tests and by `check.py`: features max abs diff ≤ (\S+) and cosine ≥ (\S+) "
-              r"per tower,\s+logits ≤ (\S+)\.", parity_bounds, "verify.parity bounds"),
-    Figure(M, r"PaddleNLP ≥ (\d\.\d) builds the text LayerNorms with eps (\S+) instead of Paddle's default (\S+)\s",
-           lambda: [re.search(r"PaddleNLP ≥(\d\.\d) builds them with (1e-12)", spec_text()).group(1), "1e-12",
-                    g(reference_constants().TEXT_LAYER_NORM_EPS)],
-           "SPEC.md (PaddleNLP's bug), paddle_reference.TEXT_LAYER_NORM_EPS"),
-    Figure(M, r"LayerNorm eps (\S+),\n  additive (−\d+) key mask", lambda: [
-        g(reference_constants().TEXT_LAYER_NORM_EPS), f"−{-int(reference_constants().MASK_BIAS)}"],
-        "paddle_reference constants (the tests prove the port matches them)"),
-    Figure(M, r"feature `tanh\(pooler\(\[CLS\]\)\)`, (\d+)-d", lambda: [str(reference_constants().ReferenceSizes()
-                                                                            .text_hidden)], "ReferenceSizes()"),
-    Figure(M, r"LayerNorm eps (\S+), feature `norm_post\(class token\)`, (\d+)-d", lambda: [
-        g(reference_constants().VISION_LAYER_NORM_EPS), str(reference_constants().ReferenceSizes().vision_hidden)],
-        "paddle_reference constants"),
-    Figure(M, r"`\[CLS\] \+ ids\[:\d+\] \+ \[SEP\]`, padded with (\d) to (\d+) \(", lambda: [
-        str(reference_constants().PAD_TOKEN_ID), str(constants().DEFAULT_MAX_LENGTH)],
-        "paddle_reference.PAD_TOKEN_ID, constants.DEFAULT_MAX_LENGTH"),
-    Figure(M, r"also works; up to\s+(\d+) positions\)", lambda: [str(constants().MAX_TEXT_POSITIONS)],
-           "constants.MAX_TEXT_POSITIONS"),
-    Figure(M, r"short side\s+to (\d+) with OpenCV-style", lambda: [str(constants().IMAGE_SIZE)],
-           "constants.IMAGE_SIZE"),
-    Figure(M, r"\| torch \(pinned (\S+)\) \|", lambda: [pinned("requirements.txt", "torch")], "requirements.txt"),
-    Figure(M, r"PaddleNLP (\d+\.\d+\.\d+)", lambda: [pinned("requirements-oracle.txt", "paddlenlp")],
-           "requirements-oracle.txt", count=None),
-    # README.md: fine-tuning (the flags of the defaults table: test_finetune_defaults_table_is_the_settings)
-    Figure(M, r"text `hidden_dropout` and `attention_dropout` ([\d.]+) \(", text_dropout, "config.TextConfig"),
-    Figure(M, r"short side to (\d+) \(official resize\), random (\d+) crop",
-           lambda: [str(constants().IMAGE_SIZE)] * 2, "constants.IMAGE_SIZE"),
-    Figure(M, r"images \((\d+) a\s+caption, ([\d,]+) in\s+all\) the tiny test model, from random weights, reaches "
-              r"≥ (\d+) % text→image R@1 on (\d+) unseen images\s+\(chance: (\d+) %\) within (\d+) steps and (\d+) "
-              r"CPU\s+seconds", learning_figures, "test_training.LEARNING_*, verify.demo shapes x colours"),
-    Figure(M, r"(\d) processes × (\d) pairs under torchrun \(gloo\) give\s+the loss and every gradient of (\d) "
-              r"process × (\d+) pairs, within (\S+) relative in float64 \(in float32 within (\S+):",
-           ddp_figures, "test_training.DDP_PROCESSES, DDP_BOUNDS, workers/ddp_gradients.GLOBAL_BATCH"),
-    # README.md's speed summary, re-derived from BENCHMARKS.md's tables
-    Figure(M, r"CPU \(([^,\n]+), ISA flags ([^)]+)\), (\d+) threads for every framework",
-           lambda: [*machine(), re.search(r"threads: (\d+) for every framework", threads_line()).group(1)],
-           "BENCHMARKS.md machine and threads"),
-    Figure(M, r"medians of (\d+) alternating rounds",
-           lambda: [re.search(r"; (\d+) alternating rounds", method_line()).group(1)], "BENCHMARKS.md method"),
-    Figure(M, r"\| image, batch (\d+) \(img/s\) \|",
-           lambda: [re.search(r"image batch (\d+) x", method_line()).group(1)], "BENCHMARKS.md method"),
-    Figure(M, r"\| text, (\d+) × (\d+) tokens \(texts/s\) \|",
-           lambda: re.search(r"text batch (\d+) x (\d+) tokens", method_line()).groups(), "BENCHMARKS.md method"),
-    Figure(M, r"\| image, batch \d+ \(img/s\) \| ([\d.]+) \(([\d.]+)× PaddleNLP\) \| ([\d.]+) \(([^)]+)\) \| "
-              r"([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \(CLIPVisionModel\) \|", lambda: speed_row("image"),
-           "BENCHMARKS.md CPU throughput"),
-    Figure(M, r"\| text, \d+ × \d+ tokens \(texts/s\) \| ([\d.]+) \(([\d.]+)× PaddleNLP\) \| ([\d.]+) \(([^)]+)\) \| "
-              r"([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \(BertModel\) \|", lambda: speed_row("text"),
-           "BENCHMARKS.md CPU throughput"),
-    Figure(M, r"ours fp32\s+runs\s+at\s+([\d.]+) %\s+\(image\)\s+and\s+([\d.]+) %\s+\(text\)\s+of\s+the\s+fp32\s+GEMM"
-              r"\s+ceiling[^;]*;\s+the\s+fastest\s+bf16\s+path\s+at\s+([\d.]+) %\s+and\s+([\d.]+) %\s+of", of_ceiling,
-           "BENCHMARKS.md targets table"),
-    Figure(M, r"bf16\s+features\s+have\s+cosine\s+≥\s+([\d.]+)\s+to\s+fp32", lambda: [bf16_min_cosine()],
-           "BENCHMARKS.md accuracy table (its lowest bf16 cosine, rounded down)"),
-    Figure(M, r"the\s+bf16\s+GEMM\s+ceiling\s+is\s+([\d.]+)×\s+the\s+fp32\s+one", lambda: [gemm_ratio()],
-           "BENCHMARKS.md GEMM ceilings"),
-    Figure(M, r"Targets reported MISSED in that run:\n\n(- [^\n]+(?:\n- [^\n]+)*)", missed_targets,
-           "BENCHMARKS.md targets table (the MISSED rows)"),
-    Figure(M, r"GPU \(`benchmarks/gpu\.py`\): ([^.\n]+)\.", gpu_status, "BENCHMARKS.md GPU section"),
-]
+CHECKED_DOCS = [R, M]
 
 HTTP_CLASSES = r"\b[45]xx\b"  # the classes of HTTP status codes ("a JSON 4xx", "never a 5xx")
-# HTTP status codes are the names of responses; each row that names one says which test asserts it.
-HTTP_STATUSES = r"\b(?:200|400|401|403|404|405|413|422)\b"
+# HTTP status codes are the names of responses; each row that names one says which test asserts it. A count of
+# bytes is a figure, whatever its value ("the first 200 bytes").
+HTTP_STATUSES = r"\b(?:200|400|401|403|404|405|413|422)\b(?! bytes)"
 
 # Numbers that are not figures: names and versions of models, formats and tools, and the names of test inputs.
 NOT_FIGURES: Dict[str, List[str]] = {
-    M: [r"ERNIE-ViL 2\.0", r"ERNIE 3\.0", r"Apache-2\.0", r"PaddleNLP ≥ 2\.6", r"16×16", r"numpy 1\.x",
-        HTTP_CLASSES],
+    M: [r"ERNIE-ViL 2\.0", r"ERNIE 3\.0", r"numpy 1\.x", HTTP_CLASSES],
     R: [HTTP_CLASSES, HTTP_STATUSES, r"ERNIE-ViL 2\.0", r"numpy-[12]", r"protocol-0", r"\(exit 0\)",
         r"2-channel"],
 }
@@ -520,17 +360,16 @@ SEALED = ["BENCHMARKS.md", "benchmarks/serve_load.md"]
 
 @dataclass(frozen=True)
 class GeneratedBlock:
-    """A table inside a hand-written document, between two marker lines, that must equal ``render()`` (a rendering
-    of a script's record, or of a test's own case list). ``python tests/test_docs.py --write`` puts every block in
-    place from what it is rendered from (measuring nothing)."""
+    """A block of a hand-written document, between two marker lines, that must equal ``render()`` (a rendering of a
+    script's record, of a test's own case list, or of BENCHMARKS.md), markers included."""
 
     doc: str
     begin: str
     end: str
     render: Callable[[], str]
 
-    def current(self) -> str:
-        return stamp.block(read(self.doc), self.begin, self.end)
+    def current(self, text: str) -> str:
+        return stamp.block(text, self.begin, self.end)
 
 
 def _record(script) -> dict:
@@ -540,11 +379,38 @@ def _record(script) -> dict:
 GENERATED_BLOCKS = [
     GeneratedBlock(M, fidelity.BEGIN, fidelity.END, lambda: fidelity.render_table(_record(fidelity))),
     GeneratedBlock(M, gradients.BEGIN, gradients.END, lambda: gradients.render_table(_record(gradients))),
+    GeneratedBlock(M, readme_speed.BEGIN, readme_speed.END, lambda: readme_speed.render()),
     GeneratedBlock(R, "<!-- hostile requests:", "<!-- end of hostile requests -->",
                    lambda: serve_tests().hostile_table()),
 ]
 
-_NUMBER = re.compile(r"(?<![\w.@/\-])[−-]?\d[\d,]*(?:\.\d+)*(?:e-?\d+)?")
+# A number as the documents print one: an optional minus (ASCII or U+2212), digits with optional thousands commas,
+# dotted parts (versions), an exponent; not part of a word, a path, an address or a dotted name.
+_NUMBER = re.compile(r"(?<![\w.@/\-])[−-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)*(?:e-?\d+)?")
+_FIGURE_BLOCK = re.compile(r"<!-- figures:(?P<keys>[^>]*?)-->\n(?P<body>.*?)<!-- end of figures -->", re.S)
+
+
+@dataclass(frozen=True)
+class FigureBlock:
+    """One ``<!-- figures: KEY ... -->`` block of ``doc``: its keys, the span of its body in the document, and the
+    numbers found in the body (``(start, end, text)`` in document positions, reading order)."""
+
+    doc: str
+    line: int
+    keys: Tuple[str, ...]
+    span: Tuple[int, int]
+    numbers: Tuple[Tuple[int, int, str], ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc}:{self.line}: {' '.join(self.keys)[:50]}"
+
+    def expected(self) -> List[Tuple[str, str]]:
+        """``(figure, key)`` in reading order, from :data:`SOURCES`; ``KeyError`` names an unknown key."""
+        unknown = [k for k in self.keys if k not in SOURCES]
+        if unknown:
+            raise KeyError(f"{self.id}: no source named {unknown} in SOURCES")
+        return [(value, key) for key in self.keys for value in SOURCES[key].values()]
 
 
 def _code_spans(text: str) -> List[Tuple[int, int]]:
@@ -555,6 +421,94 @@ def _code_spans(text: str) -> List[Tuple[int, int]]:
 
 def _inside(position: int, spans: Sequence[Tuple[int, int]]) -> bool:
     return any(start <= position < end for start, end in spans)
+
+
+def _numbers(doc: str, text: str, start: int = 0, end: int = -1) -> List[Tuple[int, int, str]]:
+    """The numbers of ``text[start:end]`` that may be figures: outside code spans and ``NOT_FIGURES[doc]``."""
+    skipped = _code_spans(text) + [m.span() for p in NOT_FIGURES[doc] for m in re.finditer(p, text)]
+    region = text[start:end if end >= 0 else len(text)]
+    return [(start + m.start(), start + m.end(), m.group(0)) for m in _NUMBER.finditer(region)
+            if not _inside(start + m.start(), skipped)]
+
+
+def figure_blocks(doc: str, text: str) -> List[FigureBlock]:
+    return [FigureBlock(doc, text.count("\n", 0, m.start()) + 1, tuple(m.group("keys").split()), m.span(),
+                        tuple(_numbers(doc, text, m.start("body"), m.end("body"))))
+            for m in _FIGURE_BLOCK.finditer(text)]
+
+
+def all_figure_blocks() -> List[FigureBlock]:
+    return [block for doc in CHECKED_DOCS for block in figure_blocks(doc, read(doc))]
+
+
+def figure_problems(block: FigureBlock) -> List[str]:
+    """Why ``block``'s numbers are not what its sources give (empty when they are)."""
+    expected = block.expected()
+    found = [number for _, _, number in block.numbers]
+    if len(found) != len(expected):
+        return [f"{block.id}: the block holds {len(found)} numbers {found}, its keys give {len(expected)} "
+                f"{[value for value, _ in expected]}: add or remove a key (or move the number out of prose)"]
+    return [f"{block.id}: figure {i + 1} reads {number!r} where {key} ({SOURCES[key].origin}) gives {value!r}"
+            for i, (number, (value, key)) in enumerate(zip(found, expected)) if number != value]
+
+
+def render_figures(doc: str, text: str) -> Tuple[str, List[str]]:
+    """``text`` with every figure block's numbers replaced by what its sources give; and the blocks left alone
+    because their count of numbers differs from their keys'."""
+    skipped, pieces, last = [], [], 0
+    for block in figure_blocks(doc, text):
+        expected = block.expected()
+        if len(expected) != len(block.numbers):
+            skipped.extend(figure_problems(block))
+            continue
+        for (start, end, _), (value, _) in zip(block.numbers, expected):
+            pieces += [text[last:start], value]
+            last = end
+    return "".join(pieces) + text[last:], skipped
+
+
+# ---- the checks ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("block", all_figure_blocks(), ids=lambda b: b.id)
+def test_figure_block_reads_its_sources(block: FigureBlock):
+    problems = figure_problems(block)
+    assert not problems, "\n".join(problems) + "\nfix the document (or the code), never the check"
+
+
+def test_every_source_is_used():
+    """A source no block names is a figure that left the documents: its entry goes too."""
+    used = {key for block in all_figure_blocks() for key in block.keys}
+    assert not set(SOURCES) - used, sorted(set(SOURCES) - used)
+
+
+@pytest.mark.parametrize("doc", CHECKED_DOCS)
+def test_every_not_figure_pattern_still_matches(doc: str):
+    """Each entry of NOT_FIGURES excuses a number the document holds; a stale one would excuse a future figure."""
+    text = read(doc)
+    stale = [p for p in NOT_FIGURES[doc] if not re.search(p, text)]
+    assert not stale, f"{doc}: NOT_FIGURES patterns that match nothing: {stale}"
+
+
+@pytest.mark.parametrize("doc", CHECKED_DOCS)
+def test_every_number_is_a_checked_figure(doc: str):
+    text = read(doc)
+    covered = [block.span for block in figure_blocks(doc, text)]
+    for generated in GENERATED_BLOCKS:  # each checked as a whole by test_generated_block_is_its_rendering
+        if generated.doc == doc:
+            start = text.index(generated.begin)
+            covered.append((start, text.index(generated.end, start)))
+    unchecked = [f"line {text.count(chr(10), 0, start) + 1}: {number!r} in "
+                 f"{text[max(0, start - 40):end + 20]!r}"
+                 for start, end, number in _numbers(doc, text) if not _inside(start, covered)]
+    assert not unchecked, (f"{doc} has numbers outside every figure block and generated block (see this file's "
+                           "docstring):\n" + "\n".join(unchecked))
+
+
+@pytest.mark.parametrize("generated", GENERATED_BLOCKS, ids=lambda b: f"{b.doc}: {b.begin[5:40]}")
+def test_generated_block_is_its_rendering(generated: GeneratedBlock):
+    assert generated.current(read(generated.doc)) == generated.render(), (
+        f"{generated.doc}'s block at {generated.begin!r} differs from what it is rendered from: run the script "
+        "that measures it, or `python tests/test_docs.py --write` to render it again from its record or test")
 
 
 def test_finetune_defaults_table_is_the_settings():
@@ -582,42 +536,6 @@ def test_finetune_defaults_table_is_the_settings():
             assert value == str(default), (name, value, default)
 
 
-@pytest.mark.parametrize("figure", FIGURES, ids=lambda f: f.id)
-def test_figure(figure: Figure):
-    text = read(figure.doc)
-    matches = list(re.finditer(figure.pattern, text))
-    assert len(matches) == figure.count if figure.count is not None else matches, \
-        f"{figure.doc}: {figure.pattern!r} matched {len(matches)} times"
-    want = tuple(figure.expected())
-    for match in matches:
-        assert match.groups() == want, (f"{figure.doc} says {match.groups()} where {figure.source} gives {want}: "
-                                        "fix the document (or the code), never the check")
-
-
-@pytest.mark.parametrize("doc", [R, M])
-def test_every_number_is_a_checked_figure(doc: str):
-    text = read(doc)
-    covered = _code_spans(text)
-    covered += [m.span(i) for f in FIGURES if f.doc == doc for m in re.finditer(f.pattern, text)
-                for i in range(1, len(m.groups()) + 1)]
-    covered += [m.span() for p in NOT_FIGURES[doc] for m in re.finditer(p, text)]
-    for generated in GENERATED_BLOCKS:  # each checked as a whole by test_generated_block_is_its_rendering
-        if generated.doc == doc:
-            start = text.index(generated.begin)
-            covered.append((start, text.index(generated.end, start)))
-    unchecked = [f"line {text.count(chr(10), 0, m.start()) + 1}: {m.group(0)!r} in "
-                 f"{text[max(0, m.start() - 40):m.end() + 20]!r}"
-                 for m in _NUMBER.finditer(text) if not _inside(m.start(), covered)]
-    assert not unchecked, f"{doc} has numbers no Figure checks (see this file's docstring):\n" + "\n".join(unchecked)
-
-
-@pytest.mark.parametrize("generated", GENERATED_BLOCKS, ids=lambda b: f"{b.doc}: {b.begin[5:40]}")
-def test_generated_block_is_its_rendering(generated: GeneratedBlock):
-    assert generated.current() == generated.render(), (
-        f"{generated.doc}'s block at {generated.begin!r} differs from what it is rendered from: run the script "
-        "that measures it, or `python tests/test_docs.py --write` to render it again from its record or test")
-
-
 def test_the_fidelity_record_is_what_the_tests_assert():
     record = _record(fidelity)
     assert record["command"].startswith("python benchmarks/fidelity.py")
@@ -640,7 +558,7 @@ def test_the_fidelity_record_is_what_the_tests_assert():
 
 
 def test_the_gradient_record_is_what_the_tests_assert():
-    import test_gradient_parity as case
+    case = _test_module("test_gradient_parity")
     from ernievil2torch.verify import parity
 
     record = _record(gradients)
@@ -655,7 +573,7 @@ def test_the_gradient_record_is_what_the_tests_assert():
 
 
 @pytest.mark.parametrize("doc", SEALED)
-def test_benchmarks_md_is_what_its_generator_wrote(doc: str):
+def test_a_sealed_report_is_what_its_generator_wrote(doc: str):
     generator, command = stamp.check_seal(read(doc))
     assert (REPO / generator).is_file() and command.startswith(f"python {generator}")
     assert "seal(" in (REPO / generator).read_text(encoding="utf-8")
@@ -672,29 +590,72 @@ def test_a_hand_edit_breaks_the_seal():
 
 
 def test_a_wrong_figure_is_caught(monkeypatch):
-    """The checks can fail: a count that drifts from its test constant, and a number no Figure checks."""
+    """The checks can fail: a count that drifts from its test constant, a block with a number its keys do not give,
+    a number outside every block, and a generated block edited by hand."""
     real, module = read, sys.modules[__name__]
+
+    def planted(doc_text: str, doc: str = R):
+        monkeypatch.setattr(module, "read", lambda d: doc_text if d == doc else real(d))
+
     bumped = real(R).replace("| 280 |", "| 281 |")
-    monkeypatch.setattr(module, "read", lambda doc: bumped if doc == R else real(doc))
-    with pytest.raises(AssertionError, match="where calls x placements gives"):
-        test_figure(next(f for f in FIGURES if f.source == "calls x placements"))
-    added = real(R) + "\nThe suite also tries 42 extra things.\n"
-    monkeypatch.setattr(module, "read", lambda doc: added if doc == R else real(doc))
+    assert bumped != real(R)
+    planted(bumped)
+    (block,) = [b for b in all_figure_blocks() if b.doc == R and "payload_cases" in b.keys]
+    with pytest.raises(AssertionError, match=r"reads '281' where payload_cases \(_payload_calls x PLACEMENTS\) "
+                                             r"gives '280'"):
+        test_figure_block_reads_its_sources(block)
+    assert render_figures(R, bumped) == (real(R), [])  # --write puts the figure back
+
+    extra = bumped.replace("| 281 |", "| 280 (and 7 more) |")
+    planted(extra)
+    (block,) = [b for b in all_figure_blocks() if b.doc == R and "payload_cases" in b.keys]
+    with pytest.raises(AssertionError, match="add or remove a key"):
+        test_figure_block_reads_its_sources(block)
+    assert render_figures(R, extra)[0] == extra  # a block whose count is off is left alone
+
+    planted(real(R) + "\nThe suite also tries 42 extra things.\n")
     with pytest.raises(AssertionError, match="'42'"):
         test_every_number_is_a_checked_figure(R)
 
+    (fidelity_block,) = [b for b in GENERATED_BLOCKS if b.begin == fidelity.BEGIN]
+    stale = real(M).replace("| 2.1e-6 / 1.000000000 |", "| 2.0e-6 / 1.000000000 |", 1)
+    assert stale != real(M)
+    planted(stale, M)
+    with pytest.raises(AssertionError, match="differs from what it is rendered from"):
+        test_generated_block_is_its_rendering(fidelity_block)
 
-def write_generated_blocks() -> None:
-    """Render every generated block again from its record or test (measures nothing)."""
-    for generated in GENERATED_BLOCKS:
-        text = read(generated.doc)
-        (REPO / generated.doc).write_text(stamp.replace_block(text, generated.begin, generated.end,
-                                                              generated.render()), encoding="utf-8")
-        print(f"rendered {generated.doc}: {generated.begin}")
+
+def test_prose_edits_without_numbers_keep_every_check_green(monkeypatch):
+    """Rewording a figure block's prose, or adding a paragraph without numbers, changes nothing here."""
+    real, module = read, sys.modules[__name__]
+    edited = real(M).replace("When a command fails: bad input", "If a command fails: bad input (for instance)", 1)
+    edited = edited.replace("## Fine-tuning\n", "## Fine-tuning\n\nA new paragraph, with no figures in it.\n", 1)
+    assert edited.count("If a command fails") == 1 and "no figures in it" in edited
+    monkeypatch.setattr(module, "read", lambda d: edited if d == M else real(d))
+    test_every_number_is_a_checked_figure(M)
+    for block in figure_blocks(M, edited):
+        assert not figure_problems(block), block.id
+
+
+def write_documents() -> List[str]:
+    """Render every generated block and every figure block again from their sources (measures nothing). Returns
+    the figure blocks left alone (their count of numbers differs from their keys')."""
+    left_alone = []
+    for doc in CHECKED_DOCS:
+        text = read(doc)
+        for generated in GENERATED_BLOCKS:
+            if generated.doc == doc:
+                text = stamp.replace_block(text, generated.begin, generated.end, generated.render())
+        text, skipped = render_figures(doc, text)
+        left_alone += skipped
+        (REPO / doc).write_text(text, encoding="utf-8")
+        print(f"rendered the generated and figure blocks of {doc}")
+    return left_alone
 
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
-        raise SystemExit("usage: python tests/test_docs.py --write   (renders the generated blocks again)")
-    sys.path.insert(0, str(REPO / "tests"))
-    write_generated_blocks()
+        raise SystemExit("usage: python tests/test_docs.py --write   (renders the generated and figure blocks again)")
+    problems = write_documents()
+    if problems:
+        raise SystemExit("left alone (fix the keys or the numbers by hand):\n" + "\n".join(problems))
