@@ -2,4 +2,4 @@
 from ernievil2torch.cli import COMMANDS, run_command
 
 if __name__ == "__main__":
-    run_command(COMMANDS["convert"], name="convert")
+    run_command(COMMANDS["convert"], name="convert.py")
