@@ -11,7 +11,8 @@ parser reads every command's argv:
 * booleans strictly: ``true/false``, ``yes/no``, ``1/0`` in any case; a bare ``--flag`` (last, or followed by
   another flag) is true, ``--noflag`` false; any other word after ``--flag`` is refused;
 * a list is comma-separated (``a,b``); ints and floats must read as such;
-* an unknown or repeated flag, a missing value, a positional too many, a missing required argument, or a value its
+* a flag given twice keeps its last value (a script may append to a command line);
+* an unknown flag, a missing value, a positional too many, a missing required argument, or a value its
   check refuses raises :class:`~ernievil2torch.errors.InputError` before the function is called.
 """
 from __future__ import annotations
@@ -273,8 +274,6 @@ def parse_arguments(command: Command, argv: Sequence[str], prog: str) -> Dict[st
         parameter = by_name.get(key)
         if parameter is None:
             raise fail(_unknown_flag(token.partition("=")[0], parameters))
-        if key in given:
-            raise fail(f"{parameter.flag} is given twice")
         if parameter.kind == BOOL and not has_value:
             if negated:
                 value = "false"
