@@ -103,7 +103,7 @@ MISTAKES: List[Tuple[str, str]] = [
     ("convert -s src.pdparams", "unknown option -s"),
     # check
     ("check --paddle missing.pdparams --torch model", "--paddle: missing.pdparams: no such file"),
-    ("check --paddle src.pdparams --torch missing_dir", "--torch: missing_dir: no such folder"),
+    ("check --paddle src.pdparams --torch missing_dir", "--torch: missing_dir is not a folder"),
     ("check --min_cosine 1.5", "--min_cosine: must be in [-1, 1], not 1.5"),
     ("check --feature_atol -1e-5", "--feature_atol: must be >= 0"),
     ("check --logit_atol abc", "--logit_atol: expected a number, not 'abc'"),
@@ -153,7 +153,7 @@ MISTAKES: List[Tuple[str, str]] = [
     # eval
     ("eval model data.tsv --protocol pair", "--protocol: must be one of grouped, pairs, not 'pair'"),
     ("eval model missing.tsv", "--data: missing.tsv: no such file"),
-    ("eval model data.tsv --images missing_dir", "--images: missing_dir: no such folder"),
+    ("eval model data.tsv --images missing_dir", "--images: missing_dir is not a folder"),
     ("eval model data.tsv --batch_size 0", "--batch_size: must be > 0"),
     ("eval model data.tsv --dtype fp8", "--dtype: dtype must be one of"),
     ("eval model data.tsv --max_length 5000", "--max_length: must be in [3, 2048]"),
@@ -176,9 +176,9 @@ MISTAKES: List[Tuple[str, str]] = [
     ("finetune model data.tsv out --keep_last 0", "--keep_last: must be > 0"),
     ("finetune model data.tsv out --num_workers -2", "--num_workers: must be >= 0"),
     ("finetune model missing.tsv out", "--train: missing.tsv: no such file"),
-    ("finetune model data.tsv out --images missing_dir", "--images: missing_dir: no such folder"),
+    ("finetune model data.tsv out --images missing_dir", "--images: missing_dir is not a folder"),
     ("finetune model data.tsv out --val missing.jsonl", "--val: missing.jsonl: no such file"),
-    ("finetune model data.tsv out --val_images missing_dir", "--val_images: missing_dir: no such folder"),
+    ("finetune model data.tsv out --val_images missing_dir", "--val_images: missing_dir is not a folder"),
     ("finetune model data.tsv out --max_length 2049", "--max_length: must be in [3, 2048]"),
     ("finetune model data.tsv out surplus", "unexpected argument 'surplus'"),
     # export
@@ -191,8 +191,8 @@ MISTAKES: List[Tuple[str, str]] = [
     # serve
     ("serve model --gallery gallery --images images --port 70000", "--port: must be in [0, 65535], not 70000"),
     ("serve model --gallery gallery --images images --port -1", "--port: must be in [0, 65535]"),
-    ("serve model --gallery missing_dir --images images", "--gallery: missing_dir: no such folder"),
-    ("serve model --gallery gallery --images missing_dir", "--images: missing_dir: no such folder"),
+    ("serve model --gallery missing_dir --images images", "--gallery: missing_dir is not a folder"),
+    ("serve model --gallery gallery --images missing_dir", "--images: missing_dir is not a folder"),
     ("serve model --gallery gallery --images images --max_k 0", "--max_k: must be > 0"),
     ("serve model --gallery gallery --images images --max_batch 0", "--max_batch: must be > 0"),
     ("serve model --gallery gallery --images images --max_wait_ms -1", "--max_wait_ms: must be >= 0"),
@@ -207,8 +207,8 @@ MISTAKES: List[Tuple[str, str]] = [
     ("dedup gallery --threshold -2", "--threshold: must be in [-1, 1]"),
     ("dedup gallery --chunk_size 0", "--chunk_size: must be > 0"),
     ("dedup gallery --examples -1", "--examples: must be >= 0"),
-    ("dedup missing_dir", "--embeddings: missing_dir: no such folder"),
-    ("dedup gallery --images missing_dir", "--images: missing_dir: no such folder"),
+    ("dedup missing_dir", "--embeddings: missing_dir is not a folder"),
+    ("dedup gallery --images missing_dir", "--images: missing_dir is not a folder"),
     ("dedup gallery --faiss 2", "--faiss: expected true/false"),
     ("dedup gallery --threshold", "--threshold needs a value"),
     # the console itself

@@ -87,18 +87,18 @@ DTYPE = Check("float32/fp32, float16/fp16/half or bfloat16/bf16", _dtype)
 DTYPE_OR_KEEP = Check("float32/fp32, float16/fp16/half, bfloat16/bf16 or keep", _dtype_or_keep)
 
 
-def _existing(kind: str, test: Callable[[Path], bool]) -> Check:
+def _existing(kind: str, test: Callable[[Path], bool], refusal: str) -> Check:
     def apply(value: Any) -> Any:
         if not test(Path(value)):
-            raise InputError(f"{value}: no such {kind}")
+            raise InputError(refusal.format(value=value))
         return value
 
     return Check(f"an existing {kind}", apply)
 
 
-FILE = _existing("file", Path.is_file)
-FOLDER = _existing("folder", Path.is_dir)
-FILE_OR_FOLDER = _existing("file or folder", Path.exists)
+FILE = _existing("file", Path.is_file, "{value}: no such file")
+FOLDER = _existing("folder", Path.is_dir, "{value} is not a folder")
+FILE_OR_FOLDER = _existing("file or folder", Path.exists, "{value}: no such file or folder")
 
 
 def _path_or_pattern(value: Any) -> Any:
