@@ -175,7 +175,7 @@ MISTAKES: List[Tuple[str, str]] = [
     ("finetune model data.tsv out --eval_every 0", "--eval_every: must be > 0"),
     ("finetune model data.tsv out --keep_last 0", "--keep_last: must be > 0"),
     ("finetune model data.tsv out --num_workers -2", "--num_workers: must be >= 0"),
-    ("finetune model missing.tsv out", "--train: missing.tsv: no such file"),
+    ("finetune model missing.tsv out", "error: training data"),
     ("finetune model data.tsv out --images missing_dir", "--images: missing_dir is not a folder"),
     ("finetune model data.tsv out --val missing.jsonl", "--val: missing.jsonl: no such file"),
     ("finetune model data.tsv out --val_images missing_dir", "--val_images: missing_dir is not a folder"),

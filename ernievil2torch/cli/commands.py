@@ -257,7 +257,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
             {**_ENCODING, "data": FILE, "images": FOLDER, "protocol": one_of("grouped", "pairs")}),
     Command("finetune", "ernievil2torch.training:finetune",
             "contrastive fine-tuning on image-caption pairs, resumable, also under torchrun", CHECKPOINTED_OUTPUT,
-            {"train": FILE, "images": FOLDER, "val": FILE, "val_images": FOLDER, "vocab": FILE, "epochs": POSITIVE,
+            {"images": FOLDER, "val": FILE, "val_images": FOLDER, "vocab": FILE, "epochs": POSITIVE,
              "max_steps": POSITIVE, "batch_size": POSITIVE, "grad_accum": POSITIVE, "lr": POSITIVE,
              "warmup_steps": NON_NEGATIVE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
              "adam_beta1": FRACTION, "adam_beta2": FRACTION, "adam_eps": POSITIVE, "max_length": MAX_LENGTH,
