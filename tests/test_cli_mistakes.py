@@ -184,7 +184,7 @@ MISTAKES: List[Tuple[str, str]] = [
     # export
     ("export model out --format tflite", "--format: must be one of hf, onnx, paddle, not 'tflite'"),
     ("export model out.pdparams --format paddle --layout hf", "--layout: must be one of official, paddlenlp"),
-    ("export model out --format onnx --opset 0", "--opset: must be in [7, 99]"),
+    ("export model out --format onnx --opset 0", "--opset: must be in [14, 99]"),
     ("export model out --vocab missing.txt", "--vocab: missing.txt: no such file"),
     ("export model", "missing OUT"),
     ("export model out --fromat onnx", "unknown flag --fromat (did you mean --format?)"),

@@ -266,7 +266,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
              "eval_batch_size": POSITIVE, "num_workers": NON_NEGATIVE},
             types={"max_steps": int}),
     Command("export", export, "export to stock Hugging Face models, ONNX, or back to Paddle", ATOMIC_OUTPUT,
-            {"format": one_of(*EXPORTERS), "vocab": FILE, "opset": between(7, 99),
+            {"format": one_of(*EXPORTERS), "vocab": FILE, "opset": between(14, 99),
              "layout": one_of("official", "paddlenlp")}),
     Command("serve", serve, "search your own photos: HTTP API and web page over an embed output", SERVICE_STOPPED,
             {"gallery": FOLDER, "images": FOLDER, "port": PORT, "max_upload_mb": POSITIVE, "max_pixels": POSITIVE,
