@@ -1,4 +1,4 @@
-"""The design card's commands as a user runs them: convert.py, test.py performance_check, check.py errors."""
+"""The scripts as a user runs them: convert.py, test.py performance_check, check.py errors; the console help."""
 from __future__ import annotations
 
 import subprocess

@@ -79,8 +79,9 @@ def test_ctrl_c_prints_what_the_command_leaves(monkeypatch, capsys):
 
 
 def test_real_bad_input_through_the_console_command(tmp_path, monkeypatch, capsys):
-    code, _, err = invoke(cli.commands(), ["classify", "--model", tmp_path / "nowhere", "--images", "a.jpg",
-                                           "--labels", "猫,狗"], monkeypatch, capsys)
+    demo_images()[0].save(tmp_path / "a.jpg")  # the image exists: the model folder is what is wrong
+    code, _, err = invoke(cli.commands(), ["classify", "--model", tmp_path / "nowhere", "--images",
+                                           tmp_path / "a.jpg", "--labels", "猫,狗"], monkeypatch, capsys)
     assert code == cli.EXIT_BAD_INPUT and err.startswith("error: ") and len(err.splitlines()) == 1
     assert "not a converted model directory" in err and "Traceback" not in err
 

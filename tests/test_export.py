@@ -5,6 +5,7 @@ text batches and random images; README.md quotes that bound. The measured figure
 """
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -195,3 +196,45 @@ def test_full_size_onnx_export(base_model_dir, tmp_path):
     worst = onnx_max_diff(model, tmp_path / "onnx", [(3, 48)])
     print(f"full size: ONNX Runtime vs ours (3 x 48 tokens, padded rows; 3 images): max abs diff {worst:.3g}")
     assert worst <= EXPORT_ATOL
+
+
+# ---- the registry of formats, and what an exporter returns -------------------------------------------------------
+def test_export_hf_returns_a_result_and_prints_nothing(model_dir, tmp_path, capsys):
+    from ernievil2torch.export import ExportResult
+
+    result = export_hf(str(model_dir), str(tmp_path / "hf"))
+    assert capsys.readouterr() == ("", "")
+    assert isinstance(result, ExportResult) and result.format == "hf" and result.out == tmp_path / "hf"
+    assert result.notes == [f"note: no vocab.txt in {model_dir}; tokenizer files not written (pass --vocab)"]
+    assert result.summary().splitlines() == [*result.notes, f"wrote {tmp_path / 'hf'}/text (ErnieModel) and "
+                                                            f"{tmp_path / 'hf'}/vision (CLIPVisionModel)"]
+
+
+def test_the_registry_is_what_the_cli_offers():
+    from ernievil2torch.cli import COMMANDS
+    from ernievil2torch.export import EXPORTERS
+
+    parameters = {p.name: p for p in COMMANDS["export"].parameters()}
+    assert parameters["format"].check.rule == f"one of {', '.join(EXPORTERS)}"
+    help_text = " ".join(COMMANDS["export"].function().__doc__.split())
+    for exporter in EXPORTERS.values():
+        assert set(exporter.options) <= set(parameters), exporter.format
+        module, _, name = exporter.target.partition(":")
+        assert callable(getattr(importlib.import_module(module), name)), exporter.target
+        assert f"{exporter.format}: {exporter.help}" in help_text
+        if exporter.requires:
+            assert exporter.extra, f"{exporter.format} needs {exporter.requires}: name the pip extra"
+
+
+def test_a_missing_extra_is_one_error_line_naming_it(model_dir, tmp_path, monkeypatch, capsys):
+    from ernievil2torch import cli
+    from ernievil2torch.export import registry
+
+    real = registry.importlib.util.find_spec
+    monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: None if name == "onnx" else real(name))
+    with pytest.raises(SystemExit) as exited:
+        cli.run_command(cli.COMMANDS, name="ernievil2", argv=["export", str(model_dir), str(tmp_path / "onnx"),
+                                                               "--format", "onnx"])
+    assert exited.value.code == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr().err == ("error: --format onnx needs onnx: pip install 'ernievil2torch[export]'\n")
+    assert not (tmp_path / "onnx").exists()

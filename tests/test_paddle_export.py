@@ -38,7 +38,7 @@ def round_trip(tmp_path: Path, size: str, layout: str):
     source = layout_state(config, layout, seed=3)
     src = save_pdparams(source, tmp_path / "source.pdparams")
     convert_checkpoint(src, tmp_path / "converted")
-    summary = export_paddle(tmp_path / "converted", tmp_path / "back.pdparams", layout=layout)
+    summary = export_paddle(tmp_path / "converted", tmp_path / "back.pdparams", layout=layout).summary()
     back = load_pdparams(tmp_path / "back.pdparams")
     expected = {k: v for k, v in source.items() if not any(re.fullmatch(p, k) for p in OFFICIAL_DROPPED_KEYS)}
     return summary, expected, back

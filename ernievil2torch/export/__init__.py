@@ -1,7 +1,23 @@
 """Exports: stock Hugging Face models, ONNX, and back to Paddle (each needs its optional dependency only to be loaded
-or checked; the Paddle export needs no Paddle at all)."""
-from .hf import export_hf
-from .onnx import export_onnx
-from .paddle import export_paddle
+or checked; the Paddle export needs no Paddle at all).
 
-__all__ = ["export_hf", "export_onnx", "export_paddle"]
+:data:`~ernievil2torch.export.registry.EXPORTERS` lists the formats; importing this package imports no exporter
+(and so no torch): ``export_hf``, ``export_onnx`` and ``export_paddle`` are imported on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .registry import EXPORTERS, Exporter, export_model, exporter
+from .result import ExportResult
+
+_LAZY = {"export_hf": ".hf", "export_onnx": ".onnx", "export_paddle": ".paddle"}
+
+__all__ = ["EXPORTERS", "ExportResult", "Exporter", "export_model", "exporter", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,6 +31,7 @@ from ..errors import InputError
 from ..processing.vocab import read_vocab_entries
 from ..storage.atomic import atomic_directory
 from ..storage.model_dir import read_model_dir
+from .result import ExportResult
 
 PathLike = Union[str, Path]
 
@@ -151,7 +152,8 @@ def _save_safetensors(state: Dict[str, np.ndarray], path: Path) -> None:
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path), metadata={"format": "pt"})
 
 
-def export_hf(model_dir: str, out_dir: str, vocab: Optional[str] = None, overwrite: bool = False) -> str:
+def export_hf(model_dir: PathLike, out_dir: PathLike, vocab: Optional[PathLike] = None, overwrite: bool = False
+              ) -> ExportResult:
     """Export to stock Hugging Face models: OUT_DIR/text (ErnieModel + BertTokenizer files), OUT_DIR/vision
     (CLIPVisionModel). Both towers' ``pooler_output`` equal our text / image features (before L2 norm).
 
@@ -164,10 +166,14 @@ def export_hf(model_dir: str, out_dir: str, vocab: Optional[str] = None, overwri
         out_dir: output directory (refused if it exists, unless --overwrite).
         vocab: vocab.txt for the tokenizer files (default: MODEL_DIR/vocab.txt; skipped with a note if absent).
         overwrite: replace an existing OUT_DIR.
+
+    Returns the :class:`~ernievil2torch.export.result.ExportResult` (with a note when no tokenizer files were
+    written).
     """
     config, tensors = read_model_dir(model_dir)
     state = {k: v.float().numpy() for k, v in tensors.items()}
     vocab_path = Path(vocab) if vocab else Path(model_dir) / VOCAB_NAME
+    notes = []
     with atomic_directory(out_dir, overwrite) as tmp:
         text_dir, vision_dir = tmp / TEXT_SUBDIR, tmp / VISION_SUBDIR
         text_dir.mkdir()
@@ -181,7 +187,7 @@ def export_hf(model_dir: str, out_dir: str, vocab: Optional[str] = None, overwri
         elif vocab:
             raise InputError(f"vocab file {vocab} not found")
         else:
-            print(f"note: no {VOCAB_NAME} in {model_dir}; tokenizer files not written (pass --vocab)")
+            notes.append(f"note: no {VOCAB_NAME} in {model_dir}; tokenizer files not written (pass --vocab)")
         (tmp / "README.txt").write_text(
             "ERNIE-ViL 2.0 exported by ernievil2torch.export_hf\n"
             "text/   transformers.ErnieModel: text feature = pooler_output (tanh pooler over [CLS])\n"
@@ -190,7 +196,7 @@ def export_hf(model_dir: str, out_dir: str, vocab: Optional[str] = None, overwri
             f"Tokenizer: {HF_TOKENIZER_CAVEAT}\n"
             "Images: ImageNet mean/std, resize short side to 224 + center crop (not CLIP's mean/std).\n",
             encoding="utf-8")
-    print(f"wrote {out_dir}/{TEXT_SUBDIR} (ErnieModel) and {out_dir}/{VISION_SUBDIR} (CLIPVisionModel)")
-    return str(out_dir)
+    return ExportResult("hf", Path(out_dir), f"wrote {out_dir}/{TEXT_SUBDIR} (ErnieModel) and {out_dir}/{VISION_SUBDIR} "
+                                              "(CLIPVisionModel)", notes)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from ..errors import ErnieViL2Error
 from ..modeling import ErnieViL2
 from ..modeling.layers import attention_bias
 from ..storage.atomic import atomic_directory
+from .result import ExportResult
 
 
 class OnnxTextEncoder(nn.Module):
@@ -56,8 +57,8 @@ def _onnx_check(path: Path, feeds: Dict[str, torch.Tensor], expected: torch.Tens
     return diff
 
 
-def export_onnx(model_dir: str, out_dir: str, opset: int = 17, check: bool = True, atol: float = 1e-4,
-                overwrite: bool = False) -> str:
+def export_onnx(model_dir: Union[str, Path], out_dir: Union[str, Path], opset: int = 17, check: bool = True,
+                atol: float = 1e-4, overwrite: bool = False) -> ExportResult:
     """Export both towers to ONNX: OUT_DIR/text_encoder.onnx (input_ids, attention_mask -> text_embeds) and
     OUT_DIR/image_encoder.onnx (pixel_values -> image_embeds); batch and text length are dynamic.
 
@@ -72,7 +73,12 @@ def export_onnx(model_dir: str, out_dir: str, opset: int = 17, check: bool = Tru
         check: run both files with ONNX Runtime (if installed) at batch 1 and 3 and compare with PyTorch.
         atol: largest allowed abs difference in the check.
         overwrite: replace an existing OUT_DIR.
+
+    Returns the :class:`~ernievil2torch.export.result.ExportResult`: its ``max_abs_diff`` is the check's largest
+    difference (None when the check did not run), its notes say how the check went.
     """
+    notes: List[str] = []
+    max_abs_diff: Optional[float] = None
     model = ErnieViL2.from_pretrained(model_dir, dtype=torch.float32)
     cfg = model.config
     text, image = OnnxTextEncoder(model).eval(), OnnxImageEncoder(model).eval()
@@ -99,7 +105,7 @@ def export_onnx(model_dir: str, out_dir: str, opset: int = 17, check: bool = Tru
             try:
                 import onnxruntime  # noqa: F401
             except ImportError:
-                print("note: onnxruntime not installed; skipped the check (pip install onnxruntime)")
+                notes.append("note: onnxruntime not installed; skipped the check (pip install onnxruntime)")
             else:
                 diffs = []
                 for batch in (1, 3):
@@ -115,10 +121,12 @@ def export_onnx(model_dir: str, out_dir: str, opset: int = 17, check: bool = Tru
                     diffs.append(_onnx_check(text_path, {"input_ids": ids_b, "attention_mask": mask_b}, want_t,
                                              atol))
                     diffs.append(_onnx_check(image_path, {"pixel_values": pix_b}, want_i, atol))
-                print(f"onnxruntime check passed: max abs diff {max(diffs):.3g} (<= {atol:g})")
+                max_abs_diff = max(diffs)
+                notes.append(f"onnxruntime check passed: max abs diff {max_abs_diff:.3g} (<= {atol:g})")
         cfg.save(tmp / CONFIG_NAME)
         vocab = Path(model_dir) / VOCAB_NAME
         if vocab.is_file():
             shutil.copyfile(vocab, tmp / VOCAB_NAME)
-    print(f"wrote {out_dir}/text_encoder.onnx and {out_dir}/image_encoder.onnx (opset {opset})")
-    return str(out_dir)
+    return ExportResult("onnx", Path(out_dir),
+                        f"wrote {out_dir}/text_encoder.onnx and {out_dir}/image_encoder.onnx (opset {opset})", notes,
+                        max_abs_diff)

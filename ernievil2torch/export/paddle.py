@@ -26,6 +26,7 @@ from ..conversion.layouts import LAYOUTS, to_layout
 from ..conversion.pdparams import save_pdparams
 from ..errors import InputError, OutputExistsError
 from ..storage.model_dir import read_model_dir
+from .result import ExportResult
 
 PathLike = Union[str, Path]
 
@@ -39,8 +40,11 @@ def paddle_state(model_dir: PathLike, layout: str = "official") -> Dict[str, np.
     return to_layout(state, LAYOUTS[layout], config)
 
 
-def export_paddle(model_dir: PathLike, out: PathLike, layout: str = "official", overwrite: bool = False) -> str:
-    """Write ``out`` (a ``.pdparams`` file) from a converted directory; returns a one-line summary.
+def export_paddle(model_dir: PathLike, out: PathLike, layout: str = "official", overwrite: bool = False
+                  ) -> ExportResult:
+    """Write ``out`` (a ``.pdparams`` file) from a converted directory in ``layout`` (``official`` or
+    ``paddlenlp``); returns the :class:`~ernievil2torch.export.result.ExportResult` (arrays, values and layout in
+    its summary).
 
     Refuses an existing ``out`` unless ``overwrite`` (the old file stays until the new one is complete).
     """
@@ -53,4 +57,5 @@ def export_paddle(model_dir: PathLike, out: PathLike, layout: str = "official", 
     out.parent.mkdir(parents=True, exist_ok=True)
     save_pdparams(state, out)
     values = sum(int(a.size) for a in state.values())
-    return f"wrote {out}: {len(state)} arrays, {values:,} values, {layout} layout ({LAYOUTS[layout].description})"
+    return ExportResult("paddle", out, f"wrote {out}: {len(state)} arrays, {values:,} values, {layout} layout "
+                                       f"({LAYOUTS[layout].description})")

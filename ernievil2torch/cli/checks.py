@@ -1,0 +1,112 @@
+"""Constraints on one command-line value, checked after parsing and before the command does any work.
+
+A :class:`Check` takes the parsed value (never ``None``: an absent optional value is not checked) and returns it,
+possibly normalised (a dtype spelling becomes its canonical name), or raises :class:`~ernievil2torch.errors.InputError`
+with a message that completes "--flag ...". Its ``rule`` is the same constraint in words, shown by ``--help``.
+Commands declare theirs in a table next to the command (:mod:`ernievil2torch.cli.commands`).
+"""
+from __future__ import annotations
+
+import glob
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import canonical_dtype
+from ..constants import MAX_TEXT_POSITIONS
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class Check:
+    """One constraint: ``rule`` in words (for ``--help``), ``apply`` returns the (normalised) value or raises."""
+
+    rule: str
+    apply: Callable[[Any], Any]
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.apply(item) for item in value]
+        return self.apply(value)
+
+
+def _number_between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Check:
+    def words() -> str:
+        if math.isinf(high):
+            return f"{'>' if low_open else '>='} {low:g}"
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    rule = words()
+
+    def apply(value: Any) -> Any:
+        too_low = value <= low if low_open else value < low
+        too_high = value >= high if high_open else value > high
+        if isinstance(value, float) and math.isnan(value) or too_low or too_high:
+            raise InputError(f"must be {rule}, not {value!r}")
+        return value
+
+    return Check(rule, apply)
+
+
+def between(low: float, high: float) -> Check:
+    """``low <= value <= high``."""
+    return _number_between(low, high)
+
+
+POSITIVE = _number_between(0, math.inf, low_open=True)
+NON_NEGATIVE = _number_between(0, math.inf)
+#: A fraction such as an Adam beta: 0 <= value < 1.
+FRACTION = _number_between(0, 1, high_open=True)
+#: A cosine similarity.
+COSINE = between(-1, 1)
+PORT = between(0, 65535)
+#: Token length including [CLS] and [SEP]: at least one piece, at most the text positions of the model.
+MAX_LENGTH = between(3, MAX_TEXT_POSITIONS)
+
+
+def one_of(*choices: str) -> Check:
+    """The value is one of ``choices`` (case-sensitive, as the library compares them)."""
+    def apply(value: Any) -> Any:
+        if value not in choices:
+            raise InputError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return Check(f"one of {', '.join(choices)}", apply)
+
+
+def _dtype(value: Any) -> str:
+    return canonical_dtype(value)
+
+
+def _dtype_or_keep(value: Any) -> str:
+    return canonical_dtype(value, allow_keep=True)
+
+
+DTYPE = Check("float32/fp32, float16/fp16/half or bfloat16/bf16", _dtype)
+DTYPE_OR_KEEP = Check("float32/fp32, float16/fp16/half, bfloat16/bf16 or keep", _dtype_or_keep)
+
+
+def _existing(kind: str, test: Callable[[Path], bool], refusal: str) -> Check:
+    def apply(value: Any) -> Any:
+        if not test(Path(value)):
+            raise InputError(refusal.format(value=value))
+        return value
+
+    return Check(f"an existing {kind}", apply)
+
+
+FILE = _existing("file", Path.is_file, "{value}: no such file")
+FOLDER = _existing("folder", Path.is_dir, "{value} is not a folder")
+FILE_OR_FOLDER = _existing("file or folder", Path.exists, "{value}: no such file or folder")
+
+
+def _path_or_pattern(value: Any) -> Any:
+    if Path(value).exists() or (glob.has_magic(str(value)) and glob.glob(str(value), recursive=True)):
+        return value
+    raise InputError(f"{value}: no such file or folder, and no file matches it as a pattern")
+
+
+#: An existing path or a glob pattern that matches at least one file.
+PATH_OR_PATTERN = Check("an existing file or folder, or a glob that matches files", _path_or_pattern)
+

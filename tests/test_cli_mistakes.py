@@ -1,0 +1,297 @@
+"""Every command-line mistake of every ``ernievil2`` subcommand ends in one ``error:`` line and exit status 2 before
+any work; the spellings that are meant to work parse to what they mean.
+
+"Before any work" is proven in-process: the loaders every command starts with (the model loader, the converter's
+reader, the converted-folder reader, the embed-output reader) are replaced by a tripwire that raises, and the
+test folder must hold exactly the files it held before. ``MISTAKES`` must hold a case for every subcommand.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+from PIL import Image
+
+from ernievil2torch import cli
+from ernievil2torch.cli import COMMANDS, parse_arguments, run_command
+
+# Modules the commands run; imported first, so that names they bound at import are patched too.
+COMMAND_MODULES = ("ernievil2torch.apps.embed", "ernievil2torch.apps.retrieval", "ernievil2torch.apps.dedup",
+                   "ernievil2torch.apps.serve", "ernievil2torch.apps.similarity", "ernievil2torch.apps.zero_shot",
+                   "ernievil2torch.training", "ernievil2torch.verify.logit_check", "ernievil2torch.conversion",
+                   "ernievil2torch.export.hf", "ernievil2torch.export.onnx", "ernievil2torch.export.paddle")
+# (module, function): where each command's work starts. The first three must exist.
+TRIPWIRES = (("ernievil2torch.pretrained", "load_pretrained"), ("ernievil2torch.conversion.pdparams", "load_pdparams"),
+             ("ernievil2torch.storage.model_dir", "read_model_dir"), ("ernievil2torch.apps.embed", "load_embeddings"))
+
+
+class WorkStarted(BaseException):
+    """Raised by a tripwire: the command got past its argument checks and began to work."""
+
+
+@pytest.fixture
+def tripwires(monkeypatch) -> List[str]:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
+    originals = {}
+    for index, (module, function) in enumerate(TRIPWIRES):
+        found = getattr(importlib.import_module(module), function, None)
+        assert found is not None or index >= 3, f"{module}.{function} is gone: update TRIPWIRES"
+        if found is not None:
+            originals[id(found)] = f"{module}.{function}"
+
+    def tripwire(label: str):
+        def raising(*args, **kwargs):
+            raise WorkStarted(label)
+        return raising
+
+    patched = []
+    for module_name, module in list(sys.modules.items()):
+        if not module_name.startswith("ernievil2torch") or module is None:
+            continue
+        for attribute, value in list(vars(module).items()):
+            if id(value) in originals:
+                monkeypatch.setattr(module, attribute, tripwire(originals[id(value)]))
+                patched.append(f"{module_name}.{attribute}")
+    return patched
+
+
+@pytest.fixture
+def place(tmp_path, monkeypatch) -> Dict[str, str]:
+    """A working directory with one of each input a command reads; outputs would go to ``out*`` names."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "gallery").mkdir()
+    (tmp_path / "gallery" / "ids.txt").write_text("a.png\n")
+    (tmp_path / "model").mkdir()
+    for name in ("data.tsv", "vocab.txt", "src.pdparams", "queries.npy"):
+        (tmp_path / name).write_text("x\n")
+    return {"img": str(tmp_path / "images" / "a.png")}
+
+
+def listing(root: Path) -> List[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def run(argv: List[str], capsys) -> Tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        run_command(COMMANDS, name="ernievil2", argv=argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# (argv, a fragment of the error line). "{img}" is an existing image; every other named input exists (see place).
+MISTAKES: List[Tuple[str, str]] = [
+    # convert
+    ("convert --src src.pdparams --dst out --dtype float64", "--dtype: dtype must be one of"),
+    ("convert --src src.pdparams --dst out --dtype bf17", "bf16, bfloat16"),
+    ("convert --src missing.pdparams --dst out", "--src: missing.pdparams: no such file"),
+    ("convert --src src.pdparams --dst out --vocab missing.txt", "--vocab: missing.txt: no such file"),
+    ("convert --source src.pdparams --dst out", "unknown flag --source (did you mean --src?)"),
+    ("convert --src src.pdparams --dst out --overwrite maybe", "--overwrite: expected true/false, yes/no or 1/0"),
+    ("convert --src src.pdparams --dst out --overwrite=nope", "--overwrite: expected true/false"),
+    ("convert --src", "--src needs a value"),
+    ("convert src.pdparams out vocab.txt false float32 surplus", "unexpected argument 'surplus'"),
+    ("convert -s src.pdparams", "unknown option -s"),
+    # check
+    ("check --paddle missing.pdparams --torch model", "--paddle: missing.pdparams: no such file"),
+    ("check --paddle src.pdparams --torch missing_dir", "--torch: missing_dir is not a folder"),
+    ("check --min_cosine 1.5", "--min_cosine: must be in [-1, 1], not 1.5"),
+    ("check --feature_atol -1e-5", "--feature_atol: must be >= 0"),
+    ("check --logit_atol abc", "--logit_atol: expected a number, not 'abc'"),
+    ("check --seed -1", "--seed: must be >= 0"),
+    ("check --seed 1.5", "--seed: expected an integer"),
+    ("check --tiny nope", "--tiny: expected true/false"),
+    ("check --paddle", "--paddle needs a value"),
+    # similarity
+    ("similarity --model model --dtype float64", "unknown flag --dtype"),
+    ("similarity --model model --max_length 2", "--max_length: must be in [3, 2048], not 2"),
+    ("similarity --model model --max_length 4096", "--max_length: must be in [3, 2048]"),
+    ("similarity --model model --images missing.jpg", "--images: missing.jpg: no such file"),
+    ("similarity --model model --images {img},missing.jpg", "missing.jpg: no such file"),
+    ("similarity --model model --texts ,", "--texts: expected a comma-separated list"),
+    ("similarity --model model --plot", "--plot needs a value"),
+    # classify
+    ("classify --model model --images {img}", "missing LABELS"),
+    ("classify --model model --images missing.jpg --labels 猫,狗", "missing.jpg: no such file"),
+    ("classify --model model --images {img} --labels 猫 --vocab missing.txt", "--vocab: missing.txt: no such file"),
+    ("classify --model model --images {img} --labels 猫 --template x", "unknown flag --template (did you mean "
+                                                                       "--templates?)"),
+    # embed
+    ("embed images model out --batchsize 8", "unknown flag --batchsize (did you mean --batch_size?)"),
+    ("embed images model out --batch_size 0", "--batch_size: must be > 0, not 0"),
+    ("embed images model out --batch_size -4", "--batch_size: must be > 0, not -4"),
+    ("embed images model out --batch_size eight", "--batch_size: expected an integer"),
+    ("embed images model out --num_workers -1", "--num_workers: must be >= 0"),
+    ("embed images model out --shard_size 0", "--shard_size: must be > 0"),
+    ("embed images model out --kind video", "--kind: must be one of image, text, not 'video'"),
+    ("embed images model out --dtype fp64", "--dtype: dtype must be one of"),
+    ("embed images model out --max_length 1", "--max_length: must be in [3, 2048]"),
+    ("embed images model out --normalize maybe", "--normalize: expected true/false"),
+    ("embed images model out --progress off", "--progress: expected true/false"),
+    ("embed missing_dir model out", "--inputs: missing_dir: no such file or folder"),
+    ("embed 'nothing/*.jpg' model out", "no file matches it as a pattern"),
+    ("embed images model out --kind text --vocab missing.txt", "--vocab: missing.txt: no such file"),
+    ("embed images model", "missing OUT"),
+    # search
+    ("search queries.npy gallery out.tsv --k 0", "--k: must be > 0, not 0"),
+    ("search queries.npy gallery out.tsv --k -3", "--k: must be > 0"),
+    ("search queries.npy gallery out.tsv --chunk_size 0", "--chunk_size: must be > 0"),
+    ("search missing.npy gallery out.tsv", "--queries: missing.npy: no such file or folder"),
+    ("search queries.npy missing_gallery out.tsv", "--gallery: missing_gallery: no such file or folder"),
+    ("search queries.npy gallery out.tsv --normalize flase", "--normalize: expected true/false"),
+    ("search queries.npy gallery out.tsv --topk 5", "unknown flag --topk"),
+    ("search queries.npy gallery out.tsv 10 4096 true false surplus", "unexpected argument 'surplus'"),
+    # eval
+    ("eval model data.tsv --protocol pair", "--protocol: must be one of grouped, pairs, not 'pair'"),
+    ("eval model missing.tsv", "--data: missing.tsv: no such file"),
+    ("eval model data.tsv --images missing_dir", "--images: missing_dir is not a folder"),
+    ("eval model data.tsv --batch_size 0", "--batch_size: must be > 0"),
+    ("eval model data.tsv --dtype fp8", "--dtype: dtype must be one of"),
+    ("eval model data.tsv --max_length 5000", "--max_length: must be in [3, 2048]"),
+    ("eval model data.tsv --save_embeddings", "--save_embeddings needs a value"),
+    # finetune
+    ("finetune model data.tsv out --learning_rate 1e-4", "unknown flag --learning_rate"),
+    ("finetune model data.tsv out --lr 0", "--lr: must be > 0, not 0.0"),
+    ("finetune model data.tsv out --lr -1e-4", "--lr: must be > 0"),
+    ("finetune model data.tsv out --epochs 0", "--epochs: must be > 0"),
+    ("finetune model data.tsv out --max_steps 0", "--max_steps: must be > 0"),
+    ("finetune model data.tsv out --max_steps ten", "--max_steps: expected an integer"),
+    ("finetune model data.tsv out --batch_size 0", "--batch_size: must be > 0"),
+    ("finetune model data.tsv out --grad_accum 0", "--grad_accum: must be > 0"),
+    ("finetune model data.tsv out --warmup_steps -1", "--warmup_steps: must be >= 0"),
+    ("finetune model data.tsv out --adam_beta1 1.0", "--adam_beta1: must be in [0, 1)"),
+    ("finetune model data.tsv out --precision fp16", "--precision: must be one of auto, fp32, bf16"),
+    ("finetune model data.tsv out --freeze both", "--freeze: must be one of vision, text"),
+    ("finetune model data.tsv out --gradient_checkpointing nah", "--gradient_checkpointing: expected true/false"),
+    ("finetune model data.tsv out --eval_every 0", "--eval_every: must be > 0"),
+    ("finetune model data.tsv out --keep_last 0", "--keep_last: must be > 0"),
+    ("finetune model data.tsv out --num_workers -2", "--num_workers: must be >= 0"),
+    ("finetune model missing.tsv out", "error: training data"),
+    ("finetune model data.tsv out --images missing_dir", "--images: missing_dir is not a folder"),
+    ("finetune model data.tsv out --val missing.jsonl", "--val: missing.jsonl: no such file"),
+    ("finetune model data.tsv out --val_images missing_dir", "--val_images: missing_dir is not a folder"),
+    ("finetune model data.tsv out --max_length 2049", "--max_length: must be in [3, 2048]"),
+    ("finetune model data.tsv out surplus", "unexpected argument 'surplus'"),
+    # export
+    ("export model out --format tflite", "--format: must be one of hf, onnx, paddle, not 'tflite'"),
+    ("export model out.pdparams --format paddle --layout hf", "--layout: must be one of official, paddlenlp"),
+    ("export model out --format onnx --opset 0", "--opset: must be in [14, 99]"),
+    ("export model out --vocab missing.txt", "--vocab: missing.txt: no such file"),
+    ("export model", "missing OUT"),
+    ("export model out --fromat onnx", "unknown flag --fromat (did you mean --format?)"),
+    # serve
+    ("serve model --gallery gallery --images images --port 70000", "--port: must be in [0, 65535], not 70000"),
+    ("serve model --gallery gallery --images images --port -1", "--port: must be in [0, 65535]"),
+    ("serve model --gallery missing_dir --images images", "--gallery: missing_dir is not a folder"),
+    ("serve model --gallery gallery --images missing_dir", "--images: missing_dir is not a folder"),
+    ("serve model --gallery gallery --images images --max_k 0", "--max_k: must be > 0"),
+    ("serve model --gallery gallery --images images --max_batch 0", "--max_batch: must be > 0"),
+    ("serve model --gallery gallery --images images --max_wait_ms -1", "--max_wait_ms: must be >= 0"),
+    ("serve model --gallery gallery --images images --max_upload_mb 0", "--max_upload_mb: must be > 0"),
+    ("serve model --gallery gallery --images images --decode_workers 0", "--decode_workers: must be > 0"),
+    ("serve model --gallery gallery --images images --dtype double", "--dtype: dtype must be one of"),
+    ("serve model --gallery gallery --images images --log_level loud", "--log_level: must be one of"),
+    ("serve model --gallery gallery --images images --faiss perhaps", "--faiss: expected true/false"),
+    ("serve model --gallery gallery", "missing IMAGES"),
+    # dedup
+    ("dedup gallery --threshold 1.5", "--threshold: must be in [-1, 1], not 1.5"),
+    ("dedup gallery --threshold -2", "--threshold: must be in [-1, 1]"),
+    ("dedup gallery --chunk_size 0", "--chunk_size: must be > 0"),
+    ("dedup gallery --examples -1", "--examples: must be >= 0"),
+    ("dedup missing_dir", "--embeddings: missing_dir is not a folder"),
+    ("dedup gallery --images missing_dir", "--images: missing_dir is not a folder"),
+    ("dedup gallery --faiss 2", "--faiss: expected true/false"),
+    ("dedup gallery --threshold", "--threshold needs a value"),
+    # the console itself
+    ("embedd images model out", "unknown command 'embedd'"),
+]
+
+
+def _argv(case: str, place: Dict[str, str]) -> List[str]:
+    import shlex
+
+    return [token.format(**place) for token in shlex.split(case)]
+
+
+def test_every_subcommand_has_mistake_cases():
+    assert {case.split()[0] for case, _ in MISTAKES} >= set(COMMANDS)
+
+
+@pytest.mark.parametrize("case,fragment", MISTAKES, ids=[case for case, _ in MISTAKES])
+def test_a_mistake_is_one_error_line_before_any_work(case, fragment, place, tripwires, tmp_path, capsys):
+    before = listing(tmp_path)
+    code, out, err = run(_argv(case, place), capsys)
+    assert (code, out) == (cli.EXIT_BAD_INPUT, ""), err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert fragment in err, err
+    assert "Traceback" not in err
+    assert listing(tmp_path) == before
+
+
+def test_the_tripwires_catch_work(place, tripwires, tmp_path, capsys):
+    """A correct command line does reach a tripwire (so the cases above prove "before any work")."""
+    assert any(name.endswith("load_pretrained") for name in tripwires)
+    for argv in (["similarity", "--model", "model"], ["convert", "--src", "src.pdparams", "--dst", "out"],
+                 ["export", "model", "out", "--format", "paddle"], ["embed", "images", "model", "out"]):
+        with pytest.raises(WorkStarted):
+            run_command(COMMANDS, name="ernievil2", argv=argv)
+
+
+# (argv, what some of the keyword arguments must be): spellings that work as meant.
+ACCEPTED: List[Tuple[str, dict]] = [
+    ("convert --src src.pdparams --dst out --dtype BF16", {"src": "src.pdparams", "dtype": "bfloat16"}),
+    ("convert --dtype=keep --overwrite", {"dtype": "keep", "overwrite": True}),
+    ("convert --overwrite --dst 2024", {"overwrite": True, "dst": "2024"}),
+    ("convert --nooverwrite", {"overwrite": False}),
+    ("convert --dtype half", {"dtype": "float16"}),
+    ("check --tiny --seed 3", {"tiny": True, "seed": 3}),
+    ("check --tiny False --tiny true", {"tiny": True}),  # a repeated flag: the last value counts
+    ("check --min_cosine=-0.5 --feature_atol 1e-6", {"min_cosine": -0.5, "feature_atol": 1e-6}),
+    ("similarity --model model --images {img},{img} --texts 一张猫的照片,一张狗的照片 --max_length 64",
+     {"images": ["{img}", "{img}"], "texts": ["一张猫的照片", "一张狗的照片"], "max_length": 64}),
+    ("classify --model model --images {img} --labels 猫,狗,汽车", {"labels": ["猫", "狗", "汽车"]}),
+    ("embed images model out --kind image --batch_size 128 --num_workers 4",
+     {"inputs": "images", "model_dir": "model", "out": "out", "batch_size": 128, "num_workers": 4}),
+    ("embed images model out --normalize FALSE --progress No --batch-size 8 --num_workers=0",
+     {"normalize": False, "progress": False, "batch_size": 8, "num_workers": 0}),
+    ("embed images model out --normalize --overwrite 1", {"normalize": True, "overwrite": True}),
+    ("embed {img},{img} model out", {"inputs": ["{img}", "{img}"]}),
+    ("embed 'images/*.png' model out --dtype bf16", {"inputs": "images/*.png", "dtype": "bfloat16"}),
+    ("search queries.npy gallery hits.tsv --k 10 --normalize 0", {"k": 10, "normalize": False}),
+    ("eval model data.tsv --progress=false --protocol pairs", {"progress": False, "protocol": "pairs"}),
+    ("eval model data.tsv --progress FALSE --progress=TRUE", {"progress": True}),
+    ("finetune model data.tsv out --images images --val data.tsv --val_images images --batch_size 32 --epochs 5 "
+     "--resume", {"images": "images", "batch_size": 32, "epochs": 5, "resume": True}),
+    ("finetune model data.tsv out --gradient_checkpointing false --lr=1e-4 --max_steps 100",
+     {"gradient_checkpointing": False, "lr": 1e-4, "max_steps": 100}),
+    ("finetune model data.tsv out --gradient_checkpointing YES --eval_at_start no",
+     {"gradient_checkpointing": True, "eval_at_start": False}),
+    ("export model model_state.pdparams --format paddle --layout paddlenlp --overwrite",
+     {"format": "paddle", "layout": "paddlenlp", "overwrite": True}),
+    ("serve model --gallery gallery --images images --port 0 --cors_origins http://a,http://b --faiss yes",
+     {"port": 0, "cors_origins": ["http://a", "http://b"], "faiss": True}),
+    ("dedup gallery --threshold -0.5 --images images --faiss", {"threshold": -0.5, "faiss": True}),
+    ("dedup gallery --out=--odd-name", {"out": "--odd-name"}),
+    ("dedup -- gallery", {"embeddings": "gallery"}),
+]
+
+
+@pytest.mark.parametrize("case,expected", ACCEPTED, ids=[case for case, _ in ACCEPTED])
+def test_a_correct_spelling_means_what_it_says(case, expected, place):
+    name, *argv = _argv(case, place)
+    kwargs = parse_arguments(COMMANDS[name], argv, f"ernievil2 {name}")
+    wanted = {key: ([item.format(**place) for item in value] if isinstance(value, list)
+                    else value.format(**place) if isinstance(value, str) else value)
+              for key, value in expected.items()}
+    assert {key: kwargs.get(key) for key in wanted} == wanted
+    for key, value in wanted.items():
+        assert type(kwargs[key]) is type(value), key  # noqa: E721 - an int must not arrive as a bool or float
