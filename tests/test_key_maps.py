@@ -4,15 +4,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ernievil2torch.config import base_config, tiny_config
+from ernievil2torch.config import base_config, parameter_shapes, tiny_config
 from ernievil2torch.errors import KeyMapError
 from ernievil2torch.conversion.layouts import (LAYOUTS, OFFICIAL, PADDLENLP, detect_layout, expand_rules, infer_config,
-                                               plan_conversion, target_shapes, to_layout)
+                                               plan_conversion, to_layout)
 from ernievil2torch.verify.synthetic import layout_state, random_state
 
 
 def layout_shapes(layout, config):
-    targets = target_shapes(config)
+    targets = parameter_shapes(config)
     return {key: shape for rule in expand_rules(layout, config)
             for key, shape in zip(rule.sources, rule.source_shapes(targets[rule.target]))}
 
@@ -138,7 +138,7 @@ def test_a_twenty_four_layer_text_tower_converts_as_a_custom_size():
 @pytest.mark.parametrize("config", [base_config(), tiny_config(),
                                     dataclasses.replace(tiny_config(), has_temperature=False)],
                          ids=["base", "tiny", "no-temperature"])
-def test_target_shapes_are_the_models_state_dict(config):
+def test_parameter_shapes_are_the_models_state_dict(config):
     """The converter learns target shapes from the config's arithmetic: they must be the model's, in its order."""
     import torch
 
@@ -147,4 +147,4 @@ def test_target_shapes_are_the_models_state_dict(config):
     with torch.device("meta"):
         model = ErnieViL2(config)
     expected = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
-    assert list(target_shapes(config).items()) == expected
+    assert list(parameter_shapes(config).items()) == expected
