@@ -43,6 +43,7 @@ def test_detect_and_infer_config(layout, config):
     assert detect_layout(shapes) is layout
     inferred = infer_config(layout, shapes)
     assert (inferred.text, inferred.vision, inferred.has_temperature) == (config.text, config.vision, True)
+    assert inferred.name == config.name and inferred.model_type == config.model_type
 
 
 def test_missing_temperature_means_plain_cosine_model():
@@ -133,6 +134,7 @@ def test_a_twenty_four_layer_text_tower_converts_as_a_custom_size():
     config = replace(base, text=replace(base.text, num_layers=4))
     plan = plan_conversion(layout_shapes(OFFICIAL, config))
     assert plan.config.text.num_layers == 4 and plan.config.model_type == "ernie_vil_2.0_custom"
+    assert plan.config.name is None
 
 
 @pytest.mark.parametrize("config", [base_config(), tiny_config(),
