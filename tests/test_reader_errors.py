@@ -101,7 +101,7 @@ def test_a_bug_in_the_state_dict_checks_surfaces_too(monkeypatch):
 
 def test_the_reader_fuzz_fails_on_a_planted_bug(monkeypatch):
     """The fuzz property of ``test_fuzz_reader.py``, run on 200 of its inputs with the bug planted, fails with
-    that bug (before the reader stopped relabelling exceptions, it passed)."""
+    that bug (a reader that relabelled every exception as damage would let it pass)."""
     @settings(max_examples=200, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(blob=fuzz.mutated())

@@ -60,6 +60,21 @@ def test_built_in_entries():
     assert (tiny224.vision.image_size, tiny224.vision.patch_size, tiny224.text.vocab_size) == (224, 16, 40000)
 
 
+def test_a_config_json_without_a_name_loads_as_before(tiny_dir, tmp_path):
+    """Directories converted before configs carried their registry name: no "name" key, same model."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_dir, old)
+    data = json.loads((old / CONFIG_NAME).read_text(encoding="utf-8"))
+    del data["name"]
+    (old / CONFIG_NAME).write_text(json.dumps(data), encoding="utf-8")
+    before, after = create_model(tiny_dir), create_model(old)
+    assert after.config.name is None and after.config == dataclasses.replace(before.config, name=None)
+    for got, want in zip(features(after), features(before)):
+        assert torch.equal(got, want)
+
+
 def test_unknown_name_lists_the_registered_ones():
     with pytest.raises(InputError, match="unknown model name 'large'; registered: base, tiny, tiny224"):
         get_model_config("large")
@@ -96,7 +111,7 @@ def test_register_as_a_decorator_labels_the_entry(registered):
     assert "small" not in list_models()
 
 
-@pytest.mark.parametrize("name", ["base", "tiny", "tiny224"])
+@pytest.mark.parametrize("name", list_models())
 def test_parameter_shapes_are_the_models_state_dict_for_every_registered_config(name):
     for config in (get_model_config(name), dataclasses.replace(get_model_config(name), has_temperature=False)):
         with torch.device("meta"):
