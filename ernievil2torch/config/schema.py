@@ -82,11 +82,6 @@ class ErnieViL2Config:
     model_type: str = RELEASED_MODEL_TYPE
     name: Optional[str] = None
 
-    def architecture(self) -> "ErnieViL2Config":
-        """This config without its labels (``name``, ``model_type``): equal for any two configs that build the
-        same network."""
-        return dataclasses.replace(self, name=None, model_type=RELEASED_MODEL_TYPE)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
