@@ -48,8 +48,8 @@ def create_model(name: PathLike, *, dtype: DTypeLike = None,
                  device: Union[str, torch.device, None] = None) -> ErnieViL2:
     """The model a name stands for (:func:`~ernievil2torch.config.resolve_model`: a local directory, then a
     registered name), in eval mode: a directory's weights (:meth:`ErnieViL2.from_pretrained`), or a registered
-    configuration with randomly initialised weights (torch's default initialisation, seeded by torch's RNG; call
-    ``.train()`` to fine-tune it). ``dtype`` as in :func:`load_pretrained`.
+    configuration with the modules' own initialisation (random from torch's global RNG, so ``torch.manual_seed``
+    makes it repeatable; call ``.train()`` to train it). ``dtype`` as in :func:`load_pretrained`.
 
     Raises :class:`~ernievil2torch.errors.CheckpointError` for a name that is neither, or a damaged directory.
     """
