@@ -149,6 +149,23 @@ def test_two_entries_with_the_same_shapes_are_ambiguous(registered):
         infer_config(LAYOUTS["official"], layout_shapes("official", tiny_config()))
 
 
+def test_naming_the_model_settles_an_ambiguity(registered, tmp_path):
+    four = registered("tiny-4heads", dataclasses.replace(
+        tiny_config(), text=dataclasses.replace(tiny_config().text, num_heads=4)))
+    src = save_pdparams(layout_state(tiny_config(), "official", seed=1), tmp_path / "tiny.pdparams")
+    with pytest.raises(KeyMapError, match="several registered models"):
+        convert_checkpoint(src, tmp_path / "guess")
+    assert not (tmp_path / "guess").exists()
+    assert convert_checkpoint(src, tmp_path / "four", config="tiny-4heads").config == four
+    assert convert_checkpoint(src, tmp_path / "two", config="tiny").config == tiny_config()
+    assert read_model_dir(tmp_path / "four")[0] == four
+    state = layout_state(tiny_config(), "official", seed=1)
+    del state["contrastive_loss_mm.temperature_b"]  # a name gives the architecture; the file, the temperature
+    plain = save_pdparams(state, tmp_path / "plain.pdparams")
+    assert convert_checkpoint(plain, tmp_path / "plain", config="tiny").config == dataclasses.replace(
+        tiny_config(), has_temperature=False)
+
+
 # ---- name resolution --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:

@@ -21,7 +21,7 @@ from ..errors import CheckpointError, InputError, OutputExistsError
 from ..processing.vocab import check_special_tokens, load_vocab
 from ..storage import model_dir
 from .dtypes import OUTPUT_DTYPES, cast, storage_name
-from .layouts import ConversionPlan, plan_conversion
+from .layouts import ConversionPlan, detect_layout, named_config, plan_conversion
 from .pdparams import load_pdparams
 
 
@@ -89,12 +89,8 @@ def find_default_checkpoint(directory: Union[str, Path] = ".") -> Path:
                           f"{Path(directory).absolute()}.\n{DOWNLOAD_HINT}")
 
 
+#: What to convert a checkpoint as: a registry name, a config, or None (the registered config with its shapes).
 ModelChoice = Union[str, ErnieViL2Config, None]
-
-
-def _chosen_config(model: ModelChoice) -> Optional[ErnieViL2Config]:
-    """A registry name -> its config (:class:`InputError` for an unknown one); a config or None as given."""
-    return get_model_config(model) if isinstance(model, str) else model
 
 
 def convert_state(state: Dict[str, np.ndarray], dst: Union[str, Path], *, overwrite: bool = False,
@@ -103,15 +99,19 @@ def convert_state(state: Dict[str, np.ndarray], dst: Union[str, Path], *, overwr
     """Convert an in-memory Paddle state dict (consumed: arrays are released as they are written).
 
     ``dtype`` is any spelling :func:`~ernievil2torch.config.canonical_dtype` accepts, or ``"keep"``. ``config`` is
-    a registry name, a config, or None to read it off the checkpoint
-    (:func:`~ernievil2torch.conversion.layouts.infer_config`). Bad arguments raise :class:`InputError` before any
-    array is touched.
+    a registry name (its architecture, with a temperature when the checkpoint has one), a config (used as given),
+    or None to read it off the checkpoint (:func:`~ernievil2torch.conversion.layouts.infer_config`). Bad arguments
+    raise :class:`InputError` before any array is touched.
     """
     dtype = canonical_dtype(dtype, allow_keep=True)
-    config = _chosen_config(config)
+    if isinstance(config, str):
+        get_model_config(config)  # an unknown name is refused before any array is touched
     vocab_path = _checked_vocab(vocab) if vocab is not None else None
     _check_dtypes(state)
-    plan = plan_conversion({k: tuple(a.shape) for k, a in state.items()}, config=config)
+    layout = detect_layout(state)
+    if isinstance(config, str):
+        config = named_config(config, layout, state)
+    plan = plan_conversion({k: tuple(a.shape) for k, a in state.items()}, layout, config)
     rules = {rule.target: rule for rule in plan.rules}
 
     def out_dtype(target: str) -> str:
@@ -154,7 +154,8 @@ def convert_checkpoint(src: Union[str, Path], dst: Union[str, Path], *, overwrit
     """
     start = time.perf_counter()
     dtype = canonical_dtype(dtype, allow_keep=True)
-    config = _chosen_config(config)
+    if isinstance(config, str):
+        get_model_config(config)
     src, dst = Path(src), Path(dst)
     if vocab is not None:
         _checked_vocab(vocab)

@@ -16,7 +16,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..config import CUSTOM_MODEL_TYPE, ErnieViL2Config, TextConfig, VisionConfig, match_shapes, parameter_shapes
+from ..config import (CUSTOM_MODEL_TYPE, ErnieViL2Config, TextConfig, VisionConfig, get_model_config, match_shapes,
+                      parameter_shapes)
 from ..constants import OFFICIAL_DROPPED_KEYS
 from ..errors import KeyMapError
 from .ops import CONCAT, COPY, FUSE_LINEAR, TRANSPOSE, Op, Shape, Squeeze
@@ -235,10 +236,22 @@ def infer_config(layout: Layout, shapes: Dict[str, Shape], head_dim: int = 64) -
         vision=VisionConfig(image_size=grid * patch, patch_size=patch, num_channels=channels,
                             hidden_size=v_hidden, num_layers=vision_layers, num_heads=max(1, v_hidden // head_dim),
                             intermediate_size=v_ffn[-1]),
-        has_temperature=any(r.optional and r.sources[0] in shapes for r in layout.rules),
+        has_temperature=carries_temperature(layout, shapes),
         model_type=CUSTOM_MODEL_TYPE,
     )
     return match_shapes(parameter_shapes(read)) or read
+
+
+def carries_temperature(layout: Layout, keys: Iterable[str]) -> bool:
+    """Whether a checkpoint in ``layout`` with these keys holds the (optional) temperature."""
+    keys = set(keys)
+    return any(r.optional and r.sources[0] in keys for r in layout.rules)
+
+
+def named_config(name: str, layout: Layout, keys: Iterable[str]) -> ErnieViL2Config:
+    """The registered configuration ``name`` for a checkpoint in ``layout``: the entry's architecture, with a
+    temperature when the checkpoint has one (:class:`InputError` for an unknown name)."""
+    return dataclasses.replace(get_model_config(name), has_temperature=carries_temperature(layout, keys))
 
 
 def _rule_source(layout: Layout, tower: str) -> str:
