@@ -305,6 +305,7 @@ def test_a_registered_size_converts_and_loads_as_itself(registered, tmp_path):
     report = convert_checkpoint(src, tmp_path / "converted")
     assert report.config == config and report.config.name == "tiny-heads"
     assert "model           : tiny-heads (ernie_vil_2.0_custom, text 3 layers" in report.summary()
+    assert "no registered model" not in report.summary()
     written = json.loads((tmp_path / "converted" / CONFIG_NAME).read_text(encoding="utf-8"))
     assert written["name"] == "tiny-heads" and written["text"]["num_heads"] == 4
     assert written["text"]["layer_norm_eps"] == 1e-12 and written["vision"]["num_heads"] == 8
@@ -317,8 +318,10 @@ def test_a_registered_size_converts_and_loads_as_itself(registered, tmp_path):
     # Without the entry, the same file converts as an unnamed size with hidden / 64 heads and the default eps:
     # a different network, so this test would catch a converter that ignored the registry.
     unregister_model("tiny-heads")
-    guessed = convert_checkpoint(src, tmp_path / "guessed").config
+    report = convert_checkpoint(src, tmp_path / "guessed")
+    guessed = report.config
     assert guessed.name is None and (guessed.text.num_heads, guessed.text.layer_norm_eps) == (2, 1e-5)
+    assert "no registered model has these shapes" in report.summary()
     other = load_pretrained(tmp_path / "guessed").model
     for got, want in zip(features(other), features(reference)):
         assert (got - want).abs().max() > 1e-4  # far beyond float32 round-off (the registered one is exact)

@@ -55,6 +55,9 @@ class ConversionReport:
             f"  source sha256   : {self.sha256}",
             f"  source size     : {self.source_bytes / 2**20:.1f} MiB, converted in {self.seconds:.1f} s",
         ]
+        if self.config.name is None:
+            lines.append("  note            : no registered model has these shapes: converted with hidden/64 heads "
+                         "and the default LayerNorm epsilons (register_model the size if it differs)")
         if self.non_finite:
             lines.append("  WARNING non-finite weights: " + ", ".join(
                 f"{k} ({n} values)" for k, n in sorted(self.non_finite.items())))
