@@ -2,7 +2,7 @@
 
 The package is layered; each layer imports only the ones before it (``tests/test_architecture.py`` keeps it so):
 
-    errors, constants, config        what everything shares
+    errors, constants, config        what everything shares (config: the registry of named sizes)
     storage                          atomic publishing, the converted-directory format
     modeling                         layers, the two towers, the dual encoder
     processing                       the official tokenizer and image pipeline
@@ -26,10 +26,11 @@ _PUBLIC = {
     "CheckpointError": "errors", "ErnieViL2Error": "errors", "InputError": "errors", "KeyMapError": "errors",
     "OutputExistsError": "errors", "UnsafePickleError": "errors",
     "ErnieViL2Config": "config", "TextConfig": "config", "VisionConfig": "config", "base_config": "config",
-    "tiny_config": "config",
+    "tiny_config": "config", "get_model_config": "config", "list_models": "config", "register_model": "config",
+    "unregister_model": "config", "resolve_model": "config",
     "ErnieViL2": "modeling", "ErnieViL2Output": "modeling",
     "ErnieViL2ImageProcessor": "processing", "ErnieViL2Processor": "processing", "ErnieViL2Tokenizer": "processing",
-    "Pretrained": "pretrained", "load_pretrained": "pretrained",
+    "Pretrained": "pretrained", "create_model": "pretrained", "load_pretrained": "pretrained",
 }
 
 __all__ = sorted(_PUBLIC)

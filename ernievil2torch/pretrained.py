@@ -12,10 +12,11 @@ from typing import Optional, Union
 
 import torch
 
+from .config import resolve_model
 from .constants import VOCAB_NAME
 from .errors import InputError
 from .modeling import ErnieViL2
-from .modeling.dtypes import torch_dtype
+from .modeling.dtypes import DTypeLike, optional_torch_dtype
 from .processing import ErnieViL2ImageProcessor, ErnieViL2Processor, ErnieViL2Tokenizer
 from .processing.vocab import resolve_vocab
 
@@ -43,14 +44,34 @@ class Pretrained:
         return ErnieViL2Processor(self.require_tokenizer(), self.image_processor)
 
 
-def load_pretrained(path: PathLike, *, dtype: Union[str, torch.dtype, None] = None,
+def create_model(name: PathLike, *, dtype: DTypeLike = None,
+                 device: Union[str, torch.device, None] = None) -> ErnieViL2:
+    """The model a name stands for (:func:`~ernievil2torch.config.resolve_model`: a local directory, then a
+    registered name), in eval mode: a directory's weights (:meth:`ErnieViL2.from_pretrained`), or a registered
+    configuration with the modules' own initialisation (random from torch's global RNG, so ``torch.manual_seed``
+    makes it repeatable; call ``.train()`` to train it). ``dtype`` as in :func:`load_pretrained`.
+
+    Raises :class:`~ernievil2torch.errors.CheckpointError` for a name that is neither, or a damaged directory.
+    """
+    compute_dtype = optional_torch_dtype(dtype)
+    source = resolve_model(name)
+    if source.has_weights:
+        return ErnieViL2.from_pretrained(source.path, dtype=compute_dtype, device=device)
+    model = ErnieViL2(source.config).to(device=device, dtype=compute_dtype)
+    return model.eval()
+
+
+def load_pretrained(path: PathLike, *, dtype: DTypeLike = None,
                     device: Union[str, torch.device, None] = None, vocab: Optional[PathLike] = None,
                     compile: bool = False, resample: str = "official") -> Pretrained:
     """Load a converted directory with :meth:`ErnieViL2.from_pretrained` plus its front ends.
 
     Args:
         path: a directory written by ``convert.py`` (``config.json``, ``model.safetensors``, maybe ``vocab.txt``).
-        dtype: compute dtype (``torch.bfloat16`` or a name such as ``"bf16"``); default: as stored.
+            Names resolve as in :func:`~ernievil2torch.config.resolve_model`; a registered name has no weights and
+            is refused (use :func:`create_model`).
+        dtype: compute dtype (``torch.bfloat16`` or a name such as ``"bf16"``, checked before anything is read);
+            default: as stored.
         device: where the weights go (default CPU).
         vocab: a vocab file to use instead of ``<path>/vocab.txt``; an explicit one must exist.
         compile: ``torch.compile`` both towers.
@@ -59,9 +80,7 @@ def load_pretrained(path: PathLike, *, dtype: Union[str, torch.dtype, None] = No
     Raises :class:`~ernievil2torch.errors.CheckpointError` for a damaged directory and :class:`InputError` for a
     ``vocab`` that does not exist.
     """
-    if isinstance(dtype, str):
-        dtype = torch_dtype(dtype)
-    model = ErnieViL2.from_pretrained(path, dtype=dtype, device=device, compile=compile)
+    model = ErnieViL2.from_pretrained(path, dtype=optional_torch_dtype(dtype), device=device, compile=compile)
     if vocab is not None or (Path(path) / VOCAB_NAME).is_file():
         tokenizer: Optional[ErnieViL2Tokenizer] = ErnieViL2Tokenizer(resolve_vocab(path, vocab))
     else:

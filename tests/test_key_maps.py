@@ -4,15 +4,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ernievil2torch.config import base_config, tiny_config
+from ernievil2torch.config import base_config, parameter_shapes, tiny_config
 from ernievil2torch.errors import KeyMapError
 from ernievil2torch.conversion.layouts import (LAYOUTS, OFFICIAL, PADDLENLP, detect_layout, expand_rules, infer_config,
-                                               plan_conversion, target_shapes, to_layout)
+                                               plan_conversion, to_layout)
 from ernievil2torch.verify.synthetic import layout_state, random_state
 
 
 def layout_shapes(layout, config):
-    targets = target_shapes(config)
+    targets = parameter_shapes(config)
     return {key: shape for rule in expand_rules(layout, config)
             for key, shape in zip(rule.sources, rule.source_shapes(targets[rule.target]))}
 
@@ -43,6 +43,7 @@ def test_detect_and_infer_config(layout, config):
     assert detect_layout(shapes) is layout
     inferred = infer_config(layout, shapes)
     assert (inferred.text, inferred.vision, inferred.has_temperature) == (config.text, config.vision, True)
+    assert inferred.name == config.name and inferred.model_type == config.model_type
 
 
 def test_missing_temperature_means_plain_cosine_model():
@@ -133,12 +134,13 @@ def test_a_twenty_four_layer_text_tower_converts_as_a_custom_size():
     config = replace(base, text=replace(base.text, num_layers=4))
     plan = plan_conversion(layout_shapes(OFFICIAL, config))
     assert plan.config.text.num_layers == 4 and plan.config.model_type == "ernie_vil_2.0_custom"
+    assert plan.config.name is None
 
 
 @pytest.mark.parametrize("config", [base_config(), tiny_config(),
                                     dataclasses.replace(tiny_config(), has_temperature=False)],
                          ids=["base", "tiny", "no-temperature"])
-def test_target_shapes_are_the_models_state_dict(config):
+def test_parameter_shapes_are_the_models_state_dict(config):
     """The converter learns target shapes from the config's arithmetic: they must be the model's, in its order."""
     import torch
 
@@ -147,4 +149,4 @@ def test_target_shapes_are_the_models_state_dict(config):
     with torch.device("meta"):
         model = ErnieViL2(config)
     expected = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
-    assert list(target_shapes(config).items()) == expected
+    assert list(parameter_shapes(config).items()) == expected

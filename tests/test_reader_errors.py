@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from ernievil2torch.config import tiny_config
-from ernievil2torch.conversion import convert_checkpoint, pdparams
+from ernievil2torch.conversion import convert_checkpoint, paddle_state, pickle_shims, unpickler
 from ernievil2torch.conversion.pdparams import MALFORMED_PICKLE_ERRORS, load_pdparams, save_pdparams
 from ernievil2torch.errors import CheckpointError
 from ernievil2torch.verify.synthetic import layout_state
@@ -61,7 +61,7 @@ def test_each_malformed_error_type_comes_from_a_damaged_file(error):
 
 
 def planted(error: type):
-    """A stand-in for ``pdparams._check_dtype`` with a programming error in it."""
+    """A stand-in for ``pickle_shims.check_dtype`` with a programming error in it."""
     def broken_check_dtype(dtype):
         raise error("planted bug in _check_dtype")
     return broken_check_dtype
@@ -74,7 +74,7 @@ PLANTED_ERRORS = MALFORMED_PICKLE_ERRORS + (RuntimeError,)
 @pytest.mark.parametrize("error", PLANTED_ERRORS, ids=lambda e: e.__name__)
 def test_a_bug_planted_in_the_reader_surfaces_as_that_bug(error, monkeypatch, tmp_path):
     assert load_pdparams(GOOD).keys() == {"w"}
-    monkeypatch.setattr(pdparams, "_check_dtype", planted(error))
+    monkeypatch.setattr(pickle_shims, "check_dtype", planted(error))
     for source in (GOOD, io.BytesIO(GOOD)):
         with pytest.raises(error, match="planted bug") as info:
             load_pdparams(source)
@@ -86,22 +86,22 @@ def test_a_bug_planted_in_the_reader_surfaces_as_that_bug(error, monkeypatch, tm
 
 
 def test_a_bug_in_the_state_dict_checks_surfaces_too(monkeypatch):
-    """The same holds after unpickling (the split-tensor join of ``_normalise_state``)."""
+    """The same holds after unpickling (the split-tensor join of ``paddle_state.normalise_state``)."""
     blob = pickle.dumps({"w@@.0": np.ones(2, np.float32), "w@@.1": np.ones(2, np.float32),
-                         pdparams.BIG_PARAM_KEY: {"w": {"OriginShape": [4], "slices": ["w@@.0", "w@@.1"]}}})
+                         paddle_state.BIG_PARAM_KEY: {"w": {"OriginShape": [4], "slices": ["w@@.0", "w@@.1"]}}})
     assert load_pdparams(blob)["w"].shape == (4,)
 
     def broken(state):
-        raise KeyError("planted bug in _unpack_big_params")
+        raise KeyError("planted bug in unpack_big_params")
 
-    monkeypatch.setattr(pdparams, "_unpack_big_params", broken)
+    monkeypatch.setattr(paddle_state, "unpack_big_params", broken)
     with pytest.raises(KeyError, match="planted bug"):
         load_pdparams(blob)
 
 
 def test_the_reader_fuzz_fails_on_a_planted_bug(monkeypatch):
     """The fuzz property of ``test_fuzz_reader.py``, run on 200 of its inputs with the bug planted, fails with
-    that bug (before the reader stopped relabelling exceptions, it passed)."""
+    that bug (a reader that relabelled every exception as damage would let it pass)."""
     @settings(max_examples=200, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(blob=fuzz.mutated())
@@ -109,7 +109,7 @@ def test_the_reader_fuzz_fails_on_a_planted_bug(monkeypatch):
         fuzz.check_reader_outcome(blob)
 
     run()  # passes on the real reader
-    monkeypatch.setattr(pdparams, "_check_dtype", planted(AttributeError))
+    monkeypatch.setattr(pickle_shims, "check_dtype", planted(AttributeError))
     with pytest.raises(AttributeError, match="planted bug"):
         run()
 
@@ -120,9 +120,9 @@ def test_convert_py_shows_a_traceback_for_a_bug_and_one_line_for_damage(tmp_path
     src = save_pdparams(layout_state(tiny_config(), "official", seed=0), tmp_path / "tiny.pdparams")
     damaged = tmp_path / "cut.pdparams"
     damaged.write_bytes(src.read_bytes()[:3000])
-    plant = ("import sys; sys.argv[0] = 'convert.py'; from ernievil2torch.conversion import pdparams\n"
+    plant = ("import sys; sys.argv[0] = 'convert.py'; from ernievil2torch.conversion import pickle_shims\n"
              "def _check_dtype(dtype): raise AttributeError('planted bug in _check_dtype')\n"
-             "pdparams._check_dtype = _check_dtype\n"
+             "pickle_shims.check_dtype = _check_dtype\n"
              "from ernievil2torch.cli import convert, run_command; run_command(convert)")
     bug = subprocess.run([sys.executable, "-c", plant, "--src", str(src), "--dst", str(tmp_path / "out")],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -142,32 +142,32 @@ def test_convert_py_shows_a_traceback_for_a_bug_and_one_line_for_damage(tmp_path
 # ---- the allow-list, pinned ------------------------------------------------------------------------------------
 
 def _numpy_shims(core: str) -> dict:
-    return {(f"{core}.multiarray", "_reconstruct"): "shim _safe_reconstruct",
-            (f"{core}.multiarray", "scalar"): "shim _safe_scalar",
-            (f"{core}.numeric", "_frombuffer"): "shim _safe_frombuffer"}
+    return {(f"{core}.multiarray", "_reconstruct"): "shim safe_reconstruct",
+            (f"{core}.multiarray", "scalar"): "shim safe_scalar",
+            (f"{core}.numeric", "_frombuffer"): "shim safe_frombuffer"}
 
 
 ALLOWED_GLOBALS = {
     **_numpy_shims("numpy.core"), **_numpy_shims("numpy._core"),  # numpy 1.x and 2.x spellings
     ("numpy", "ndarray"): "token (only as _reconstruct's first argument)",
-    ("numpy", "dtype"): "shim _safe_dtype",
+    ("numpy", "dtype"): "shim safe_dtype",
     ("collections", "OrderedDict"): "type OrderedDict",
     **{(module, "dict"): "type dict" for module in ("builtins", "__builtin__")},
     **{(module, "list"): "type list" for module in ("builtins", "__builtin__")},
     **{(module, "tuple"): "type tuple" for module in ("builtins", "__builtin__")},
-    **{(module, "bytearray"): "shim _safe_bytearray" for module in ("builtins", "__builtin__")},
-    **{(module, "bytes"): "shim _empty_bytes" for module in ("builtins", "__builtin__")},
-    ("_codecs", "encode"): "shim _latin1_encode",
+    **{(module, "bytearray"): "shim safe_bytearray" for module in ("builtins", "__builtin__")},
+    **{(module, "bytes"): "shim empty_bytes" for module in ("builtins", "__builtin__")},
+    ("_codecs", "encode"): "shim latin1_encode",
 }
 
 
 def describe_allowed_globals() -> dict:
     """What each allowed global resolves to, in words (a shim and its function, a plain type, the ndarray token)."""
     described = {}
-    for key, target in pdparams._ALLOWED_GLOBALS.items():
-        if isinstance(target, pdparams._Shim):
+    for key, target in unpickler._ALLOWED_GLOBALS.items():
+        if isinstance(target, unpickler._Shim):
             described[key] = f"shim {target._fn.__name__}"
-        elif target is pdparams._NDARRAY:
+        elif target is pickle_shims.NDARRAY:
             described[key] = "token (only as _reconstruct's first argument)"
         elif target in (dict, list, tuple, collections.OrderedDict):
             described[key] = f"type {target.__name__}"
@@ -193,12 +193,12 @@ def test_the_allowed_globals_are_exactly_these():
                          ids=lambda a: f"{a[0]}.{a[1]}")
 def test_adding_a_global_breaks_the_pin(added, monkeypatch):
     module, name, target = added
-    monkeypatch.setitem(pdparams._ALLOWED_GLOBALS, (module, name), target)
+    monkeypatch.setitem(unpickler._ALLOWED_GLOBALS, (module, name), target)
     with pytest.raises(AssertionError, match=rf"'{module}', '{name}'"):
         assert_allowed_globals_pinned()
 
 
 def test_retargeting_a_global_breaks_the_pin(monkeypatch):
-    monkeypatch.setitem(pdparams._ALLOWED_GLOBALS, ("builtins", "dict"), pdparams._Shim(eval))
+    monkeypatch.setitem(unpickler._ALLOWED_GLOBALS, ("builtins", "dict"), unpickler._Shim(eval))
     with pytest.raises(AssertionError, match="changed"):
         assert_allowed_globals_pinned()

@@ -15,14 +15,13 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
-from ..config import ErnieViL2Config
-from ..constants import CONFIG_NAME, CONVERTED_BY, DEFAULT_CHECKPOINT_NAMES, DOWNLOAD_HINT, VOCAB_NAME, WEIGHTS_NAME
+from ..config import ErnieViL2Config, canonical_dtype, get_model_config
+from ..constants import CONVERTED_BY, DEFAULT_CHECKPOINT_NAMES, DOWNLOAD_HINT, KEEP_DTYPE
 from ..errors import CheckpointError, InputError, OutputExistsError
 from ..processing.vocab import check_special_tokens, load_vocab
 from ..storage import model_dir
-from ..storage.atomic import atomic_directory
 from .dtypes import OUTPUT_DTYPES, cast, storage_name
-from .layouts import ConversionPlan, plan_conversion
+from .layouts import ConversionPlan, detect_layout, named_config, plan_conversion
 from .pdparams import load_pdparams
 
 
@@ -47,7 +46,8 @@ class ConversionReport:
         lines = [
             f"converted {self.source} -> {self.destination}",
             f"  layout detected : {self.layout}",
-            f"  model           : {self.config.model_type} (text {self.config.text.num_layers} layers, "
+            f"  model           : {self.config.name or 'unregistered size'} ({self.config.model_type}, text "
+            f"{self.config.text.num_layers} layers, "
             f"vision {self.config.vision.num_layers} layers, temperature: "
             f"{'yes' if self.config.has_temperature else 'no'})",
             f"  tensors written : {self.tensors} ({self.parameters:,} parameters, {self.dtype})",
@@ -55,6 +55,9 @@ class ConversionReport:
             f"  source sha256   : {self.sha256}",
             f"  source size     : {self.source_bytes / 2**20:.1f} MiB, converted in {self.seconds:.1f} s",
         ]
+        if self.config.name is None:
+            lines.append("  note            : no registered model has these shapes: converted with hidden/64 heads "
+                         "and the default LayerNorm epsilons (register_model the size if it differs)")
         if self.non_finite:
             lines.append("  WARNING non-finite weights: " + ", ".join(
                 f"{k} ({n} values)" for k, n in sorted(self.non_finite.items())))
@@ -89,19 +92,33 @@ def find_default_checkpoint(directory: Union[str, Path] = ".") -> Path:
                           f"{Path(directory).absolute()}.\n{DOWNLOAD_HINT}")
 
 
+#: What to convert a checkpoint as: a registry name, a config, or None (the registered config with its shapes).
+ModelChoice = Union[str, ErnieViL2Config, None]
+
+
 def convert_state(state: Dict[str, np.ndarray], dst: Union[str, Path], *, overwrite: bool = False,
                   vocab: Optional[Union[str, Path]] = None, dtype: str = "float32",
-                  config: Optional[ErnieViL2Config] = None, metadata: Optional[Dict[str, str]] = None
-                  ) -> ConversionPlan:
-    """Convert an in-memory Paddle state dict (consumed: arrays are released as they are written)."""
-    if dtype not in OUTPUT_DTYPES and dtype != "keep":
-        raise ValueError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)} or keep, not {dtype!r}")
+                  config: ModelChoice = None, metadata: Optional[Dict[str, str]] = None) -> ConversionPlan:
+    """Convert an in-memory Paddle state dict (consumed: arrays are released as they are written).
+
+    ``dtype`` is any spelling :func:`~ernievil2torch.config.canonical_dtype` accepts, or ``"keep"``. ``config`` is
+    a registry name (its architecture, with a temperature when the checkpoint has one), a config (used as given),
+    or None to read it off the checkpoint (:func:`~ernievil2torch.conversion.layouts.infer_config`). Bad arguments
+    raise :class:`InputError` before any array is touched.
+    """
+    dtype = canonical_dtype(dtype, allow_keep=True)
+    if isinstance(config, str):
+        get_model_config(config)  # an unknown name is refused before any array is touched
+    vocab_path = _checked_vocab(vocab) if vocab is not None else None
     _check_dtypes(state)
-    plan = plan_conversion({k: tuple(a.shape) for k, a in state.items()}, config=config)
+    layout = detect_layout(state)
+    if isinstance(config, str):
+        config = named_config(config, layout, state)
+    plan = plan_conversion({k: tuple(a.shape) for k, a in state.items()}, layout, config)
     rules = {rule.target: rule for rule in plan.rules}
 
     def out_dtype(target: str) -> str:
-        return OUTPUT_DTYPES[dtype] if dtype != "keep" else storage_name(state[rules[target].sources[0]])
+        return OUTPUT_DTYPES[dtype] if dtype != KEEP_DTYPE else storage_name(state[rules[target].sources[0]])
 
     specs = [(t, out_dtype(t), plan.target_shapes[t]) for t in rules]
     target_dtypes = {target: spec_dtype for target, spec_dtype, _ in specs}
@@ -113,12 +130,8 @@ def convert_state(state: Dict[str, np.ndarray], dst: Union[str, Path], *, overwr
 
     meta = {"format": "pt", "converted_by": CONVERTED_BY, "source_layout": plan.layout.name}
     meta.update(metadata or {})
-    vocab_path = _checked_vocab(vocab) if vocab is not None else None
-    with atomic_directory(dst, overwrite) as tmp:
-        plan.config.save(tmp / CONFIG_NAME)
-        model_dir.write_safetensors_streaming(tmp / WEIGHTS_NAME, specs, produce, meta)
-        if vocab_path is not None:
-            (tmp / VOCAB_NAME).write_bytes(vocab_path.read_bytes())
+    model_dir.publish_model_dir(dst, plan.config, specs, produce, overwrite=overwrite, vocab_file=vocab_path,
+                                metadata=meta)
     return plan
 
 
@@ -134,10 +147,21 @@ def _checked_vocab(vocab: Union[str, Path]) -> Path:
 
 def convert_checkpoint(src: Union[str, Path], dst: Union[str, Path], *, overwrite: bool = False,
                        vocab: Optional[Union[str, Path]] = None, dtype: str = "float32",
-                       config: Optional[ErnieViL2Config] = None) -> ConversionReport:
-    """Convert a ``.pdparams`` file to a converted directory and report what was done."""
+                       config: ModelChoice = None) -> ConversionReport:
+    """Convert a ``.pdparams`` file to a converted directory and report what was done.
+
+    ``dtype``: the stored dtype (``float32``/``fp32``, ``float16``/``fp16``/``half``, ``bfloat16``/``bf16`` or
+    ``keep``, the source's own). ``config``: a registry name or a config to convert as; by default the registered
+    configuration whose shapes the checkpoint has (a size no entry has is converted as an unregistered one).
+    A bad ``dtype``, an unknown name, a bad vocab and an existing ``dst`` are refused before the file is opened.
+    """
     start = time.perf_counter()
+    dtype = canonical_dtype(dtype, allow_keep=True)
+    if isinstance(config, str):
+        get_model_config(config)
     src, dst = Path(src), Path(dst)
+    if vocab is not None:
+        _checked_vocab(vocab)
     if dst.exists() and not overwrite:
         raise OutputExistsError(f"{dst} already exists; pass --overwrite to replace it")
     hasher = hashlib.sha256()

@@ -2,8 +2,8 @@
 
 A Paddle file holds float16/32/64 arrays, or bfloat16 as the raw ``uint16`` bits. The converter writes float32,
 float16 or bfloat16 (bits again), or keeps the source's own dtype. The casts give the same bits as
-``torch.Tensor.to`` did before the converter went torch-free: round to nearest even, and float64 or bfloat16 sources
-pass through float32 first (torch's ``Half``/``BFloat16`` are built from a float). NaN stays NaN (its payload is
+``torch.Tensor.to``: round to nearest even, and float64 or bfloat16 sources pass through float32 first (torch's
+``Half``/``BFloat16`` are built from a float). NaN stays NaN (its payload is
 not kept: torch's own kernels disagree on it).
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Dict
 
 import numpy as np
 
-#: ``--dtype`` choices of the converter and the safetensors dtype each writes (``keep`` is the source's own).
+#: Canonical dtype name (:func:`~ernievil2torch.config.canonical_dtype`) -> the safetensors dtype the converter
+#: writes for it (``keep`` writes the source's own, :func:`storage_name`).
 OUTPUT_DTYPES: Dict[str, str] = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _SOURCE_NAMES = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
                  np.dtype(np.uint16): "BF16"}

@@ -16,7 +16,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..config import CUSTOM_MODEL_TYPE, ErnieViL2Config, TextConfig, VisionConfig
+from ..config import (CUSTOM_MODEL_TYPE, ErnieViL2Config, TextConfig, VisionConfig, get_model_config, match_shapes,
+                      parameter_shapes)
 from ..constants import OFFICIAL_DROPPED_KEYS
 from ..errors import KeyMapError
 from .ops import CONCAT, COPY, FUSE_LINEAR, TRANSPOSE, Op, Shape, Squeeze
@@ -200,7 +201,14 @@ def _source_of(layout: Layout, target: str) -> str:
 
 
 def infer_config(layout: Layout, shapes: Dict[str, Shape], head_dim: int = 64) -> ErnieViL2Config:
-    """Read the model size off the checkpoint's shapes (heads = hidden / 64, as in every released ERNIE-ViL)."""
+    """The configuration of a checkpoint in ``layout`` (source key -> shape).
+
+    The sizes are read off the shapes; then the registered configuration with exactly these parameter shapes
+    (:func:`~ernievil2torch.config.registry.match_shapes`) is returned, which also decides what shapes cannot
+    show (head counts, LayerNorm epsilons). A size no entry has is returned as :data:`CUSTOM_MODEL_TYPE` with
+    ``name`` None, ``hidden / head_dim`` heads and the default epsilons. :class:`KeyMapError` when the sizes cannot
+    be read, or when several entries fit.
+    """
     def shape(target: str) -> Shape:
         key = _source_of(layout, target)
         if key not in shapes:
@@ -221,19 +229,29 @@ def infer_config(layout: Layout, shapes: Dict[str, Shape], head_dim: int = 64) -
         raise KeyMapError(f"positional embedding of {v_positions} rows is not a square grid plus a class token")
     text_layers = _count_layers(shapes, _rule_source(layout, "text"))
     vision_layers = _count_layers(shapes, _rule_source(layout, "vision"))
-    config = ErnieViL2Config(
+    read = ErnieViL2Config(
         text=TextConfig(vocab_size=vocab, hidden_size=hidden, num_layers=text_layers,
                         num_heads=max(1, hidden // head_dim), intermediate_size=ffn[-1],
                         max_position_embeddings=positions),
         vision=VisionConfig(image_size=grid * patch, patch_size=patch, num_channels=channels,
                             hidden_size=v_hidden, num_layers=vision_layers, num_heads=max(1, v_hidden // head_dim),
                             intermediate_size=v_ffn[-1]),
-        has_temperature=any(r.optional and r.sources[0] in shapes for r in layout.rules),
+        has_temperature=carries_temperature(layout, shapes),
+        model_type=CUSTOM_MODEL_TYPE,
     )
-    released = ErnieViL2Config()
-    if (config.text, config.vision) != (released.text, released.vision):
-        config = dataclasses.replace(config, model_type=CUSTOM_MODEL_TYPE)
-    return config
+    return match_shapes(parameter_shapes(read)) or read
+
+
+def carries_temperature(layout: Layout, keys: Iterable[str]) -> bool:
+    """Whether a checkpoint in ``layout`` with these keys holds the (optional) temperature."""
+    keys = set(keys)
+    return any(r.optional and r.sources[0] in keys for r in layout.rules)
+
+
+def named_config(name: str, layout: Layout, keys: Iterable[str]) -> ErnieViL2Config:
+    """The registered configuration ``name`` for a checkpoint in ``layout``: the entry's architecture, with a
+    temperature when the checkpoint has one (:class:`InputError` for an unknown name)."""
+    return dataclasses.replace(get_model_config(name), has_temperature=carries_temperature(layout, keys))
 
 
 def _rule_source(layout: Layout, tower: str) -> str:
@@ -268,53 +286,6 @@ class ConversionPlan:
     dropped: List[str]
 
 
-def _linear(prefix: str, out_features: int, in_features: int) -> Dict[str, Shape]:
-    return {f"{prefix}.weight": (out_features, in_features), f"{prefix}.bias": (out_features,)}
-
-
-def _norm(prefix: str, size: int) -> Dict[str, Shape]:
-    return {f"{prefix}.weight": (size,), f"{prefix}.bias": (size,)}
-
-
-def _vision_shapes(cfg: VisionConfig) -> Dict[str, Shape]:
-    d = cfg.hidden_size
-    shapes: Dict[str, Shape] = {"vision.class_embedding": (d,), "vision.positional_embedding": (cfg.num_positions, d),
-                                "vision.patch_embed.weight": (d, cfg.num_channels, cfg.patch_size, cfg.patch_size)}
-    shapes.update(_norm("vision.norm_pre", d))
-    for i in range(cfg.num_layers):
-        block = f"vision.layers.{i}"
-        shapes.update({**_norm(f"{block}.norm1", d), **_linear(f"{block}.attn.qkv", 3 * d, d),
-                       **_linear(f"{block}.attn.out_proj", d, d), **_norm(f"{block}.norm2", d),
-                       **_linear(f"{block}.mlp.fc1", cfg.intermediate_size, d),
-                       **_linear(f"{block}.mlp.fc2", d, cfg.intermediate_size)})
-    shapes.update(_norm("vision.norm_post", d))
-    return shapes
-
-
-def _text_shapes(cfg: TextConfig) -> Dict[str, Shape]:
-    d = cfg.hidden_size
-    shapes: Dict[str, Shape] = {"text.embeddings.word_embeddings.weight": (cfg.vocab_size, d),
-                                "text.embeddings.position_embeddings.weight": (cfg.max_position_embeddings, d)}
-    shapes.update(_norm("text.embeddings.norm", d))
-    for i in range(cfg.num_layers):
-        block = f"text.layers.{i}"
-        shapes.update({**_linear(f"{block}.attn.qkv", 3 * d, d), **_linear(f"{block}.attn.out_proj", d, d),
-                       **_norm(f"{block}.norm1", d), **_linear(f"{block}.mlp.fc1", cfg.intermediate_size, d),
-                       **_linear(f"{block}.mlp.fc2", d, cfg.intermediate_size), **_norm(f"{block}.norm2", d)})
-    shapes.update(_linear("text.pooler", d, d))
-    return shapes
-
-
-def target_shapes(config: ErnieViL2Config) -> Dict[str, Shape]:
-    """Shapes of every tensor of our model for ``config``, in ``state_dict()`` order, from the config's arithmetic
-    (no model is built and torch is not imported; ``tests/test_key_maps.py`` holds it equal to the model's own
-    ``state_dict()`` shapes and order)."""
-    shapes: Dict[str, Shape] = {"temperature": (1,)} if config.has_temperature else {}
-    shapes.update(_vision_shapes(config.vision))
-    shapes.update(_text_shapes(config.text))
-    return shapes
-
-
 def plan_conversion(shapes: Dict[str, Shape], layout: Optional[Layout] = None,
                     config: Optional[ErnieViL2Config] = None) -> ConversionPlan:
     """Check a checkpoint's keys and shapes against a layout; every problem is listed in one :class:`KeyMapError`.
@@ -323,7 +294,7 @@ def plan_conversion(shapes: Dict[str, Shape], layout: Optional[Layout] = None,
     """
     layout = layout or detect_layout(shapes)
     config = config or infer_config(layout, shapes)
-    expected = target_shapes(config)
+    expected = parameter_shapes(config)
     expanded = expand_rules(layout, config)
     dropped = sorted(k for k in shapes if any(re.fullmatch(p, k) for p in layout.dropped))
     problems: List[str] = []

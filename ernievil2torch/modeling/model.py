@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ErnieViL2Config
-from ..errors import CheckpointError
+from ..config import ErnieViL2Config, base_config, resolve_model
+from ..errors import CheckpointError, InputError
 from ..storage.model_dir import read_model_dir, write_model_dir
+from .dtypes import DTypeLike, optional_torch_dtype
 from .loss import contrastive_loss
 from .text import TextEncoder
 from .vision import VisionEncoder
@@ -30,11 +31,14 @@ class ErnieViL2Output:
 
 
 class ErnieViL2(nn.Module):
-    """ViT-B/16 image tower + ERNIE 3.0 Base text tower; features are compared by (scaled) cosine."""
+    """ViT-B/16 image tower + ERNIE 3.0 Base text tower; features are compared by (scaled) cosine.
+
+    ``config`` defaults to the registered ``base`` configuration (the released model's architecture).
+    """
 
     def __init__(self, config: Optional[ErnieViL2Config] = None) -> None:
         super().__init__()
-        self.config = config or ErnieViL2Config()
+        self.config = config or base_config()
         self.vision = VisionEncoder(self.config.vision)
         self.text = TextEncoder(self.config.text)
         # The stored value is log(scale) (Paddle's `temperature_b` / `temperature`); absent in some checkpoints.
@@ -105,14 +109,22 @@ class ErnieViL2(nn.Module):
         return self
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, Path], dtype: Optional[torch.dtype] = None,
+    def from_pretrained(cls, path: Union[str, Path], dtype: DTypeLike = None,
                         device: Union[str, torch.device, None] = None, compile: bool = False) -> "ErnieViL2":
         """Load a converted directory (safetensors only, no pickle) and return the model in eval mode.
 
-        ``dtype=torch.bfloat16`` (or ``torch.float16`` on GPU) casts every weight at load time; inputs are cast by
-        the towers. ``compile=True`` calls :meth:`compile` with default options.
+        ``path`` is resolved by :func:`~ernievil2torch.config.resolve_model`: a registered name has no weights to
+        load, so it is refused with :class:`InputError` (``pretrained.create_model(name)`` builds one with random
+        weights). ``dtype`` (``torch.bfloat16`` or any name :func:`~ernievil2torch.config.canonical_dtype`
+        accepts, such as ``"bf16"``; checked before anything is read) casts every weight at load time; inputs are
+        cast by the towers. ``compile=True`` calls :meth:`compile` with default options.
         """
-        config, state = read_model_dir(path, device=device)
+        dtype = optional_torch_dtype(dtype)
+        source = resolve_model(path)
+        if not source.has_weights:
+            raise InputError(f"{source.name!r} is a registered model configuration without weights: pass a "
+                             "converted directory, or use create_model() for randomly initialised weights")
+        config, state = read_model_dir(source.path, device=device)
         with torch.device("meta"):
             model = cls(config)
         expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}

@@ -6,7 +6,6 @@ peak memory near one copy of the checkpoint. Reading uses safetensors only: no p
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..config import ErnieViL2Config
+from ..config import ErnieViL2Config, check_config
 from ..constants import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME
 from ..errors import CheckpointError
 from .atomic import atomic_directory
@@ -83,53 +82,55 @@ def _tensor_as_numpy(tensor: "torch.Tensor") -> np.ndarray:
     return tensor.numpy()
 
 
+def write_model_files(directory: Union[str, Path], config: ErnieViL2Config, specs: List[TensorSpec],
+                      produce: Callable[[str], np.ndarray], vocab_file: Optional[Union[str, Path]] = None,
+                      metadata: Optional[Mapping[str, str]] = None) -> None:
+    """The one writer of a converted directory's files: ``config.json``, ``model.safetensors`` streamed from
+    ``specs`` and ``produce`` (see :func:`write_safetensors_streaming`; numpy only, so the converter runs without
+    torch) and a copy of ``vocab_file``. ``directory`` is an unpublished one (the hidden directory of
+    :func:`~ernievil2torch.storage.atomic.atomic_directory`), where more files may join them."""
+    directory = Path(directory)
+    config.save(directory / CONFIG_NAME)
+    write_safetensors_streaming(directory / WEIGHTS_NAME, specs, produce, metadata)
+    if vocab_file is not None:
+        shutil.copyfile(vocab_file, directory / VOCAB_NAME)
+
+
+def publish_model_dir(dst: Union[str, Path], config: ErnieViL2Config, specs: List[TensorSpec],
+                      produce: Callable[[str], np.ndarray], *, overwrite: bool = False,
+                      vocab_file: Optional[Union[str, Path]] = None,
+                      metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """:func:`write_model_files` published atomically at ``dst`` (its previous content or the complete new
+    directory, never a mix); :class:`~ernievil2torch.errors.OutputExistsError` when ``dst`` exists and
+    ``overwrite`` is false. Returns ``dst``."""
+    with atomic_directory(dst, overwrite) as tmp:
+        write_model_files(tmp, config, specs, produce, vocab_file, metadata)
+    return Path(dst)
+
+
+def tensor_specs(state: Mapping[str, "torch.Tensor"]) -> Tuple[List[TensorSpec], Callable[[str], np.ndarray]]:
+    """A torch state dict as :func:`write_model_files` takes it: the specs and the per-name producer."""
+    names = _torch_dtype_names()
+    specs = [(name, names[t.dtype], tuple(t.shape)) for name, t in state.items()]
+    return specs, lambda name: _tensor_as_numpy(state[name])
+
+
 def fill_model_dir(directory: Union[str, Path], config: ErnieViL2Config, state: Mapping[str, "torch.Tensor"],
                    vocab_file: Optional[Union[str, Path]] = None,
                    metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Write the files of a converted directory into ``directory`` (an unpublished one, e.g. the hidden directory
-    of :func:`~ernievil2torch.storage.atomic.atomic_directory`, where more files may join them)."""
-    directory = Path(directory)
-    names = _torch_dtype_names()
-    specs = [(name, names[t.dtype], tuple(t.shape)) for name, t in state.items()]
-    config.save(directory / CONFIG_NAME)
-    write_safetensors_streaming(directory / WEIGHTS_NAME, specs, lambda name: _tensor_as_numpy(state[name]),
-                                metadata)
-    if vocab_file is not None:
-        shutil.copyfile(vocab_file, directory / VOCAB_NAME)
+    """:func:`write_model_files` for a torch state dict (training checkpoints, which add files of their own)."""
+    specs, produce = tensor_specs(state)
+    write_model_files(directory, config, specs, produce, vocab_file, metadata)
 
 
 def write_model_dir(dst: Union[str, Path], config: ErnieViL2Config, state: Mapping[str, "torch.Tensor"],
                     overwrite: bool = False, vocab_file: Optional[Union[str, Path]] = None,
                     metadata: Optional[Mapping[str, str]] = None) -> Path:
-    """Save an in-memory state dict as a converted directory (atomically); returns ``dst``."""
-    with atomic_directory(dst, overwrite) as tmp:
-        fill_model_dir(tmp, config, state, vocab_file, metadata)
-    return Path(dst)
-
-
-def _validate_config(config: ErnieViL2Config) -> None:
-    """Reject a config.json whose values could not describe a network (wrong types, zero sizes, ...)."""
-    if not isinstance(config.has_temperature, bool) or not isinstance(config.model_type, str):
-        raise ValueError("has_temperature must be true/false and model_type a string")
-    for part in (config.text, config.vision):
-        for item in dataclasses.fields(part):
-            value = getattr(part, item.name)
-            if item.name.endswith("eps"):
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                    raise ValueError(f"{item.name} = {value!r} is not a small positive number")
-            elif item.name.endswith("dropout"):
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                    raise ValueError(f"{item.name} = {value!r} is not a probability in [0, 1)")
-            elif isinstance(value, bool) or not isinstance(value, int) or value < (0 if item.name == "pad_token_id"
-                                                                                   else 1):
-                raise ValueError(f"{item.name} = {value!r} is not a valid size")
-    for part in (config.text, config.vision):
-        if part.hidden_size % part.num_heads:
-            raise ValueError(f"hidden_size {part.hidden_size} is not a multiple of num_heads {part.num_heads}")
-    if config.text.pad_token_id >= config.text.vocab_size:
-        raise ValueError("pad_token_id is outside the vocabulary")
-    if config.vision.image_size % config.vision.patch_size:
-        raise ValueError("image_size is not a multiple of patch_size")
+    """Save an in-memory torch state dict as a converted directory with :func:`publish_model_dir`; returns
+    ``dst``."""
+    specs, produce = tensor_specs(state)
+    return publish_model_dir(dst, config, specs, produce, overwrite=overwrite, vocab_file=vocab_file,
+                             metadata=metadata)
 
 
 def read_model_dir(path: Union[str, Path], device: Union[str, "torch.device", None] = None
@@ -150,7 +151,7 @@ def read_model_dir(path: Union[str, Path], device: Union[str, "torch.device", No
             raise CheckpointError(f"{path}: missing {name}; is this a directory written by convert.py?")
     try:
         config = ErnieViL2Config.load(path / CONFIG_NAME)
-        _validate_config(config)
+        check_config(config)
     except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise CheckpointError(f"{path / CONFIG_NAME}: invalid config ({str(exc)[:300]})") from None
     except OSError as exc:

@@ -13,9 +13,9 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
-from ..config import ErnieViL2Config, base_config
+from ..config import ErnieViL2Config, base_config, parameter_shapes
 from ..constants import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, SYNTHETIC_SOURCE_PREFIX, UNK_TOKEN
-from ..conversion.layouts import LAYOUTS, target_shapes, to_layout
+from ..conversion.layouts import LAYOUTS, to_layout
 from ..conversion.pdparams import save_pdparams
 from ..storage.atomic import atomic_write_bytes
 from .demo import DEMO_CAPTIONS, SHAPE_COLOURS, SHAPES, shape_caption
@@ -37,7 +37,7 @@ def random_state(config: Optional[ErnieViL2Config] = None, seed: int = 0,
     config = config or base_config()
     rng = np.random.default_rng(seed)
     state: Dict[str, np.ndarray] = {}
-    for name, shape in target_shapes(config).items():
+    for name, shape in parameter_shapes(config).items():
         if name == "temperature":
             value = rng.uniform(math.log(10.0), math.log(100.0), size=shape)
         elif "norm" in name and name.endswith(".weight"):
