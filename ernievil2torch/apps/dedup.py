@@ -24,12 +24,13 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..data.image_root import ImageRoot
 from ..errors import InputError
 from ..processing import ErnieViL2ImageProcessor
-from ..storage.atomic import atomic_directory
-from .embed import load_embeddings
 from ..retrieval.topk import NormalizedRows, build_faiss_index, faiss_available
-from .serve.gallery import ImageRoot
+from ..storage.atomic import atomic_directory
+from ..storage.embeddings import read_embed_output
+from .plotting import CJK_FONT_PACKAGE
 
 TSV_NAME, JSON_NAME, PICTURE_NAME = "groups.tsv", "groups.json", "groups.png"
 THUMBNAIL_SIZE = 160
@@ -206,11 +207,8 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
         overwrite: replace an existing output folder.
     """
     folder = Path(embeddings)
-    if not (folder / "embeddings.npy").is_file() or not (folder / "ids.txt").is_file():
-        raise InputError(f"{folder} is not an `ernievil2 embed` output (embeddings.npy + ids.txt)")
-    array, ids = load_embeddings(str(folder), mmap=True)
-    if array.shape[0] != len(ids):
-        raise InputError(f"{folder}: {array.shape[0]} embeddings but {len(ids)} ids")
+    source = read_embed_output(folder, mmap=True)
+    array, ids = source.embeddings, source.ids
     if faiss and not faiss_available():
         raise InputError("--faiss needs the faiss-cpu package (pip install faiss-cpu)")
     root = ImageRoot(images) if images else None
@@ -246,6 +244,6 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
             _, has_cjk = _draw_groups(tmp / PICTURE_NAME, groups, root, threshold, examples, counts)
             picture = target / PICTURE_NAME
             if not has_cjk:
-                note = "no CJK font found: the picture uses English captions (pip install pylopdf-fonts-zh-cn)"
+                note = f"no CJK font found: the picture uses English captions (pip install {CJK_FONT_PACKAGE})"
     return DedupResult(threshold, len(ids), [[m["row"] for m in g["members"]] for g in groups], target, picture,
                        note)
