@@ -5,8 +5,9 @@ component of those links (single linkage: a chain a~b~c is one group even if a a
 more members. Every pair is compared (exact, O(N^2 D) work): the gallery is read ``chunk_size`` rows at a time from
 the memory-mapped ``embeddings.npy`` and compared block by block (upper triangle only), so memory stays at about
 ``chunk_size^2`` scores plus one int per image, whatever N is. Links are merged into a union-find forest as each
-block is done; no list of pairs is kept. With ``faiss=True`` a FAISS ``IndexFlatIP`` range search finds the links
-instead (also exact; it holds the whole normalised gallery in memory).
+block is done; no list of pairs is kept. With ``faiss=True`` the links are found through the search back-end
+protocol instead (:func:`backend_links`), by the in-memory back end searching with a FAISS ``IndexFlatIP`` (also
+exact; it holds the whole normalised gallery in memory, in the back end's array and in the index).
 
 Output folder (published atomically: the previous one or the complete new one)::
 
@@ -27,7 +28,8 @@ import torch
 from ..data.image_root import ImageRoot
 from ..errors import InputError
 from ..processing import ErnieViL2ImageProcessor
-from ..retrieval.topk import NormalizedRows, build_faiss_index, faiss_available
+from ..retrieval.backends import SearchBackend, create_backend
+from ..retrieval.topk import NormalizedRows, faiss_available
 from ..storage.atomic import atomic_directory
 from ..storage.embeddings import read_embed_output
 from .plotting import CJK_FONT_PACKAGE
@@ -79,16 +81,38 @@ def _block_links(rows: NormalizedRows, threshold: float, chunk_size: int) -> Ite
                 yield (i + start).numpy(), (j + other).numpy()
 
 
-def _faiss_links(rows: NormalizedRows, threshold: float, chunk_size: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """The same links from FAISS range searches (``IndexFlatIP`` keeps scores strictly above its radius)."""
-    index = build_faiss_index(rows, chunk_size)
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+def backend_links(backend: SearchBackend, rows: NormalizedRows, threshold: float, chunk_size: int,
+                  first_k: int = 16) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """The same links from a search back end that holds row ``i`` of ``rows`` under the id ``str(i)``.
+
+    Each ``chunk_size`` rows are one batch of queries, searched for their ``first_k`` best hits; a query whose
+    last hit is still at or above ``threshold`` is searched again with twice the ``k``, until its last hit falls
+    below it, so every row at or above it is found (exact when the back end is, whatever order it gives ties).
+    Only the protocol is used, so any back end (:mod:`ernievil2torch.retrieval.backends`) can find the links.
+    """
     for start in range(0, rows.shape[0], chunk_size):
-        lims, scores, cols = index.range_search(np.ascontiguousarray(rows[start:start + chunk_size]), radius)
-        query = np.repeat(np.arange(len(lims) - 1, dtype=np.int64) + start, np.diff(lims).astype(np.int64))
-        keep = (cols > query) & (scores >= threshold)
-        if keep.any():
-            yield query[keep], cols[keep].astype(np.int64)
+        queries = rows[start:start + chunk_size]
+        pending, k = np.arange(queries.shape[0]), first_k
+        while pending.size:
+            left, right, more = [], [], []
+            for local, hits in zip(pending.tolist(), backend.search(queries[pending], k=k)):
+                if len(hits) == k and hits[-1].score >= threshold:
+                    more.append(local)  # there may be more linked rows beyond these k
+                    continue
+                query = start + local
+                later = [int(h.id) for h in hits if h.score >= threshold and int(h.id) > query]
+                left += [query] * len(later)
+                right += later
+            if left:
+                yield np.asarray(left, np.int64), np.asarray(right, np.int64)
+            pending, k = np.asarray(more, np.int64), 2 * k
+
+
+def _faiss_links(rows: NormalizedRows, threshold: float, chunk_size: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """The links from the in-memory back end searching with a FAISS ``IndexFlatIP`` (exact)."""
+    backend = create_backend("memory", int(rows.shape[1]), use_faiss=True)
+    backend.add(np.asarray(rows[:]), [str(i) for i in range(rows.shape[0])])
+    return backend_links(backend, rows, threshold, chunk_size)
 
 
 def near_duplicate_groups(embeddings, threshold: float = 0.95, chunk_size: int = 4096,
