@@ -22,7 +22,6 @@ from ..storage.provenance import SYNTHETIC_NOTICE, is_synthetic_source  # noqa: 
 from .demo import DEMO_CAPTIONS, SHAPE_COLOURS, SHAPES, shape_caption
 
 
-
 def random_state(config: Optional[ErnieViL2Config] = None, seed: int = 0,
                  unit_gain: bool = False) -> Dict[str, np.ndarray]:
     """Our-layout state dict (float32 numpy) with every tensor drawn at a scale that keeps activations sane.
