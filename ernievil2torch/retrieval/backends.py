@@ -20,14 +20,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import numpy as np
 
 from ..errors import InputError
+from ..storage.embeddings import first_non_finite_row
 from .topk import build_faiss_index, faiss_available, search_embeddings
 
 #: ``where`` of :meth:`SearchBackend.search`: metadata key -> the value a row's metadata must hold there.
 MetadataFilter = Mapping[str, Any]
 #: In-memory back ends with at least this many rows search with FAISS (when installed and not switched off).
 FAISS_MIN_ROWS = 50_000
-#: Rows checked for NaN/infinity per step (bounds the temporary of the check).
-FINITE_CHECK_ROWS = 65_536
 
 
 class UnknownIdError(InputError):
@@ -208,10 +207,9 @@ class InMemoryBackend:
         if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
             raise InputError(f"{what} must be numbers, got {array.dtype}")
         array = np.ascontiguousarray(array, dtype=np.float32)
-        for start in range(0, array.shape[0], FINITE_CHECK_ROWS):
-            if not np.isfinite(array[start:start + FINITE_CHECK_ROWS]).all():
-                raise InputError(f"{what} hold NaN or infinity (rows {start}..{start + FINITE_CHECK_ROWS - 1} "
-                                 "or fewer)")
+        bad = first_non_finite_row(array)
+        if bad is not None:
+            raise InputError(f"{what} hold NaN or infinity (first in row {bad})")
         return array
 
     def _wants_faiss(self) -> bool:

@@ -94,12 +94,20 @@ def read_embed_output(folder: Union[str, os.PathLike], mmap: bool = False,
     return EmbedOutput(path, embeddings, ids, _read_manifest(path / MANIFEST_FILE))
 
 
+def first_non_finite_row(array: np.ndarray, chunk_rows: int = FINITE_CHECK_ROWS) -> Optional[int]:
+    """The first row of a 2-D array that holds NaN or infinity, or None; read ``chunk_rows`` rows at a time, so a
+    memory map is never loaded whole."""
+    for start in range(0, array.shape[0], chunk_rows):
+        finite = np.isfinite(np.asarray(array[start:start + chunk_rows])).all(axis=1)
+        if not finite.all():
+            return start + int(np.flatnonzero(~finite)[0])
+    return None
+
+
 def _check_finite(embeddings: np.ndarray, where: Path) -> None:
-    for start in range(0, embeddings.shape[0], FINITE_CHECK_ROWS):
-        block = np.asarray(embeddings[start:start + FINITE_CHECK_ROWS])
-        if not np.isfinite(block).all():
-            bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-            raise InputError(f"{where} holds NaN or infinity (first in row {bad})")
+    bad = first_non_finite_row(embeddings)
+    if bad is not None:
+        raise InputError(f"{where} holds NaN or infinity (first in row {bad})")
 
 
 def _read_manifest(path: Path) -> Optional[Dict[str, Any]]:

@@ -20,7 +20,7 @@ import numpy as np
 from ...data.image_root import ImageLookupError, ImageRoot
 from ...errors import InputError
 from ...retrieval.backends import SearchBackend, UnknownIdError, create_backend
-from ...storage.embeddings import read_embed_output
+from ...storage.embeddings import first_non_finite_row, read_embed_output
 
 __all__ = ["Gallery", "Hit", "ImageLookupError", "ImageRoot", "LOAD_CHUNK_ROWS"]
 
@@ -105,8 +105,9 @@ def _normalized_float32(array: np.ndarray) -> np.ndarray:
     out = np.empty(array.shape, dtype=np.float32)
     for start in range(0, array.shape[0], LOAD_CHUNK_ROWS):
         block = np.asarray(array[start:start + LOAD_CHUNK_ROWS], dtype=np.float32)
-        if not np.isfinite(block).all():
-            raise InputError(f"gallery embeddings hold NaN or infinity (rows {start}..{start + len(block) - 1})")
+        bad = first_non_finite_row(block)
+        if bad is not None:
+            raise InputError(f"gallery embeddings hold NaN or infinity (first in row {start + bad})")
         norms = np.linalg.norm(block, axis=1, keepdims=True)
         out[start:start + len(block)] = block / np.maximum(norms, np.float32(1e-12))
     return out
