@@ -18,7 +18,7 @@ from ..constants import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, UNK_TOKEN
 from ..conversion.layouts import LAYOUTS, target_shapes, to_layout
 from ..conversion.pdparams import save_pdparams
 from ..storage.atomic import atomic_write_bytes
-from ..storage.provenance import SYNTHETIC_NOTICE, is_synthetic_source  # noqa: F401 - the marker's home is storage
+from ..storage.provenance import SYNTHETIC_NOTICE  # noqa: F401 - re-exported; its home is storage.provenance
 from .demo import DEMO_CAPTIONS, SHAPE_COLOURS, SHAPES, shape_caption
 
 
