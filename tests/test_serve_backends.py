@@ -14,7 +14,7 @@ import pytest
 from ernievil2torch.data.image_root import ImageLookupError, ImageRoot
 from ernievil2torch.errors import InputError
 from ernievil2torch.retrieval.backends import (BACKENDS, BackendHit, InMemoryBackend, SearchBackend, UnknownIdError,
-                                               create_backend)
+                                               backend_factory, create_backend)
 from ernievil2torch.retrieval.topk import faiss_available
 
 DIM = 16
@@ -200,6 +200,9 @@ def test_factory_picks_by_name_and_refuses_unknown_ones():
     assert isinstance(backend, InMemoryBackend) and backend.dim == 8 and backend.count() == 0
     with pytest.raises(InputError, match="unknown search back end 'milvus'; known: memory"):
         create_backend("milvus", 8)
+    assert backend_factory("memory") is InMemoryBackend
+    with pytest.raises(InputError, match="unknown search back end 'Memory'"):
+        backend_factory("Memory")
     with pytest.raises(InputError, match="search back end 'memory'"):
         create_backend("memory", 8, metric="l2")
     for dim in (0, -3, 2.5, True):

@@ -234,3 +234,11 @@ def test_banner_reports_what_serve_printed():
     assert banner.summary().splitlines() == banner.notices + [banner.ready_line]
     plain = ServiceBanner("http://127.0.0.1:1/", "M", 1, "faiss", "cuda:0", "bfloat16", False, False)
     assert plain.notices == ["gallery: 1 images (faiss search), model M on cuda:0 (bfloat16)"]
+
+
+def test_serve_refuses_an_unknown_backend_before_loading_anything(tmp_path, monkeypatch):
+    from ernievil2torch.apps.serve import server
+
+    monkeypatch.setattr(server, "load_pretrained", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(InputError, match="unknown search back end 'milvus'; known: memory"):
+        server.serve(str(tmp_path), str(tmp_path), str(tmp_path), backend="milvus")

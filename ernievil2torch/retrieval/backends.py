@@ -230,15 +230,22 @@ class InMemoryBackend:
 BACKENDS: Dict[str, Callable[..., SearchBackend]] = {"memory": InMemoryBackend}
 
 
+def backend_factory(name: str) -> Callable[..., SearchBackend]:
+    """The factory registered as ``name``; :class:`~ernievil2torch.errors.InputError` naming the known ones when
+    there is none (callers check a name with it before doing any work)."""
+    factory = BACKENDS.get(name)
+    if factory is None:
+        raise InputError(f"unknown search back end {name!r}; known: {', '.join(sorted(BACKENDS))}")
+    return factory
+
+
 def create_backend(name: str, dim: int, **options: Any) -> SearchBackend:
     """A new, empty back end of kind ``name`` (one of :data:`BACKENDS`) for ``dim``-long vectors.
 
     ``options`` go to that back end (``memory``: ``use_faiss``). Raises
     :class:`~ernievil2torch.errors.InputError` for an unknown name or options the back end does not take.
     """
-    factory = BACKENDS.get(name)
-    if factory is None:
-        raise InputError(f"unknown search back end {name!r}; known: {', '.join(sorted(BACKENDS))}")
+    factory = backend_factory(name)
     try:
         return factory(dim, **options)
     except TypeError as exc:

@@ -15,6 +15,7 @@ from ...constants import DEFAULT_MAX_LENGTH
 from ...errors import ErnieViL2Error, InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
+from ...retrieval.backends import backend_factory
 from ...storage.provenance import SYNTHETIC_NOTICE
 from .gallery import Gallery
 from .limits import ServeLimits
@@ -86,17 +87,20 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
           token: Optional[str] = None, cors_origins: Sequence[str] = (), limits: Optional[ServeLimits] = None,
           max_batch: int = 32, max_wait_ms: float = 5.0, decode_workers: int = 2, dtype: str = "float32",
           device: Optional[str] = None, vocab: Optional[str] = None, faiss: Optional[bool] = None,
-          max_length: int = DEFAULT_MAX_LENGTH, log_level: str = "info",
+          max_length: int = DEFAULT_MAX_LENGTH, log_level: str = "info", backend: str = "memory",
           on_ready: Optional[Callable[[ServiceBanner], None]] = None) -> None:
     """Serve text->image and image->image search over an ``embed`` output until interrupted.
 
-    ``on_ready`` is called once with the :class:`ServiceBanner` when the socket is bound, before the first request
-    is answered (the CLI prints it). Raises :class:`InputError` (before loading anything) for a non-loopback
-    ``host`` without a token, and for a gallery the model cannot serve. See :class:`~.settings.ServiceSettings`
-    and :class:`~.limits.ServeLimits`.
+    ``backend`` names the search back end that holds the gallery (one of
+    :data:`~ernievil2torch.retrieval.backends.BACKENDS`; ``faiss`` is an option of ``memory``). ``on_ready`` is
+    called once with the :class:`ServiceBanner` when the socket is bound, before the first request is answered
+    (the CLI prints it). Raises :class:`InputError` (before loading anything) for a non-loopback ``host`` without
+    a token and for an unknown ``backend``, and for a gallery the model cannot serve. See
+    :class:`~.settings.ServiceSettings` and :class:`~.limits.ServeLimits`.
     """
     token = token or os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)
+    backend_factory(backend)
     if max_batch < 1 or max_wait_ms < 0 or decode_workers < 1:
         raise InputError("max_batch and decode_workers must be positive and max_wait_ms not negative")
     try:
@@ -110,7 +114,8 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
 
     limits = limits or ServeLimits()
     pretrained = load_pretrained(model_dir, dtype=torch_dtype(dtype), device=device, vocab=vocab)
-    engine = SearchEngine(pretrained, Gallery.load(gallery, images, use_faiss=faiss), limits, max_length)
+    engine = SearchEngine(pretrained, Gallery.load(gallery, images, use_faiss=faiss, backend=backend), limits,
+                          max_length)
     settings = ServiceSettings(limits=limits, token=token, cors_origins=tuple(cors_origins),
                                allowed_hosts=tuple(sorted(LOOPBACK_HOST_NAMES)) if is_loopback(host) else None,
                                max_batch=max_batch, max_wait_ms=max_wait_ms, decode_workers=decode_workers)
