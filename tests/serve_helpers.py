@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from ernievil2torch.config import tiny224_config
 from ernievil2torch.conversion import convert_checkpoint
-from ernievil2torch.verify.demo import demo_images
+from ernievil2torch.data.demo import demo_images
 from ernievil2torch.verify.synthetic import write_synthetic_pdparams, write_synthetic_vocab
 
 REPO = Path(__file__).resolve().parents[1]

@@ -147,6 +147,29 @@ def test_no_library_module_imports_the_cli():
     assert not offenders, offenders
 
 
+SERVICE = f"{PACKAGE}.apps.serve"
+#: Components whose modules never import ``verify`` (proofs against references are not a dependency of a tool).
+VERIFY_FREE = ("apps", "training")
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_no_batch_app_imports_the_service():
+    """Batch tools (everything in ``apps`` but ``apps.serve``) share helpers through lower rooms, not the service."""
+    problems = sorted(f"{name} imports {target}" for name, edges in GRAPH.items()
+                      if _within(name, f"{PACKAGE}.apps") and not _within(name, SERVICE)
+                      for target in edges if _within(target, SERVICE))
+    assert not problems, "\n".join(problems)
+
+
+def test_no_app_or_training_module_imports_verify():
+    problems = sorted(f"{name} imports {target}" for name, edges in GRAPH.items() if component(name) in VERIFY_FREE
+                      for target in edges if component(target) == "verify")
+    assert not problems, "\n".join(problems)
+
+
 def test_no_private_name_imported_across_modules():
     problems = []
     for name in MODULES:
@@ -179,13 +202,17 @@ def test_no_module_named_like_the_standard_library():
     assert not clashes, clashes
 
 
-@pytest.mark.parametrize("bad", ["cycle", "layer", "private", "cli", "optional"])
+@pytest.mark.parametrize("bad", ["cycle", "layer", "private", "cli", "optional", "batch_app_service",
+                                 "app_verify", "training_verify"])
 def test_the_checks_can_fail(bad, monkeypatch):
     """Each rule above rejects a planted violation (so a green run means the tree obeys it)."""
     fake = {
         "cycle": (f"{PACKAGE}.config", f"{PACKAGE}.apps.similarity"),
         "layer": (f"{PACKAGE}.modeling.model", f"{PACKAGE}.apps.similarity"),
         "cli": (f"{PACKAGE}.apps.similarity", f"{PACKAGE}.cli"),
+        "batch_app_service": (f"{PACKAGE}.apps.dedup", f"{PACKAGE}.apps.serve.gallery"),
+        "app_verify": (f"{PACKAGE}.apps.similarity", f"{PACKAGE}.verify.demo"),
+        "training_verify": (f"{PACKAGE}.training", f"{PACKAGE}.verify"),
     }
     if bad in fake:
         src, dst = fake[bad]
@@ -193,7 +220,10 @@ def test_the_checks_can_fail(bad, monkeypatch):
         graph[src].add(dst)
         monkeypatch.setitem(globals(), "GRAPH", graph)
         check = {"cycle": test_no_import_cycles, "layer": test_layers_depend_one_way,
-                 "cli": test_no_library_module_imports_the_cli}[bad]
+                 "cli": test_no_library_module_imports_the_cli,
+                 "batch_app_service": test_no_batch_app_imports_the_service,
+                 "app_verify": test_no_app_or_training_module_imports_verify,
+                 "training_verify": test_no_app_or_training_module_imports_verify}[bad]
     else:
         real = imports
         planted = {"private": (f"{PACKAGE}.conversion.pdparams", ["_short"]), "optional": ("paddle", [])}[bad]

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ernievil2torch.apps.dedup import dedup, near_duplicate_groups, union_links
-from ernievil2torch.retrieval.topk import faiss_available
+from ernievil2torch.apps.dedup import backend_links, dedup, near_duplicate_groups, union_links
+from ernievil2torch.retrieval.backends import create_backend
+from ernievil2torch.retrieval.topk import NormalizedRows, faiss_available
 from ernievil2torch.errors import InputError, OutputExistsError
 
 from serve_helpers import REPO, console_command
@@ -94,6 +95,44 @@ def test_matches_brute_force_on_clustered_data():
 def test_faiss_range_search_finds_the_same_groups():
     x, expected = planted()
     assert [g.tolist() for g in near_duplicate_groups(x, 0.95, chunk_size=50, use_faiss=True)] == expected
+
+
+@pytest.mark.parametrize("use_faiss", [False, True], ids=["torch", "faiss"])
+def test_links_through_the_search_backend_protocol_match_the_block_join(use_faiss):
+    """``backend_links`` pages past ``first_k`` for big groups (40 exact copies, ties everywhere) and finds the
+    same groups as the block join, with any back end that holds the rows."""
+    if use_faiss and not faiss_available():
+        pytest.skip("faiss-cpu not installed")
+    x, expected = planted()
+    copies = list(range(100, 140))
+    x[copies] = x[100]
+    expected = [g.tolist() for g in near_duplicate_groups(x, 0.95, chunk_size=64)]
+    assert expected[0] == sorted(copies) and len(expected) == 4
+    backend = create_backend("memory", x.shape[1], use_faiss=use_faiss)
+    backend.add(x, [str(i) for i in range(len(x))])
+    parent = np.arange(len(x), dtype=np.int64)
+    pairs = set()
+    for a, b in backend_links(backend, NormalizedRows(x), 0.95, chunk_size=33, first_k=4):
+        assert (a < b).all()
+        pairs.update(zip(a.tolist(), b.tolist()))
+        union_links(parent, a, b)
+    sims = _unit(x) @ _unit(x).T
+    assert pairs == {(i, j) for i, j in zip(*np.nonzero(sims >= 0.95)) if i < j}  # every link, not just enough
+    roots = [int(r) for r in _roots_of(parent)]
+    groups = {}
+    for row, root in enumerate(roots):
+        groups.setdefault(root, []).append(row)
+    found = sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+    assert found == expected
+    if use_faiss:
+        assert [g.tolist() for g in near_duplicate_groups(x, 0.95, chunk_size=50, use_faiss=True)] == expected
+
+
+def _roots_of(parent: np.ndarray) -> np.ndarray:
+    roots = parent.copy()
+    while not np.array_equal(roots, parent[roots]):
+        roots = parent[roots]
+    return roots
 
 
 def test_union_links_handles_stars_chains_and_repeats():

@@ -341,7 +341,7 @@ def tricky_gallery(site, tmp_path_factory):
              "missing.png": 404, "notes.txt": 404, "sub": 404, "loop.png": 404, "a\x00b.png": 403}
     ids = list(cases)
     rng = np.random.default_rng(1)
-    gallery = Gallery(rng.standard_normal((len(ids), 128)).astype(np.float32), ids, ImageRoot(root))
+    gallery = Gallery.from_embeddings(rng.standard_normal((len(ids), 128)).astype(np.float32), ids, ImageRoot(root))
     engine = SearchEngine(site["pretrained"], gallery)
     return engine, cases
 

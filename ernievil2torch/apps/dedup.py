@@ -5,8 +5,9 @@ component of those links (single linkage: a chain a~b~c is one group even if a a
 more members. Every pair is compared (exact, O(N^2 D) work): the gallery is read ``chunk_size`` rows at a time from
 the memory-mapped ``embeddings.npy`` and compared block by block (upper triangle only), so memory stays at about
 ``chunk_size^2`` scores plus one int per image, whatever N is. Links are merged into a union-find forest as each
-block is done; no list of pairs is kept. With ``faiss=True`` a FAISS ``IndexFlatIP`` range search finds the links
-instead (also exact; it holds the whole normalised gallery in memory).
+block is done; no list of pairs is kept. With ``faiss=True`` the links are found through the search back-end
+protocol instead (:func:`backend_links`), by the in-memory back end searching with a FAISS ``IndexFlatIP`` (also
+exact; it holds the whole normalised gallery in memory, in the back end's array and in the index).
 
 Output folder (published atomically: the previous one or the complete new one)::
 
@@ -24,12 +25,14 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..data.image_root import ImageRoot
 from ..errors import InputError
 from ..processing import ErnieViL2ImageProcessor
+from ..retrieval.backends import SearchBackend, create_backend
+from ..retrieval.topk import NormalizedRows, faiss_available
 from ..storage.atomic import atomic_directory
-from .embed import load_embeddings
-from ..retrieval.topk import NormalizedRows, build_faiss_index, faiss_available
-from .serve.gallery import ImageRoot
+from ..storage.embeddings import read_embed_output
+from .plotting import CJK_FONT_PACKAGE
 
 TSV_NAME, JSON_NAME, PICTURE_NAME = "groups.tsv", "groups.json", "groups.png"
 THUMBNAIL_SIZE = 160
@@ -78,16 +81,38 @@ def _block_links(rows: NormalizedRows, threshold: float, chunk_size: int) -> Ite
                 yield (i + start).numpy(), (j + other).numpy()
 
 
-def _faiss_links(rows: NormalizedRows, threshold: float, chunk_size: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """The same links from FAISS range searches (``IndexFlatIP`` keeps scores strictly above its radius)."""
-    index = build_faiss_index(rows, chunk_size)
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+def backend_links(backend: SearchBackend, rows: NormalizedRows, threshold: float, chunk_size: int,
+                  first_k: int = 16) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """The same links from a search back end that holds row ``i`` of ``rows`` under the id ``str(i)``.
+
+    Each ``chunk_size`` rows are one batch of queries, searched for their ``first_k`` best hits; a query whose
+    last hit is still at or above ``threshold`` is searched again with twice the ``k``, until its last hit falls
+    below it, so every row at or above it is found (exact when the back end is, whatever order it gives ties).
+    Only the protocol is used, so any back end (:mod:`ernievil2torch.retrieval.backends`) can find the links.
+    """
     for start in range(0, rows.shape[0], chunk_size):
-        lims, scores, cols = index.range_search(np.ascontiguousarray(rows[start:start + chunk_size]), radius)
-        query = np.repeat(np.arange(len(lims) - 1, dtype=np.int64) + start, np.diff(lims).astype(np.int64))
-        keep = (cols > query) & (scores >= threshold)
-        if keep.any():
-            yield query[keep], cols[keep].astype(np.int64)
+        queries = rows[start:start + chunk_size]
+        pending, k = np.arange(queries.shape[0]), first_k
+        while pending.size:
+            left, right, more = [], [], []
+            for local, hits in zip(pending.tolist(), backend.search(queries[pending], k=k)):
+                if len(hits) == k and hits[-1].score >= threshold:
+                    more.append(local)  # there may be more linked rows beyond these k
+                    continue
+                query = start + local
+                later = [int(h.id) for h in hits if h.score >= threshold and int(h.id) > query]
+                left += [query] * len(later)
+                right += later
+            if left:
+                yield np.asarray(left, np.int64), np.asarray(right, np.int64)
+            pending, k = np.asarray(more, np.int64), 2 * k
+
+
+def _faiss_links(rows: NormalizedRows, threshold: float, chunk_size: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """The links from the in-memory back end searching with a FAISS ``IndexFlatIP`` (exact)."""
+    backend = create_backend("memory", int(rows.shape[1]), use_faiss=True)
+    backend.add(np.asarray(rows[:]), [str(i) for i in range(rows.shape[0])])
+    return backend_links(backend, rows, threshold, chunk_size)
 
 
 def near_duplicate_groups(embeddings, threshold: float = 0.95, chunk_size: int = 4096,
@@ -206,11 +231,8 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
         overwrite: replace an existing output folder.
     """
     folder = Path(embeddings)
-    if not (folder / "embeddings.npy").is_file() or not (folder / "ids.txt").is_file():
-        raise InputError(f"{folder} is not an `ernievil2 embed` output (embeddings.npy + ids.txt)")
-    array, ids = load_embeddings(str(folder), mmap=True)
-    if array.shape[0] != len(ids):
-        raise InputError(f"{folder}: {array.shape[0]} embeddings but {len(ids)} ids")
+    source = read_embed_output(folder, mmap=True)
+    array, ids = source.embeddings, source.ids
     if faiss and not faiss_available():
         raise InputError("--faiss needs the faiss-cpu package (pip install faiss-cpu)")
     root = ImageRoot(images) if images else None
@@ -246,6 +268,6 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
             _, has_cjk = _draw_groups(tmp / PICTURE_NAME, groups, root, threshold, examples, counts)
             picture = target / PICTURE_NAME
             if not has_cjk:
-                note = "no CJK font found: the picture uses English captions (pip install pylopdf-fonts-zh-cn)"
+                note = f"no CJK font found: the picture uses English captions (pip install {CJK_FONT_PACKAGE})"
     return DedupResult(threshold, len(ids), [[m["row"] for m in g["members"]] for g in groups], target, picture,
                        note)

@@ -15,9 +15,8 @@ import torch
 from ..constants import DEFAULT_MAX_LENGTH
 from ..pretrained import load_pretrained
 from ..processing.length_groups import LengthGroupedTexts
-from ..storage.model_dir import read_metadata
-from ..verify.demo import DEMO_CAPTIONS, demo_images
-from ..verify.synthetic import SYNTHETIC_NOTICE, is_synthetic_source
+from ..data.demo import DEMO_CAPTIONS, demo_images
+from ..storage.provenance import SYNTHETIC_NOTICE, has_synthetic_weights
 
 DEMO_IMAGE_NAMES = ("disc(drawn)", "square(drawn)", "triangle(drawn)")
 
@@ -83,4 +82,4 @@ def image_text_similarity(model_dir: str, images: Optional[Sequence[str]] = None
     return SimilarityResult(
         model_dir=str(model_dir), similarity=text_features @ image_features.T, texts=text_list, image_names=names,
         images=arrays, logit_scale=None if scale is None else float(scale.detach()),
-        synthetic=is_synthetic_source(read_metadata(model_dir).get("source_file", "")))
+        synthetic=has_synthetic_weights(model_dir))

@@ -16,7 +16,7 @@ from ..processing.length_groups import LengthGroupedTexts
 
 __all__ = ["DEFAULT_TEMPLATES", "DEFAULT_LOGIT_SCALE", "build_classifier", "classify", "classify_images"]
 
-# The prompt of the original port's demo ("a photo of a {}"). More templates can be passed; none is validated.
+#: The default prompt, "a photo of a {}" (``{}`` is the label). More templates can be passed; none is validated.
 DEFAULT_TEMPLATES = ("一张{}的照片",)
 DEFAULT_LOGIT_SCALE = 100.0  # CLIP's trained value, used when the checkpoint carries no temperature
 

@@ -112,11 +112,11 @@ def performance_check(model: str = "demo/synthetic_converted", images: Optional[
     result = image_text_similarity(model, images, texts, vocab, max_length)
     print(result.render())
     if plot:
-        from ..apps.plotting import plot_similarity
+        from ..apps.plotting import CJK_FONT_PACKAGE, plot_similarity
 
         written, has_cjk = plot_similarity(result.similarity.tolist(), result.images, result.texts, plot)
         print(f"\nheatmap written to {written}" + ("" if has_cjk else " (no CJK font found: rows labelled T1..Tn as "
-                                                                 "printed above; pip install pylopdf-fonts-zh-cn)"))
+                                                                 f"printed above; pip install {CJK_FONT_PACKAGE})"))
 
 
 def classify(model: str, images: List[str], labels: List[str], templates: Optional[List[str]] = None,
@@ -207,7 +207,14 @@ def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: 
                          max_files=max_files, max_texts=max_texts, max_text_chars=max_text_chars, max_k=max_k)
     run_service(model, gallery, images, host=host, port=port, token=token, cors_origins=cors_origins or (),
                 limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms, decode_workers=decode_workers,
-                dtype=dtype, device=device, vocab=vocab, faiss=faiss, log_level=log_level)
+                dtype=dtype, device=device, vocab=vocab, faiss=faiss, log_level=log_level, on_ready=_print_banner)
+
+
+def _print_banner(banner) -> None:
+    """The service's startup lines: notices (a synthetic model) on stderr, then where it listens."""
+    if banner.notices:
+        print("\n".join(banner.notices), file=sys.stderr)
+    print(banner.ready_line, flush=True)
 
 
 def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, images: Optional[str] = None,

@@ -24,8 +24,9 @@ from ..conversion.layouts import OFFICIAL, from_layout, plan_conversion, to_layo
 from ..conversion.pdparams import load_pdparams
 from ..errors import ErnieViL2Error
 from ..modeling import ErnieViL2
+from ..storage.provenance import SYNTHETIC_NOTICE
 from . import parity
-from .synthetic import SYNTHETIC_NOTICE, write_synthetic_pdparams, write_synthetic_vocab
+from .synthetic import write_synthetic_pdparams, write_synthetic_vocab
 
 Log = Callable[[str], None]
 

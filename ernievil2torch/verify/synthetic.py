@@ -14,14 +14,11 @@ from typing import Dict, Optional, Union
 import numpy as np
 
 from ..config import ErnieViL2Config, base_config, parameter_shapes
-from ..constants import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, SYNTHETIC_SOURCE_PREFIX, UNK_TOKEN
+from ..constants import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, UNK_TOKEN
 from ..conversion.layouts import LAYOUTS, to_layout
 from ..conversion.pdparams import save_pdparams
 from ..storage.atomic import atomic_write_bytes
 from .demo import DEMO_CAPTIONS, SHAPE_COLOURS, SHAPES, shape_caption
-
-SYNTHETIC_NOTICE = ("SYNTHETIC CHECKPOINT: every weight is random (seeded). Its similarities are meaningless; "
-                    "it only proves that conversion and the PyTorch model reproduce Paddle's computation.")
 
 
 def random_state(config: Optional[ErnieViL2Config] = None, seed: int = 0,
@@ -111,8 +108,3 @@ def write_synthetic_vocab(path: Union[str, Path], vocab_size: int = 40000) -> Pa
     path = Path(path)
     atomic_write_bytes(path, "".join(f"{token}\t{index}\n" for index, token in enumerate(tokens)).encode("utf-8"))
     return path
-
-
-def is_synthetic_source(source_file: str) -> bool:
-    """Whether a converted directory's recorded source file name marks it as made by this module."""
-    return source_file.startswith(SYNTHETIC_SOURCE_PREFIX)

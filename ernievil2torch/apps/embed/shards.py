@@ -27,6 +27,7 @@ import numpy as np
 
 from ...errors import ErnieViL2Error, InputError
 from ...storage.atomic import atomic_save_npy, atomic_write_bytes
+from ...storage.embeddings import EMBEDDINGS_FILE, IDS_FILE, MANIFEST_FILE, read_embed_output
 from ...data.inputs import Item
 
 SHARD_DIR = "shards"
@@ -124,26 +125,27 @@ def join_shards(out_dir: Path, num_shards: int, kind: str, dim: int, save_dtype,
         row += part.shape[0]
     joined.flush()
     del joined
-    os.replace(tmp, out_dir / "embeddings.npy")
+    os.replace(tmp, out_dir / EMBEDDINGS_FILE)
     ids = [i for m in metas for i in m["ids"]]
     failed = [f for m in metas for f in m["failed"]]
-    atomic_write_bytes(out_dir / "ids.txt", "".join(_one_line(i) + "\n" for i in ids).encode("utf-8"))
+    atomic_write_bytes(out_dir / IDS_FILE, "".join(_one_line(i) + "\n" for i in ids).encode("utf-8"))
     atomic_write_bytes(out_dir / "failed.tsv", "".join(f"{_one_line(f['id'])}\t{_one_line(f['reason'])}\n"
                                                        for f in failed).encode("utf-8"))
     manifest = {
         "kind": kind, "count": total, "failed": len(failed), "dim": dim, "dtype": np.dtype(save_dtype).name,
         "normalized": fingerprint["normalize"], "model_dir": fingerprint["model_dir"],
-        "embeddings": "embeddings.npy", "ids": "ids.txt", "failures": "failed.tsv",
+        "embeddings": EMBEDDINGS_FILE, "ids": IDS_FILE, "failures": "failed.tsv",
         "shards": [{"file": f"{SHARD_DIR}/{s:05d}.npy", "meta": f"{SHARD_DIR}/{s:05d}.json", "rows": len(m["ids"]),
                     "inputs": [m["start"], m["stop"]]} for s, m in enumerate(metas)],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
     return {"count": total, "failed": len(failed), "dim": dim, "out": str(out_dir)}
 
 
 def load_embeddings(out: str, mmap: bool = False) -> Tuple[np.ndarray, List[str]]:
-    """Read ``OUT/embeddings.npy`` and ``OUT/ids.txt`` written by ``embed`` (memory-mapped with ``mmap``)."""
-    out_dir = Path(out)
-    ids = (out_dir / "ids.txt").read_text(encoding="utf-8").splitlines()
-    return np.load(out_dir / "embeddings.npy", mmap_mode="r" if mmap else None), ids
+    """``(embeddings [N, D], ids)`` of an ``embed`` output (memory-mapped with ``mmap``), validated by
+    :func:`~ernievil2torch.storage.embeddings.read_embed_output` (rows == ids, 2-D float, finite; InputError
+    otherwise)."""
+    output = read_embed_output(out, mmap=mmap)
+    return output.embeddings, output.ids

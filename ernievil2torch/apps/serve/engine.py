@@ -16,8 +16,7 @@ from ...constants import DEFAULT_MAX_LENGTH
 from ...errors import InputError
 from ...pretrained import Pretrained
 from ...processing.length_groups import LengthGroupedTexts
-from ...storage.model_dir import read_metadata
-from ...verify.synthetic import is_synthetic_source
+from ...storage.provenance import has_synthetic_weights
 from .gallery import Gallery, Hit
 from .limits import ServeLimits
 
@@ -53,7 +52,7 @@ class SearchEngine:
         self.limits = limits or ServeLimits()
         self.max_length = max_length
         self.model_dir = str(pretrained.path)
-        self.synthetic = is_synthetic_source(read_metadata(pretrained.path).get("source_file", ""))
+        self.synthetic = has_synthetic_weights(pretrained.path)
         dims = {self.model.config.text.hidden_size, self.model.config.vision.hidden_size}
         if dims != {gallery.dim}:
             raise InputError(f"the gallery holds {gallery.dim}-d embeddings but the model makes {sorted(dims)}-d "
@@ -98,5 +97,5 @@ class SearchEngine:
     def describe(self) -> dict:
         """Model and gallery facts for ``/healthz`` and the page."""
         return {"model": self.model_dir, "synthetic_weights": self.synthetic, "gallery_size": len(self.gallery),
-                "dim": self.gallery.dim, "search_backend": self.gallery.backend, "device": str(self.model.device),
+                "dim": self.gallery.dim, "search_backend": self.gallery.backend.name, "device": str(self.model.device),
                 "dtype": str(self.model.dtype).replace("torch.", "")}

@@ -1,69 +1,33 @@
-"""The searchable gallery: an ``embed`` output (``embeddings.npy`` + ``ids.txt``) over images under one root.
+"""The searchable gallery: an ``embed`` output (``embeddings.npy`` + ``ids.txt``) in a search back end, over the
+folder of its images.
 
-* :class:`ImageRoot` turns a gallery id (a path relative to ``IMAGE_ROOT``, as ``embed`` wrote it) into a file that
-  is safe to serve: inside the root after every symlink is followed, a regular file, with an image extension.
-  Clients never send paths, only row numbers; this is the second wall, against ids or symlinks that lead out.
-* :class:`Gallery` holds the L2-normalised embeddings in memory and answers exact top-k queries by cosine
-  (:func:`~ernievil2torch.retrieval.topk.search_embeddings`; a FAISS ``IndexFlatIP``, built once, when faiss
-  is installed and the gallery is large; both are exact).
+* Rows are stored in a :class:`~ernievil2torch.retrieval.backends.SearchBackend` under their row number (the line
+  of ``ids.txt``, as a string: the stable id the API's ``row`` and ``/v1/images/{row}`` use) with the ``ids.txt``
+  entry as metadata ``id``. The gallery talks to the back end through the protocol only, so any registered back
+  end (:func:`~ernievil2torch.retrieval.backends.create_backend`) can hold it.
+* Files are found through an :class:`~ernievil2torch.data.image_root.ImageRoot`: clients never send paths, only row
+  numbers; the root is the second wall, against ids or symlinks that lead out.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
+from ...data.image_root import ImageLookupError, ImageRoot
 from ...errors import InputError
-from ...data.inputs import IMAGE_EXTENSIONS
-from ..embed import load_embeddings
-from ...retrieval.topk import build_faiss_index, faiss_available, search_embeddings
+from ...retrieval.backends import SearchBackend, UnknownIdError, create_backend
+from ...storage.embeddings import first_non_finite_row, read_embed_output
 
-#: Galleries with at least this many rows use FAISS (when installed and not switched off); smaller ones torch.
-FAISS_MIN_ROWS = 50_000
+__all__ = ["Gallery", "Hit", "ImageLookupError", "ImageRoot", "LOAD_CHUNK_ROWS"]
+
 #: Rows normalised per step when loading (bounds the float64-free temporary).
 LOAD_CHUNK_ROWS = 65_536
-
-
-class ImageLookupError(InputError):
-    """A gallery row that cannot be served: ``status`` is the HTTP status that describes why (404 or 403)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ImageRoot:
-    """The folder gallery images are served from; :meth:`resolve` is the only way from an id to a file."""
-
-    def __init__(self, root: Union[str, os.PathLike]) -> None:
-        path = Path(root)
-        if not path.is_dir():
-            raise InputError(f"image root '{root}' is not a folder")
-        self.root = path.resolve(strict=True)
-
-    def resolve(self, image_id: str) -> Path:
-        """The real path of ``image_id`` under the root.
-
-        Raises :class:`ImageLookupError` with status 403 when the id is absolute, holds a NUL, or leads outside
-        the root (``..``, a symlink anywhere on the way), and 404 when the file is missing, not a regular file, or
-        not an image by its extension.
-        """
-        if "\x00" in image_id or os.path.isabs(image_id):
-            raise ImageLookupError(f"refused: gallery id {image_id!r} is not a path inside the image root", 403)
-        try:
-            real = (self.root / image_id).resolve(strict=True)
-        except (OSError, RuntimeError):  # missing, a symlink loop, a name too long
-            raise ImageLookupError(f"image file for {image_id!r} not found under the image root", 404) from None
-        if not real.is_relative_to(self.root):
-            raise ImageLookupError(f"refused: {image_id!r} leads outside the image root", 403)
-        if not real.is_file():
-            raise ImageLookupError(f"{image_id!r} is not a regular file", 404)
-        if real.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise ImageLookupError(f"{image_id!r} is not an image file ({real.suffix or 'no extension'})", 404)
-        return real
+#: The metadata key that holds a row's ``ids.txt`` entry.
+ID_KEY = "id"
 
 
 @dataclass
@@ -76,60 +40,64 @@ class Hit:
 
 
 class Gallery:
-    """L2-normalised float32 gallery embeddings [N, D] with their ids; exact top-k by cosine.
+    """L2-normalised gallery embeddings [N, D] in a search back end, with the image root their ids point into.
 
-    The whole gallery is held in memory (N x D x 4 bytes: 3 GiB for a million 768-d rows); a query is a matrix
-    product over it. ``use_faiss``: None chooses FAISS when faiss is installed and N >= :data:`FAISS_MIN_ROWS`.
+    Searches are exact top-k by cosine (ties: lower row first) with the in-memory back end, which holds the whole
+    gallery in memory (N x D x 4 bytes: 3 GiB for a million 768-d rows).
     """
 
-    def __init__(self, embeddings: np.ndarray, ids: List[str], images: ImageRoot,
-                 use_faiss: Optional[bool] = None) -> None:
+    def __init__(self, backend: SearchBackend, images: ImageRoot) -> None:
+        self.backend = backend
+        self.images = images
+
+    @classmethod
+    def from_embeddings(cls, embeddings: np.ndarray, ids: Sequence[str], images: ImageRoot,
+                        use_faiss: Optional[bool] = None, backend: str = "memory") -> "Gallery":
+        """A gallery of rows ``embeddings[i]`` (normalised here, chunk by chunk) named ``ids[i]``.
+
+        ``use_faiss`` goes to the in-memory back end (None: FAISS when installed and the gallery is large).
+        Raises :class:`~ernievil2torch.errors.InputError` for an empty or non-2-D array, a count of ids that
+        differs from the rows, or values that are not finite.
+        """
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
             raise InputError(f"gallery embeddings must be a non-empty [N, D] array, got shape {embeddings.shape}")
         if embeddings.shape[0] != len(ids):
             raise InputError(f"gallery has {embeddings.shape[0]} embeddings but {len(ids)} ids")
-        self.embeddings = _normalized_float32(embeddings)
-        self.ids = ids
-        self.images = images
-        if use_faiss is None:
-            use_faiss = faiss_available() and len(ids) >= FAISS_MIN_ROWS
-        self.index = build_faiss_index(self.embeddings) if use_faiss else None
+        options = {"use_faiss": use_faiss} if backend == "memory" else {}
+        store = create_backend(backend, int(embeddings.shape[1]), **options)
+        store.add(_normalized_float32(embeddings), [str(row) for row in range(len(ids))],
+                  [{ID_KEY: image_id} for image_id in ids])
+        return cls(store, images)
 
     @classmethod
     def load(cls, embed_dir: Union[str, os.PathLike], image_root: Union[str, os.PathLike],
-             use_faiss: Optional[bool] = None) -> "Gallery":
-        """Read an ``embed`` output folder; its ids are paths relative to ``image_root``."""
-        folder = Path(embed_dir)
-        for name in ("embeddings.npy", "ids.txt"):
-            if not (folder / name).is_file():
-                raise InputError(f"{folder} is not an `ernievil2 embed` output: {name} is missing")
-        embeddings, ids = load_embeddings(str(folder), mmap=True)
-        return cls(embeddings, ids, ImageRoot(image_root), use_faiss)
+             use_faiss: Optional[bool] = None, backend: str = "memory") -> "Gallery":
+        """Read an ``embed`` output folder (validated by :func:`~ernievil2torch.storage.embeddings.read_embed_output`);
+        its ids are paths relative to ``image_root``."""
+        output = read_embed_output(embed_dir, mmap=True)
+        return cls.from_embeddings(output.embeddings, output.ids, ImageRoot(image_root), use_faiss, backend)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.backend.count()
 
     @property
     def dim(self) -> int:
-        return int(self.embeddings.shape[1])
-
-    @property
-    def backend(self) -> str:
-        return "faiss" if self.index is not None else "torch"
+        return self.backend.dim
 
     def search(self, queries: np.ndarray, k: int) -> List[List[Hit]]:
-        """The ``min(k, N)`` best rows for each L2-normalised query [Q, D], best first (ties: lower row first)."""
+        """The ``min(k, N)`` best rows for each L2-normalised query [Q, D], best first."""
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise InputError(f"queries must be [Q, {self.dim}], got {queries.shape}")
-        scores, rows = search_embeddings(queries, self.embeddings, k=k, faiss_index=self.index)
-        return [[Hit(int(r), self.ids[int(r)], float(s)) for s, r in zip(srow, rrow)]
-                for srow, rrow in zip(scores, rows)]
+        return [[Hit(int(hit.id), hit.metadata[ID_KEY], hit.score) for hit in hits]
+                for hits in self.backend.search(queries, k)]
 
     def image_file(self, row: int) -> Path:
         """The file of gallery row ``row`` (see :meth:`ImageRoot.resolve`); 404 for a row that does not exist."""
-        if not 0 <= row < len(self.ids):
-            raise ImageLookupError(f"no gallery row {row}: rows are 0..{len(self.ids) - 1}", 404)
-        return self.images.resolve(self.ids[row])
+        try:
+            stored = self.backend.fetch(str(row))
+        except UnknownIdError:
+            raise ImageLookupError(f"no gallery row {row}: rows are 0..{len(self) - 1}", 404) from None
+        return self.images.resolve(stored.metadata[ID_KEY])
 
 
 def _normalized_float32(array: np.ndarray) -> np.ndarray:
@@ -137,8 +105,9 @@ def _normalized_float32(array: np.ndarray) -> np.ndarray:
     out = np.empty(array.shape, dtype=np.float32)
     for start in range(0, array.shape[0], LOAD_CHUNK_ROWS):
         block = np.asarray(array[start:start + LOAD_CHUNK_ROWS], dtype=np.float32)
-        if not np.isfinite(block).all():
-            raise InputError(f"gallery embeddings hold NaN or infinity (rows {start}..{start + len(block) - 1})")
+        bad = first_non_finite_row(block)
+        if bad is not None:
+            raise InputError(f"gallery embeddings hold NaN or infinity (first in row {start + bad})")
         norms = np.linalg.norm(block, axis=1, keepdims=True)
         out[start:start + len(block)] = block / np.maximum(norms, np.float32(1e-12))
     return out

@@ -1,22 +1,25 @@
 """``ernievil2 serve``: check the bind, load the model and gallery, run the app under uvicorn.
 
 The bind is checked before anything is loaded, so a refused ``--host`` fails at once. The listening socket is bound
-here (then handed to uvicorn), so ``--port 0`` picks a free port and the printed address is the real one.
+here (then handed to uvicorn), so ``--port 0`` picks a free port and the reported address is the real one: it
+reaches the caller as a :class:`ServiceBanner` (the caller decides how to show it; the library prints nothing).
 """
 from __future__ import annotations
 
 import os
 import socket
-import sys
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
 
 from ...constants import DEFAULT_MAX_LENGTH
 from ...errors import ErnieViL2Error, InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
-from ...verify.synthetic import SYNTHETIC_NOTICE
+from ...retrieval.backends import backend_factory
+from ...storage.provenance import SYNTHETIC_NOTICE
 from .gallery import Gallery
 from .limits import ServeLimits
+from .settings import ServiceSettings
 from .security import LOOPBACK_HOST_NAMES, check_bind, is_loopback
 
 #: Environment variable read for the token when ``--token`` is not given (keeps it out of ``ps`` listings).
@@ -42,28 +45,68 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url(host: str, port: int) -> str:
+def service_url(host: str, port: int) -> str:
+    """The service's base URL (IPv6 addresses in brackets), ending in ``/``."""
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+@dataclass(frozen=True)
+class ServiceBanner:
+    """What a starting service reports once its socket is bound, before it answers requests.
+
+    ``notices`` are the lines for the error stream (the synthetic-weights warning, then what is served);
+    ``ready_line`` is the line for standard output that names the address (``serving on http://...``), the line
+    scripts wait for.
+    """
+
+    url: str
+    model_dir: str
+    gallery_size: int
+    search_backend: str
+    device: str
+    dtype: str
+    token_required: bool
+    synthetic_weights: bool
+
+    @property
+    def notices(self) -> List[str]:
+        lines = [f"*** {SYNTHETIC_NOTICE}"] if self.synthetic_weights else []
+        lines.append(f"gallery: {self.gallery_size} images ({self.search_backend} search), model {self.model_dir} "
+                     f"on {self.device} ({self.dtype})" + ("; bearer token required" if self.token_required else ""))
+        return lines
+
+    @property
+    def ready_line(self) -> str:
+        return f"serving on {self.url}  (page: {self.url}, API docs: {self.url}docs)"
+
+    def summary(self) -> str:
+        return "\n".join(self.notices + [self.ready_line])
 
 
 def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", port: int = 8000,
           token: Optional[str] = None, cors_origins: Sequence[str] = (), limits: Optional[ServeLimits] = None,
           max_batch: int = 32, max_wait_ms: float = 5.0, decode_workers: int = 2, dtype: str = "float32",
           device: Optional[str] = None, vocab: Optional[str] = None, faiss: Optional[bool] = None,
-          max_length: int = DEFAULT_MAX_LENGTH, log_level: str = "info") -> None:
+          max_length: int = DEFAULT_MAX_LENGTH, log_level: str = "info", backend: str = "memory",
+          on_ready: Optional[Callable[[ServiceBanner], None]] = None) -> None:
     """Serve text->image and image->image search over an ``embed`` output until interrupted.
 
-    Raises :class:`InputError` (before loading anything) for a non-loopback ``host`` without a token, and for a
-    gallery the model cannot serve. See :class:`~.app.ServiceSettings` and :class:`~.limits.ServeLimits`.
+    ``backend`` names the search back end that holds the gallery (one of
+    :data:`~ernievil2torch.retrieval.backends.BACKENDS`; ``faiss`` is an option of ``memory``). ``on_ready`` is
+    called once with the :class:`ServiceBanner` when the socket is bound, before the first request is answered
+    (the CLI prints it). Raises :class:`InputError` (before loading anything) for a non-loopback ``host`` without
+    a token and for an unknown ``backend``, and for a gallery the model cannot serve. See
+    :class:`~.settings.ServiceSettings` and :class:`~.limits.ServeLimits`.
     """
     token = token or os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)
+    backend_factory(backend)
     if max_batch < 1 or max_wait_ms < 0 or decode_workers < 1:
         raise InputError("max_batch and decode_workers must be positive and max_wait_ms not negative")
     try:
         import uvicorn
 
-        from .app import ServiceSettings, create_app
+        from .app import create_app
     except ImportError as exc:
         raise ErnieViL2Error(f"`ernievil2 serve` needs fastapi, uvicorn and python-multipart ({exc}); "
                              "pip install 'ernievil2torch[serve]'") from exc
@@ -71,21 +114,19 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
 
     limits = limits or ServeLimits()
     pretrained = load_pretrained(model_dir, dtype=torch_dtype(dtype), device=device, vocab=vocab)
-    engine = SearchEngine(pretrained, Gallery.load(gallery, images, use_faiss=faiss), limits, max_length)
+    engine = SearchEngine(pretrained, Gallery.load(gallery, images, use_faiss=faiss, backend=backend), limits,
+                          max_length)
     settings = ServiceSettings(limits=limits, token=token, cors_origins=tuple(cors_origins),
                                allowed_hosts=tuple(sorted(LOOPBACK_HOST_NAMES)) if is_loopback(host) else None,
                                max_batch=max_batch, max_wait_ms=max_wait_ms, decode_workers=decode_workers)
     app = create_app(engine, settings)
-    sock = bind_socket(host, port)
-    bound_port = sock.getsockname()[1]
     info = engine.describe()
-    if info["synthetic_weights"]:
-        print(f"*** {SYNTHETIC_NOTICE}", file=sys.stderr)
-    print(f"gallery: {info['gallery_size']} images ({info['search_backend']} search), model {model_dir} on "
-          f"{info['device']} ({info['dtype']})" + ("; bearer token required" if token else ""), file=sys.stderr)
-    print(f"serving on {_url(host, bound_port)}  (page: {_url(host, bound_port)}, API docs: "
-          f"{_url(host, bound_port)}docs)", flush=True)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10, server_header=False)
     server = uvicorn.Server(config)
-    with sock:
+    with bind_socket(host, port) as sock:
+        if on_ready is not None:
+            on_ready(ServiceBanner(url=service_url(host, sock.getsockname()[1]), model_dir=str(model_dir),
+                                   gallery_size=info["gallery_size"], search_backend=info["search_backend"],
+                                   device=info["device"], dtype=info["dtype"], token_required=token is not None,
+                                   synthetic_weights=info["synthetic_weights"]))
         server.run(sockets=[sock])

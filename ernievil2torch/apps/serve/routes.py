@@ -1,0 +1,146 @@
+"""The service's routes: module-level handlers, grouped into routers by :func:`page_router` and :func:`api_router`.
+
+Each handler takes what it needs as parameters (FastAPI fills them from the request and from the dependencies in
+:mod:`.dependencies`), so a test can call one directly. Two query parameters are bounded by the service's limits
+(``q`` by ``max_text_chars``, ``k`` by ``max_k``); :func:`with_limits` gives a handler those bounds when a router
+is built, so they are checked by FastAPI and shown in the OpenAPI schema.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import mimetypes
+from concurrent.futures import Executor
+from dataclasses import asdict
+from typing import Any, Callable, Dict, List
+
+from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse
+
+from ...errors import InputError
+from .batching import MicroBatcher
+from .dependencies import (get_decode_executor, get_engine, get_image_batcher, get_limits, get_page, get_settings,
+                           get_text_batcher)
+from .engine import Answer, Query as EngineQuery, SearchEngine
+from .inputs import check_text, decode_image_upload, upload_name
+from .limits import ServeLimits
+from .schemas import EmbeddingsOut, SearchOut, TextsIn, search_hits
+from .security import token_matches
+from .settings import ServiceSettings
+
+Q_DESCRIPTION = "the query text, e.g. 一只猫"
+K_DESCRIPTION = "results wanted"
+
+#: Query parameters whose bounds are limits: parameter name -> its declaration under given limits.
+LIMITED_PARAMETERS: Dict[str, Callable[[ServeLimits], Any]] = {
+    "q": lambda limits: Query(..., min_length=1, max_length=limits.max_text_chars, description=Q_DESCRIPTION),
+    "k": lambda limits: Query(10, ge=1, le=limits.max_k, description=K_DESCRIPTION),
+}
+
+
+def with_limits(handler: Callable[..., Any], limits: ServeLimits) -> Callable[..., Any]:
+    """``handler`` with the parameters of :data:`LIMITED_PARAMETERS` it has declared under ``limits`` (a wrapper
+    whose signature FastAPI reads; the call goes to ``handler`` unchanged)."""
+    signature = inspect.signature(handler, eval_str=True)
+
+    @functools.wraps(handler)
+    async def bounded(*args: Any, **kwargs: Any) -> Any:
+        return await handler(*args, **kwargs)
+
+    bounded.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+        p.replace(default=LIMITED_PARAMETERS[p.name](limits)) if p.name in LIMITED_PARAMETERS else p
+        for p in signature.parameters.values()])
+    return bounded
+
+
+# ---- the page and health ----------------------------------------------------------------------------------------
+async def index(page: str = Depends(get_page)) -> HTMLResponse:
+    return HTMLResponse(page)
+
+
+async def healthz(request: Request, engine: SearchEngine = Depends(get_engine),
+                  settings: ServiceSettings = Depends(get_settings),
+                  text_batcher: MicroBatcher = Depends(get_text_batcher),
+                  image_batcher: MicroBatcher = Depends(get_image_batcher)) -> Dict[str, Any]:
+    """Liveness; with a token set, the details only for a caller that sends it."""
+    status: Dict[str, Any] = {"status": "ok", "auth_required": settings.token is not None}
+    if settings.token is None or token_matches(request.headers.get("authorization"), settings.token):
+        status.update(engine.describe())
+        status["batching"] = {"text": text_batcher.stats.as_dict(), "image": image_batcher.stats.as_dict(),
+                              "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms}
+        status["limits"] = asdict(settings.limits)
+    return status
+
+
+# ---- the API ----------------------------------------------------------------------------------------------------
+async def embed_text(body: TextsIn, limits: ServeLimits = Depends(get_limits),
+                     batcher: MicroBatcher = Depends(get_text_batcher)) -> EmbeddingsOut:
+    """L2-normalised text embeddings (official 48-token layout), in input order."""
+    if not body.texts:
+        raise InputError("texts: give at least one text")
+    if len(body.texts) > limits.max_texts:
+        raise InputError(f"texts: {len(body.texts)} texts, more than the limit of {limits.max_texts}")
+    texts = [check_text(t, f"texts[{i}]", limits) for i, t in enumerate(body.texts)]
+    answers: List[Answer] = await batcher.submit([EngineQuery(t) for t in texts])
+    return EmbeddingsOut(embeddings=[a.embedding.tolist() for a in answers])
+
+
+async def embed_image(files: List[UploadFile] = File(..., description="one or more images"),
+                      limits: ServeLimits = Depends(get_limits), engine: SearchEngine = Depends(get_engine),
+                      decoder: Executor = Depends(get_decode_executor),
+                      batcher: MicroBatcher = Depends(get_image_batcher)) -> EmbeddingsOut:
+    """L2-normalised image embeddings (official eval pipeline), in upload order."""
+    if len(files) > limits.max_files:
+        raise InputError(f"files: {len(files)} images, more than the limit of {limits.max_files}")
+    crops = [await decode_image_upload(f, upload_name(i, f), engine, decoder) for i, f in enumerate(files)]
+    answers: List[Answer] = await batcher.submit([EngineQuery(c) for c in crops])
+    return EmbeddingsOut(embeddings=[a.embedding.tolist() for a in answers])
+
+
+async def search_text(q: str = Query(..., min_length=1, description=Q_DESCRIPTION),
+                      k: int = Query(10, ge=1, description=K_DESCRIPTION),
+                      limits: ServeLimits = Depends(get_limits),
+                      batcher: MicroBatcher = Depends(get_text_batcher)) -> SearchOut:
+    """Text -> image: the k gallery images closest to the text by cosine, best first (exact)."""
+    answer, = await batcher.submit([EngineQuery(check_text(q, "q", limits), k)])
+    return SearchOut(query=q, k=k, results=search_hits(answer.hits or []))
+
+
+async def search_image(file: UploadFile = File(..., description="the query image"),
+                       k: int = Query(10, ge=1, description=K_DESCRIPTION),
+                       engine: SearchEngine = Depends(get_engine), decoder: Executor = Depends(get_decode_executor),
+                       batcher: MicroBatcher = Depends(get_image_batcher)) -> SearchOut:
+    """Image -> image: the k gallery images closest to the upload by cosine, best first (exact)."""
+    crop = await decode_image_upload(file, upload_name(None, file), engine, decoder)
+    answer, = await batcher.submit([EngineQuery(crop, k)])
+    return SearchOut(k=k, results=search_hits(answer.hits or []))
+
+
+async def gallery_image(row: int = Path(..., description="a gallery row (0-based, as in search results)"),
+                        engine: SearchEngine = Depends(get_engine)):
+    """The gallery image of ``row``; only files inside the image root are served."""
+    path = engine.gallery.image_file(row)
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+# ---- routers ----------------------------------------------------------------------------------------------------
+def page_router() -> APIRouter:
+    """``GET /`` (the page, not in the schema) and ``GET /healthz``."""
+    router = APIRouter()
+    router.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
+    router.add_api_route("/healthz", healthz, methods=["GET"])
+    return router
+
+
+def api_router(limits: ServeLimits) -> APIRouter:
+    """The ``/v1`` routes, their bounded parameters declared under ``limits``."""
+    router = APIRouter()
+    router.add_api_route("/v1/embed/text", embed_text, methods=["POST"], response_model=EmbeddingsOut)
+    router.add_api_route("/v1/embed/image", embed_image, methods=["POST"], response_model=EmbeddingsOut)
+    router.add_api_route("/v1/search", with_limits(search_text, limits), methods=["GET"], response_model=SearchOut)
+    router.add_api_route("/v1/search/image", with_limits(search_image, limits), methods=["POST"],
+                         response_model=SearchOut)
+    router.add_api_route("/v1/images/{row}", gallery_image, methods=["GET"], response_class=FileResponse,
+                         responses={200: {"content": {"image/*": {}}, "description": "the image file"}})
+    return router

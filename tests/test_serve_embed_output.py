@@ -1,0 +1,115 @@
+""""Is this an embed output": ``ernievil2torch.storage.embeddings.read_embed_output``, the one reader of the folder
+``embed`` writes, and every caller refusing the same broken folders with the same message (``load_embeddings``,
+the service's gallery, ``dedup``, ``search``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ernievil2torch.apps.dedup import dedup
+from ernievil2torch.apps.embed import load_embeddings
+from ernievil2torch.apps.retrieval.commands import search
+from ernievil2torch.apps.serve.gallery import Gallery
+from ernievil2torch.errors import InputError
+from ernievil2torch.storage.embeddings import EmbedOutput, is_embed_output, read_embed_output
+
+
+def write_output(folder: Path, array: np.ndarray, ids, manifest=None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "embeddings.npy", array)
+    (folder / "ids.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+    if manifest is not None:
+        (folder / "manifest.json").write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    return folder
+
+
+def test_reads_a_valid_output_with_and_without_mmap(tmp_path):
+    array = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    folder = write_output(tmp_path / "out", array, ["a", "b", "c", "相册/d.jpg", "e"], {"count": 5, "dim": 8})
+    assert is_embed_output(folder) and not is_embed_output(tmp_path)
+    for mmap in (False, True):
+        output = read_embed_output(folder, mmap=mmap)
+        assert isinstance(output, EmbedOutput) and isinstance(output.embeddings, np.memmap) == mmap
+        assert np.array_equal(output.embeddings, array) and output.ids[3] == "相册/d.jpg"
+        assert (output.count, output.dim, output.manifest) == (5, 8, {"count": 5, "dim": 8})
+        assert "5 embeddings of dimension 8" in output.summary()
+    assert read_embed_output(write_output(tmp_path / "plain", array, list("abcde"))).manifest is None
+    float16 = read_embed_output(write_output(tmp_path / "half", array.astype(np.float16), list("abcde")))
+    assert float16.embeddings.dtype == np.float16
+
+
+def _broken(tmp_path: Path):
+    """(folder, the message every reader must give) for each way an embed output can be broken."""
+    good = np.ones((3, 4), np.float32)
+    nan = good.copy()
+    nan[2, 1] = np.nan
+    inf = good.copy()
+    inf[1, 0] = np.inf
+    tmp_path.mkdir()
+    (tmp_path / "a_file").write_text("x")
+    no_ids = tmp_path / "no_ids"
+    no_ids.mkdir()
+    np.save(no_ids / "embeddings.npy", good)
+    no_array = tmp_path / "no_array"
+    no_array.mkdir()
+    (no_array / "ids.txt").write_text("a\n")
+    not_npy = write_output(tmp_path / "not_npy", good, "abc")
+    (not_npy / "embeddings.npy").write_bytes(b"not an npy file")
+    bad_utf8 = write_output(tmp_path / "bad_utf8", good, "abc")
+    (bad_utf8 / "ids.txt").write_bytes(b"a\n\xff\xfe\nc\n")
+    return [
+        (tmp_path / "missing", "it does not exist"),
+        (tmp_path / "a_file", "it is a file, not a folder"),
+        (no_ids, "ids.txt is missing"),
+        (no_array, "embeddings.npy is missing"),
+        (not_npy, "is not a readable .npy array"),
+        (write_output(tmp_path / "one_d", np.ones(3, np.float32), "abc"), "must be a 2-D [N, D] array"),
+        (write_output(tmp_path / "three_d", np.ones((3, 2, 2), np.float32), "abc"), "must be a 2-D [N, D] array"),
+        (write_output(tmp_path / "no_columns", np.ones((3, 0), np.float32), "abc"), "with D > 0"),
+        (write_output(tmp_path / "ints", np.ones((3, 4), np.int64), "abc"), "floating point numbers, got int64"),
+        (write_output(tmp_path / "more_ids", good, "abcd"), "3 embeddings but 4 ids"),
+        (write_output(tmp_path / "fewer_ids", good, "ab"), "3 embeddings but 2 ids"),
+        (write_output(tmp_path / "nan", nan, "abc"), "NaN or infinity (first in row 2)"),
+        (write_output(tmp_path / "inf", inf, "abc"), "NaN or infinity (first in row 1)"),
+        (bad_utf8, "is not UTF-8 text"),
+        (write_output(tmp_path / "bad_manifest", good, "abc", "{not json"), "manifest.json is not valid JSON"),
+        (write_output(tmp_path / "list_manifest", good, "abc", "[1, 2]"), "must hold a JSON object"),
+    ]
+
+
+def test_every_reader_refuses_a_broken_output_with_the_same_message(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    readers = {
+        "read_embed_output": lambda folder: read_embed_output(folder),
+        "read_embed_output(mmap)": lambda folder: read_embed_output(folder, mmap=True),
+        "load_embeddings": lambda folder: load_embeddings(str(folder), mmap=True),
+        "Gallery.load": lambda folder: Gallery.load(folder, images),
+        "dedup": lambda folder: dedup(str(folder), out=str(tmp_path / "dedup_out")),
+        "search (gallery)": lambda folder: search(str(good), str(folder), str(tmp_path / "hits.tsv")),
+    }
+    good = write_output(tmp_path / "good", np.ones((2, 4), np.float32), "xy")
+    for folder, message in _broken(tmp_path / "cases"):
+        for name, read in readers.items():
+            if name.startswith("search") and not folder.is_dir():
+                continue  # `search` also takes a bare .npy file, so a path that is not a folder means that
+            with pytest.raises(InputError) as caught:
+                read(folder)
+            assert message in str(caught.value), (name, folder.name, str(caught.value))
+            if "missing" in message or "exist" in message or "file, not" in message:
+                assert "is not an `ernievil2 embed` output" in str(caught.value)
+    assert not (tmp_path / "dedup_out").exists() and not (tmp_path / "hits.tsv").exists()
+
+
+def test_the_finite_check_can_be_skipped_and_arrays_given_directly_are_checked(tmp_path):
+    from ernievil2torch.data.image_root import ImageRoot
+
+    array = np.ones((3, 4), np.float32)
+    array[0, 0] = np.nan
+    folder = write_output(tmp_path / "nan", array, "abc")
+    assert np.isnan(read_embed_output(folder, check_finite=False).embeddings[0, 0])
+    with pytest.raises(InputError, match="NaN or infinity"):
+        Gallery.from_embeddings(array, list("abc"), ImageRoot(tmp_path))
