@@ -119,6 +119,10 @@ def test_embed_texts_formats(model, model_dir, tmp_path):
         assert got_ids == ids, name
         assert np.abs(array - want).max() <= 1e-5, name
         assert result.failed == (2 if name == "t.jsonl" else 1)
+        shards = -(-(len(ids) + result.failed) // 3)
+        assert result.joined and (result.rank, result.world_size, result.count, result.dim) == (0, 1, 4, 128)
+        assert result.summary() == (f"embedded 4 texts ({result.failed} failed, listed in {out / 'failed.tsv'}) -> "
+                                    f"{out / 'embeddings.npy'}; shards: {shards} computed, 0 reused")
 
 
 def test_embed_nothing_succeeded(model_dir, tmp_path):
@@ -214,6 +218,7 @@ def test_killed_run_resumes(model_dir, image_dir, tmp_path):
     result = embed(str(listed), str(model_dir), str(out), batch_size=8, shard_size=16, num_workers=0,
                    progress=False)
     assert result.shards_skipped == len(done) and result.shards_done_now == 4 - len(done)
+    assert result.summary().endswith(f"shards: {4 - len(done)} computed, {len(done)} reused")
     fresh = tmp_path / "fresh"
     embed(str(listed), str(model_dir), str(fresh), batch_size=8, shard_size=16, num_workers=0, progress=False)
     a, ids_a = load_embeddings(str(out))
