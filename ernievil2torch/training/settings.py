@@ -57,8 +57,8 @@ class FinetuneSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        # Paths may arrive as Path objects or, from fire, as numbers ("--out 2024"); they are kept as absolute
-        # strings, so a resume compares the same paths however they were spelled.
+        # Paths may arrive as Path objects or, from the command line, as numbers ("--out 2024"); they are kept as
+        # absolute strings, so a resume compares the same paths however they were spelled.
         for name in ("model", "train", "out", "images", "val", "val_images", "vocab"):
             value = getattr(self, name)
             if value is not None:

@@ -2,8 +2,9 @@
 
 Runs as one process, or under ``torchrun --nproc_per_node N -m ernievil2torch.embed`` (the process group of
 :func:`~ernievil2torch.runtime.distributed.init_distributed_device`): each rank encodes its own shards, rank 0 joins
-them after a barrier. The steps, one function each: list the items (:mod:`ernievil2torch.data.inputs`), plan the shards (:func:`.shards.plan_shards`), encode and write them (:func:`encode_shards`),
-join (:func:`.shards.join_shards`). See :mod:`.shards` for the output layout.
+them after a barrier. The steps, one function each: list the items (:mod:`ernievil2torch.data.inputs`), plan the
+shards (:func:`.shards.plan_shards`), encode and write them (:func:`encode_shards`), join (:func:`.shards.join_shards`).
+See :mod:`.shards` for the output layout. The library prints nothing: :func:`embed` returns an :class:`EmbedResult`.
 """
 from __future__ import annotations
 
