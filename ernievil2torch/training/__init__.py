@@ -5,7 +5,8 @@
   and checks are :class:`FinetuneSettings` (:mod:`.settings`), its result :class:`FinetuneResult` (:mod:`.result`),
   its hooks :class:`TrainingEvents` (:mod:`.reporting`);
 * :mod:`.trainer`: the loop (data, augmentation, AdamW + warm-up/cosine, checkpoints, validation, exact resume,
-  ``torchrun``); :mod:`.run_folder`: when OUT may be used and what a resume continues;
+  ``torchrun``); :mod:`.run_folder`: when OUT may be used and what a resume continues; :mod:`.model_setup`: the
+  temperature, gradient checkpointing and a frozen tower;
 * :mod:`.distributed`: features gathered across processes with their gradient;
 * :mod:`.augment`: the official train-time crop and flip.
 """

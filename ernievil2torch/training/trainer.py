@@ -14,7 +14,6 @@ it writes is described in :mod:`~ernievil2torch.training.run_folder`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any, ContextManager, Dict, List, Optional, Tuple
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..constants import BEST_DIR, FINAL_DIR, OFFICIAL_TEMPERATURE_INIT
+from ..constants import BEST_DIR, FINAL_DIR
 from ..errors import InputError
 from ..modeling import ErnieViL2
 from ..pretrained import load_pretrained
@@ -33,31 +32,18 @@ from ..runtime.progress import bar_cleared, progress_bar
 from .checkpoints import MetricsLog, load_trainer_state, save_best, save_checkpoint, save_final
 from .data import Batch, CollatePairs, PairBatches, PairDataset, load_pairs
 from .distributed import ContrastiveObjective
+from .model_setup import train_mode, trainable_model
 from .optim import make_optimizer, make_scheduler
 from .reporting import TrainingEvents
 from .result import FinetuneResult
 from .run_folder import check_run_folder, start_run_folder
-from .settings import TOWERS, FinetuneSettings
+from .settings import FinetuneSettings
 from .validation import Validation, validate
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The torch seed of a step's dropout masks: a function of (run seed, step, rank) only."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def with_temperature(model: ErnieViL2) -> ErnieViL2:
-    """The model itself, or a copy with a learnable temperature at the official initial value when its checkpoint
-    had none (contrastive training needs the scale; plain cosine logits would hardly move the loss)."""
-    if model.temperature is not None:
-        return model
-    config = dataclasses.replace(model.config, has_temperature=True)
-    copy = ErnieViL2(config)
-    missing, unexpected = copy.load_state_dict(model.state_dict(), strict=False)
-    assert missing == ["temperature"] and not unexpected, (missing, unexpected)
-    with torch.no_grad():
-        copy.temperature.fill_(OFFICIAL_TEMPERATURE_INIT)
-    return copy
 
 
 class Trainer:
@@ -91,10 +77,7 @@ class Trainer:
             model = ErnieViL2.from_pretrained(checkpoint, dtype=torch.float32)
             trainer_state = load_trainer_state(checkpoint)
             self.start_step = int(trainer_state["step"])
-        self.model = with_temperature(model).to(self.group.device)
-        self.model.set_gradient_checkpointing(s.gradient_checkpointing)
-        for tower in TOWERS:
-            getattr(self.model, tower).requires_grad_(s.freeze != tower)
+        self.model = trainable_model(model, self.group.device, s.gradient_checkpointing, s.freeze)
         micro_per_epoch = len(self.train_data.texts) // (s.batch_size * self.group.world_size)
         steps_per_epoch = micro_per_epoch // s.grad_accum
         if steps_per_epoch < 1:
@@ -155,9 +138,7 @@ class Trainer:
 
     def train_mode(self) -> None:
         """Training mode, except a frozen tower, which stays in eval mode (no dropout)."""
-        self.model.train()
-        if self.settings.freeze:
-            getattr(self.model, self.settings.freeze).eval()
+        train_mode(self.model, self.settings.freeze)
 
     def loader(self) -> DataLoader:
         s = self.settings
