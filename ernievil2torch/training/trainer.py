@@ -63,6 +63,9 @@ class Trainer:
 
     # ---- setup ------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
+        """Check OUT, load the data, the model (or the checkpoint a resume continues) and build the optimizer and
+        schedule; only then start OUT. Bad input raises :class:`InputError` / :class:`OutputExistsError` before
+        anything is written."""
         s = self.settings
         checkpoint = check_run_folder(s, self.group.world_size)
         self.group.barrier()  # every process has checked OUT before the main one writes into it
