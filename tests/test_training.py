@@ -220,8 +220,8 @@ def test_records_and_messages_go_to_the_hooks_never_to_the_terminal(shapes, tmp_
 
 
 def test_signature_lists_every_setting_with_its_default_and_type():
-    """What a front end validates flags against: every FinetuneSettings field, its default, its type (not a string);
-    no catch-all ``**options``."""
+    """What a front end validates flags against: every FinetuneSettings field, its default and the class its value
+    has (``X`` for an ``Optional[X]`` field, whose default is None); no catch-all ``**options``."""
     import dataclasses
     import inspect
     import typing
@@ -233,12 +233,15 @@ def test_signature_lists_every_setting_with_its_default_and_type():
     types = typing.get_type_hints(FinetuneSettings)
     for item in fields:
         parameter = signature.parameters[item.name]
-        assert parameter.annotation == types[item.name] and not isinstance(parameter.annotation, str), item.name
+        declared = types[item.name]
+        assert isinstance(parameter.annotation, type), (item.name, parameter.annotation)
+        assert parameter.annotation == declared or declared == Optional[parameter.annotation], item.name
         if item.default is dataclasses.MISSING:
             assert parameter.kind is parameter.POSITIONAL_OR_KEYWORD and parameter.default is parameter.empty
         else:
             assert parameter.kind is parameter.KEYWORD_ONLY and parameter.default == item.default, item.name
-    assert signature.parameters["images"].annotation == Optional[str]
+    assert signature.parameters["images"].annotation is str and signature.parameters["images"].default is None
+    assert signature.parameters["max_steps"].annotation is int and signature.parameters["max_steps"].default is None
     assert signature.parameters["epochs"].annotation is int and signature.parameters["lr"].default == 5e-5
     assert signature.return_annotation is FinetuneResult
     assert typing.get_type_hints(finetune)["gradient_checkpointing"] is bool

@@ -1,7 +1,7 @@
 """``finetune``: the Python entry point of a fine-tuning run, one keyword argument per ``ernievil2 finetune`` flag.
 
-Its signature is read off :class:`~ernievil2torch.training.settings.FinetuneSettings` (names, defaults, and the
-annotations as real types), so ``inspect.signature(finetune)`` lists every flag with its default and type, and a
+Its signature is read off :class:`~ernievil2torch.training.settings.FinetuneSettings` (names, defaults, and each
+flag's value type as a class), so ``inspect.signature(finetune)`` lists every flag with its default and type, and a
 front end can refuse an unknown or mistyped flag before any work. :func:`run_finetune` runs checked settings with
 hooks for the per-step records and messages (:class:`~ernievil2torch.training.reporting.TrainingEvents`).
 """
@@ -80,19 +80,30 @@ def finetune(model: str, train: str, out: str, **options: Any) -> FinetuneResult
     return run_finetune(FinetuneSettings.from_arguments(model, train, out, **options))
 
 
+def flag_type(annotation: Any) -> Any:
+    """The type a flag's value has when given: ``X`` for ``Optional[X]`` (the ``None`` default already says the flag
+    may be left out, and help texts show such a flag as ``Optional[X]``), else the annotation itself."""
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Union and len(arguments) == 1:
+        return arguments[0]
+    return annotation
+
+
 def settings_signature() -> inspect.Signature:
     """``finetune``'s signature read off :class:`FinetuneSettings`: the fields without a default are positional,
-    the others keyword-only with their default; every parameter is annotated with the field's type (resolved, not
-    a string), the return with :class:`FinetuneResult`."""
+    the others keyword-only with their default; every parameter is annotated with the type its value has
+    (:func:`flag_type` of the field's type: a class such as ``str`` or ``int``, never a string), the return with
+    :class:`FinetuneResult`."""
     types = typing.get_type_hints(FinetuneSettings)
     parameters = []
     for item in dataclasses.fields(FinetuneSettings):
+        annotation = flag_type(types[item.name])
         if item.default is dataclasses.MISSING:
             parameters.append(inspect.Parameter(item.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                annotation=types[item.name]))
+                                                annotation=annotation))
         else:
             parameters.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=item.default,
-                                                annotation=types[item.name]))
+                                                annotation=annotation))
     return inspect.Signature(parameters, return_annotation=FinetuneResult)
 
 
