@@ -223,7 +223,7 @@ def interrupt_embed(tmp_path, small_model, images, interrupt):
 
         summary = embed(str(texts), str(small_model), str(tmp_path / "out"), kind="text", shard_size=10,
                         batch_size=5, num_workers=0, progress=False)
-        assert summary["shards_skipped"] == 1 and summary["shards_done_now"] == 2 and summary["count"] == 30
+        assert summary.shards_skipped == 1 and summary.shards_done_now == 2 and summary.count == 30
 
     return args, check
 

@@ -78,13 +78,13 @@ def _reference(model, paths):
 
 def test_embed_1000_images_matches_per_item(model, model_dir, image_dir, tmp_path):
     start = time.time()
-    summary = embed(str(image_dir), str(model_dir), str(tmp_path / "out"), kind="image", batch_size=64,
-                    num_workers=2, shard_size=300, progress=False)
+    result = embed(str(image_dir), str(model_dir), str(tmp_path / "out"), kind="image", batch_size=64,
+                   num_workers=2, shard_size=300, progress=False)
     elapsed = time.time() - start
     array, ids = load_embeddings(str(tmp_path / "out"))
     items = list_images(str(image_dir))
     good = [it for it in items if not it.id.endswith(("broken.jpg", "empty.png"))]
-    assert summary["count"] == N_IMAGES and summary["failed"] == 2
+    assert result.count == N_IMAGES and result.failed == 2
     assert ids == [it.id for it in good]  # input order (sorted relative paths), failures left out
     failed = (tmp_path / "out" / "failed.tsv").read_text(encoding="utf-8").splitlines()
     assert sorted(line.split("\t")[0] for line in failed) == ["part0/broken.jpg", "part1/empty.png"]
@@ -113,12 +113,16 @@ def test_embed_texts_formats(model, model_dir, tmp_path):
                               ("t.jsonl", {"field": "caption", "id_field": "id"}, ["q0", "q1", "q3", "q4"]),
                               ("t.csv", {"field": "caption", "id_field": "key"}, ["k0", "k1", "k3", "k4"])]:
         out = tmp_path / f"out_{name}"
-        summary = embed(str(tmp_path / name), str(model_dir), str(out), kind="text", batch_size=2,
-                        num_workers=0, shard_size=3, progress=False, **kwargs)
+        result = embed(str(tmp_path / name), str(model_dir), str(out), kind="text", batch_size=2,
+                       num_workers=0, shard_size=3, progress=False, **kwargs)
         array, got_ids = load_embeddings(str(out))
         assert got_ids == ids, name
         assert np.abs(array - want).max() <= 1e-5, name
-        assert summary["failed"] == (2 if name == "t.jsonl" else 1)
+        assert result.failed == (2 if name == "t.jsonl" else 1)
+        shards = -(-(len(ids) + result.failed) // 3)
+        assert result.joined and (result.rank, result.world_size, result.count, result.dim) == (0, 1, 4, 128)
+        assert result.summary() == (f"embedded 4 texts ({result.failed} failed, listed in {out / 'failed.tsv'}) -> "
+                                    f"{out / 'embeddings.npy'}; shards: {shards} computed, 0 reused")
 
 
 def test_embed_nothing_succeeded(model_dir, tmp_path):
@@ -211,9 +215,10 @@ def test_killed_run_resumes(model_dir, image_dir, tmp_path):
     assert not (out / "embeddings.npy").exists()
     done = sorted(p.name for p in (out / "shards").glob("*.json"))
     assert 2 <= len(done) < 4
-    summary = embed(str(listed), str(model_dir), str(out), batch_size=8, shard_size=16, num_workers=0,
-                    progress=False)
-    assert summary["shards_skipped"] == len(done) and summary["shards_done_now"] == 4 - len(done)
+    result = embed(str(listed), str(model_dir), str(out), batch_size=8, shard_size=16, num_workers=0,
+                   progress=False)
+    assert result.shards_skipped == len(done) and result.shards_done_now == 4 - len(done)
+    assert result.summary().endswith(f"shards: {4 - len(done)} computed, {len(done)} reused")
     fresh = tmp_path / "fresh"
     embed(str(listed), str(model_dir), str(fresh), batch_size=8, shard_size=16, num_workers=0, progress=False)
     a, ids_a = load_embeddings(str(out))

@@ -22,7 +22,8 @@ from ernievil2torch.errors import InputError, OutputExistsError
 from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.processing import ErnieViL2ImageProcessor
 from ernievil2torch.processing.image import official_crop_box, official_resize_shape, official_window
-from ernievil2torch.training import finetune
+from ernievil2torch.storage.run_record import read_run_record
+from ernievil2torch.training import FinetuneResult, FinetuneSettings, TrainingEvents, finetune, run_finetune
 from ernievil2torch.training.augment import TrainAugmentation
 from ernievil2torch.training.checkpoints import latest_checkpoint, load_trainer_state
 from ernievil2torch.training.data import PairBatches
@@ -62,7 +63,7 @@ def single_thread():
 DDP_PROCESSES = 2
 #: (dtype, bound on the relative loss difference and on every gradient's max diff / largest magnitude). float32
 #: agrees to round-off (~1e-6: batches of 4 and 8 sum in different orders); float64 is the proof that the
-#: computation is the same, and is held to the issue's 1e-6 bound.
+#: computation is the same, and is held to a 1e-6 bound.
 DDP_BOUNDS = (("float64", 1e-6), ("float32", 1e-5))
 
 
@@ -199,7 +200,63 @@ def test_resume_refuses_changed_settings(shapes, tmp_path, single_thread):
     assert result.steps == 4 and result.resumed_from == 4
 
 
+def test_records_and_messages_go_to_the_hooks_never_to_the_terminal(shapes, tmp_path, single_thread, capsys):
+    """Library code prints nothing: each log_every record (the metrics.jsonl line) goes to on_log, each validation
+    line to on_message; run.json holds the settings that decide the result."""
+    logged, messages = [], []
+    settings = FinetuneSettings(model=shapes.model, train=shapes.train, out=tmp_path / "out",
+                                images=shapes.train_images, val=shapes.val, val_images=shapes.val_images,
+                                batch_size=8, lr=1e-3, warmup_steps=2, max_steps=4, num_workers=0, progress=False,
+                                gradient_checkpointing=False, eval_at_start=True, eval_every=2, log_every=2)
+    result = run_finetune(settings, TrainingEvents(on_log=logged.append, on_message=messages.append))
+    assert capsys.readouterr().out == ""
+    assert result.steps == 4
+    lines = [json.loads(line) for line in (tmp_path / "out" / METRICS_LOG_NAME).read_text().splitlines()]
+    assert logged == [r for r in lines if "loss" in r] and [r["step"] for r in logged] == [2, 4]
+    assert [m.split(": ")[0] for m in messages] == ["step 0", "step 2", "step 4"]
+    assert all("validation t2i R@1" in m for m in messages), messages
+    assert read_run_record(tmp_path / "out") == settings.run_record(world_size=1)
+    assert "lr" in settings.run_record(1) and "num_workers" not in settings.run_record(1)
+
+
+def test_signature_lists_every_setting_with_its_default_and_type():
+    """What a front end validates flags against: every FinetuneSettings field, its default and the class its value
+    has (``X`` for an ``Optional[X]`` field, whose default is None); no catch-all ``**options``."""
+    import dataclasses
+    import inspect
+    import typing
+    from typing import Optional
+
+    signature = inspect.signature(finetune)
+    fields = dataclasses.fields(FinetuneSettings)
+    assert list(signature.parameters) == [f.name for f in fields]
+    types = typing.get_type_hints(FinetuneSettings)
+    for item in fields:
+        parameter = signature.parameters[item.name]
+        declared = types[item.name]
+        assert isinstance(parameter.annotation, type), (item.name, parameter.annotation)
+        assert parameter.annotation == declared or declared == Optional[parameter.annotation], item.name
+        if item.default is dataclasses.MISSING:
+            assert parameter.kind is parameter.POSITIONAL_OR_KEYWORD and parameter.default is parameter.empty
+        else:
+            assert parameter.kind is parameter.KEYWORD_ONLY and parameter.default == item.default, item.name
+    assert signature.parameters["images"].annotation is str and signature.parameters["images"].default is None
+    assert signature.parameters["max_steps"].annotation is int and signature.parameters["max_steps"].default is None
+    assert signature.parameters["epochs"].annotation is int and signature.parameters["lr"].default == 5e-5
+    assert signature.return_annotation is FinetuneResult
+    assert typing.get_type_hints(finetune)["gradient_checkpointing"] is bool
+
+
 # ---- bad input -----------------------------------------------------------------------------------------------------
+def test_an_unknown_option_is_refused_before_any_work(shapes, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="learning_rate"):
+        finetune(shapes.model, shapes.train, out, images=shapes.train_images, learning_rate=1e-4)
+    with pytest.raises(InputError, match="--batch_size must be a positive integer"):
+        FinetuneSettings.from_arguments(shapes.model, shapes.train, out, batch_size=0)
+    assert not out.exists()
+
+
 def assert_untouched(out: Path):
     assert not out.exists()
 

@@ -44,7 +44,7 @@ def test_dropout_defaults_are_the_official_ones():
 
 
 def test_config_json_without_dropout_fields_loads_with_defaults(tmp_path):
-    """Directories converted before the fields existed keep loading, with the official values."""
+    """A config.json without the dropout fields loads, with the official values."""
     model = model_for(tiny_config())
     model.save_pretrained(tmp_path / "m")
     data = json.loads((tmp_path / "m" / "config.json").read_text())

@@ -19,8 +19,8 @@ def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
 
     This is Baidu's ``ContrastiveHead`` and PaddleNLP's ``clip_loss``. Like both, no clamp is applied to the
     scale (their ``temperature.clip(-100, 100)`` result is discarded). The computation runs in float32 (float64
-    for float64 inputs) with autocast disabled, so a bf16 forward still gets a float32 loss. Raises ``ValueError`` when the two batches
-    differ in size or are empty.
+    for float64 inputs) with autocast disabled, so a bf16 forward still gets a float32 loss. Raises ``ValueError``
+    when the two batches differ in size or are empty.
     """
     if image_embeds.dim() != 2 or text_embeds.dim() != 2 or image_embeds.shape != text_embeds.shape:
         raise ValueError(f"need paired [N, D] image and text embeddings, got {tuple(image_embeds.shape)} and "

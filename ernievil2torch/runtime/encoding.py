@@ -10,7 +10,6 @@ back in input order by their indices.
 """
 from __future__ import annotations
 
-import sys
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,6 +20,7 @@ from ..constants import DEFAULT_MAX_LENGTH
 from ..processing import ErnieViL2ImageProcessor, ErnieViL2Tokenizer
 from ..processing.length_groups import LengthGroupedTexts
 from ..data.inputs import Item
+from .progress import progress_bar
 
 #: One loader batch: input indices that succeeded, their model input (None if none did), (index, reason) failures.
 Batch = Tuple[List[int], Any, List[Tuple[int, str]]]
@@ -149,18 +149,3 @@ def encode_items(model, items: Sequence[Item], kind: str, batch_size: int = 64, 
         return np.zeros((0, feature_dim(model, kind)), np.float32), [], sorted(failed)
     order = np.argsort(np.asarray(indices, dtype=np.int64), kind="stable")
     return np.concatenate(feats)[order], [indices[j] for j in order], sorted(failed)
-
-
-def progress_bar(total: int, desc: str, enabled: bool, position: int = 0, unit: str = "item"):
-    """A tqdm bar on stderr (a stand-in that only prints :meth:`write` messages when tqdm is not installed)."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        class _Null:
-            def update(self, n=1): pass
-            def set_postfix(self, **kwargs): pass
-            def write(self, message): print(message, file=sys.stderr)
-            def close(self): pass
-        return _Null()
-    return tqdm(total=total, desc=desc, disable=not enabled, position=position, unit=unit, dynamic_ncols=True,
-                file=sys.stderr)

@@ -1,4 +1,6 @@
-"""Several processes (``torchrun``): the process group, and the loss over the global batch.
+"""Several processes (``torchrun``): the contrastive loss over the global batch.
+
+The process group itself is set up by :func:`~ernievil2torch.runtime.distributed.init_distributed_device`.
 
 Every process encodes its own micro-batch; the features of all processes are then gathered **with their
 gradient** (``torch.distributed.nn.functional.all_gather``), so each process's loss is the contrastive loss of the
@@ -12,9 +14,7 @@ local ones) and more than PaddleNLP does (its gathered features carry no gradien
 """
 from __future__ import annotations
 
-import os
 import warnings
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -23,42 +23,6 @@ from torch import nn
 
 from ..modeling import ErnieViL2
 from ..modeling.loss import contrastive_loss
-
-
-@dataclass(frozen=True)
-class ProcessGroup:
-    """Where this process stands: ``rank`` of ``world_size``, and the device it trains on."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-
-def init_process_group(device: Optional[str] = None) -> ProcessGroup:
-    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, else gloo); a single process
-    otherwise. ``device``: ``cpu`` / ``cuda`` (default: CUDA when available, one GPU per ``LOCAL_RANK``)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    place = torch.device(kind, local_rank) if kind == "cuda" else torch.device(kind)
-    if kind == "cuda":
-        torch.cuda.set_device(place)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return ProcessGroup(rank, dist.get_world_size() if dist.is_initialized() else 1, place)
 
 
 def gather_with_grad(features: torch.Tensor) -> torch.Tensor:

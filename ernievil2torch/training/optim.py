@@ -4,7 +4,7 @@
   no decay on biases, LayerNorm parameters, embeddings (word, position, class and positional embeddings) and the
   temperature. (PaddleNLP's Trainer excludes names containing "bias" or "norm", so there the embeddings, the
   temperature and the ViT's ``ln_pre``/``ln_post`` scales *are* decayed; the exclusions here are the usual CLIP/BERT
-  ones the issue asks for.)
+  ones.)
 * Gradients clipped to a global norm of 1.0 (``max_grad_norm``, the Trainer's default).
 * Linear warm-up from 0, then a half-cosine to 0 at the last step (``get_cosine_schedule_with_warmup``, PaddleNLP's
   ``--lr_scheduler_type cosine``).

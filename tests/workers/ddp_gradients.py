@@ -20,7 +20,7 @@ import torch
 from ernievil2torch.config import tiny_config
 from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.training import ContrastiveObjective
-from ernievil2torch.training.distributed import init_process_group
+from ernievil2torch.runtime.distributed import init_distributed_device
 from ernievil2torch.verify.parity import synthetic_inputs
 from ernievil2torch.verify.synthetic import random_state
 
@@ -29,7 +29,7 @@ GLOBAL_BATCH = 8
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
-    group = init_process_group("cpu")
+    group = init_distributed_device("cpu")
     config = tiny_config()
     no_dropout = {"hidden_dropout": 0.0, "attention_dropout": 0.0}
     config = dataclasses.replace(config, text=dataclasses.replace(config.text, **no_dropout))

@@ -1,17 +1,17 @@
 """``embed``: an image or text collection -> ``OUT/embeddings.npy`` + ``OUT/ids.txt``, sharded and resumable.
 
-Runs as one process, or under ``torchrun --nproc_per_node N -m ernievil2torch.embed`` (gloo on CPU, NCCL on GPU):
-each rank encodes its own shards, rank 0 joins them after a barrier. The steps, one function each: list the items
-(:mod:`.inputs`), plan the shards (:func:`.shards.plan_shards`), encode and write them (:func:`encode_shards`),
-join (:func:`.shards.join_shards`). See :mod:`.shards` for the output layout.
+Runs as one process, or under ``torchrun --nproc_per_node N -m ernievil2torch.embed`` (the process group of
+:func:`~ernievil2torch.runtime.distributed.init_distributed_device`): each rank encodes its own shards, rank 0 joins
+them after a barrier. The steps, one function each: list the items (:mod:`ernievil2torch.data.inputs`), plan the
+shards (:func:`.shards.plan_shards`), encode and write them (:func:`encode_shards`), join (:func:`.shards.join_shards`).
+See :mod:`.shards` for the output layout. The library prints nothing: :func:`embed` returns an :class:`EmbedResult`.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,15 +20,52 @@ from ...constants import DEFAULT_MAX_LENGTH
 from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
-from ...runtime.encoding import feature_dim, group_batches, progress_bar, run_batch
 from ...data.inputs import Item, list_images, list_texts
+from ...runtime.distributed import init_distributed_device
+from ...runtime.encoding import feature_dim, group_batches, run_batch
+from ...runtime.progress import progress_bar
 from .shards import SHARD_DIR, ShardPlan, claim_output, join_shards, plan_shards, run_fingerprint, write_shard
 
 
-def dist_info() -> Tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from the torchrun environment (``(0, 1, 0)`` when run alone)."""
-    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-            int(os.environ.get("LOCAL_RANK", "0")))
+@dataclass
+class EmbedResult:
+    """What one process of an ``embed`` run did.
+
+    Every process: its ``rank`` of ``world_size`` and its shards (``shards_done_now`` computed, ``shards_skipped``
+    found finished on disk). Rank 0, which joins the shards, also has the joined output: ``count`` embedded items
+    (rows of ``embeddings.npy``), ``failed`` skipped items (listed in ``failed.tsv``) and the feature ``dim``; on the
+    other ranks these are ``None``.
+    """
+
+    kind: str
+    out: Path
+    rank: int
+    world_size: int
+    shards_done_now: int
+    shards_skipped: int
+    count: Optional[int] = None
+    failed: Optional[int] = None
+    dim: Optional[int] = None
+
+    @property
+    def joined(self) -> bool:
+        """Whether this process joined the shards (rank 0): ``count``, ``failed`` and ``dim`` are set."""
+        return self.count is not None
+
+    @property
+    def embeddings(self) -> Path:
+        return self.out / "embeddings.npy"
+
+    @property
+    def failures(self) -> Path:
+        return self.out / "failed.tsv"
+
+    def summary(self) -> str:
+        shards = f"shards: {self.shards_done_now} computed, {self.shards_skipped} reused"
+        if not self.joined:
+            return f"rank {self.rank} of {self.world_size}: {shards}; rank 0 joins them into {self.embeddings}"
+        return (f"embedded {self.count} {self.kind}s ({self.failed} failed, listed in {self.failures}) -> "
+                f"{self.embeddings}; {shards}")
 
 
 def encode_shards(model, items: Sequence[Item], kind: str, plan: ShardPlan, shard_dir: Path, batch_size: int,
@@ -60,7 +97,7 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
           num_workers: int = 2, dtype: str = "float32", shard_size: int = 10000, normalize: bool = False,
           field: str = "text", id_field: Optional[str] = None, max_length: int = DEFAULT_MAX_LENGTH,
           vocab: Optional[str] = None, device: Optional[str] = None, progress: bool = True,
-          overwrite: bool = False) -> Dict[str, Any]:
+          overwrite: bool = False) -> EmbedResult:
     """Embed an image or text collection into OUT/embeddings.npy + OUT/ids.txt (input order), resumably.
 
     Runs as one process, or under ``torchrun --nproc_per_node N`` (each rank encodes its shards, rank 0 joins
@@ -87,21 +124,18 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
         device: 'cpu', 'cuda', 'cuda:1' ... (default: the rank's GPU if any, else CPU).
         progress: show a progress bar.
         overwrite: start over, deleting OUT's earlier results.
+
+    Returns:
+        this process's :class:`EmbedResult` (on rank 0 with the joined counts; its ``summary()`` is the line to
+        show). Raises :class:`InputError` before any work for a bad kind, dtype, size, device or input listing, or
+        an OUT that holds a different run; after the run when no item at all could be embedded.
     """
     if kind not in ("image", "text"):
         raise InputError(f"kind must be 'image' or 'text', got {kind!r}")
     compute_dtype = torch_dtype(dtype)
     if batch_size < 1 or shard_size < 1:
         raise InputError("batch_size and shard_size must be positive")
-    rank, world, local_rank = dist_info()
-    distributed = world > 1
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if distributed:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if str(device).startswith("cuda") else "gloo")
+    context = init_distributed_device(device)
 
     items = list_images(inputs) if kind == "image" else list_texts(inputs, field=field, id_field=id_field)
     if not items:
@@ -111,40 +145,33 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
     fingerprint = run_fingerprint(items, kind=kind, model_dir=str(Path(model_dir).resolve()), dtype=dtype,
                                   normalize=normalize, shard_size=shard_size,
                                   max_length=max_length if kind == "text" else None)
-    if rank == 0:
+    if context.is_main:
         if overwrite and out_dir.exists():
             shutil.rmtree(out_dir)
         claim_output(out_dir, fingerprint)
-    if distributed:
-        dist.barrier()
+    context.barrier()
 
-    loaded = load_pretrained(model_dir, dtype=compute_dtype, device=device, vocab=vocab)
+    loaded = load_pretrained(model_dir, dtype=compute_dtype, device=context.device, vocab=vocab)
     tokenizer = loaded.require_tokenizer() if kind == "text" else None
     model = loaded.model
-    plan = plan_shards(items, shard_size, shard_dir, rank, world)
+    plan = plan_shards(items, shard_size, shard_dir, context.rank, context.world_size)
     save_dtype = np.float16 if compute_dtype == torch.float16 else np.float32
     total = sum(plan.bounds[s][1] - plan.bounds[s][0] for s in plan.todo)
-    bar = progress_bar(total, f"embed {kind}s" + (f" [rank {rank}]" if distributed else ""),
-                       progress and (rank == 0 or distributed), position=rank if distributed else 0)
+    label = f"embed {kind}s" + (f" [rank {context.rank}]" if context.distributed else "")
+    bar = progress_bar(total, label, progress and (context.is_main or context.distributed),
+                       position=context.rank if context.distributed else 0)
     encode_shards(model, items, kind, plan, shard_dir, batch_size, num_workers, tokenizer, max_length, normalize,
                   save_dtype, bar)
     bar.close()
 
-    skipped = len(plan.mine) - len(plan.todo)
-    summary: Dict[str, Any] = {"rank": rank, "world_size": world, "shards_done_now": len(plan.todo),
-                               "shards_skipped": skipped}
-    if distributed:
-        dist.barrier()
-    if rank == 0:
-        summary.update(join_shards(out_dir, plan.num_shards, kind, feature_dim(model, kind), save_dtype,
-                                   fingerprint))
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
-    if rank == 0:
-        print(f"embedded {summary['count']} {kind}s ({summary['failed']} failed, listed in "
-              f"{out_dir / 'failed.tsv'}) -> {out_dir / 'embeddings.npy'}; shards: {len(plan.todo)} computed, "
-              f"{skipped} reused", file=sys.stderr)
-        if summary["count"] == 0:
-            raise InputError(f"no {kind} could be embedded; see {out_dir / 'failed.tsv'}")
-    return summary
+    result = EmbedResult(kind, out_dir, context.rank, context.world_size, shards_done_now=len(plan.todo),
+                         shards_skipped=len(plan.mine) - len(plan.todo))
+    context.barrier()
+    if context.is_main:
+        joined = join_shards(out_dir, plan.num_shards, kind, feature_dim(model, kind), save_dtype, fingerprint)
+        result.count, result.failed, result.dim = joined["count"], joined["failed"], joined["dim"]
+    context.barrier()
+    context.close()
+    if result.joined and result.count == 0:
+        raise InputError(f"no {kind} could be embedded; see {result.failures}")
+    return result

@@ -2,7 +2,8 @@
 
 Output directory layout (``OUT``)::
 
-    OUT/run.json             what is being computed (checked on resume: a different run is refused)
+    OUT/run.json             what is being computed (:mod:`~ernievil2torch.storage.run_record`: a resume
+                             must match it, a different run is refused)
     OUT/shards/00000.npy     features of the items of shard 0 that succeeded, input order
     OUT/shards/00000.json    shard metadata (ids, failures); written last, so its presence marks the shard done
     OUT/embeddings.npy       all shards joined, input order (failed items left out)   [N_ok, dim]
@@ -25,13 +26,13 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ...errors import ErnieViL2Error, InputError
+from ...errors import ErnieViL2Error
 from ...storage.atomic import atomic_save_npy, atomic_write_bytes
 from ...storage.embeddings import EMBEDDINGS_FILE, IDS_FILE, MANIFEST_FILE, read_embed_output
+from ...storage.run_record import check_run_record, read_run_record, write_run_record
 from ...data.inputs import Item
 
 SHARD_DIR = "shards"
-RUN_FILE = "run.json"
 
 
 def run_fingerprint(items: Sequence[Item], **settings: Any) -> Dict[str, Any]:
@@ -40,18 +41,18 @@ def run_fingerprint(items: Sequence[Item], **settings: Any) -> Dict[str, Any]:
     return {**settings, "count": len(items), "ids_sha1": hashlib.sha1(ids).hexdigest()}
 
 
+#: Advice of the refusal to continue a folder that holds a different run.
+START_OVER = "use another --out, or pass --overwrite to delete it and start over"
+
+
 def claim_output(out_dir: Path, fingerprint: Dict[str, Any]) -> None:
-    """Create ``OUT`` for this run, or check that the run already there is the same one (then it is resumed)."""
+    """Create ``OUT`` for this run, or check that the run already there is the same one (then it is resumed).
+
+    :class:`InputError` naming every setting that differs when ``OUT/run.json`` holds another run."""
+    check_run_record(out_dir, fingerprint, START_OVER)
     (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    run_file = out_dir / RUN_FILE
-    if run_file.is_file():
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
-        if previous != fingerprint:
-            changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
-            raise InputError(f"{out_dir} holds a different run (differs in {changed}); use another --out or "
-                             "--overwrite")
-    else:
-        atomic_write_bytes(run_file, (json.dumps(fingerprint, indent=2) + "\n").encode("utf-8"))
+    if read_run_record(out_dir) is None:
+        write_run_record(out_dir, fingerprint)
 
 
 @dataclass

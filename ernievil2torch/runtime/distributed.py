@@ -1,0 +1,94 @@
+"""Where this process stands among the processes of a run: the one process-group setup of ``embed`` and ``finetune``.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`init_distributed_device` joins the process group
+(NCCL when the device is a GPU, gloo otherwise) and gives each process its own GPU (``cuda:LOCAL_RANK``); run alone it
+creates nothing and describes a single process. Callers keep the returned :class:`DistributedContext` and call
+:meth:`~DistributedContext.close` when done, which destroys the group only if this call created it (a group set up
+by the caller stays theirs).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process: ``rank`` of ``world_size`` (``local_rank`` on its machine), the ``device`` it computes on, and
+    whether :func:`init_distributed_device` created the process group (so :meth:`close` may destroy it)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    created_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes shared outputs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        """Wait for every process (nothing to wait for when alone)."""
+        if self.distributed:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Destroy the process group if :func:`init_distributed_device` created it."""
+        if self.created_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _environment_int(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
+
+
+def pick_device(device: Optional[str], local_rank: int) -> torch.device:
+    """``device`` as a :class:`torch.device`: ``None`` means this process's GPU (``cuda:LOCAL_RANK``) when CUDA is
+    available, else the CPU; ``'cuda'`` without an index also means ``cuda:LOCAL_RANK``; an explicit index
+    (``'cuda:1'``) is kept. :class:`InputError` for a name torch does not know."""
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        place = torch.device(str(name))
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"device {name!r} is not a device name torch knows ({exc})") from None
+    if place.type == "cuda" and place.index is None:
+        place = torch.device("cuda", local_rank)
+    return place
+
+
+def init_distributed_device(device: Optional[str] = None) -> DistributedContext:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 and set this process's device.
+
+    Reads ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (absent: one process, rank 0). The backend is NCCL when the
+    device is a GPU, gloo otherwise. A group that already exists (set up by the caller) is joined as it is, and
+    rank and world size are read from it. ``device``: see :func:`pick_device`; a CUDA device becomes this process's
+    current device.
+    """
+    world_size = _environment_int("WORLD_SIZE", 1)
+    rank = _environment_int("RANK", 0)
+    local_rank = _environment_int("LOCAL_RANK", 0)
+    place = pick_device(device, local_rank)
+    if place.type == "cuda":
+        torch.cuda.set_device(place)
+    created = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if place.type == "cuda" else "gloo")
+        created = True
+    if dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    return DistributedContext(rank, world_size, local_rank, place, created)
