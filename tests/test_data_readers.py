@@ -169,6 +169,8 @@ def test_format_table_and_factory(dataset, tmp_path):
         open_dataset(tsv, format="wds")
     with pytest.raises(InputError, match="caption_folder needs an image folder"):
         open_dataset(jsonl, format="caption_folder")
+    with pytest.raises(InputError, match="caption_folder needs an image folder"):  # a .jsonl holds no images
+        open_dataset(jsonl)
     with pytest.raises(InputError, match="coco_cn_tsv holds its images"):
         open_dataset(tsv, imgs, format="coco_cn_tsv")
     (tmp_path / "latin1.data").write_bytes("caf\xe9\t1\tAAAA\n".encode("latin-1"))

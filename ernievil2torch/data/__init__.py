@@ -9,7 +9,8 @@
 """
 from .caption_folder import CaptionFolderReader
 from .coco_cn import CocoCnTsvReader
-from .formats import DATASET_FORMATS, DatasetFormat, describe_formats, detect_format, open_dataset, require_random_access
+from .formats import (DATASET_FORMATS, DatasetFormat, describe_formats, detect_format, open_dataset,
+                      require_random_access)
 from .readers import CaptionReader, CaptionSample, ImageSource, IndexedCaptions
 from .stream import StreamPosition, epoch_order
 

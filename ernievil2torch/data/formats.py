@@ -3,7 +3,7 @@
 :data:`DATASET_FORMATS` maps a format name to its reader and a one-line description (what ``--help`` and the
 README show). :func:`open_dataset` picks the format from what the arguments hold, or takes the name it is given:
 
-* an image folder given (``images``): ``caption_folder`` (DATA is the captions file);
+* an image folder given (``images``), or DATA a ``.jsonl`` file: ``caption_folder`` (DATA is the captions file);
 * otherwise: ``coco_cn_tsv`` (DATA holds the images).
 
 A new format is one reader (a :class:`~ernievil2torch.data.readers.CaptionReader`) and one row here.
@@ -45,9 +45,9 @@ def describe_formats() -> str:
 
 
 def detect_format(data: Union[str, Path], images: Optional[Union[str, Path]] = None) -> str:
-    """The format :func:`open_dataset` picks when not told: ``caption_folder`` with an image folder, else
-    ``coco_cn_tsv``."""
-    return "caption_folder" if images else "coco_cn_tsv"
+    """The format :func:`open_dataset` picks when not told: ``caption_folder`` with an image folder or for a
+    ``.jsonl`` file (a captions file, which holds no images), else ``coco_cn_tsv``."""
+    return "caption_folder" if images or Path(data).suffix.lower() == ".jsonl" else "coco_cn_tsv"
 
 
 def open_dataset(data: Union[str, Path], images: Optional[Union[str, Path]] = None,

@@ -47,10 +47,19 @@ class CaptionReader(Protocol):
     """A caption-image dataset in one format.
 
     ``format`` is the reader's name in :data:`~ernievil2torch.data.formats.DATASET_FORMATS`; ``random_access`` says
-    whether it is also an :class:`IndexedCaptions` (numbered captions and images). ``stream(position, seed)``
-    yields the samples of epoch ``position.epoch`` that come at or after ``position`` in that epoch's order, each
-    with its own position; ``seed`` fixes the order (None: the reader's natural order). A position recorded from a
-    sample and advanced by one restarts the stream with exactly the samples not yet taken.
+    whether it is also an :class:`IndexedCaptions` (numbered captions and images).
+
+    ``stream(position, seed)`` yields the samples of epoch ``position.epoch`` that come at or after ``position`` in
+    that epoch's order, each carrying its own position; ``seed`` fixes the order (None: the reader's natural order),
+    and the same seed and epoch give the same order in every process. The contract a checkpoint relies on: for any
+    sample ``s`` of a stream, ``stream(s.position.advanced(1), seed)`` yields exactly the samples that followed
+    ``s``, also in another process (a reader unpickled, or opened again on the same files). A position the reader
+    cannot start from (a shard it does not have, an index past the end) is an :class:`InputError`.
+
+    A sharded streaming format (webdataset ``.tar`` shards) implements this with ``random_access = False``: the
+    epoch's order is a seeded order of shards, ``position.shard`` the place in it, ``position.index`` the samples
+    already taken from that shard; processes of a distributed run read disjoint shards, each with its own
+    position. It is one more row in ``DATASET_FORMATS``; nothing above the factory changes.
     """
 
     format: str
@@ -156,7 +165,8 @@ class IndexedCaptions:
         return ImageSources(self)
 
     def image_items(self) -> ImageItems:
-        """The images as lazily read items (id = image id), for :func:`~ernievil2torch.runtime.encoding.encode_items`."""
+        """The images as lazily read items (id = image id), for
+        :func:`~ernievil2torch.runtime.encoding.encode_items`."""
         return ImageItems(self)
 
     def caption_items(self) -> List[Item]:
