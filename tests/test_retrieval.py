@@ -14,6 +14,7 @@ from ernievil2torch.config import tiny224_config
 from ernievil2torch.processing.image import ErnieViL2ImageProcessor
 from ernievil2torch.apps.retrieval import evaluate
 from ernievil2torch.data import CocoCnTsvReader
+from ernievil2torch.errors import InputError
 from ernievil2torch.retrieval.metrics import format_table, retrieval_metrics, retrieval_ranks
 from ernievil2torch.retrieval.topk import search_embeddings
 from ernievil2torch.verify.synthetic import random_model
@@ -185,3 +186,28 @@ def test_evaluate_end_to_end_matches_brute_force(model_dir, dataset, tmp_path):
     m_coco = evaluate(str(model_dir), str(dataset / "test.coco_cn.data"), batch_size=4, num_workers=0,
                       progress=False).metrics
     assert m_folder["t2i"] == pytest.approx(m_coco["t2i"]) and m_folder["i2t"] == pytest.approx(m_coco["i2t"])
+
+
+def test_search_returns_what_it_wrote(tmp_path):
+    from ernievil2torch.apps.retrieval import SearchResult, search
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "q.npy", rng.standard_normal((4, 8)).astype(np.float32))
+    np.save(tmp_path / "g.npy", rng.standard_normal((5, 8)).astype(np.float32))
+    result = search(str(tmp_path / "q.npy"), str(tmp_path / "g.npy"), str(tmp_path / "hits.tsv"), k=3)
+    assert result == SearchResult(str(tmp_path / "hits.tsv"), 4, 5, 3)
+    assert result.summary() == str(tmp_path / "hits.tsv")
+    rows = [line.split("\t") for line in (tmp_path / "hits.tsv").read_text().splitlines()]
+    assert len(rows) == 12 and [r[1] for r in rows[:3]] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"protocol": "bogus"}, "protocol must be 'grouped' or 'pairs', got 'bogus'"),
+    ({"dtype": "float64"}, "dtype must be one of"),
+    ({"data_format": "wds"}, "unknown dataset format 'wds'"),
+    ({"images": "somewhere"}, "image folder somewhere not found"),
+])
+def test_evaluate_refuses_bad_arguments_before_loading_the_model(tmp_path, dataset, kwargs, message):
+    """The model directory does not exist: each refusal comes before the model (or any image) is read."""
+    with pytest.raises(InputError, match=message):
+        evaluate(str(tmp_path / "no-model"), str(dataset / "test.coco_cn.data"), progress=False, **kwargs)
