@@ -39,7 +39,8 @@ ALLOWANCE = 50 * 2 ** 20
 CHILD = """
 import json, resource, sys
 from ernievil2torch.apps.retrieval import evaluate
-result = evaluate(sys.argv[1], sys.argv[2], batch_size=int(sys.argv[3]), num_workers=0, device="cpu", progress=False)
+result = evaluate(sys.argv[1], sys.argv[2], batch_size=int(sys.argv[3]), num_workers=0, device="cpu",
+                  progress=False)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 print(json.dumps({"peak": peak, "metrics": result.metrics}))
 """
