@@ -1,24 +1,26 @@
-"""Retrieval metrics (official eval_retri.py semantics), loaders, chunked exact top-k, end-to-end evaluate()."""
+"""Retrieval metrics (official eval_retri.py semantics), chunked exact top-k, end-to-end evaluate().
+
+The dataset readers eval uses are tested in ``test_data_readers.py``."""
 from __future__ import annotations
 
-import base64
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ernievil2torch import ErnieViL2
 from ernievil2torch.config import tiny224_config
 from ernievil2torch.processing.image import ErnieViL2ImageProcessor
 from ernievil2torch.apps.retrieval import evaluate
-from ernievil2torch.data.datasets import load_caption_folder, load_coco_cn_tsv
+from ernievil2torch.data import CocoCnTsvReader
+from ernievil2torch.errors import InputError
 from ernievil2torch.retrieval.metrics import format_table, retrieval_metrics, retrieval_ranks
 from ernievil2torch.retrieval.topk import search_embeddings
 from ernievil2torch.verify.synthetic import random_model
 from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
+
+from test_data_readers import write_caption_dataset
 
 
 def _brute_rank(scores_row, correct):
@@ -139,7 +141,7 @@ def test_topk_k_larger_than_gallery():
     assert i.tolist() == [[0, 1, 2], [0, 1, 2]] and s.shape == (2, 3)
 
 
-# ---- loaders and end to end -----------------------------------------------------------------------------------
+# ---- end to end --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     cfg = tiny224_config()
@@ -153,58 +155,59 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """8 generated images, 1-3 captions each: a COCO-CN style TSV and the same as folder + captions."""
-    root = tmp_path_factory.mktemp("coco")
-    rng = np.random.default_rng(3)
-    words = list("一二三四五六七八九十猫狗鸟鱼马牛羊红绿蓝的照片只张")
-    tsv_lines, jsonl_lines, tsv2 = [], [], ["image\tcaption"]
-    (root / "imgs").mkdir()
-    for i in range(8):
-        arr = rng.integers(0, 256, (int(rng.integers(200, 300)), int(rng.integers(200, 300)), 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG")
-        (root / "imgs" / f"{i}.jpg").write_bytes(buf.getvalue())
-        b64 = base64.b64encode(buf.getvalue()).decode()
-        caps = ["".join(rng.choice(words, int(rng.integers(2, 9)))) for _ in range(1 + i % 3)]
-        for c in caps:
-            tsv_lines.append(f"{c}\t{1000 + i}\t{b64}")
-            tsv2.append(f"{i}.jpg\t{c}")
-        jsonl_lines.append(json.dumps({"image": f"{i}.jpg", "captions": caps}, ensure_ascii=False))
-    order = rng.permutation(len(tsv_lines))  # captions of one image need not be adjacent
-    (root / "test.coco_cn.data").write_text("\n".join(tsv_lines[j] for j in order) + "\n", encoding="utf-8")
-    (root / "captions.jsonl").write_text("\n".join(jsonl_lines) + "\n", encoding="utf-8")
-    (root / "captions.tsv").write_text("\n".join(tsv2) + "\n", encoding="utf-8")
-    return root
-
-
-def test_loaders(dataset):
-    coco = load_coco_cn_tsv(dataset / "test.coco_cn.data")
-    assert len(coco.texts) == sum(1 + i % 3 for i in range(8)) and len(coco.images) == 8
-    assert sorted(set(coco.image_ids)) == [str(1000 + i) for i in range(8)]
-    folder = load_caption_folder(dataset / "imgs", dataset / "captions.jsonl")
-    folder_tsv = load_caption_folder(dataset / "imgs", dataset / "captions.tsv")
-    assert folder.texts == folder_tsv.texts and folder.text_image == folder_tsv.text_image
-    assert sorted(folder.texts) == sorted(coco.texts)
+    return write_caption_dataset(tmp_path_factory.mktemp("coco"))
 
 
 def test_evaluate_end_to_end_matches_brute_force(model_dir, dataset, tmp_path):
     model = ErnieViL2.from_pretrained(model_dir)
     tok = ErnieViL2Tokenizer(model_dir / "vocab.txt")
     proc = ErnieViL2ImageProcessor()
-    coco = load_coco_cn_tsv(dataset / "test.coco_cn.data")
+    coco = CocoCnTsvReader(dataset / "test.coco_cn.data")
     with torch.no_grad():
         text = np.concatenate([model.encode_text(**tok([t])).numpy() for t in coco.texts])
         image = np.concatenate([model.encode_image(proc([b])).numpy() for b in coco.images])
     for protocol in ("grouped", "pairs"):
         six, mr = _brute_metrics(text, image, coco.text_image, protocol)
-        m = evaluate(str(model_dir), str(dataset / "test.coco_cn.data"), protocol=protocol, batch_size=4,
-                     num_workers=0, out=str(tmp_path / f"{protocol}.json"), progress=False)
+        result = evaluate(str(model_dir), str(dataset / "test.coco_cn.data"), protocol=protocol, batch_size=4,
+                          num_workers=0, out=str(tmp_path / f"{protocol}.json"), progress=False)
+        m = result.metrics
         got = [m["t2i"][f"R@{k}"] for k in (1, 5, 10)] + [m["i2t"][f"R@{k}"] for k in (1, 5, 10)]
         assert got == pytest.approx(six) and m["mean_recall"] == pytest.approx(mr)
         assert json.loads((tmp_path / f"{protocol}.json").read_text())["mean_recall"] == pytest.approx(mr)
+        # eval's report: the counts line, the recall table, the mean-recall line
+        assert result.summary().split("\n") == [
+            f"{len(coco.texts)} captions, 8 images, protocol {protocol}", *format_table(m).split("\n"),
+            f"MR (mean of the six recalls): {m['mean_recall']:.2f}"]
+        assert (result.num_texts, result.num_images, result.out) == (len(coco.texts), 8,
+                                                                     str(tmp_path / f"{protocol}.json"))
     # The folder + captions format of the same data gives the same grouped metrics.
     m_folder = evaluate(str(model_dir), str(dataset / "captions.jsonl"), images=str(dataset / "imgs"),
-                        batch_size=4, num_workers=0, progress=False)
+                        batch_size=4, num_workers=0, progress=False).metrics
     m_coco = evaluate(str(model_dir), str(dataset / "test.coco_cn.data"), batch_size=4, num_workers=0,
-                      progress=False)
+                      progress=False).metrics
     assert m_folder["t2i"] == pytest.approx(m_coco["t2i"]) and m_folder["i2t"] == pytest.approx(m_coco["i2t"])
+
+
+def test_search_returns_what_it_wrote(tmp_path):
+    from ernievil2torch.apps.retrieval import SearchResult, search
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "q.npy", rng.standard_normal((4, 8)).astype(np.float32))
+    np.save(tmp_path / "g.npy", rng.standard_normal((5, 8)).astype(np.float32))
+    result = search(str(tmp_path / "q.npy"), str(tmp_path / "g.npy"), str(tmp_path / "hits.tsv"), k=3)
+    assert result == SearchResult(str(tmp_path / "hits.tsv"), 4, 5, 3)
+    assert result.summary() == str(tmp_path / "hits.tsv")
+    rows = [line.split("\t") for line in (tmp_path / "hits.tsv").read_text().splitlines()]
+    assert len(rows) == 12 and [r[1] for r in rows[:3]] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"protocol": "bogus"}, "protocol must be 'grouped' or 'pairs', got 'bogus'"),
+    ({"dtype": "float64"}, "dtype must be one of"),
+    ({"data_format": "wds"}, "unknown dataset format 'wds'"),
+    ({"images": "somewhere"}, "image folder somewhere not found"),
+])
+def test_evaluate_refuses_bad_arguments_before_loading_the_model(tmp_path, dataset, kwargs, message):
+    """The model directory does not exist: each refusal comes before the model (or any image) is read."""
+    with pytest.raises(InputError, match=message):
+        evaluate(str(tmp_path / "no-model"), str(dataset / "test.coco_cn.data"), progress=False, **kwargs)

@@ -1,7 +1,8 @@
-"""What to embed: image collections (folder, glob, list file) and text files (.txt, .jsonl, .csv/.tsv) as items.
+"""Inputs as items to encode: :class:`Item`, and the listings of what ``embed`` encodes (image collections: a folder,
+a glob, a list file; text files: .txt, .jsonl, .csv/.tsv).
 
-Every item keeps its input position and an id (written to ``ids.txt``); an item that is known to be bad up front
-(an empty text, a JSON line without the field) carries its error instead of failing the run.
+Every listed item keeps its input position and an id (``embed`` writes the ids to ``ids.txt``); an item that is known
+to be bad up front (an empty text, a JSON line without the field) carries its error instead of failing the run.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ TEXT_LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 
 @dataclass
 class Item:
-    """One input: its id (written to ids.txt), the source (path, bytes or text) and an error known up front."""
+    """One input to encode: its id, the source (an image path or encoded bytes, or a text) and, for an input known
+    to be bad before it is decoded, the reason (``source`` is then unused)."""
 
     id: str
     source: Any

@@ -1,4 +1,5 @@
-"""Record files shared by the apps: ``.jsonl`` read line by line (texts to embed, captions to evaluate or train on)."""
+"""JSON Lines, read line by line: the one ``.jsonl`` parser of the data layer (captions files of
+:mod:`.caption_folder`, text listings of :mod:`.inputs`)."""
 from __future__ import annotations
 
 import json

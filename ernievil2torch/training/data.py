@@ -1,11 +1,14 @@
 """Training data: caption-image pairs in the formats ``eval`` reads, checked up front, served in a seeded order.
 
-* :func:`load_pairs` reads a COCO-CN style TSV or an image folder + captions file (the loaders of
-  :mod:`ernievil2torch.data.datasets`) and checks, before any training, that it has rows and that every
-  caption's image file exists.
-* :class:`PairBatches` is the order: one seeded permutation per epoch, cut into global batches of
-  ``batch_size x world_size`` pairs (an incomplete last batch is dropped), each process taking its slice. It can start
-  at any micro-batch, which is how ``--resume`` continues exactly.
+* :func:`load_pairs` opens a dataset through :func:`ernievil2torch.data.formats.open_dataset` (a COCO-CN style TSV
+  or an image folder + captions file; images are read when a sample needs them) and checks, before any training,
+  that it has rows and that every caption's image file exists.
+* :class:`PairBatches` is the order: one seeded permutation per epoch
+  (:func:`~ernievil2torch.data.stream.epoch_order`), cut into global batches of ``batch_size x world_size`` pairs (an
+  incomplete last batch is dropped), each process taking its slice. It can start at any micro-batch, which is how
+  ``--resume`` continues exactly; :meth:`PairBatches.position` names a micro-batch as the
+  :class:`~ernievil2torch.data.stream.StreamPosition` of its first pair, and :meth:`PairBatches.micro_batch_at`
+  turns such a position back.
 * :class:`PairDataset` gives one pair per ``(epoch, index)`` key, with the augmentation seeded by the run seed and the
   key. An image that cannot be decoded mid-run is skipped: the next readable pair takes its place in the batch (so
   every process keeps the same batch size) and the skip is reported with the batch.
@@ -13,14 +16,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..data.datasets import RetrievalData, load_caption_folder, load_coco_cn_tsv
+from ..data.formats import open_dataset, require_random_access
+from ..data.readers import IndexedCaptions
+from ..data.stream import StreamPosition, epoch_order
 from ..errors import InputError
 from ..processing import ErnieViL2Tokenizer
 from .augment import TrainAugmentation
@@ -28,22 +32,19 @@ from .augment import TrainAugmentation
 Key = Tuple[int, int]  # (epoch, pair index)
 
 
-def load_pairs(data: str, images: Optional[str] = None, role: str = "training") -> RetrievalData:
-    """Read a dataset and check it is usable: :class:`InputError` for a missing, unreadable or empty file, or
-    captions whose image file does not exist (all of them are listed, up to 10)."""
+def load_pairs(data: str, images: Optional[str] = None, role: str = "training",
+               data_format: Optional[str] = None) -> IndexedCaptions:
+    """Open a dataset (``data_format`` as :func:`~ernievil2torch.data.formats.open_dataset` takes it) and check it
+    is usable: :class:`InputError`, its message starting with ``"{role} data"``, for a missing, unreadable or empty
+    file, a format without random access, or captions whose image file does not exist (the first 10 are listed)."""
     try:
-        dataset = load_caption_folder(images, data) if images else load_coco_cn_tsv(data)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{role} data {data}: not a UTF-8 text file ({exc.reason})") from None
+        dataset = require_random_access(open_dataset(data, images, data_format), role)
     except InputError as exc:
         raise InputError(f"{role} data: {exc}") from None
-    except OSError as exc:  # a directory, no permission, ...
-        raise InputError(f"{role} data {data}: cannot read ({exc.strerror or exc})") from None
-    missing = [(i, src) for i, src in enumerate(dataset.images)
-               if isinstance(src, (str, Path)) and not Path(src).is_file()]
+    missing = dataset.missing_images()
     if missing:
         shown = ", ".join(str(src) for _, src in missing[:10])
-        raise InputError(f"{role} data {data}: {len(missing)} of {len(dataset.images)} images not found "
+        raise InputError(f"{role} data {data}: {len(missing)} of {dataset.num_images} images not found "
                          f"(captions point at missing files): {shown}")
     return dataset
 
@@ -70,7 +71,7 @@ class Batch:
 class PairDataset(Dataset):
     """``dataset[(epoch, index)]`` -> (augmented pixels [3,S,S], caption, skipped images)."""
 
-    def __init__(self, data: RetrievalData, image_size: int, seed: int) -> None:
+    def __init__(self, data: IndexedCaptions, image_size: int, seed: int) -> None:
         self.data, self.seed = data, seed
         self.augment = TrainAugmentation(image_size)
 
@@ -85,12 +86,12 @@ class PairDataset(Dataset):
             pair = (index + offset) % len(self)
             image = self.data.text_image[pair]
             try:
-                pixels = self.augment(self.data.images[image], rng)
+                pixels = self.augment(self.data.image(image), rng)
             except Exception as exc:  # one unreadable image must not stop the run
                 skipped.append((self.data.image_ids[image], f"{type(exc).__name__}: {exc}"))
                 continue
             return pixels, self.data.texts[pair], skipped
-        raise InputError(f"none of the {len(self.data.images)} training images can be read "
+        raise InputError(f"none of the {self.data.num_images} training images can be read "
                          f"(first: {skipped[0][0]}: {skipped[0][1]})")
 
 
@@ -132,6 +133,25 @@ class PairBatches(Sampler):
         for position in range(self.start, self.start + self.count):
             if position // self.per_epoch != epoch:
                 epoch = position // self.per_epoch
-                order = np.random.default_rng([self.seed, epoch]).permutation(self.num_pairs)
+                order = epoch_order(self.num_pairs, self.seed, epoch)
             first = (position % self.per_epoch) * global_size + self.rank * self.batch_size
             yield [(epoch, int(i)) for i in order[first:first + self.batch_size]]
+
+    def position(self, micro_batch: int) -> StreamPosition:
+        """Where micro-batch ``micro_batch`` (counted from epoch 0) starts in the pairs' stream: its epoch and the
+        index, in that epoch's seeded order, of the first pair of its global batch (the same for every rank)."""
+        if micro_batch < 0:
+            raise InputError(f"micro-batch must be >= 0, got {micro_batch}")
+        epoch, within = divmod(micro_batch, self.per_epoch)
+        return StreamPosition(epoch, within * self.batch_size * self.world_size)
+
+    def micro_batch_at(self, position: StreamPosition) -> int:
+        """The micro-batch that starts at ``position`` (the inverse of :meth:`position`); :class:`InputError` for a
+        position that is not the start of a global batch of this run's batch size and world size, or that lies
+        in the dropped remainder of an epoch."""
+        global_size = self.batch_size * self.world_size
+        within, rest = divmod(position.index, global_size)
+        if position.shard != 0 or rest or within >= self.per_epoch:
+            raise InputError(f"{position} is not the start of a batch of {self.batch_size} x {self.world_size} "
+                             f"pair(s) over {self.num_pairs} pairs")
+        return position.epoch * self.per_epoch + within

@@ -14,18 +14,21 @@ from typing import Any, ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..data.inputs import Item
-from ..runtime.encoding import encode_items
-from ..data.datasets import RetrievalData
-from ..retrieval.metrics import retrieval_metrics
+from ..data.readers import IndexedCaptions
 from ..modeling import ErnieViL2
 from ..processing import ErnieViL2Tokenizer
+from ..retrieval.metrics import retrieval_metrics
+from ..runtime.encoding import encode_items
 
 
 @dataclass
 class Validation:
-    metrics: Optional[Dict[str, Any]]  # None when no caption with a readable image was left
-    skipped: List[Tuple[str, str]]  # (image id or "caption N", reason)
+    """Recall on the validation data: ``metrics`` as :func:`~ernievil2torch.retrieval.metrics.retrieval_metrics`
+    gives them (None when no caption with a readable image was left), ``skipped`` the (image id or "caption N",
+    reason) of every image or caption left out."""
+
+    metrics: Optional[Dict[str, Any]]
+    skipped: List[Tuple[str, str]]
 
     def record(self) -> Dict[str, Any]:
         """The JSON-friendly summary logged to ``metrics.jsonl``."""
@@ -37,16 +40,16 @@ class Validation:
                 "num_images": m["num_images"], "skipped_images": skipped}
 
 
-def validate(model: ErnieViL2, tokenizer: ErnieViL2Tokenizer, data: RetrievalData, batch_size: int,
+def validate(model: ErnieViL2, tokenizer: ErnieViL2Tokenizer, data: IndexedCaptions, batch_size: int,
              num_workers: int, max_length: int, autocast: ContextManager = contextlib.nullcontext()) -> Validation:
-    """Recall both ways on ``data`` (the model is put in eval mode; the caller restores training mode)."""
+    """Recall both ways on ``data``, its images read as they are encoded (the model is put in eval mode; the caller
+    restores training mode)."""
     model.eval()
     with autocast:
-        image_feats, image_ok, image_failed = encode_items(
-            model, [Item(i, src) for i, src in zip(data.image_ids, data.images)], "image", batch_size, num_workers)
-        text_feats, text_ok, text_failed = encode_items(
-            model, [Item(str(t), text) for t, text in enumerate(data.texts)], "text", batch_size, num_workers,
-            tokenizer, max_length)
+        image_feats, image_ok, image_failed = encode_items(model, data.image_items(), "image", batch_size,
+                                                           num_workers)
+        text_feats, text_ok, text_failed = encode_items(model, data.caption_items(), "text", batch_size,
+                                                        num_workers, tokenizer, max_length)
     skipped = [(data.image_ids[i], reason) for i, reason in image_failed]
     skipped += [(f"caption {i}", reason) for i, reason in text_failed]
     new_index = {old: new for new, old in enumerate(image_ok)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -14,12 +15,16 @@ from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
 from ...storage.atomic import atomic_file, atomic_write_bytes
-from ...data.datasets import RetrievalData, load_caption_folder, load_coco_cn_tsv
-from ...data.inputs import Item
+from ...data.formats import open_dataset, require_random_access
+from ...data.readers import IndexedCaptions
 from ...retrieval.metrics import as_float32_tensor, format_table, retrieval_metrics
 from ...retrieval.topk import NormalizedRows, search_embeddings
 from ...runtime.encoding import encode_items
 from ..embed import load_embeddings
+
+
+#: ``--protocol`` values (see :func:`~ernievil2torch.retrieval.metrics.retrieval_metrics`).
+PROTOCOLS = ("grouped", "pairs")
 
 
 def _load_side(spec: str) -> Tuple[np.ndarray, List[str]]:
@@ -31,8 +36,22 @@ def _load_side(spec: str) -> Tuple[np.ndarray, List[str]]:
     return array, [str(i) for i in range(array.shape[0])]
 
 
+@dataclass
+class SearchResult:
+    """What :func:`search` wrote: ``out`` holds ``k`` (or fewer, for a smaller gallery) rows per query."""
+
+    out: str
+    num_queries: int
+    num_gallery: int
+    k: int
+
+    def summary(self) -> str:
+        """The path of the TSV written."""
+        return self.out
+
+
 def search(queries: str, gallery: str, out: str, k: int = 10, chunk_size: int = 65536, normalize: bool = True,
-           faiss: bool = False) -> str:
+           faiss: bool = False) -> SearchResult:
     """Top-k gallery items for every query; writes OUT as TSV: query_id, rank, gallery_id, score.
 
     Args:
@@ -54,20 +73,19 @@ def search(queries: str, gallery: str, out: str, k: int = 10, chunk_size: int = 
         for row in range(scores.shape[0]):
             for rank in range(scores.shape[1]):
                 handle.write(f"{q_ids[row]}\t{rank + 1}\t{g_ids[ids[row, rank]]}\t{scores[row, rank]:.6f}\n")
-    return out
+    return SearchResult(str(out), int(scores.shape[0]), len(g_ids), int(k))
 
 
-def encode_dataset(model, tokenizer, data: RetrievalData, batch_size: int = 64, num_workers: int = 0,
+def encode_dataset(model, tokenizer, data: IndexedCaptions, batch_size: int = 64, num_workers: int = 0,
                    max_length: int = DEFAULT_MAX_LENGTH, progress: bool = True) -> Tuple[np.ndarray, np.ndarray]:
-    """Raw (not normalised) text and image features of a dataset; any unreadable image is an error."""
-    image_items = [Item(i, src) for i, src in zip(data.image_ids, data.images)]
-    image_feats, ok, failed = encode_items(model, image_items, "image", batch_size, num_workers,
+    """Raw (not normalised) text features [captions, dim] and image features [images, dim] float32 of a dataset,
+    each image read when its batch is decoded; any unreadable image or caption is an :class:`InputError`."""
+    image_feats, ok, failed = encode_items(model, data.image_items(), "image", batch_size, num_workers,
                                            progress=progress)
     if failed:
         shown = "; ".join(f"{data.image_ids[i]}: {r}" for i, r in failed[:5])
         raise InputError(f"{len(failed)} image(s) could not be read: {shown}")
-    text_items = [Item(str(t), text) for t, text in enumerate(data.texts)]
-    text_feats, ok_t, failed_t = encode_items(model, text_items, "text", batch_size, num_workers, tokenizer,
+    text_feats, ok_t, failed_t = encode_items(model, data.caption_items(), "text", batch_size, num_workers, tokenizer,
                                               max_length, progress=progress)
     if failed_t:
         shown = "; ".join(f"caption {i}: {r}" for i, r in failed_t[:5])
@@ -75,16 +93,36 @@ def encode_dataset(model, tokenizer, data: RetrievalData, batch_size: int = 64, 
     return text_feats, image_feats
 
 
+@dataclass
+class Evaluation:
+    """The result of :func:`evaluate`: ``metrics`` as :func:`~ernievil2torch.retrieval.metrics.retrieval_metrics`
+    returns them (also what ``--out`` holds), the counts, and the files written (None where not asked for)."""
+
+    metrics: Dict[str, Any]
+    protocol: str
+    num_texts: int
+    num_images: int
+    out: Optional[str] = None
+    embeddings: Optional[str] = None
+
+    def summary(self) -> str:
+        """The counts line, the recall table and the mean-recall line."""
+        return "\n".join([f"{self.metrics['num_texts']} captions, {self.num_images} images, protocol {self.protocol}",
+                          format_table(self.metrics),
+                          f"MR (mean of the six recalls): {self.metrics['mean_recall']:.2f}"])
+
+
 def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: str = "grouped",
              batch_size: int = 64, num_workers: int = 2, dtype: str = "float32", device: Optional[str] = None,
              vocab: Optional[str] = None, max_length: int = DEFAULT_MAX_LENGTH, out: Optional[str] = None,
-             save_embeddings: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+             save_embeddings: Optional[str] = None, progress: bool = True,
+             data_format: Optional[str] = None) -> Evaluation:
     """Zero-shot image-text retrieval: R@1/5/10 both ways and mean recall, ranked by raw cosine (official eval).
 
     Args:
         model_dir: a converted model directory (with vocab.txt, or pass --vocab).
         data: the official COCO-CN style TSV (text<TAB>image_id<TAB>base64 per line), or with --images a
-            captions file (.jsonl or .tsv, see load_caption_folder).
+            captions file (.jsonl or .tsv, see ernievil2torch.data.caption_folder).
         images: image folder for a captions file.
         protocol: 'grouped' (images deduplicated; image->text hit if any of its captions is in the top k) or
             'pairs' (the official script's file mode: every line is one query each way).
@@ -97,23 +135,28 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
         out: write the metrics as JSON here.
         save_embeddings: write text/image features and links to this .npz.
         progress: progress bars.
+        data_format: a dataset format name (coco_cn_tsv, caption_folder); default: caption_folder with --images,
+            else coco_cn_tsv.
+
+    Images are read from DATA as they are encoded, so memory grows with the features, not with the images.
     """
-    dataset = load_caption_folder(images, data) if images else load_coco_cn_tsv(data)
     compute_dtype = torch_dtype(dtype)
+    if protocol not in PROTOCOLS:
+        raise InputError(f"protocol must be 'grouped' or 'pairs', got {protocol!r}")
+    dataset = require_random_access(open_dataset(data, images, data_format), "eval")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_pretrained(model_dir, dtype=compute_dtype, device=device, vocab=vocab)
     model, tokenizer = loaded.model, loaded.require_tokenizer()
     text_feats, image_feats = encode_dataset(model, tokenizer, dataset, batch_size, num_workers, max_length,
                                              progress)
+    saved: Optional[str] = None
     if save_embeddings:
-        suffixed = save_embeddings if str(save_embeddings).endswith(".npz") else f"{save_embeddings}.npz"
-        with atomic_file(suffixed) as handle:  # np.savez's own naming: ".npz" appended when missing
+        saved = str(save_embeddings) if str(save_embeddings).endswith(".npz") else f"{save_embeddings}.npz"
+        with atomic_file(saved) as handle:  # np.savez's own naming: ".npz" appended when missing
             np.savez(handle, text_embeds=text_feats, image_embeds=image_feats,
                      text_to_image=np.asarray(dataset.text_image), image_ids=np.asarray(dataset.image_ids))
     metrics = retrieval_metrics(text_feats, image_feats, dataset.text_image, protocol=protocol)
-    print(f"{metrics['num_texts']} captions, {len(dataset.images)} images, protocol {protocol}")
-    print(format_table(metrics))
-    print(f"MR (mean of the six recalls): {metrics['mean_recall']:.2f}")
     if out:
         atomic_write_bytes(out, (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
-    return metrics
+    return Evaluation(metrics, protocol, len(dataset.texts), dataset.num_images, None if out is None else str(out),
+                      saved)
