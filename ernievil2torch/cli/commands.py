@@ -15,6 +15,7 @@ import sys
 from typing import Dict, List, Optional
 
 from ..constants import DEFAULT_MAX_LENGTH
+from ..data.formats import DATASET_FORMATS
 from ..export.registry import EXPORTERS
 from .arguments import Command
 from .checks import (COSINE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FRACTION, MAX_LENGTH, NON_NEGATIVE,
@@ -261,7 +262,8 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
                             "chunk_size": POSITIVE}),
     Command("eval", "ernievil2torch.apps.retrieval:evaluate",
             "zero-shot retrieval recall (R@1/5/10 both ways) on a COCO-CN TSV or captions + images", ATOMIC_OUTPUT,
-            {**_ENCODING, "data": FILE, "images": FOLDER, "protocol": one_of("grouped", "pairs")}),
+            {**_ENCODING, "data": FILE, "images": FOLDER, "protocol": one_of("grouped", "pairs"),
+             "data_format": one_of(*DATASET_FORMATS)}),
     Command("finetune", "ernievil2torch.cli.batch:finetune",
             "contrastive fine-tuning on image-caption pairs, resumable, also under torchrun", CHECKPOINTED_OUTPUT,
             {"images": FOLDER, "val": FILE, "val_images": FOLDER, "vocab": FILE, "epochs": POSITIVE,

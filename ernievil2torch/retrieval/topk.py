@@ -1,7 +1,6 @@
 """Exact top-k search by dot product over galleries larger than memory (chunked; FAISS optional)."""
 from __future__ import annotations
 
-import sys
 from typing import Tuple
 
 import numpy as np
@@ -57,7 +56,7 @@ def search_embeddings(query_embeds: ArrayLike, gallery_embeds: ArrayLike, k: int
     The gallery is scanned ``chunk_size`` rows at a time (a ``np.load(..., mmap_mode="r")`` array works, so
     galleries larger than memory are fine) and queries ``query_chunk_size`` at a time. Order: score descending,
     ties by gallery index ascending, the same for every chunk size. ``use_faiss=True`` uses ``faiss.IndexFlatIP``
-    when faiss is installed (same scores; FAISS's tie order is its own); ``faiss_index`` is such an index already
+    when faiss is installed, else the exact torch scan (same scores; FAISS's tie order is its own); ``faiss_index`` is such an index already
     built over ``gallery_embeds`` (:func:`build_faiss_index`), used instead of building one.
     """
     n_gallery = int(gallery_embeds.shape[0])
@@ -66,11 +65,8 @@ def search_embeddings(query_embeds: ArrayLike, gallery_embeds: ArrayLike, k: int
     k = min(int(k), n_gallery)
     if k < 1:
         raise InputError("k must be at least 1")
-    if faiss_index is None and use_faiss:
-        if faiss_available():
-            faiss_index = build_faiss_index(gallery_embeds, chunk_size)
-        else:
-            print("note: faiss not installed, using exact torch search", file=sys.stderr)
+    if faiss_index is None and use_faiss and faiss_available():
+        faiss_index = build_faiss_index(gallery_embeds, chunk_size)
     if faiss_index is not None:
         scores, ids = faiss_index.search(np.ascontiguousarray(np.asarray(query_embeds), dtype=np.float32), k)
         return scores, ids.astype(np.int64)

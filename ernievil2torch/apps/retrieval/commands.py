@@ -15,12 +15,12 @@ from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
 from ...storage.atomic import atomic_file, atomic_write_bytes
+from ...storage.embeddings import read_embed_output
 from ...data.formats import open_dataset, require_random_access
 from ...data.readers import IndexedCaptions
 from ...retrieval.metrics import as_float32_tensor, format_table, retrieval_metrics
-from ...retrieval.topk import NormalizedRows, search_embeddings
+from ...retrieval.topk import NormalizedRows, faiss_available, search_embeddings
 from ...runtime.encoding import encode_items
-from ..embed import load_embeddings
 
 
 #: ``--protocol`` values (see :func:`~ernievil2torch.retrieval.metrics.retrieval_metrics`).
@@ -31,7 +31,8 @@ def _load_side(spec: str) -> Tuple[np.ndarray, List[str]]:
     """An ``embed`` output folder (memory-mapped embeddings, its ids) or a bare .npy (ids = row numbers)."""
     path = Path(spec)
     if path.is_dir():
-        return load_embeddings(spec, mmap=True)
+        output = read_embed_output(path, mmap=True)
+        return output.embeddings, output.ids
     array = np.load(path, mmap_mode="r")
     return array, [str(i) for i in range(array.shape[0])]
 
@@ -44,10 +45,11 @@ class SearchResult:
     num_queries: int
     num_gallery: int
     k: int
+    notes: Tuple[str, ...] = ()
 
     def summary(self) -> str:
-        """The path of the TSV written."""
-        return self.out
+        """The path of the TSV written, after a ``note:`` line per note (e.g. faiss asked for but not installed)."""
+        return "\n".join([f"note: {note}" for note in self.notes] + [self.out])
 
 
 def search(queries: str, gallery: str, out: str, k: int = 10, chunk_size: int = 65536, normalize: bool = True,
@@ -68,12 +70,13 @@ def search(queries: str, gallery: str, out: str, k: int = 10, chunk_size: int = 
     if normalize:
         q = F.normalize(as_float32_tensor(np.asarray(q)), dim=-1).numpy()
         g = NormalizedRows(g)
-    scores, ids = search_embeddings(q, g, k=k, chunk_size=chunk_size, use_faiss=faiss)
+    notes = ("faiss not installed, used exact torch search",) if faiss and not faiss_available() else ()
+    scores, ids = search_embeddings(q, g, k=k, chunk_size=chunk_size, use_faiss=faiss and not notes)
     with atomic_file(out, "w", encoding="utf-8") as handle:
         for row in range(scores.shape[0]):
             for rank in range(scores.shape[1]):
                 handle.write(f"{q_ids[row]}\t{rank + 1}\t{g_ids[ids[row, rank]]}\t{scores[row, rank]:.6f}\n")
-    return SearchResult(str(out), int(scores.shape[0]), len(g_ids), int(k))
+    return SearchResult(str(out), int(scores.shape[0]), len(g_ids), int(k), notes)
 
 
 def encode_dataset(model, tokenizer, data: IndexedCaptions, batch_size: int = 64, num_workers: int = 0,
