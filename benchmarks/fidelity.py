@@ -6,7 +6,7 @@ All five comparisons run on ONE set of weights and inputs: the synthetic full-si
 4 texts of 8/48/5/17 tokens padded in one batch). The PaddleNLP-layout file holds the same weights in PaddleNLP's
 key layout. The script writes the raw figures to ``benchmarks/fidelity.json`` and the table rendered from them
 between the markers in README.md; ``tests/test_docs.py`` checks that README's table is exactly the rendering of that
-record. The test suite proves the same comparisons (``tests/test_parity.py``, ``tests/test_paddle_reference.py``);
+record. The test suite proves the same comparisons (``tests/verify/test_parity.py``, ``tests/verify/test_paddle_reference.py``);
 this script only measures them on one stated set of inputs.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ except the last block, which computes only the class/[CLS] row: its keys and val
 below follow that code, so "of ceiling" figures divide by work that is really done. Elementwise work (LayerNorm,
 softmax, GELU, bias adds) is not counted: it is memory-bound and a few per cent of the total.
 
-``tests/test_benchmarks.py`` checks both counts against ``torch.utils.flop_counter.FlopCounterMode`` run over the
+``tests/bench/test_benchmarks.py`` checks both counts against ``torch.utils.flop_counter.FlopCounterMode`` run over the
 real model.
 """
 from __future__ import annotations

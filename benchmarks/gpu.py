@@ -14,7 +14,7 @@ random full-size weights, batch 256 images (224x224) / 1024 texts x 48 tokens (n
 
 Prints the markdown section (and writes it to ``--markdown``); ``benchmarks/run.py`` includes it in BENCHMARKS.md
 when CUDA is available. ``--smoke`` runs every path on the CPU with the tiny test config and tiny batches (what
-``tests/test_benchmarks.py`` does): it proves the script, it measures nothing.
+``tests/bench/test_benchmarks.py`` does): it proves the script, it measures nothing.
 """
 from __future__ import annotations
 

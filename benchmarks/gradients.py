@@ -3,7 +3,7 @@ oracle interpreter ``.venv-paddlenlp``; a few minutes, ~8 GB of memory).
 
 One training step of the PyTorch port against the project's Paddle reference run backward in Paddle and against
 PaddleNLP 2.8.1's ``ErnieViLModel(..., return_loss=True)``, on the weights and inputs of
-``tests/test_gradient_parity.py`` (it runs that file's own functions, so the table measures exactly what the test
+``tests/verify/test_gradient_parity.py`` (it runs that file's own functions, so the table measures exactly what the test
 asserts). Writes the raw figures to ``benchmarks/gradients.json`` and the table rendered from them between the
 markers in README.md; ``tests/test_docs.py`` checks that README's block is exactly the rendering of that record.
 """
@@ -53,7 +53,7 @@ def measure(work: Path) -> dict:
 
     from repo import load_file
 
-    case = load_file("tests/test_gradient_parity.py")  # the test's own weights, inputs and Paddle runs
+    case = load_file("tests/verify/test_gradient_parity.py")  # the test's own weights, inputs and Paddle runs
     from ernievil2torch.config import base_config
     from ernievil2torch.verify import parity
 

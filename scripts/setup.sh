@@ -28,7 +28,7 @@ install_chromium() {
 
 if [ "${1:-}" = "--dev" ]; then
   install_chromium
-  # torch.compile's CPU backend (tests/test_fast_paths.py) needs a C++ compiler; under ERNIEVIL2_REQUIRE_ORACLES=1
+  # torch.compile's CPU backend (tests/modeling/test_fast_paths.py) needs a C++ compiler; under ERNIEVIL2_REQUIRE_ORACLES=1
   # its absence fails the suite rather than skipping the test.
   if ! command -v g++ >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++

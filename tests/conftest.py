@@ -14,7 +14,9 @@ import pytest
 
 from ernievil2torch.config import base_config, tiny_config
 from ernievil2torch.conversion.pdparams import save_pdparams
-from ernievil2torch.verify.synthetic import layout_state
+from ernievil2torch.config import get_model_config
+from ernievil2torch.constants import VOCAB_NAME
+from ernievil2torch.verify.synthetic import layout_state, random_model, write_synthetic_vocab
 
 from helpers import REQUIRE_ENV, oracles_required
 
@@ -65,6 +67,30 @@ def synthetic_pdparams(tmp_path_factory):
         key = (size, layout)
         if key not in cache:
             cache[key] = save_pdparams(layout_state(CONFIGS[size](), layout, seed=0), root / f"{size}_{layout}.pdparams")
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory):
+    """``model_folder(size, seed, vocab) -> Path``: the directory ``save_pretrained`` writes for a random model
+    (:func:`~ernievil2torch.verify.synthetic.random_model`) of the registered ``size``, with a vocab file: a list
+    of tokens (one per line, ids = line numbers), ``"synthetic"`` (the 40000-token synthetic vocab) or None (no
+    vocab). Written once per argument set in the session: treat it as read-only, tests asking for the same
+    arguments share it."""
+    cache: dict = {}
+
+    def make(size: str, seed: int, vocab=None) -> Path:
+        key = (size, seed, vocab if vocab is None or isinstance(vocab, str) else tuple(vocab))
+        if key not in cache:
+            path = Path(tmp_path_factory.mktemp(f"{size}_seed{seed}")) / "model"
+            random_model(get_model_config(size), seed=seed).save_pretrained(path)
+            if vocab == "synthetic":
+                write_synthetic_vocab(path / VOCAB_NAME)
+            elif vocab is not None:
+                (path / VOCAB_NAME).write_text("\n".join(vocab) + "\n", encoding="utf-8")
+            cache[key] = path
         return cache[key]
 
     return make

@@ -11,7 +11,7 @@ How each document is covered:
 * **Generated blocks** (:data:`GENERATED_BLOCKS`) are rendered whole, prose included: README's fidelity and
   gradient tables (``benchmarks/fidelity.py`` and ``benchmarks/gradients.py`` from their JSON records), its speed
   summary (``benchmarks/readme_speed.py`` from BENCHMARKS.md) and RELIABILITY.md's hostile-request table (from
-  ``tests/test_serve.py``'s own case list); each must equal its rendering.
+  ``tests/apps/serve/test_serve.py``'s own case list); each must equal its rendering.
 * **Sealed reports**: BENCHMARKS.md (``benchmarks/run.py``) and benchmarks/serve_load.md
   (``benchmarks/serve_load.py``) end in a seal (``benchmarks/stamp.py``) holding the sha256 of the text above, so
   any figure edited or added by hand after the run fails ``test_a_sealed_report_is_what_its_generator_wrote``.
@@ -83,6 +83,9 @@ def _test_module(stem: str):
         return sys.modules[stem]
     found = sorted((REPO / "tests").glob(f"**/{stem}.py"))
     assert len(found) == 1, f"expected one tests/**/{stem}.py, found {found}"
+    for folder in (str(REPO / "tests"), str(found[0].parent)):  # what pytest puts on sys.path for it
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     return _load_script(found[0])
 
 

@@ -34,8 +34,8 @@ def assert_fails_and_skips(required, partial, reasons, count: int) -> None:
 def test_missing_shared_data_and_paddlenlp_interpreter(tmp_path):
     no_python = tmp_path / "no_such_python"
     required, partial = run_both_ways(
-        tmp_path, "tests/test_tokenizer.py::test_special_ids_come_from_the_file",
-        "tests/test_image_processing.py::test_paddlenlp_variant_matches_paddlenlp",
+        tmp_path, "tests/processing/test_tokenizer.py::test_special_ids_come_from_the_file",
+        "tests/processing/test_image_processing.py::test_paddlenlp_variant_matches_paddlenlp",
         env={SHARED_DATA_ENV: None, "ERNIEVIL2_ORACLE_PYTHON": str(no_python)})
     shared = str(tmp_path / "required" / "shared" / "data")  # ../shared/data beside the copy: absent
     assert_fails_and_skips(required, partial, [f"oracle interpreter '{no_python}' not found"], count=2)
@@ -46,7 +46,7 @@ def test_missing_shared_data_and_paddlenlp_interpreter(tmp_path):
 
 
 def test_missing_paddle_and_opencv(tmp_path):
-    required, partial = run_both_ways(tmp_path, "tests/test_parity.py", "tests/test_image_processing.py",
+    required, partial = run_both_ways(tmp_path, "tests/verify/test_parity.py", "tests/processing/test_image_processing.py",
                                       hidden_modules=["paddle", "cv2"])
     assert_fails_and_skips(required, partial, [f"the test dependency '{m}' cannot be imported ({m} is hidden by "
                                                "the test); pip install -r requirements-dev.txt"

@@ -21,7 +21,7 @@ EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# What an interrupted command leaves behind; tests/test_cli_failures.py interrupts each command and checks it.
+# What an interrupted command leaves behind; tests/cli/test_cli_failures.py interrupts each command and checks it.
 ATOMIC_OUTPUT = "interrupted; no partial output was left behind"  # every file it writes is published atomically
 NO_OUTPUT = "interrupted; nothing was written"  # the command writes no file
 RESUMABLE_OUTPUT = "interrupted; finished shards are kept in OUT: run the same command again to resume"

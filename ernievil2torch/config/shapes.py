@@ -2,7 +2,7 @@
 inference and the tests read (torch-free, so ``convert.py`` runs where torch cannot be imported).
 
 The modules in :mod:`ernievil2torch.modeling` build the same parameters from the same config;
-``tests/test_registry.py`` holds :func:`parameter_shapes` equal to ``ErnieViL2(config).state_dict()`` (names,
+``tests/config/test_registry.py`` holds :func:`parameter_shapes` equal to ``ErnieViL2(config).state_dict()`` (names,
 shapes and order) for every registered config.
 """
 from __future__ import annotations

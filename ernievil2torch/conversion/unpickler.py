@@ -178,7 +178,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 # an unknown opcode (KeyError), a stack or mark underflow (IndexError), an opcode applied to the wrong kind of
 # object (TypeError, AttributeError: BUILD on an int, APPEND to a tuple, ...), bad numbers, protocols, frames or
 # text (ValueError, UnicodeDecodeError), short reads (EOFError, struct.error) and its own UnpicklingError.
-# tests/test_reader_errors.py makes each of them happen. They count as a damaged file only when the
+# tests/conversion/test_reader_errors.py makes each of them happen. They count as a damaged file only when the
 # ``pickle`` module itself raised them: the same types raised by this module's shims and checks are bugs.
 MALFORMED_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, struct.error, KeyError, IndexError, TypeError,
                            AttributeError, ValueError)

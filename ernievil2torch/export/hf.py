@@ -6,7 +6,7 @@
 the result does. The key mapping is two :class:`~ernievil2torch.conversion.layouts.Layout` s run through the same
 engine (:func:`~ernievil2torch.conversion.layouts.to_layout`) as the Paddle layouts.
 
-Mapping notes (checked by ``tests/test_export.py``):
+Mapping notes (checked by ``tests/export/test_export.py``):
 
 * ERNIE: our fused ``qkv`` rows are q|k|v, split into ``query``/``key``/``value``; the model has no token-type
   embedding, so the export has ``type_vocab_size=1`` with an all-zero row (HF adds row 0 to every token).

@@ -8,7 +8,7 @@ runs a function over the batches and hands the rows back in input order.
 
 Why it is exact: a padded key gets softmax weight exactly 0 and the text tower trims batch-wide trailing padding
 (``modeling/text.py``), so a text's features do not depend on its batch-mates; only float round-off of the GEMMs
-(shapes differ) can move them, by ~1e-7 in float32 (``tests/test_length_grouping.py``).
+(shapes differ) can move them, by ~1e-7 in float32 (``tests/processing/test_length_grouping.py``).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ metadata filter keeps only rows whose metadata has every given key equal to the 
 ``offset`` skips that many of the best (paging).
 
 The web service talks to this protocol only, so a vector database is one more implementation registered in
-:data:`BACKENDS`, not a change to the service. ``BackendContract`` in ``tests/test_serve_backends.py`` is the
+:data:`BACKENDS`, not a change to the service. ``BackendContract`` in ``tests/retrieval/test_backends.py`` is the
 contract any implementation must pass.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ bias, pad id) are written out below from the official code (``../shared/SPEC.md`
 takes from its config (layers, widths, vocabulary, image size) are read from the shapes of the state dict it is
 given (:meth:`ReferenceSizes.from_state`). Nothing comes from ``ernievil2torch.config`` or
 ``ernievil2torch.constants``: a wrong value there (say a text LayerNorm eps of 1e-6) makes the PyTorch port disagree
-with this reference, instead of being copied into both (``tests/test_parity.py`` shows that it does).
+with this reference, instead of being copied into both (``tests/verify/test_parity.py`` shows that it does).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Worker for tests/test_training.py: one training step's loss and gradients, under torchrun or alone.
+"""Worker for tests/training/test_training.py: one training step's loss and gradients, under torchrun or alone.
 
     torchrun --standalone --nproc_per_node 2 tests/workers/ddp_gradients.py OUT   # each rank: 4 of the 8 pairs
     python tests/workers/ddp_gradients.py OUT                                     # one process: all 8 pairs

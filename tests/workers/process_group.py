@@ -1,4 +1,4 @@
-"""Worker for tests/test_distributed.py: what init_distributed_device reports under torchrun, and what close() does.
+"""Worker for tests/runtime/test_distributed.py: what init_distributed_device reports under torchrun, and what close() does.
 
 Writes OUT/rank{R}.json with the context's fields, whether a second call (the group already there) created a group,
 and whether the group still exists after each close().

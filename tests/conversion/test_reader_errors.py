@@ -30,7 +30,7 @@ from ernievil2torch.verify.synthetic import layout_state
 
 import test_fuzz_reader as fuzz
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GOOD = pickle.dumps({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, protocol=4)
 
 # One damaged input per exception type the stdlib unpickler raises on it (bytes: size known; BytesIO: a stream of

@@ -12,7 +12,7 @@ import pytest
 
 from ernievil2torch.cli import COMMANDS, parse_arguments
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCUMENTS = ("README.md", "docs/WORKFLOWS.md")
 # How a documented line starts -> the command-table entry it runs.
 ENTRIES = {"ernievil2": None, "python convert.py": "convert", ".venv/bin/python convert.py": "convert",

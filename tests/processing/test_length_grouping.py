@@ -12,24 +12,19 @@ from ernievil2torch import ErnieViL2
 from ernievil2torch.apps.embed import embed, load_embeddings
 from ernievil2torch.apps.similarity import image_text_similarity
 from ernievil2torch.apps.zero_shot import build_classifier
-from ernievil2torch.config import tiny224_config
 from ernievil2torch.constants import DEFAULT_MAX_LENGTH
 from ernievil2torch.errors import InputError
 from ernievil2torch.processing.length_groups import LengthGroupedTexts
 from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
-from ernievil2torch.verify.synthetic import random_model
 
 CHARS = list("一只猫狗的照片张赛博朋克边缘行者红蓝绿圆方形车飞机鸟")
 ATOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("grouping") / "model"
-    random_model(tiny224_config(), seed=7).save_pretrained(path)
-    tokens = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"] + CHARS + ["a", "photo", "of", "##s", "[UNK]"]
-    (path / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return path
+def model_dir(model_folder):
+    return model_folder("tiny224", seed=7, vocab=["[PAD]", "[CLS]", "[SEP]", "[MASK]"] + CHARS
+                        + ["a", "photo", "of", "##s", "[UNK]"])
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ from ernievil2torch.verify.paddle_reference import (  # noqa: E402
     run_reference,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ORACLE_SCRIPT = REPO / "tests" / "oracles" / "paddlenlp_model.py"
 
 

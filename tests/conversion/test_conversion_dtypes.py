@@ -97,7 +97,7 @@ def test_the_converter_never_imports_torch(tiny_file, tmp_path):
     script = ("import sys\nfrom ernievil2torch.cli import convert\n"
               f"convert(src={str(tiny_file)!r}, dst={str(tmp_path / 'out')!r})\n"
               "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120,
                           env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -15,7 +15,7 @@ from ernievil2torch.conversion import convert_checkpoint
 from ernievil2torch.storage.model_dir import read_model_dir
 from ernievil2torch.verify.synthetic import write_synthetic_pdparams, write_synthetic_vocab
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Loaded by the interpreter at start-up (sitecustomize on PYTHONPATH): any import of torch fails and is recorded,
 # and at exit the shim writes what was attempted and whether torch ended up in sys.modules.

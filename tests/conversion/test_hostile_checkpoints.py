@@ -32,7 +32,7 @@ from ernievil2torch.errors import CheckpointError, KeyMapError, UnsafePickleErro
 from ernievil2torch.conversion.pdparams import BIG_PARAM_KEY, STRUCTURE_KEY, load_pdparams, save_pdparams
 from ernievil2torch.verify.synthetic import layout_state
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # ---- pickle crafting ---------------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.storage.model_dir import read_model_dir
 from ernievil2torch.verify.synthetic import layout_state, random_state
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

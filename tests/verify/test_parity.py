@@ -9,7 +9,7 @@ taken from the official code, its sizes are read from the checkpoint's own shape
 ``ernievil2torch.config``), on the weights of the file. A wrong constant in the package config fails here
 (``test_a_wrong_text_eps_in_the_package_config_fails_parity``). For a PaddleNLP-layout file, both sides receive
 weights renamed by the project's own layout engine: that renaming is proven against PaddleNLP itself in
-``tests/test_paddle_reference.py``, not here.
+``tests/verify/test_paddle_reference.py``, not here.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from ernievil2torch.conversion.pdparams import load_pdparams  # noqa: E402
 from ernievil2torch.conversion.pdparams import save_pdparams  # noqa: E402
 from ernievil2torch.verify.synthetic import layout_state  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def convert_and_compare(pdparams: Path, out_dir: Path):
@@ -168,7 +168,7 @@ def test_a_wrong_text_eps_is_detected(synthetic_pdparams, tmp_path):
 def test_a_wrong_text_eps_in_the_package_config_fails_parity(tmp_path):
     """The mutation itself: ``TextConfig.layer_norm_eps = 1e-6`` in a copy of the package makes this file's tiny
     parity test fail (run by pytest on that copy), in both layouts."""
-    proc = run_pytest_on_copy(tmp_path, "tests/test_parity.py::test_tiny_matches_paddle_reference",
+    proc = run_pytest_on_copy(tmp_path, "tests/verify/test_parity.py::test_tiny_matches_paddle_reference",
                               edits={"ernievil2torch/config.py": ("    layer_norm_eps: float = 1e-5\n",
                                                                   "    layer_norm_eps: float = 1e-6\n")})
     assert proc.returncode == 1, proc.stdout[-3000:]

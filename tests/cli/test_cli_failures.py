@@ -21,7 +21,7 @@ from ernievil2torch import cli
 from ernievil2torch.config import tiny224_config
 from ernievil2torch.errors import CheckpointError, InputError
 from ernievil2torch.verify.demo import demo_images
-from ernievil2torch.verify.synthetic import random_model, write_synthetic_pdparams, write_synthetic_vocab
+from ernievil2torch.verify.synthetic import write_synthetic_pdparams
 
 from helpers import require_module
 
@@ -116,12 +116,9 @@ def listing(root: Path) -> List[str]:
 
 
 @pytest.fixture(scope="module")
-def small_model(tmp_path_factory) -> Path:
+def small_model(model_folder) -> Path:
     """A 2-layer model with the real input geometry and a synthetic 40000-token vocab."""
-    path = tmp_path_factory.mktemp("cli_failures") / "model"
-    random_model(tiny224_config(), seed=4).save_pretrained(path)
-    write_synthetic_vocab(path / "vocab.txt")
-    return path
+    return model_folder("tiny224", seed=4, vocab="synthetic")
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.conversion.pdparams import save_pdparams
 from ernievil2torch.verify.synthetic import layout_state
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KILL_TRIALS = 20  # half SIGINT, half SIGKILL, alternating
 KILL_LANES = 2  # independent destinations interrupted side by side
 STALE_NAMES = ("model", "out[1]*?", "with-dashes-9")  # destination names for the stale-leftover cleanup

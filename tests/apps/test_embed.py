@@ -15,15 +15,13 @@ import torch
 from PIL import Image
 
 from ernievil2torch import ErnieViL2
-from ernievil2torch.config import tiny224_config
 from ernievil2torch.apps.embed import embed, load_embeddings
 from ernievil2torch.data.inputs import list_images, list_texts
 from ernievil2torch.errors import InputError
 from ernievil2torch.processing.image import ErnieViL2ImageProcessor
-from ernievil2torch.verify.synthetic import random_model
 from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 1000
 SMALL = 60  # images for the torchrun and resume runs
 
@@ -36,17 +34,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+#: A small vocab (ids = line numbers) covering the test texts.
+TOKENS = (["[PAD]", "[CLS]", "[SEP]", "[MASK]"] + list("一只猫狗的照片张赛博朋克边缘行者")
+          + ["a", "photo", "of", "cat", "dog", "##s", ",", "!", "[UNK]"])
+
+
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    cfg = tiny224_config()
-    model = random_model(cfg, seed=5)
-    path = tmp_path_factory.mktemp("embed") / "model"
-    model.save_pretrained(path)
-    # A small vocab (ids = line numbers) covering the test texts.
-    tokens = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"] + list("一只猫狗的照片张赛博朋克边缘行者") + \
-        ["a", "photo", "of", "cat", "dog", "##s", ",", "!", "[UNK]"]
-    (path / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return path
+def model_dir(model_folder):
+    return model_folder("tiny224", seed=5, vocab=TOKENS)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ernievil2torch import ErnieViL2, tiny_config
+from ernievil2torch import ErnieViL2
 from ernievil2torch.export import export_hf, export_onnx
 from ernievil2torch.verify.parity import FEATURE_ATOL
 from ernievil2torch.verify.synthetic import random_model
@@ -36,12 +36,8 @@ def _import_transformers():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    cfg = tiny_config()
-    model = random_model(cfg, seed=3)
-    path = tmp_path_factory.mktemp("export") / "tiny"
-    model.save_pretrained(path)
-    return path
+def model_dir(model_folder):
+    return model_folder("tiny", seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 Mutated valid pickles (byte flips, insertions, deletions, truncations, splices) must either load as a state dict or
 raise the project's ``CheckpointError`` family, never anything else, and never hang. Only the stdlib unpickler's
 own errors on damaged data become ``CheckpointError``: a bug in the reader surfaces as itself, so this fuzz fails on
-it (``tests/test_reader_errors.py`` plants one to show that). Runs are derandomized and use no example database, so
+it (``tests/conversion/test_reader_errors.py`` plants one to show that). Runs are derandomized and use no example database, so
 every CI run tries the same inputs; each test counts the examples it really ran and asserts the count RELIABILITY.md
 quotes (the constants below), rather than trusting ``max_examples``.
 """

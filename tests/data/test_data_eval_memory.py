@@ -30,9 +30,9 @@ from ernievil2torch.retrieval.metrics import retrieval_metrics
 from ernievil2torch.runtime.encoding import encode_items
 from ernievil2torch.verify.synthetic import random_model
 
-from test_data_readers import WORDS, eager_coco_cn
+from captions import WORDS, eager_coco_cn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL, LARGE, BATCH = 500, 2000, 32
 ALLOWANCE = 50 * 2 ** 20
 
@@ -47,7 +47,7 @@ print(json.dumps({"peak": peak, "metrics": result.metrics}))
 
 EAGER_CHILD = """
 import json, sys
-sys.path.insert(0, sys.argv[4])
+sys.path[:0] = [sys.argv[4], sys.argv[4] + '/..']
 from test_data_eval_memory import eager_metrics
 print(json.dumps({"metrics": eager_metrics(sys.argv[1], sys.argv[2], int(sys.argv[3]))}))
 """
@@ -116,4 +116,4 @@ def test_eval_memory_does_not_grow_with_the_images(tmp_path):
     assert growth <= extra_features + ALLOWANCE, (growth / 2 ** 20, extra_features / 2 ** 20)
     assert got_small["metrics"]["num_texts"] == SMALL and got_large["metrics"]["num_images"] == LARGE
     # the same file through the eager path (the smaller one: the encoding is the same code for both)
-    assert got_small["metrics"] == run_child(EAGER_CHILD, model_dir, small, BATCH, ROOT / "tests")["metrics"]
+    assert got_small["metrics"] == run_child(EAGER_CHILD, model_dir, small, BATCH, Path(__file__).parent)["metrics"]

@@ -14,7 +14,7 @@ from ernievil2torch.verify.synthetic import write_synthetic_pdparams
 
 from helpers import require_module
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

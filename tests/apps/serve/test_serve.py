@@ -248,7 +248,7 @@ HOSTILE_KINDS = (
     ("routes, methods and headers", lambda name: name in ("POST on search", "unknown route", "static file escape",
                                                           "foreign Host header")),
 )
-HOSTILE_BEGIN = "<!-- hostile requests: rendered from tests/test_serve.py HOSTILE; python tests/test_docs.py --write -->"
+HOSTILE_BEGIN = "<!-- hostile requests: rendered from tests/apps/serve/test_serve.py HOSTILE; python tests/test_docs.py --write -->"
 HOSTILE_END = "<!-- end of hostile requests -->"
 
 
@@ -263,7 +263,7 @@ def _case_label(name: str) -> str:
 
 def hostile_table() -> str:
     """RELIABILITY.md's block listing every case of :data:`HOSTILE` by kind, with the statuses it may get."""
-    lines = [HOSTILE_BEGIN, f"`tests/test_serve.py` sends **{len(HOSTILE)} hostile requests** through the app:", "",
+    lines = [HOSTILE_BEGIN, f"`tests/apps/serve/test_serve.py` sends **{len(HOSTILE)} hostile requests** through the app:", "",
              "| kind | cases | count | status |", "|---|---|---|---|"]
     placed = 0
     for label, belongs in HOSTILE_KINDS:

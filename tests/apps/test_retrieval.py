@@ -10,17 +10,15 @@ import pytest
 import torch
 
 from ernievil2torch import ErnieViL2
-from ernievil2torch.config import tiny224_config
 from ernievil2torch.processing.image import ErnieViL2ImageProcessor
 from ernievil2torch.apps.retrieval import evaluate
 from ernievil2torch.data import CocoCnTsvReader
 from ernievil2torch.errors import InputError
 from ernievil2torch.retrieval.metrics import format_table, retrieval_metrics, retrieval_ranks
 from ernievil2torch.retrieval.topk import search_embeddings
-from ernievil2torch.verify.synthetic import random_model
 from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
 
-from test_data_readers import write_caption_dataset
+from captions import write_caption_dataset
 
 
 def _brute_rank(scores_row, correct):
@@ -143,14 +141,9 @@ def test_topk_k_larger_than_gallery():
 
 # ---- end to end --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    cfg = tiny224_config()
-    model = random_model(cfg, seed=7)
-    path = tmp_path_factory.mktemp("retrieval") / "model"
-    model.save_pretrained(path)
-    tokens = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"] + list("一二三四五六七八九十猫狗鸟鱼马牛羊红绿蓝的照片只张") + ["[UNK]"]
-    (path / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return path
+def model_dir(model_folder):
+    return model_folder("tiny224", seed=7, vocab=["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
+                        + list("一二三四五六七八九十猫狗鸟鱼马牛羊红绿蓝的照片只张") + ["[UNK]"])
 
 
 @pytest.fixture(scope="module")
