@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..constants import BEST_DIR, FINAL_DIR
+from ..data.stream import StreamPosition
 from ..errors import InputError
 from ..modeling import ErnieViL2
 from ..pretrained import load_pretrained
@@ -89,6 +90,9 @@ class Trainer:
                              "accumulation: lower --batch_size or --grad_accum")
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = s.max_steps or s.epochs * steps_per_epoch
+        self.start_micro = self.start_step * s.grad_accum
+        if trainer_state is not None and "data_position" in trainer_state:  # where the pairs' stream stood
+            self.start_micro = self.order(0, 0).micro_batch_at(StreamPosition.from_dict(trainer_state["data_position"]))
         self.optimizer = make_optimizer(self.model, s.lr, s.weight_decay, (s.adam_beta1, s.adam_beta2), s.adam_eps)
         self.scheduler = make_scheduler(self.optimizer, s.warmup_steps, self.total_steps)
         if trainer_state is not None:
@@ -143,11 +147,15 @@ class Trainer:
         """Training mode, except a frozen tower, which stays in eval mode (no dropout)."""
         train_mode(self.model, self.settings.freeze)
 
+    def order(self, start: int, count: int) -> PairBatches:
+        """This process's micro-batches ``start .. start + count`` of the run's seeded order of pairs."""
+        s = self.settings
+        return PairBatches(len(self.train_data.texts), s.batch_size, self.group.world_size, self.group.rank, s.seed,
+                           start, count)
+
     def loader(self) -> DataLoader:
         s = self.settings
-        sampler = PairBatches(len(self.train_data.texts), s.batch_size, self.group.world_size, self.group.rank,
-                              s.seed, self.start_step * s.grad_accum,
-                              (self.total_steps - self.start_step) * s.grad_accum)
+        sampler = self.order(self.start_micro, (self.total_steps - self.start_step) * s.grad_accum)
         dataset = PairDataset(self.train_data, self.model.config.vision.image_size, s.seed)
         return DataLoader(dataset, batch_sampler=sampler, num_workers=s.num_workers,
                           collate_fn=CollatePairs(self.tokenizer, s.max_length),
@@ -215,7 +223,8 @@ class Trainer:
         return {"format": 1, "step": step, "total_steps": self.total_steps, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "best_step": self.best[0],
                 "best_mean_recall": self.best[1], "skipped": [list(item) for item in self.skipped],
-                "rng": {"seed": self.settings.seed, "torch": torch.get_rng_state()}}
+                "rng": {"seed": self.settings.seed, "torch": torch.get_rng_state()},
+                "data_position": self.order(0, 0).position(step * self.settings.grad_accum).to_dict()}
 
     def checkpoint(self, step: int) -> None:
         if self.group.is_main:

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from ernievil2torch.constants import CHECKPOINTS_DIR, METRICS_LOG_NAME, TRAINER_STATE_NAME
+from ernievil2torch.data.stream import StreamPosition
 from ernievil2torch.errors import InputError, OutputExistsError
 from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.processing import ErnieViL2ImageProcessor
@@ -26,7 +27,7 @@ from ernievil2torch.storage.run_record import read_run_record
 from ernievil2torch.training import FinetuneResult, FinetuneSettings, TrainingEvents, finetune, run_finetune
 from ernievil2torch.training.augment import TrainAugmentation
 from ernievil2torch.training.checkpoints import latest_checkpoint, load_trainer_state
-from ernievil2torch.training.data import PairBatches
+from ernievil2torch.training.data import PairBatches, load_pairs
 from ernievil2torch.training.optim import decayed_parameter_names, warmup_cosine
 from ernievil2torch.verify.demo import random_shape_image
 from helpers import REPO_ROOT
@@ -426,6 +427,10 @@ def test_checkpoints_are_model_directories_with_trainer_state(shapes, tmp_path, 
         assert (path / "vocab.txt").is_file()
     state = load_trainer_state(checkpoints[-1])
     assert state["step"] == 6 and set(state) >= {"optimizer", "scheduler", "rng", "best_step", "best_mean_recall"}
+    # where the pairs' stream stands: the start of micro-batch 6 x 2 (grad_accum) of this run's seeded order
+    order = PairBatches(len(load_pairs(shapes.train, shapes.train_images).texts), 8, 1, 0, 1, 0, 0)
+    position = StreamPosition.from_dict(state["data_position"])
+    assert position == order.position(12) and order.micro_batch_at(position) == 12
     assert (checkpoints[-1] / TRAINER_STATE_NAME).is_file()
     best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
     assert best["step"] == result.best_step and best["validation"]["mean_recall"] == result.best_mean_recall
