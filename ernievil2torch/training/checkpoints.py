@@ -2,8 +2,8 @@
 
 Every model written here is a converted directory (``config.json`` + ``model.safetensors`` + ``vocab.txt``) that
 ``ErnieViL2.from_pretrained`` / ``load_pretrained`` / every ``ernievil2`` command loads. A checkpoint adds
-``trainer_state.pt`` (optimizer, scheduler, step, RNG state: tensors and plain values only, read back with
-``torch.load(weights_only=True)``, so loading a checkpoint runs no pickled code). Directories are published with
+``trainer_state.pt`` (optimizer, scheduler, step, RNG state and the data stream's position: tensors and plain values
+only, read back with ``torch.load(weights_only=True)``, so loading a checkpoint runs no pickled code). Directories are published with
 :func:`~ernievil2torch.storage.atomic.atomic_directory`: a run killed at any instant leaves each one complete or
 absent, and :func:`latest_checkpoint` only ever returns a complete one.
 """
