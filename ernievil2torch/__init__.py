@@ -2,23 +2,25 @@
 
 The package is layered; each layer imports only the ones before it (``tests/test_architecture.py`` keeps it so):
 
-    errors, constants, config        what everything shares (config: the registry of named sizes)
-    storage                          atomic publishing, the converted-directory format
+    errors, constants                what everything shares
+    config                           dataclass configs, the registry of named sizes, parameter shapes, dtype names
+    storage                          atomic publishing; the converted-directory, embed-output and run-record formats
     modeling                         layers, the two towers, the dual encoder
     processing                       the official tokenizer and image pipeline
-    pretrained                       one loader: model + tokenizer + image processor
-    conversion                       the restricted .pdparams reader, ops, layouts, the converter
-    export                           Hugging Face and ONNX
+    data                             dataset readers and their factory, embed's inputs, image roots, demo images
+    pretrained, conversion           one loader by name; the restricted .pdparams reader, layouts, the converter
+    runtime                          batch encoding, the progress bar, process-group setup
+    retrieval                        recall metrics, exact top-k, the search back ends
+    export                           Hugging Face, ONNX, back to Paddle
     verify                           synthetic checkpoints, the Paddle reference, parity, the logit check
-    apps                             similarity, zero-shot, embed, retrieval
-    cli, embed                       fire adapters (``convert.py``, ``check.py``, ``test.py``, ``ernievil2``)
+    apps, training                   the batch tools and the service; fine-tuning (siblings)
+    cli, embed, finetune             the command line (``convert.py``, ``check.py``, ``test.py``, ``ernievil2``)
 
 The names below are imported on first use, so ``import ernievil2torch`` (and the checkpoint reader) stays cheap.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -36,13 +38,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _PUBLIC)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 # Lowest first. A component is a root module or a subpackage; same-rank components may not import each other.
 LAYERS: List[Tuple[str, ...]] = [
-    ("errors", "constants"),
+    ("errors", "constants", "lazy_exports"),
     ("config",),
     ("storage",),
     ("modeling",),

@@ -5,8 +5,7 @@ vocab with) does not pull in torch and PIL through the image pipeline.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy_exports import lazy_exports
 
 _PUBLIC = {"ErnieViL2ImageProcessor": "image", "ErnieViL2Processor": "processor", "ErnieViL2Tokenizer": "tokenizer",
            "LengthGroupedTexts": "length_groups", "load_vocab": "vocab", "resolve_vocab": "vocab"}
@@ -14,13 +13,4 @@ _PUBLIC = {"ErnieViL2ImageProcessor": "image", "ErnieViL2Processor": "processor"
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _PUBLIC)

@@ -7,7 +7,6 @@ An *embed output* is a folder holding ``embeddings.npy`` (a 2-D float array [N, 
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from ..errors import InputError
+from .json_files import read_json_object
 
 #: File names inside an embed output.
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -91,7 +91,7 @@ def read_embed_output(folder: Union[str, os.PathLike], mmap: bool = False,
         raise InputError(f"{path}: {embeddings.shape[0]} embeddings but {len(ids)} ids in {IDS_FILE}")
     if check_finite:
         _check_finite(embeddings, path / EMBEDDINGS_FILE)
-    return EmbedOutput(path, embeddings, ids, _read_manifest(path / MANIFEST_FILE))
+    return EmbedOutput(path, embeddings, ids, read_json_object(path / MANIFEST_FILE))
 
 
 def first_non_finite_row(array: np.ndarray, chunk_rows: int = FINITE_CHECK_ROWS) -> Optional[int]:
@@ -108,15 +108,3 @@ def _check_finite(embeddings: np.ndarray, where: Path) -> None:
     bad = first_non_finite_row(embeddings)
     if bad is not None:
         raise InputError(f"{where} holds NaN or infinity (first in row {bad})")
-
-
-def _read_manifest(path: Path) -> Optional[Dict[str, Any]]:
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise InputError(f"{path} must hold a JSON object, got {type(manifest).__name__}")
-    return manifest

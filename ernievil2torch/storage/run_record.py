@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from ..constants import RUN_SETTINGS_NAME
 from ..errors import InputError
 from .atomic import atomic_write_bytes
+from .json_files import read_json_object
 
 PathLike = Union[str, Path]
 
@@ -40,16 +41,7 @@ def write_run_record(folder: PathLike, settings: Mapping[str, Any]) -> Path:
 def read_run_record(folder: PathLike) -> Optional[Dict[str, Any]]:
     """The stored settings of ``FOLDER``, or ``None`` when it has no record. :class:`InputError` when the file is not
     a JSON object (damaged, or not written by this package)."""
-    path = run_record_path(folder)
-    if not path.is_file():
-        return None
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not a readable run record ({exc})") from None
-    if not isinstance(stored, dict):
-        raise InputError(f"{path} is not a run record (a JSON object was expected)")
-    return stored
+    return read_json_object(run_record_path(folder))
 
 
 def differing_settings(stored: Mapping[str, Any], fresh: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
