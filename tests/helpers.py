@@ -111,7 +111,7 @@ def run_pytest_on_copy(workdir: Path, *pytest_args: str, edits: Optional[dict] =
     This is how the suite shows that a test *fails* on a planted mistake (a mutation) and how it runs itself in a
     fake environment:
 
-    * ``edits`` maps a path relative to the repo (``"ernievil2torch/config.py"``) to ``(old, new)``; ``old`` must
+    * ``edits`` maps a path relative to the repo (``"ernievil2torch/config/schema.py"``) to ``(old, new)``; ``old`` must
       occur exactly once;
     * ``new_files`` maps a relative path to the text of a file to add (e.g. an extra test module);
     * ``hidden_modules`` are made unimportable (a stub package that raises ImportError comes first on the path);

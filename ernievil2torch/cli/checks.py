@@ -96,7 +96,17 @@ def _existing(kind: str, test: Callable[[Path], bool], refusal: str) -> Check:
     return Check(f"an existing {kind}", apply)
 
 
-FILE = _existing("file", Path.is_file, "{value}: no such file")
+def _file(value: Any) -> Any:
+    path = Path(value)
+    if path.is_dir():
+        raise InputError(f"{value} is a directory, not a file")
+    if not path.is_file():
+        raise InputError(f"{value}: no such file")
+    return value
+
+
+#: An existing file; a folder given for it is named as such.
+FILE = Check("an existing file", _file)
 FOLDER = _existing("folder", Path.is_dir, "{value} is not a folder")
 FILE_OR_FOLDER = _existing("file or folder", Path.exists, "{value}: no such file or folder")
 

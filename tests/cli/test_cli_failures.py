@@ -1,6 +1,6 @@
 """How a command fails: bad input is one line, a bug shows its traceback, Ctrl-C leaves what its message says.
 
-``run_command``'s contract (``ernievil2torch/cli.py``) is tested on stand-in commands first. Then every ``ernievil2``
+``run_command``'s contract (``ernievil2torch/cli/runner.py``) is tested on stand-in commands first. Then every ``ernievil2``
 subcommand is interrupted in the middle of its work (a ``KeyboardInterrupt`` raised from inside the library, where
 Ctrl-C would land) and the files it left are checked against the message it printed. ``INTERRUPTIONS`` must cover
 every subcommand: a new command needs a case here (a function that interrupts it and checks what it left).

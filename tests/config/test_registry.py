@@ -267,11 +267,12 @@ def test_convert_py_dtype_bf16(tiny_file, tmp_path):
     assert "bfloat16" in proc.stdout and "model           : tiny" in proc.stdout
     _, state = read_model_dir(tmp_path / "out")
     assert {t.dtype for t in state.values()} == {torch.bfloat16}
-    bad = subprocess.run([sys.executable, str(REPO / "convert.py"), "--src", str(tmp_path / "missing.pdparams"),
+    bad = subprocess.run([sys.executable, str(REPO / "convert.py"), "--src", str(tiny_file),
                           "--dst", str(tmp_path / "out2"), "--dtype", "float64"],
                          capture_output=True, text=True, timeout=300, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert bad.returncode == 2 and "dtype must be one of" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "out2").exists()
 
 
 # ---- acceptance: a model size added by registering one configuration ---------------------------------------------

@@ -169,7 +169,7 @@ def test_a_wrong_text_eps_in_the_package_config_fails_parity(tmp_path):
     """The mutation itself: ``TextConfig.layer_norm_eps = 1e-6`` in a copy of the package makes this file's tiny
     parity test fail (run by pytest on that copy), in both layouts."""
     proc = run_pytest_on_copy(tmp_path, "tests/verify/test_parity.py::test_tiny_matches_paddle_reference",
-                              edits={"ernievil2torch/config.py": ("    layer_norm_eps: float = 1e-5\n",
-                                                                  "    layer_norm_eps: float = 1e-6\n")})
+                              edits={"ernievil2torch/config/schema.py": ("    layer_norm_eps: float = 1e-5\n",
+                                                                         "    layer_norm_eps: float = 1e-6\n")})
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "2 failed" in proc.stdout and "| text features |" in proc.stdout, proc.stdout[-3000:]
