@@ -202,8 +202,33 @@ def test_no_module_named_like_the_standard_library():
     assert not clashes, clashes
 
 
+#: The modules that write to the terminal: the command line, and the progress bar (which draws on stderr).
+TERMINAL_WRITERS = ("cli", f"{PACKAGE}.runtime.progress")
+
+
+def terminal_writes(name: str) -> List[Tuple[str, int]]:
+    """``print(...)`` calls and ``sys.stdout`` / ``sys.stderr`` uses in a module: (what, line)."""
+    found = []
+    for node in ast.walk(ast.parse(MODULES[name].read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            found.append(("print()", node.lineno))
+        elif (isinstance(node, ast.Attribute) and node.attr in ("stdout", "stderr")
+              and isinstance(node.value, ast.Name) and node.value.id == "sys"):
+            found.append((f"sys.{node.attr}", node.lineno))
+    return found
+
+
+def test_only_the_cli_writes_to_the_terminal():
+    """Library functions return results; the CLI decides what a person sees (progress bars excepted)."""
+    problems = [f"{name}:{line} uses {what}" for name in MODULES
+                if component(name) not in TERMINAL_WRITERS and name not in TERMINAL_WRITERS
+                for what, line in terminal_writes(name)]
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("bad", ["cycle", "layer", "private", "cli", "optional", "batch_app_service",
-                                 "app_verify", "training_verify", "training_apps", "apps_training"])
+                                 "app_verify", "training_verify", "training_apps", "apps_training",
+                                 "print"])
 def test_the_checks_can_fail(bad, monkeypatch):
     """Each rule above rejects a planted violation (so a green run means the tree obeys it)."""
     fake = {
@@ -227,6 +252,11 @@ def test_the_checks_can_fail(bad, monkeypatch):
                  "app_verify": test_no_app_or_training_module_imports_verify,
                  "training_verify": test_no_app_or_training_module_imports_verify,
                  "training_apps": test_layers_depend_one_way, "apps_training": test_layers_depend_one_way}[bad]
+    elif bad == "print":
+        real_writes = terminal_writes
+        monkeypatch.setitem(globals(), "terminal_writes",
+                            lambda name: real_writes(name) + ([("print()", 1)] if name.endswith("apps.dedup") else []))
+        check = test_only_the_cli_writes_to_the_terminal
     else:
         real = imports
         planted = {"private": (f"{PACKAGE}.conversion.pdparams", ["_short"]), "optional": ("paddle", [])}[bad]
