@@ -612,6 +612,22 @@ def test_serve_explains_a_bad_gallery_or_image_root(site, tmp_path):
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_serve_refuses_text_embeddings_as_a_gallery_before_loading_the_model(site, tmp_path, monkeypatch):
+    from ernievil2torch.apps.serve import server
+
+    text = tmp_path / "text_gallery"
+    shutil.copytree(site["root"] / "gallery", text)
+    manifest = json.loads((text / "manifest.json").read_text(encoding="utf-8"))
+    (text / "manifest.json").write_text(json.dumps({**manifest, "kind": "text"}), encoding="utf-8")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the gallery was checked")
+
+    monkeypatch.setattr(server, "load_pretrained", no_model)
+    with pytest.raises(InputError, match="holds text embeddings .* image embeddings are needed"):
+        server.serve(str(site["model"]), str(text), str(site["root"] / "images"))
+
+
 def _non_loopback_addresses():
     import psutil
 
