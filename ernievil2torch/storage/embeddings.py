@@ -27,6 +27,8 @@ EMBEDDINGS_FILE = "embeddings.npy"
 IDS_FILE = "ids.txt"
 MANIFEST_FILE = "manifest.json"
 FAILURES_FILE = "failed.tsv"
+#: The first bytes of every ``.npy`` file.
+NPY_MAGIC = b"\x93NUMPY"
 #: What an embed output can hold (its manifest's ``kind``).
 KINDS = ("image", "text")
 #: Rows checked for NaN/infinity per step (bounds the temporary when the array is memory-mapped).
@@ -116,9 +118,17 @@ def read_embeddings_npy(file: Union[str, os.PathLike], mmap: bool = False, check
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     """``path`` loaded (memory-mapped with ``mmap``) and checked to be 2-D floating point with columns."""
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise InputError(f"{path} is not a readable .npy array: {exc}") from None
+    if magic != NPY_MAGIC:
+        raise InputError(f"{path} is not a readable .npy array: it does not start like a .npy file")
+    try:
         embeddings = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not a readable .npy array: {exc}") from None
+        reason = "it holds Python objects" if "pickle" in str(exc) or "Python objects" in str(exc) else str(exc)
+        raise InputError(f"{path} is not a readable .npy array: {reason}") from None
     if not isinstance(embeddings, np.ndarray):
         raise InputError(f"{path} is not a readable .npy array: it is a {type(embeddings).__name__}")
     if embeddings.ndim != 2 or embeddings.shape[1] == 0:
