@@ -179,7 +179,7 @@ def test_search_checks_a_bare_npy_like_an_embed_output(tmp_path):
     for name, array, message in (("one_d", np.ones(3, np.float32), "must be a 2-D [N, D] array"),
                                  ("ints", np.ones((3, 4), np.int64), "floating point numbers, got int64"),
                                  ("nan", np.full((3, 4), np.nan, np.float32), "NaN or infinity (first in row 0)"),
-                                 ("objects", np.array([{"a": 1}], dtype=object), "readable .npy array: it holds Python objects")):
+                                 ("objects", np.array([{"a": 1}], dtype=object), "it holds Python objects")):
         np.save(tmp_path / f"{name}.npy", array)
         cases.append((tmp_path / f"{name}.npy", message))
     for path, message in cases:
