@@ -236,7 +236,7 @@ def test_the_checks_can_fail(bad, monkeypatch):
         "layer": (f"{PACKAGE}.modeling.model", f"{PACKAGE}.apps.similarity"),
         "cli": (f"{PACKAGE}.apps.similarity", f"{PACKAGE}.cli.runner"),
         "batch_app_service": (f"{PACKAGE}.apps.dedup", f"{PACKAGE}.apps.serve.gallery"),
-        "app_verify": (f"{PACKAGE}.apps.similarity", f"{PACKAGE}.verify.demo"),
+        "app_verify": (f"{PACKAGE}.apps.similarity", f"{PACKAGE}.verify.synthetic"),
         "training_verify": (f"{PACKAGE}.training", f"{PACKAGE}.verify"),
         "training_apps": (f"{PACKAGE}.training", f"{PACKAGE}.apps.similarity"),  # siblings: neither way
         "apps_training": (f"{PACKAGE}.apps.similarity", f"{PACKAGE}.training"),

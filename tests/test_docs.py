@@ -126,7 +126,7 @@ def serve_tests():
 
 
 def captions_drawn() -> int:
-    from ernievil2torch.verify.demo import SHAPE_COLOURS, SHAPES
+    from ernievil2torch.data.demo import SHAPE_COLOURS, SHAPES
     return len(SHAPES) * len(SHAPE_COLOURS)
 
 
@@ -325,11 +325,11 @@ SOURCES: Dict[str, Source] = {
     "text_dropout": Source("config.TextConfig hidden_dropout = attention_dropout", text_dropout),
     "learning_images_per_caption": Source("test_training.LEARNING_IMAGES_PER_CAPTION",
                                           lambda: str(training().LEARNING_IMAGES_PER_CAPTION)),
-    "learning_images": Source("LEARNING_IMAGES_PER_CAPTION x verify.demo shapes x colours", lambda: n(
+    "learning_images": Source("LEARNING_IMAGES_PER_CAPTION x data.demo shapes x colours", lambda: n(
         training().LEARNING_IMAGES_PER_CAPTION * captions_drawn())),
     "learning_min_r1": Source("test_training.LEARNING_MIN_R1", lambda: f"{training().LEARNING_MIN_R1:g}"),
-    "captions_drawn": Source("verify.demo shapes x colours", lambda: str(captions_drawn())),
-    "chance_percent": Source("100 / (verify.demo shapes x colours)", lambda: f"{100 / captions_drawn():g}"),
+    "captions_drawn": Source("data.demo shapes x colours", lambda: str(captions_drawn())),
+    "chance_percent": Source("100 / (data.demo shapes x colours)", lambda: f"{100 / captions_drawn():g}"),
     "learning_steps": Source("test_training.LEARNING_STEPS", lambda: str(training().LEARNING_STEPS)),
     "learning_cpu_s": Source("test_training.LEARNING_CPU_LIMIT_S", lambda: f"{training().LEARNING_CPU_LIMIT_S:g}"),
     "ddp_processes": Source("test_training.DDP_PROCESSES", lambda: str(training().DDP_PROCESSES)),

@@ -159,13 +159,19 @@ class DedupResult:
         return sum(len(g) - 1 for g in self.groups)
 
     def summary(self) -> str:
-        lines = [f"{self.images} images, threshold {self.threshold:g}: {len(self.groups)} groups of near-duplicates "
-                 f"({self.duplicates} images beyond the first of each group)",
+        lines = [f"{_count(self.images, 'image')}, threshold {self.threshold:g}: "
+                 f"{_count(len(self.groups), 'group')} of near-duplicates "
+                 f"({_count(self.duplicates, 'image')} beyond the first of each group)",
                  f"written: {self.out / TSV_NAME}, {self.out / JSON_NAME}"
                  + (f", {self.picture}" if self.picture else "")]
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
+
+
+def _count(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural unless the number is one ("1 group", "2 groups")."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _cosines_to_first(rows: NormalizedRows, group: np.ndarray) -> np.ndarray:
@@ -221,7 +227,8 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
     """Find groups of near-duplicate images in an ``embed`` output and write them as TSV, JSON and a picture.
 
     Args:
-        embeddings: an `ernievil2 embed` output folder (embeddings.npy + ids.txt).
+        embeddings: an `ernievil2 embed` output folder of images (embeddings.npy + ids.txt; one whose manifest
+            says it holds text embeddings is refused).
         threshold: link two images when the cosine of their embeddings is at least this.
         out: output folder (default EMBEDDINGS/dedup); refused if it exists, unless --overwrite.
         images: the folder the embedded images' ids are relative to; needed for the picture of example groups.
@@ -231,7 +238,7 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
         overwrite: replace an existing output folder.
     """
     folder = Path(embeddings)
-    source = read_embed_output(folder, mmap=True)
+    source = read_embed_output(folder, mmap=True, kind="image")
     array, ids = source.embeddings, source.ids
     if faiss and not faiss_available():
         raise InputError("--faiss needs the faiss-cpu package (pip install faiss-cpu)")

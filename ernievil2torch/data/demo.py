@@ -4,7 +4,7 @@ a fresh machine (nothing is downloaded).
 * :data:`DEMO_CAPTIONS` and :func:`demo_images`: a red disc, a blue square and a green triangle, each with the
   Chinese caption that describes it (``similarity`` uses them when given no images or texts);
 * :data:`SHAPES`, :data:`SHAPE_COLOURS`, :func:`shape_caption`, :func:`draw_shape`: the shapes, colours and caption
-  wording these and the drawn image-caption sets (:mod:`ernievil2torch.verify.demo`) share.
+  wording these and the drawn image-caption sets of the fine-tuning tests share.
 """
 from __future__ import annotations
 

@@ -1,26 +1,36 @@
-"""The folder ``ernievil2 embed`` writes, read back and checked in one place.
+"""The folder ``ernievil2 embed`` writes: written, read back and checked in one place.
 
 An *embed output* is a folder holding ``embeddings.npy`` (a 2-D float array [N, D], one row per item) and
-``ids.txt`` (one id per line, line ``i`` naming row ``i``), optionally with ``manifest.json`` (counts, dim, dtype).
-:func:`read_embed_output` is the one reader of that format: the service's gallery, ``dedup``, ``search`` and
-``load_embeddings`` all call it, so every one of them refuses the same broken folders with the same messages.
+``ids.txt`` (one id per line, line ``i`` naming row ``i``), optionally with ``manifest.json`` (kind, counts, dim,
+dtype, ...) and ``failed.tsv`` (id <TAB> reason per skipped item). :func:`write_embed_output` is the one writer of
+those files and :func:`read_embed_output` the one reader: the service's gallery, ``dedup`` and ``search`` all call
+it, so every one of them refuses the same broken folders with the same messages. :func:`read_embeddings_npy` gives
+a bare ``.npy`` array the same array checks.
 """
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import InputError
+from .atomic import atomic_write_bytes
 from .json_files import read_json_object
 
 #: File names inside an embed output.
 EMBEDDINGS_FILE = "embeddings.npy"
 IDS_FILE = "ids.txt"
 MANIFEST_FILE = "manifest.json"
+FAILURES_FILE = "failed.tsv"
+#: The first bytes of every ``.npy`` file.
+NPY_MAGIC = b"\x93NUMPY"
+#: What an embed output can hold (its manifest's ``kind``).
+KINDS = ("image", "text")
 #: Rows checked for NaN/infinity per step (bounds the temporary when the array is memory-mapped).
 FINITE_CHECK_ROWS = 65_536
 
@@ -50,22 +60,21 @@ class EmbedOutput:
         return f"{self.folder}: {self.count} embeddings of dimension {self.dim} ({self.embeddings.dtype})"
 
 
-def is_embed_output(folder: Union[str, os.PathLike]) -> bool:
-    """Whether ``folder`` looks like an embed output (both files present); :func:`read_embed_output` checks more."""
-    path = Path(folder)
-    return (path / EMBEDDINGS_FILE).is_file() and (path / IDS_FILE).is_file()
-
-
-def read_embed_output(folder: Union[str, os.PathLike], mmap: bool = False,
-                      check_finite: bool = True) -> EmbedOutput:
+def read_embed_output(folder: Union[str, os.PathLike], mmap: bool = False, check_finite: bool = True,
+                      kind: Optional[str] = None) -> EmbedOutput:
     """Read and validate an embed output folder.
 
     ``mmap=True`` memory-maps ``embeddings.npy`` (nothing is read into memory but the ids). ``check_finite``
-    scans every row for NaN or infinity (chunk by chunk, so a memory map stays cheap). Raises
-    :class:`~ernievil2torch.errors.InputError`, one specific message each, when the folder is missing or not a
-    folder, a file is missing or unreadable, the array is not 2-D floating point or has no columns, the numbers of
-    rows and ids differ, or a value is not finite.
+    scans every row for NaN or infinity (chunk by chunk, so a memory map stays cheap). ``kind`` ('image' or
+    'text'), when given, is the kind the caller needs: an output whose manifest names another kind is refused; one
+    without a manifest, or whose manifest names no kind (made by hand or by another tool), is accepted, since
+    nothing in it says what it holds. Raises :class:`~ernievil2torch.errors.InputError`, one specific message
+    each, when the folder is missing or not a folder, a file is missing or unreadable, the array is not 2-D
+    floating point or has no columns, the numbers of rows and ids differ, a value is not finite, or the manifest's
+    kind is not ``kind``.
     """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     path = Path(folder)
     if not path.exists():
         raise InputError(f"{path} is not an `ernievil2 embed` output: it does not exist")
@@ -74,15 +83,12 @@ def read_embed_output(folder: Union[str, os.PathLike], mmap: bool = False,
     for name in (EMBEDDINGS_FILE, IDS_FILE):
         if not (path / name).is_file():
             raise InputError(f"{path} is not an `ernievil2 embed` output: {name} is missing")
-    try:
-        embeddings = np.load(path / EMBEDDINGS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path / EMBEDDINGS_FILE} is not a readable .npy array: {exc}") from None
-    if embeddings.ndim != 2 or embeddings.shape[1] == 0:
-        raise InputError(f"{path / EMBEDDINGS_FILE} must be a 2-D [N, D] array with D > 0, got shape "
-                         f"{embeddings.shape}")
-    if not np.issubdtype(embeddings.dtype, np.floating):
-        raise InputError(f"{path / EMBEDDINGS_FILE} must hold floating point numbers, got {embeddings.dtype}")
+    manifest = read_json_object(path / MANIFEST_FILE)
+    found = None if manifest is None else manifest.get("kind")
+    if kind is not None and found is not None and found != kind:
+        raise InputError(f"{path} holds {found} embeddings ({MANIFEST_FILE} kind {found!r}); {kind} embeddings "
+                         f"are needed here (`ernievil2 embed --kind {kind}`)")
+    embeddings = _load_npy(path / EMBEDDINGS_FILE, mmap)
     try:
         ids = (path / IDS_FILE).read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
@@ -91,7 +97,45 @@ def read_embed_output(folder: Union[str, os.PathLike], mmap: bool = False,
         raise InputError(f"{path}: {embeddings.shape[0]} embeddings but {len(ids)} ids in {IDS_FILE}")
     if check_finite:
         _check_finite(embeddings, path / EMBEDDINGS_FILE)
-    return EmbedOutput(path, embeddings, ids, read_json_object(path / MANIFEST_FILE))
+    return EmbedOutput(path, embeddings, ids, manifest)
+
+
+def read_embeddings_npy(file: Union[str, os.PathLike], mmap: bool = False, check_finite: bool = True) -> np.ndarray:
+    """A bare ``.npy`` file of embeddings [N, D], with the array checks of :func:`read_embed_output`: an
+    :class:`~ernievil2torch.errors.InputError` when it does not exist, is not a readable ``.npy`` array, is not 2-D
+    floating point with D > 0, or (with ``check_finite``) holds NaN or infinity."""
+    path = Path(file)
+    if not path.exists():
+        raise InputError(f"{path} does not exist (an `ernievil2 embed` output folder or a .npy file is needed)")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a .npy file")
+    embeddings = _load_npy(path, mmap)
+    if check_finite:
+        _check_finite(embeddings, path)
+    return embeddings
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    """``path`` loaded (memory-mapped with ``mmap``) and checked to be 2-D floating point with columns."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise InputError(f"{path} is not a readable .npy array: {exc}") from None
+    if magic != NPY_MAGIC:
+        raise InputError(f"{path} is not a readable .npy array: it does not start like a .npy file")
+    try:
+        embeddings = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        reason = "it holds Python objects" if "pickle" in str(exc) or "Python objects" in str(exc) else str(exc)
+        raise InputError(f"{path} is not a readable .npy array: {reason}") from None
+    if not isinstance(embeddings, np.ndarray):
+        raise InputError(f"{path} is not a readable .npy array: it is a {type(embeddings).__name__}")
+    if embeddings.ndim != 2 or embeddings.shape[1] == 0:
+        raise InputError(f"{path} must be a 2-D [N, D] array with D > 0, got shape {embeddings.shape}")
+    if not np.issubdtype(embeddings.dtype, np.floating):
+        raise InputError(f"{path} must hold floating point numbers, got {embeddings.dtype}")
+    return embeddings
 
 
 def first_non_finite_row(array: np.ndarray, chunk_rows: int = FINITE_CHECK_ROWS) -> Optional[int]:
@@ -108,3 +152,49 @@ def _check_finite(embeddings: np.ndarray, where: Path) -> None:
     bad = first_non_finite_row(embeddings)
     if bad is not None:
         raise InputError(f"{where} holds NaN or infinity (first in row {bad})")
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def write_embed_output(out_dir: Union[str, os.PathLike], parts: Iterable[np.ndarray], ids: Sequence[str],
+                       failures: Sequence[Tuple[str, str]], kind: str, dim: int, dtype,
+                       **manifest_fields: Any) -> Dict[str, Any]:
+    """Write the final files of an embed output into ``out_dir`` and return the manifest written.
+
+    ``parts`` are [n_i, dim] blocks, in row order, whose rows add up to ``len(ids)``; they are streamed into
+    ``embeddings.npy`` through a memory map (nothing is held whole) and stored as ``dtype``. ``ids[i]`` names row
+    ``i`` (``ids.txt``); ``failures`` are ``(id, reason)`` of the skipped items (``failed.tsv``). Tabs and line
+    breaks in ids and reasons become spaces, so every line is one record. ``manifest.json`` holds ``kind``,
+    ``count``, ``failed``, ``dim``, ``dtype``, the three file names, ``manifest_fields`` (e.g. ``normalized``,
+    ``model_dir``, ``shards``) and ``created``; it is written last. Each file is replaced atomically.
+    """
+    out = Path(out_dir)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    total = len(ids)
+    tmp = out / f".{EMBEDDINGS_FILE}.tmp-{os.getpid()}.npy"
+    joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total, dim))
+    row = 0
+    for part in parts:
+        if row + part.shape[0] > total:
+            raise ValueError(f"the parts hold more rows than the {total} ids")
+        joined[row:row + part.shape[0]] = part
+        row += part.shape[0]
+    joined.flush()
+    del joined
+    if row != total:
+        tmp.unlink()
+        raise ValueError(f"the parts hold {row} rows but there are {total} ids")
+    os.replace(tmp, out / EMBEDDINGS_FILE)
+    atomic_write_bytes(out / IDS_FILE, "".join(_one_line(i) + "\n" for i in ids).encode("utf-8"))
+    atomic_write_bytes(out / FAILURES_FILE, "".join(f"{_one_line(i)}\t{_one_line(r)}\n"
+                                                    for i, r in failures).encode("utf-8"))
+    manifest = {"kind": kind, "count": total, "failed": len(failures), "dim": dim, "dtype": np.dtype(dtype).name,
+                **{k: v for k, v in manifest_fields.items() if k != "shards"},
+                "embeddings": EMBEDDINGS_FILE, "ids": IDS_FILE, "failures": FAILURES_FILE,
+                **({"shards": manifest_fields["shards"]} if "shards" in manifest_fields else {}),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_bytes(out / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    return manifest

@@ -18,7 +18,7 @@ from ..constants import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, UNK_TOKEN
 from ..conversion.layouts import LAYOUTS, to_layout
 from ..conversion.pdparams import save_pdparams
 from ..storage.atomic import atomic_write_bytes
-from .demo import DEMO_CAPTIONS, SHAPE_COLOURS, SHAPES, shape_caption
+from ..data.demo import DEMO_CAPTIONS, SHAPE_COLOURS, SHAPES, shape_caption
 
 
 def random_state(config: Optional[ErnieViL2Config] = None, seed: int = 0,

@@ -214,7 +214,8 @@ def test_dedup_command_line(embed_output, tmp_path):
     assert "Traceback" not in again.stderr
     proc = subprocess.run(args + ["--overwrite", "--images", str(images), "--threshold", "0.999"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0 and "threshold 0.999: 1 groups" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "threshold 0.999: 1 group of near-duplicates (1 image beyond" in proc.stdout, proc.stdout
     assert json.loads((tmp_path / "d" / "groups.json").read_text())["groups_found"] == 1
     bad = subprocess.run(console_command("dedup", str(images)), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "is not an `ernievil2 embed` output" in bad.stderr

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from ernievil2torch import ErnieViL2
-from ernievil2torch.apps.embed import embed, load_embeddings
+from ernievil2torch.apps.embed import embed
+from ernievil2torch.storage.embeddings import read_embed_output
 from ernievil2torch.data.inputs import list_images, list_texts
 from ernievil2torch.errors import InputError
 from ernievil2torch.processing.image import ErnieViL2ImageProcessor
@@ -76,7 +77,7 @@ def test_embed_1000_images_matches_per_item(model, model_dir, image_dir, tmp_pat
     result = embed(str(image_dir), str(model_dir), str(tmp_path / "out"), kind="image", batch_size=64,
                    num_workers=2, shard_size=300, progress=False)
     elapsed = time.time() - start
-    array, ids = load_embeddings(str(tmp_path / "out"))
+    array, ids = (output := read_embed_output(tmp_path / "out")).embeddings, output.ids
     items = list_images(str(image_dir))
     good = [it for it in items if not it.id.endswith(("broken.jpg", "empty.png"))]
     assert result.count == N_IMAGES and result.failed == 2
@@ -110,7 +111,7 @@ def test_embed_texts_formats(model, model_dir, tmp_path):
         out = tmp_path / f"out_{name}"
         result = embed(str(tmp_path / name), str(model_dir), str(out), kind="text", batch_size=2,
                        num_workers=0, shard_size=3, progress=False, **kwargs)
-        array, got_ids = load_embeddings(str(out))
+        array, got_ids = (output := read_embed_output(out)).embeddings, output.ids
         assert got_ids == ids, name
         assert np.abs(array - want).max() <= 1e-5, name
         assert result.failed == (2 if name == "t.jsonl" else 1)
@@ -172,8 +173,8 @@ def test_torchrun_two_ranks_equals_one_process(model_dir, image_dir, tmp_path):
            "--num_workers", "0"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one, ids_one = load_embeddings(str(tmp_path / "one"))
-    two, ids_two = load_embeddings(str(tmp_path / "two"))
+    one, ids_one = (output := read_embed_output(tmp_path / "one")).embeddings, output.ids
+    two, ids_two = (output := read_embed_output(tmp_path / "two")).embeddings, output.ids
     assert ids_one == ids_two and one.shape == (SMALL - 1, 128)  # part0/broken.jpg is among the first SMALL
     assert (tmp_path / "one" / "failed.tsv").read_text() == (tmp_path / "two" / "failed.tsv").read_text() != ""
     print(f"torchrun x2 vs one process: max abs diff {float(np.abs(one - two).max()):.3g}")
@@ -216,8 +217,8 @@ def test_killed_run_resumes(model_dir, image_dir, tmp_path):
     assert result.summary().endswith(f"shards: {4 - len(done)} computed, {len(done)} reused")
     fresh = tmp_path / "fresh"
     embed(str(listed), str(model_dir), str(fresh), batch_size=8, shard_size=16, num_workers=0, progress=False)
-    a, ids_a = load_embeddings(str(out))
-    b, ids_b = load_embeddings(str(fresh))
+    a, ids_a = (output := read_embed_output(out)).embeddings, output.ids
+    b, ids_b = (output := read_embed_output(fresh)).embeddings, output.ids
     assert ids_a == ids_b and np.array_equal(a, b)
     # A different run in the same folder is refused.
     with pytest.raises(InputError, match="different run"):

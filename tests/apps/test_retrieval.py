@@ -102,6 +102,14 @@ def test_hand_computed_small_case_and_ties():
     assert "| Text2Image | 100.00 |" in format_table(m)
 
 
+def test_the_table_stays_aligned_from_0_to_100():
+    for value in (0.0, 9.5, 100.0):
+        side = {"R@1": value, "R@5": value, "R@10": value, "mean_recall": value}
+        lines = format_table({"t2i": side, "i2t": side, "mean": side}).split("\n")
+        assert len({len(line) for line in lines}) == 1, lines
+        assert len({tuple(i for i, c in enumerate(line) if c == "|") for line in lines}) == 1, lines
+
+
 def test_random_embeddings_match_brute_force_and_chunks():
     rng = np.random.default_rng(0)
     images = rng.standard_normal((40, 16)).astype(np.float32)

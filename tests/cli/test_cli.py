@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ernievil2torch.config import tiny224_config, tiny_config
-from ernievil2torch.verify.demo import DEMO_CAPTIONS
+from ernievil2torch.data.demo import DEMO_CAPTIONS
 from ernievil2torch.verify.synthetic import write_synthetic_vocab
 from ernievil2torch.verify.synthetic import write_synthetic_pdparams
 
@@ -78,7 +78,7 @@ def test_performance_check_prints_a_3x3_matrix_and_probabilities(small224):
 
 
 def test_performance_check_with_user_images_and_texts(small224, tmp_path):
-    from ernievil2torch.verify.demo import demo_images
+    from ernievil2torch.data.demo import demo_images
 
     root, _ = small224
     paths = []
@@ -114,7 +114,7 @@ def test_console_command_help(sub):
 
 
 def test_classify_prints_a_label_per_image(small224, tmp_path):
-    from ernievil2torch.verify.demo import demo_images
+    from ernievil2torch.data.demo import demo_images
 
     root, _ = small224
     paths = []

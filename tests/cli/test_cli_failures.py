@@ -20,7 +20,7 @@ from PIL import Image
 from ernievil2torch import cli
 from ernievil2torch.config import tiny224_config
 from ernievil2torch.errors import CheckpointError, InputError
-from ernievil2torch.verify.demo import demo_images
+from ernievil2torch.data.demo import demo_images
 from ernievil2torch.verify.synthetic import write_synthetic_pdparams
 
 from helpers import require_module

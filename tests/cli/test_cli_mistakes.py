@@ -25,7 +25,8 @@ COMMAND_MODULES = ("ernievil2torch.apps.embed", "ernievil2torch.apps.retrieval",
                    "ernievil2torch.export.hf", "ernievil2torch.export.onnx", "ernievil2torch.export.paddle")
 # (module, function): where each command's work starts. The first three must exist.
 TRIPWIRES = (("ernievil2torch.pretrained", "load_pretrained"), ("ernievil2torch.conversion.pdparams", "load_pdparams"),
-             ("ernievil2torch.storage.model_dir", "read_model_dir"), ("ernievil2torch.apps.embed", "load_embeddings"))
+             ("ernievil2torch.storage.model_dir", "read_model_dir"),
+             ("ernievil2torch.storage.embeddings", "write_embed_output"))
 
 
 class WorkStarted(BaseException):

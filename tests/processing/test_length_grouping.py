@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from ernievil2torch import ErnieViL2
-from ernievil2torch.apps.embed import embed, load_embeddings
+from ernievil2torch.apps.embed import embed
+from ernievil2torch.storage.embeddings import read_embed_output
 from ernievil2torch.apps.similarity import image_text_similarity
 from ernievil2torch.apps.zero_shot import build_classifier
 from ernievil2torch.constants import DEFAULT_MAX_LENGTH
@@ -117,7 +118,7 @@ def test_embed_texts_grouped_in_input_order(model, model_dir, tokenizer, tmp_pat
     embed(str(tmp_path / "t.txt"), str(model_dir), str(tmp_path / "out"), kind="text", batch_size=4,
           shard_size=13, num_workers=0, progress=False)
     monkeypatch.setattr(ErnieViL2, "encode_text", real)
-    array, ids = load_embeddings(str(tmp_path / "out"))
+    array, ids = (output := read_embed_output(tmp_path / "out")).embeddings, output.ids
     assert ids == [str(i) for i in range(len(texts))]
     assert np.abs(array - one_by_one(model, tokenizer, texts).numpy()).max() <= ATOL
     # every batch is padded to its own longest text: columns paid = the length-sorted plan, shard by shard

@@ -1,6 +1,7 @@
-""""Is this an embed output": ``ernievil2torch.storage.embeddings.read_embed_output``, the one reader of the folder
-``embed`` writes, and every caller refusing the same broken folders with the same message (``load_embeddings``,
-the service's gallery, ``dedup``, ``search``)."""
+""""Is this an embed output": ``ernievil2torch.storage.embeddings``, the one writer and reader of the folder
+``embed`` writes, and every caller refusing the same broken folders with the same message (the service's gallery,
+``dedup``, ``search``, which also checks a bare ``.npy`` alike), and refusing text embeddings where images are
+needed."""
 from __future__ import annotations
 
 import json
@@ -10,11 +11,16 @@ import numpy as np
 import pytest
 
 from ernievil2torch.apps.dedup import dedup
-from ernievil2torch.apps.embed import load_embeddings
 from ernievil2torch.apps.retrieval.commands import search
 from ernievil2torch.apps.serve.gallery import Gallery
 from ernievil2torch.errors import InputError
-from ernievil2torch.storage.embeddings import EmbedOutput, is_embed_output, read_embed_output
+from ernievil2torch.storage.embeddings import (EmbedOutput, read_embed_output, read_embeddings_npy,
+                                               write_embed_output)
+
+
+def is_embed_output(folder: Path) -> bool:
+    """Whether ``folder`` holds both files of an embed output (what the readers look for first)."""
+    return (folder / "embeddings.npy").is_file() and (folder / "ids.txt").is_file()
 
 
 def write_output(folder: Path, array: np.ndarray, ids, manifest=None) -> Path:
@@ -86,7 +92,6 @@ def test_every_reader_refuses_a_broken_output_with_the_same_message(tmp_path):
     readers = {
         "read_embed_output": lambda folder: read_embed_output(folder),
         "read_embed_output(mmap)": lambda folder: read_embed_output(folder, mmap=True),
-        "load_embeddings": lambda folder: load_embeddings(str(folder), mmap=True),
         "Gallery.load": lambda folder: Gallery.load(folder, images),
         "dedup": lambda folder: dedup(str(folder), out=str(tmp_path / "dedup_out")),
         "search (gallery)": lambda folder: search(str(good), str(folder), str(tmp_path / "hits.tsv")),
@@ -113,3 +118,87 @@ def test_the_finite_check_can_be_skipped_and_arrays_given_directly_are_checked(t
     assert np.isnan(read_embed_output(folder, check_finite=False).embeddings[0, 0])
     with pytest.raises(InputError, match="NaN or infinity"):
         Gallery.from_embeddings(array, list("abc"), ImageRoot(tmp_path))
+
+
+def test_write_embed_output_is_what_read_embed_output_reads(tmp_path):
+    rng = np.random.default_rng(1)
+    parts = [rng.standard_normal((n, 4)).astype(np.float32) for n in (2, 0, 3)]
+    ids = ["a", "tab\there", "b", "line\nbreak", "相册/c.jpg"]
+    manifest = write_embed_output(tmp_path, iter(parts), ids, [("bad\tid", "broken\nfile")], "image", 4,
+                                  np.float16, normalized=True, model_dir="/m", shards=[{"rows": 5}])
+    output = read_embed_output(tmp_path, kind="image")
+    assert output.embeddings.dtype == np.float16
+    assert np.array_equal(output.embeddings, np.concatenate(parts).astype(np.float16))
+    assert output.ids == ["a", "tab here", "b", "line break", "相册/c.jpg"] and output.manifest == manifest
+    assert (tmp_path / "failed.tsv").read_text(encoding="utf-8") == "bad id\tbroken file\n"
+    assert {k: manifest[k] for k in ("kind", "count", "failed", "dim", "dtype", "normalized", "model_dir",
+                                     "embeddings", "ids", "failures", "shards")} == {
+        "kind": "image", "count": 5, "failed": 1, "dim": 4, "dtype": "float16", "normalized": True,
+        "model_dir": "/m", "embeddings": "embeddings.npy", "ids": "ids.txt", "failures": "failed.tsv",
+        "shards": [{"rows": 5}]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings.npy", "failed.tsv", "ids.txt", "manifest.json"]
+    short = tmp_path / "short"
+    short.mkdir()
+    with pytest.raises(ValueError, match="2 rows but there are 5 ids"):
+        write_embed_output(short, [parts[0]], ids, [], "image", 4, np.float32)
+    assert list(short.iterdir()) == []
+
+
+def test_text_embeddings_are_refused_where_images_are_needed(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    array = np.eye(3, 4, dtype=np.float32)
+    text = write_output(tmp_path / "text", array, "abc", {"kind": "text"})
+    image = write_output(tmp_path / "image", array, "abc", {"kind": "image"})
+    no_kind = write_output(tmp_path / "no_kind", array, "abc", {"count": 3})
+    no_manifest = write_output(tmp_path / "no_manifest", array, "abc")
+    message = "holds text embeddings (manifest.json kind 'text'); image embeddings are needed"
+    for read in (lambda f: read_embed_output(f, kind="image"), lambda f: Gallery.load(f, images),
+                 lambda f: dedup(str(f), out=str(tmp_path / "dedup_out"), images=str(images))):
+        with pytest.raises(InputError) as caught:
+            read(text)
+        assert message in str(caught.value) and str(text) in str(caught.value)
+    assert not (tmp_path / "dedup_out").exists()
+    with pytest.raises(InputError, match="holds image embeddings .* text embeddings are needed"):
+        read_embed_output(image, kind="text")
+    for folder in (image, no_kind, no_manifest):  # without a kind in the manifest nothing says it is not images
+        assert read_embed_output(folder, kind="image").count == 3
+        assert len(Gallery.load(folder, images)) == 3
+    assert read_embed_output(text).count == 3  # no kind asked for: any kind
+    with pytest.raises(ValueError, match="kind must be one of"):
+        read_embed_output(text, kind="texts")
+
+
+def test_search_checks_a_bare_npy_like_an_embed_output(tmp_path):
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((2, 4), np.float32))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[CLS]\n", encoding="utf-8")
+    cases = [(tmp_path / "missing.npy", "does not exist")]
+    cases.append((vocab, "is not a readable .npy array: it does not start like a .npy file"))
+    for name, array, message in (("one_d", np.ones(3, np.float32), "must be a 2-D [N, D] array"),
+                                 ("ints", np.ones((3, 4), np.int64), "floating point numbers, got int64"),
+                                 ("nan", np.full((3, 4), np.nan, np.float32), "NaN or infinity (first in row 0)"),
+                                 ("objects", np.array([{"a": 1}], dtype=object), "it holds Python objects")):
+        np.save(tmp_path / f"{name}.npy", array)
+        cases.append((tmp_path / f"{name}.npy", message))
+    for path, message in cases:
+        for queries, gallery in ((path, good), (good, path)):
+            with pytest.raises(InputError) as caught:
+                search(str(queries), str(gallery), str(tmp_path / "hits.tsv"))
+            assert message in str(caught.value) and str(caught.value).count(str(path)) == 1, str(caught.value)
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+            read_embeddings_npy(path)
+    with pytest.raises(InputError, match="is a folder"):
+        read_embeddings_npy(tmp_path)
+    assert not (tmp_path / "hits.tsv").exists()
+
+
+def test_search_refuses_sides_of_different_dimensions(tmp_path):
+    np.save(tmp_path / "q8.npy", np.ones((2, 8), np.float32))
+    folder = write_output(tmp_path / "g128", np.ones((3, 128), np.float32), "abc")
+    for queries, gallery in ((tmp_path / "q8.npy", folder), (folder, tmp_path / "q8.npy")):
+        with pytest.raises(InputError, match="dimension (8|128) but the gallery .* has (128|8): both must come from "
+                                             "the same model"):
+            search(str(queries), str(gallery), str(tmp_path / "hits.tsv"))
+    assert not (tmp_path / "hits.tsv").exists()

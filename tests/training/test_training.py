@@ -29,9 +29,8 @@ from ernievil2torch.training.augment import TrainAugmentation
 from ernievil2torch.training.checkpoints import latest_checkpoint, load_trainer_state
 from ernievil2torch.training.data import PairBatches, load_pairs
 from ernievil2torch.training.optim import decayed_parameter_names, warmup_cosine
-from ernievil2torch.verify.demo import random_shape_image
 from helpers import REPO_ROOT
-from shapes import shapes_config, shapes_setup
+from shapes import random_shape_image, shapes_config, shapes_setup
 
 WORKER = REPO_ROOT / "tests" / "workers" / "ddp_gradients.py"
 SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

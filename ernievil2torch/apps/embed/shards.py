@@ -1,4 +1,5 @@
-"""The on-disk format of an ``embed`` run: planned shards, each written atomically, then joined.
+"""The sharding of an ``embed`` run: planned shards, each written atomically, then joined into the embed output
+(whose files :mod:`~ernievil2torch.storage.embeddings` writes and reads).
 
 Output directory layout (``OUT``)::
 
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -28,7 +27,7 @@ import numpy as np
 
 from ...errors import ErnieViL2Error
 from ...storage.atomic import atomic_save_npy, atomic_write_bytes
-from ...storage.embeddings import EMBEDDINGS_FILE, IDS_FILE, MANIFEST_FILE, read_embed_output
+from ...storage.embeddings import write_embed_output
 from ...storage.run_record import check_run_record, read_run_record, write_run_record
 from ...data.inputs import Item
 
@@ -102,13 +101,10 @@ def write_shard(shard_dir: Path, s: int, bounds: Tuple[int, int], items: Sequenc
     atomic_write_bytes(shard_dir / f"{s:05d}.json", (json.dumps(meta, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def _one_line(text: str) -> str:
-    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
-
-
 def join_shards(out_dir: Path, num_shards: int, kind: str, dim: int, save_dtype,
                 fingerprint: Dict[str, Any]) -> Dict[str, Any]:
-    """Concatenate the shards (streamed through a memory map) and write ids, failures and the manifest."""
+    """Concatenate the shards (streamed through a memory map) into the embed output's final files, written by
+    :func:`~ernievil2torch.storage.embeddings.write_embed_output` (the manifest also lists the shards)."""
     shard_dir = out_dir / SHARD_DIR
     metas = []
     for s in range(num_shards):
@@ -116,37 +112,11 @@ def join_shards(out_dir: Path, num_shards: int, kind: str, dim: int, save_dtype,
         if not meta_path.is_file():
             raise ErnieViL2Error(f"shard {s} is missing ({meta_path}); re-run the same command to finish it")
         metas.append(json.loads(meta_path.read_text(encoding="utf-8")))
-    total = sum(len(m["ids"]) for m in metas)
-    tmp = out_dir / f".embeddings.npy.tmp-{os.getpid()}.npy"
-    joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=save_dtype, shape=(total, dim))
-    row = 0
-    for s in range(num_shards):
-        part = np.load(shard_dir / f"{s:05d}.npy", mmap_mode="r")
-        joined[row:row + part.shape[0]] = part
-        row += part.shape[0]
-    joined.flush()
-    del joined
-    os.replace(tmp, out_dir / EMBEDDINGS_FILE)
+    parts = (np.load(shard_dir / f"{s:05d}.npy", mmap_mode="r") for s in range(num_shards))
     ids = [i for m in metas for i in m["ids"]]
-    failed = [f for m in metas for f in m["failed"]]
-    atomic_write_bytes(out_dir / IDS_FILE, "".join(_one_line(i) + "\n" for i in ids).encode("utf-8"))
-    atomic_write_bytes(out_dir / "failed.tsv", "".join(f"{_one_line(f['id'])}\t{_one_line(f['reason'])}\n"
-                                                       for f in failed).encode("utf-8"))
-    manifest = {
-        "kind": kind, "count": total, "failed": len(failed), "dim": dim, "dtype": np.dtype(save_dtype).name,
-        "normalized": fingerprint["normalize"], "model_dir": fingerprint["model_dir"],
-        "embeddings": EMBEDDINGS_FILE, "ids": IDS_FILE, "failures": "failed.tsv",
-        "shards": [{"file": f"{SHARD_DIR}/{s:05d}.npy", "meta": f"{SHARD_DIR}/{s:05d}.json", "rows": len(m["ids"]),
-                    "inputs": [m["start"], m["stop"]]} for s, m in enumerate(metas)],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    atomic_write_bytes(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
-    return {"count": total, "failed": len(failed), "dim": dim, "out": str(out_dir)}
-
-
-def load_embeddings(out: str, mmap: bool = False) -> Tuple[np.ndarray, List[str]]:
-    """``(embeddings [N, D], ids)`` of an ``embed`` output (memory-mapped with ``mmap``), validated by
-    :func:`~ernievil2torch.storage.embeddings.read_embed_output` (rows == ids, 2-D float, finite; InputError
-    otherwise)."""
-    output = read_embed_output(out, mmap=mmap)
-    return output.embeddings, output.ids
+    failed = [(f["id"], f["reason"]) for m in metas for f in m["failed"]]
+    shards = [{"file": f"{SHARD_DIR}/{s:05d}.npy", "meta": f"{SHARD_DIR}/{s:05d}.json", "rows": len(m["ids"]),
+               "inputs": [m["start"], m["stop"]]} for s, m in enumerate(metas)]
+    write_embed_output(out_dir, parts, ids, failed, kind, dim, save_dtype, normalized=fingerprint["normalize"],
+                       model_dir=fingerprint["model_dir"], shards=shards)
+    return {"count": len(ids), "failed": len(failed), "dim": dim, "out": str(out_dir)}

@@ -15,7 +15,7 @@ from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
 from ...storage.atomic import atomic_file, atomic_write_bytes
-from ...storage.embeddings import read_embed_output
+from ...storage.embeddings import read_embed_output, read_embeddings_npy
 from ...data.formats import open_dataset, require_random_access
 from ...data.readers import IndexedCaptions
 from ...retrieval.metrics import as_float32_tensor, format_table, retrieval_metrics
@@ -28,12 +28,14 @@ PROTOCOLS = ("grouped", "pairs")
 
 
 def _load_side(spec: str) -> Tuple[np.ndarray, List[str]]:
-    """An ``embed`` output folder (memory-mapped embeddings, its ids) or a bare .npy (ids = row numbers)."""
+    """An ``embed`` output folder (memory-mapped embeddings, its ids) or a bare .npy (ids = row numbers), both
+    checked alike (:func:`~ernievil2torch.storage.embeddings.read_embed_output`,
+    :func:`~ernievil2torch.storage.embeddings.read_embeddings_npy`); :class:`InputError` for a bad one."""
     path = Path(spec)
     if path.is_dir():
         output = read_embed_output(path, mmap=True)
         return output.embeddings, output.ids
-    array = np.load(path, mmap_mode="r")
+    array = read_embeddings_npy(path, mmap=True)
     return array, [str(i) for i in range(array.shape[0])]
 
 
@@ -64,9 +66,15 @@ def search(queries: str, gallery: str, out: str, k: int = 10, chunk_size: int = 
         chunk_size: gallery rows per block.
         normalize: L2-normalise queries (per block, also the gallery) so scores are cosines.
         faiss: use faiss.IndexFlatIP if installed.
+
+    Raises :class:`InputError` before writing anything when either side is not a valid embed output or ``.npy``
+    of embeddings (2-D floating point, finite, as many ids as rows) or the two sides' dimensions differ.
     """
     q, q_ids = _load_side(queries)
     g, g_ids = _load_side(gallery)
+    if q.shape[1] != g.shape[1]:
+        raise InputError(f"the queries ({queries}) have dimension {q.shape[1]} but the gallery ({gallery}) has "
+                         f"{g.shape[1]}: both must come from the same model")
     if normalize:
         q = F.normalize(as_float32_tensor(np.asarray(q)), dim=-1).numpy()
         g = NormalizedRows(g)

@@ -72,9 +72,10 @@ class Gallery:
     @classmethod
     def load(cls, embed_dir: Union[str, os.PathLike], image_root: Union[str, os.PathLike],
              use_faiss: Optional[bool] = None, backend: str = "memory") -> "Gallery":
-        """Read an ``embed`` output folder (validated by :func:`~ernievil2torch.storage.embeddings.read_embed_output`);
-        its ids are paths relative to ``image_root``."""
-        output = read_embed_output(embed_dir, mmap=True)
+        """Read an ``embed`` output folder of image embeddings (validated by
+        :func:`~ernievil2torch.storage.embeddings.read_embed_output`; one whose manifest says it holds text is
+        refused); its ids are paths relative to ``image_root``."""
+        output = read_embed_output(embed_dir, mmap=True, kind="image")
         return cls.from_embeddings(output.embeddings, output.ids, ImageRoot(image_root), use_faiss, backend)
 
     def __len__(self) -> int:

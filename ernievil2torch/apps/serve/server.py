@@ -95,7 +95,8 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
     :data:`~ernievil2torch.retrieval.backends.BACKENDS`; ``faiss`` is an option of ``memory``). ``on_ready`` is
     called once with the :class:`ServiceBanner` when the socket is bound, before the first request is answered
     (the CLI prints it). Raises :class:`InputError` (before loading anything) for a non-loopback ``host`` without
-    a token and for an unknown ``backend``, and for a gallery the model cannot serve. See
+    a token, for an unknown ``backend`` and for a gallery that is not a valid ``embed`` output of images, and
+    for a gallery the model cannot serve. See
     :class:`~.settings.ServiceSettings` and :class:`~.limits.ServeLimits`.
     """
     token = token or os.environ.get(TOKEN_ENV) or None
@@ -113,9 +114,9 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
     from .engine import SearchEngine
 
     limits = limits or ServeLimits()
+    searchable = Gallery.load(gallery, images, use_faiss=faiss, backend=backend)  # refused before the model loads
     pretrained = load_pretrained(model_dir, dtype=torch_dtype(dtype), device=device, vocab=vocab)
-    engine = SearchEngine(pretrained, Gallery.load(gallery, images, use_faiss=faiss, backend=backend), limits,
-                          max_length)
+    engine = SearchEngine(pretrained, searchable, limits, max_length)
     settings = ServiceSettings(limits=limits, token=token, cors_origins=tuple(cors_origins),
                                allowed_hosts=tuple(sorted(LOOPBACK_HOST_NAMES)) if is_loopback(host) else None,
                                max_batch=max_batch, max_wait_ms=max_wait_ms, decode_workers=decode_workers)

@@ -31,7 +31,7 @@ import torch
 fastapi = require_module("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from ernievil2torch.apps.embed import load_embeddings  # noqa: E402
+from ernievil2torch.storage.embeddings import read_embed_output  # noqa: E402
 from ernievil2torch.retrieval.topk import search_embeddings  # noqa: E402
 from ernievil2torch.apps.serve import Gallery, ImageRoot, ServeLimits, check_bind, is_loopback  # noqa: E402
 from ernievil2torch.apps.serve.app import ServiceSettings, create_app  # noqa: E402
@@ -91,7 +91,7 @@ def test_healthz_and_page(client, site):
 
 
 def test_text_search_is_exact_topk_of_its_embedding(client, site):
-    gallery, ids = load_embeddings(str(site["root"] / "gallery"))
+    gallery, ids = (output := read_embed_output(site["root"] / "gallery")).embeddings, output.ids
     normalized = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
     model, tokenizer = site["pretrained"].model, site["pretrained"].tokenizer
     for q in QUERIES:
@@ -118,7 +118,7 @@ def test_image_search_returns_the_query_image_first(client, site):
 
 
 def test_embed_image_equals_the_gallery_rows(client, site):
-    gallery, ids = load_embeddings(str(site["root"] / "gallery"))
+    gallery, ids = (output := read_embed_output(site["root"] / "gallery")).embeddings, output.ids
     files = [("files", (i, (site["root"] / "images" / i).read_bytes(), "image/jpeg")) for i in ids[:4]]
     got = np.asarray(client.post("/v1/embed/image", files=files).json()["embeddings"], np.float32)
     expected = gallery[:4] / np.linalg.norm(gallery[:4], axis=1, keepdims=True)
@@ -610,6 +610,22 @@ def test_serve_explains_a_bad_gallery_or_image_root(site, tmp_path):
                                               str(images), "--port", "0"), capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_serve_refuses_text_embeddings_as_a_gallery_before_loading_the_model(site, tmp_path, monkeypatch):
+    from ernievil2torch.apps.serve import server
+
+    text = tmp_path / "text_gallery"
+    shutil.copytree(site["root"] / "gallery", text)
+    manifest = json.loads((text / "manifest.json").read_text(encoding="utf-8"))
+    (text / "manifest.json").write_text(json.dumps({**manifest, "kind": "text"}), encoding="utf-8")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the gallery was checked")
+
+    monkeypatch.setattr(server, "load_pretrained", no_model)
+    with pytest.raises(InputError, match="holds text embeddings .* image embeddings are needed"):
+        server.serve(str(site["model"]), str(text), str(site["root"] / "images"))
 
 
 def _non_loopback_addresses():

@@ -18,7 +18,7 @@ import torch
 require_module("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from ernievil2torch.apps.embed import load_embeddings  # noqa: E402
+from ernievil2torch.storage.embeddings import read_embed_output  # noqa: E402
 from ernievil2torch.retrieval.topk import search_embeddings  # noqa: E402
 from ernievil2torch.apps.serve import Gallery  # noqa: E402
 from ernievil2torch.apps.serve.app import create_app  # noqa: E402
@@ -48,7 +48,7 @@ def fullsize(synthetic_pdparams, tmp_path_factory):
 
 def test_fullsize_text_search_equals_exact_topk(fullsize):
     client, pretrained = fullsize["client"], fullsize["pretrained"]
-    gallery, ids = load_embeddings(str(fullsize["root"] / "gallery"))
+    gallery, ids = (output := read_embed_output(fullsize["root"] / "gallery")).embeddings, output.ids
     assert gallery.shape == (len(fullsize["ids"]), 768) and ids == fullsize["ids"]
     normalized = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
     worst = 0.0
