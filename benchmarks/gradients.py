@@ -53,6 +53,7 @@ def measure(work: Path) -> dict:
 
     from repo import load_file
 
+    load_file("tests/helpers.py")  # what the test imports by name, as pytest makes it importable
     case = load_file("tests/verify/test_gradient_parity.py")  # the test's own weights, inputs and Paddle runs
     from ernievil2torch.config import base_config
     from ernievil2torch.verify import parity
