@@ -8,6 +8,7 @@ Commands declare theirs in a table next to the command (:mod:`ernievil2torch.cli
 from __future__ import annotations
 
 import glob
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,3 +121,44 @@ def _path_or_pattern(value: Any) -> Any:
 #: An existing path or a glob pattern that matches at least one file.
 PATH_OR_PATTERN = Check("an existing file or folder, or a glob that matches files", _path_or_pattern)
 
+
+
+def _new_file(value: Any) -> Any:
+    path = Path(value)
+    if path.is_dir():
+        raise InputError(f"{value} is a directory, not a file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{value}: its folder {parent} does not exist" if not parent.exists()
+                         else f"{value}: {parent} is not a folder")
+    return value
+
+
+def _folder_or_absent(value: Any) -> Any:
+    if Path(value).exists() and not Path(value).is_dir():
+        raise InputError(f"{value} is not a folder")
+    return value
+
+
+#: A file to write: not a folder, in a folder that exists.
+NEW_FILE = Check("a file to write, in an existing folder", _new_file)
+#: A folder, existing or to be made.
+FOLDER_OR_ABSENT = Check("a folder (made if absent)", _folder_or_absent)
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def needs_extra(check: Check, modules: tuple, extra: str) -> Check:
+    """``check``, and then the optional ``modules`` must be installed (else name the pip ``extra`` that installs
+    them)."""
+    def apply(value: Any) -> Any:
+        value = check.apply(value)
+        missing = [name for name in modules if not installed(name)]
+        if missing:
+            raise InputError(f"needs {', '.join(missing)}: pip install 'ernievil2torch[{extra}]'")
+        return value
+
+    return Check(f"{check.rule}; needs the pip extra [{extra}]", apply)

@@ -18,8 +18,8 @@ from ..constants import DEFAULT_MAX_LENGTH
 from ..data.formats import DATASET_FORMATS
 from ..export.registry import EXPORTERS
 from .arguments import Command
-from .checks import (COSINE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FRACTION, MAX_LENGTH, NON_NEGATIVE,
-                     PATH_OR_PATTERN, PORT, POSITIVE, between, one_of)
+from .checks import (COSINE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FOLDER_OR_ABSENT, FRACTION, MAX_LENGTH, NON_NEGATIVE,
+                     NEW_FILE, PATH_OR_PATTERN, PORT, POSITIVE, between, needs_extra, one_of)
 from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, EXIT_CHECK_FAILED, NO_OUTPUT, RESUMABLE_OUTPUT,
                       SERVICE_STOPPED)
 
@@ -249,9 +249,10 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
             ATOMIC_OUTPUT, {"src": FILE, "vocab": FILE, "dtype": DTYPE_OR_KEEP}),
     Command("check", logit_check, "prove the port computes Paddle's function (needs paddlepaddle)", ATOMIC_OUTPUT,
             {"paddle": FILE, "torch": FOLDER, "seed": NON_NEGATIVE, "feature_atol": NON_NEGATIVE,
-             "min_cosine": COSINE, "logit_atol": NON_NEGATIVE}),
+             "min_cosine": COSINE, "logit_atol": NON_NEGATIVE, "workdir": FOLDER_OR_ABSENT}),
     Command("similarity", performance_check, "text x image cosine-similarity matrix (optionally a heatmap)",
-            ATOMIC_OUTPUT, {"images": FILE, "vocab": FILE, "max_length": MAX_LENGTH}),
+            ATOMIC_OUTPUT, {"images": FILE, "vocab": FILE, "max_length": MAX_LENGTH,
+                            "plot": needs_extra(NEW_FILE, ("matplotlib",), "plot")}),
     Command("classify", classify, "zero-shot classification of images over your labels", NO_OUTPUT,
             {"images": FILE, "vocab": FILE}),
     Command("embed", "ernievil2torch.cli.batch:embed",

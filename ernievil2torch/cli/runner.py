@@ -35,6 +35,13 @@ def render_result(result: Any) -> Optional[str]:
     return str(result)
 
 
+def describe_os_error(exc: OSError) -> str:
+    """An operating-system error in one line: the file(s) it names and the system's reason (``strerror``)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    files = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
+    return f"{' -> '.join(files)}: {reason}" if files else reason
+
+
 def _dispatch(component: Component, prog: str, argv: Sequence[str], summary: str) -> Any:
     if isinstance(component, Mapping):
         commands: Dict[str, Command] = {name: _as_command(name, entry) for name, entry in component.items()}
@@ -75,8 +82,7 @@ def run_command(component: Component, name: Optional[str] = None, argv: Optional
         print(str(exc) if isinstance(exc, CommandInterrupted) else "interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except OSError as exc:
-        traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except Exception:  # noqa: BLE001 - a bug: show everything
         traceback.print_exc()

@@ -64,10 +64,14 @@ def test_a_bug_shows_its_traceback_and_says_internal_error(monkeypatch, capsys):
                                     "traceback above")
 
 
-def test_an_os_error_shows_its_traceback_and_one_error_line(monkeypatch, capsys):
+def test_an_os_error_is_one_error_line_naming_the_file_and_the_reason(monkeypatch, capsys):
     code, out, err = invoke({"run": _raising(OSError(28, "No space left on device"))}, ["run"], monkeypatch, capsys)
-    assert code == cli.EXIT_BAD_INPUT and "Traceback (most recent call last)" in err
-    assert err.splitlines()[-1] == "error: [Errno 28] No space left on device"
+    assert (code, err) == (cli.EXIT_BAD_INPUT, "error: No space left on device\n")
+    denied = PermissionError(13, "Permission denied", "/proc/x12/model.safetensors")
+    code, out, err = invoke({"run": _raising(denied)}, ["run"], monkeypatch, capsys)
+    assert (code, err) == (cli.EXIT_BAD_INPUT, "error: /proc/x12/model.safetensors: Permission denied\n")
+    code, out, err = invoke({"run": _raising(OSError("no reason"))}, ["run"], monkeypatch, capsys)
+    assert (code, err) == (cli.EXIT_BAD_INPUT, "error: no reason\n")
 
 
 def test_ctrl_c_prints_what_the_command_leaves(monkeypatch, capsys):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from ernievil2torch import cli
-from ernievil2torch.cli import COMMANDS, parse_arguments, run_command
+from ernievil2torch.cli import COMMANDS, checks, parse_arguments, run_command
 
 # Modules the commands run; imported first, so that names they bound at import are patched too.
 COMMAND_MODULES = ("ernievil2torch.apps.embed", "ernievil2torch.apps.retrieval", "ernievil2torch.apps.dedup",
@@ -111,6 +111,7 @@ MISTAKES: List[Tuple[str, str]] = [
     ("check --seed 1.5", "--seed: expected an integer"),
     ("check --tiny nope", "--tiny: expected true/false"),
     ("check --paddle", "--paddle needs a value"),
+    ("check --workdir data.tsv", "--workdir: data.tsv is not a folder"),
     # similarity
     ("similarity --model model --dtype float64", "unknown flag --dtype"),
     ("similarity --model model --max_length 2", "--max_length: must be in [3, 2048], not 2"),
@@ -119,12 +120,20 @@ MISTAKES: List[Tuple[str, str]] = [
     ("similarity --model model --images {img},missing.jpg", "missing.jpg: no such file"),
     ("similarity --model model --texts ,", "--texts: expected a comma-separated list"),
     ("similarity --model model --plot", "--plot needs a value"),
+    ("similarity --model model --plot missing_dir/p.png", "--plot: missing_dir/p.png: its folder missing_dir does "
+                                                          "not exist"),
+    ("similarity --model model --plot images", "--plot: images is a directory, not a file"),
+    ("similarity --model model --plot data.tsv/p.png", "--plot: data.tsv/p.png: data.tsv is not a folder"),
     # classify
     ("classify --model model --images {img}", "missing LABELS"),
     ("classify --model model --images missing.jpg --labels 猫,狗", "missing.jpg: no such file"),
     ("classify --model model --images {img} --labels 猫 --vocab missing.txt", "--vocab: missing.txt: no such file"),
     ("classify --model model --images {img} --labels 猫 --template x", "unknown flag --template (did you mean "
                                                                        "--templates?)"),
+    ("classify --model model --images {img} --labels 猫,狗 --templates {{}}{{}}", "template '{}{}' must hold exactly "
+                                                                              "one '{}'"),
+    ("classify --model model --images {img} --labels 猫 --templates {{x}}的{{}}", "no other brace"),
+    ("classify --model model --images {img} --labels 猫 --templates 一张照片", "has no '{}' for the label"),
     # embed
     ("embed images model out --batchsize 8", "unknown flag --batchsize (did you mean --batch_size?)"),
     ("embed images model out --batch_size 0", "--batch_size: must be > 0, not 0"),
@@ -244,6 +253,15 @@ def test_the_tripwires_catch_work(place, tripwires, tmp_path, capsys):
                  ["export", "model", "out", "--format", "paddle"], ["embed", "images", "model", "out"]):
         with pytest.raises(WorkStarted):
             run_command(COMMANDS, name="ernievil2", argv=argv)
+
+
+def test_a_plot_without_matplotlib_is_refused_before_any_work(place, tripwires, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(checks, "installed", lambda module: module != "matplotlib")
+    before = listing(tmp_path)
+    code, out, err = run(["similarity", "--model", "model", "--plot", "p.png"], capsys)
+    assert (code, out, listing(tmp_path)) == (cli.EXIT_BAD_INPUT, "", before)
+    assert err == "error: ernievil2 similarity: --plot: needs matplotlib: pip install 'ernievil2torch[plot]'; " \
+                  "see ernievil2 similarity --help\n"
 
 
 # (argv, what some of the keyword arguments must be): spellings that work as meant.
