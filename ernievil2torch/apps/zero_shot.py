@@ -82,7 +82,7 @@ class ClassificationResult:
     labels: List[str]
     probabilities: torch.Tensor
 
-    def render(self) -> str:
+    def summary(self) -> str:
         """One line per image: the best label, then every label's probability."""
         lines = []
         for path, row in zip(self.images, self.probabilities.tolist()):

@@ -7,7 +7,8 @@ imports nothing heavy: a library function is imported only when its command runs
 ``ernievil2 convert`` runs where torch cannot be imported.
 
 An adapter turns command-line values into one library call and returns its result (the runner prints
-``result.summary()``); ``check`` and ``similarity`` print as they go.
+``result.summary()``, and exits with status 1 when the result has ``passed`` false); ``check`` prints its progress
+lines as they come.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..export.registry import EXPORTERS
 from .arguments import Command
 from .checks import (COSINE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FOLDER_OR_ABSENT, FRACTION, MAX_LENGTH, NON_NEGATIVE,
                      NEW_FILE, PATH_OR_PATTERN, PORT, POSITIVE, between, needs_extra, one_of)
-from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, EXIT_CHECK_FAILED, NO_OUTPUT, RESUMABLE_OUTPUT,
+from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, NO_OUTPUT, RESUMABLE_OUTPUT,
                       SERVICE_STOPPED)
 
 CONSOLE_SUMMARY = ("ERNIE-ViL 2.0 in PyTorch: convert, check, compare, classify, embed, search, evaluate, fine-tune, "
@@ -56,7 +57,7 @@ def convert(src: Optional[str] = None, dst: str = "converted/ernie_vil2_base", v
 
 def logit_check(paddle: Optional[str] = None, torch: Optional[str] = None, seed: int = 0, tiny: bool = False,
                 feature_atol: Optional[float] = None, min_cosine: Optional[float] = None,
-                logit_atol: Optional[float] = None, workdir: Optional[str] = None) -> None:
+                logit_atol: Optional[float] = None, workdir: Optional[str] = None):
     """Run the Paddle reference and the PyTorch port on the same inputs and compare (needs paddlepaddle).
 
     What it proves: the converted directory computes, in PyTorch, the function that the Paddle reference computes
@@ -89,15 +90,12 @@ def logit_check(paddle: Optional[str] = None, torch: Optional[str] = None, seed:
         min_cosine=parity.MIN_COSINE if min_cosine is None else min_cosine,
         logit_atol=parity.LOGIT_ATOL if logit_atol is None else logit_atol,
         workdir=workdir, log=print)
-    print()
-    print(result.render())
-    if not result.passed:
-        sys.exit(EXIT_CHECK_FAILED)
+    return result
 
 
 def performance_check(model: str = "demo/synthetic_converted", images: Optional[List[str]] = None,
                       texts: Optional[List[str]] = None, vocab: Optional[str] = None,
-                      max_length: int = DEFAULT_MAX_LENGTH, plot: Optional[str] = None) -> None:
+                      max_length: int = DEFAULT_MAX_LENGTH, plot: Optional[str] = None) -> str:
     """Print the text x image cosine-similarity matrix (rows texts, columns images) and per-image probabilities.
 
     Args:
@@ -111,13 +109,14 @@ def performance_check(model: str = "demo/synthetic_converted", images: Optional[
     from ..apps.similarity import image_text_similarity
 
     result = image_text_similarity(model, images, texts, vocab, max_length)
-    print(result.render())
-    if plot:
-        from ..apps.plotting import CJK_FONT_PACKAGE, plot_similarity
+    if not plot:
+        return result.summary()
+    from ..apps.plotting import CJK_FONT_PACKAGE, plot_similarity
 
-        written, has_cjk = plot_similarity(result.similarity.tolist(), result.images, result.texts, plot)
-        print(f"\nheatmap written to {written}" + ("" if has_cjk else " (no CJK font found: rows labelled T1..Tn as "
-                                                                 f"printed above; pip install {CJK_FONT_PACKAGE})"))
+    written, has_cjk = plot_similarity(result.similarity.tolist(), result.images, result.texts, plot)
+    return (f"{result.summary()}\n\nheatmap written to {written}"
+            + ("" if has_cjk else f" (no CJK font found: rows labelled T1..Tn as printed above; pip install "
+                                  f"{CJK_FONT_PACKAGE})"))
 
 
 def classify(model: str, images: List[str], labels: List[str], templates: Optional[List[str]] = None,
@@ -133,7 +132,7 @@ def classify(model: str, images: List[str], labels: List[str], templates: Option
     """
     from ..apps.zero_shot import DEFAULT_TEMPLATES, classify_images
 
-    return classify_images(model, images, labels, tuple(templates or DEFAULT_TEMPLATES), vocab).render()
+    return classify_images(model, images, labels, tuple(templates or DEFAULT_TEMPLATES), vocab).summary()
 
 
 def export(model: str, out: str, format: str = "hf", overwrite: bool = False, vocab: Optional[str] = None,

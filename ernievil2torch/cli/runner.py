@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from ..errors import ErnieViL2Error, InputError
 from .arguments import Command, HelpRequested, parse_arguments, render_commands
-from .outcome import (EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, CommandInterrupted,
+from .outcome import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, CommandInterrupted,
                       leaves_on_interrupt)
 
 Component = Union[Callable[..., Any], Command, Mapping[str, Union[Callable[..., Any], Command]]]
@@ -33,6 +33,11 @@ def render_result(result: Any) -> Optional[str]:
         width = max((len(str(key)) for key in result), default=0)
         return "\n".join(f"{str(key).ljust(width)}: {value}" for key, value in result.items())
     return str(result)
+
+
+def failed_check(result: Any) -> bool:
+    """Whether ``result`` is a check that ran and failed: its ``passed`` attribute is false (exit status 1)."""
+    return getattr(result, "passed", None) is False
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -70,9 +75,12 @@ def run_command(component: Component, name: Optional[str] = None, argv: Optional
     prog = name or (getattr(component, "__name__", None) if callable(component) else None) or "command"
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        text = render_result(_dispatch(component, prog, args, summary))
+        result = _dispatch(component, prog, args, summary)
+        text = render_result(result)
         if text is not None:
             print(text)
+        if failed_check(result):
+            sys.exit(EXIT_CHECK_FAILED)
     except HelpRequested as shown:
         print(str(shown), end="")
     except ErnieViL2Error as exc:

@@ -74,6 +74,21 @@ def test_an_os_error_is_one_error_line_naming_the_file_and_the_reason(monkeypatc
     assert (code, err) == (cli.EXIT_BAD_INPUT, "error: no reason\n")
 
 
+class _Check:
+    def __init__(self, passed: bool) -> None:
+        self.passed = passed
+
+    def summary(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+
+def test_a_failed_check_prints_its_summary_and_exits_1(monkeypatch, capsys):
+    code, out, err = invoke({"run": lambda: _Check(False)}, ["run"], monkeypatch, capsys)
+    assert (code, out, err) == (cli.EXIT_CHECK_FAILED, "FAIL\n", "")
+    code, out, err = invoke({"run": lambda: _Check(True)}, ["run"], monkeypatch, capsys)
+    assert (code, out, err) == (0, "PASS\n", "")
+
+
 def test_ctrl_c_prints_what_the_command_leaves(monkeypatch, capsys):
     declared = cli.leaves_on_interrupt("interrupted; the test's message")(_raising(KeyboardInterrupt()))
     code, _, err = invoke({"run": declared}, ["run"], monkeypatch, capsys)
