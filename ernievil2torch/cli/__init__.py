@@ -41,9 +41,9 @@ def main() -> None:
 
 def main_embed() -> None:
     """``python -m ernievil2torch.embed`` (also under torchrun): the embed command alone."""
-    run_command(COMMANDS["embed"], name="embed")
+    run_command(COMMANDS["embed"], name="python -m ernievil2torch.embed")
 
 
 def main_finetune() -> None:
     """``python -m ernievil2torch.finetune`` (also under torchrun): the finetune command alone."""
-    run_command(COMMANDS["finetune"], name="finetune")
+    run_command(COMMANDS["finetune"], name="python -m ernievil2torch.finetune")

@@ -89,6 +89,17 @@ def test_a_failed_check_prints_its_summary_and_exits_1(monkeypatch, capsys):
     assert (code, out, err) == (0, "PASS\n", "")
 
 
+@pytest.mark.parametrize("main,module", [(cli.main_embed, "ernievil2torch.embed"),
+                                         (cli.main_finetune, "ernievil2torch.finetune")])
+def test_the_module_commands_name_themselves_in_errors(main, module, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [module, "--no_such_flag"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = capsys.readouterr().err
+    assert exited.value.code == cli.EXIT_BAD_INPUT and err.startswith(f"error: python -m {module}: unknown flag")
+    assert err.rstrip().endswith(f"see python -m {module} --help"), err
+
+
 def test_ctrl_c_prints_what_the_command_leaves(monkeypatch, capsys):
     declared = cli.leaves_on_interrupt("interrupted; the test's message")(_raising(KeyboardInterrupt()))
     code, _, err = invoke({"run": declared}, ["run"], monkeypatch, capsys)
