@@ -10,7 +10,9 @@ parser reads every command's argv:
   default (and the others, in signature order) also by position;
 * booleans strictly: ``true/false``, ``yes/no``, ``1/0`` in any case; a bare ``--flag`` (last, or followed by
   another flag) is true, ``--noflag`` false; any other word after ``--flag`` is refused;
-* a list is comma-separated (``a,b``); ints and floats must read as such;
+* a list is comma-separated (``a,b``); a Python literal (``["a","b"]``, fire's form) is refused; ints and floats
+  must read as such;
+* after ``--`` every token is positional; fire's own flags there (``-- --trace``) are refused;
 * a flag given twice keeps its last value (a script may append to a command line);
 * an unknown flag, a missing value, a positional too many, a missing required argument, or a value its
   check refuses raises :class:`~ernievil2torch.errors.InputError` before the function is called.
@@ -37,6 +39,11 @@ FALSE_WORDS = ("false", "no", "0")
 
 # The kinds of value a parameter takes.
 STR, INT, FLOAT, BOOL, LIST, STR_OR_LIST = "str", "int", "float", "bool", "list", "str_or_list"
+# fire's own flags (read after ``--``), refused by name now that fire is gone.
+FIRE_FLAGS = ("--interactive", "-i", "--trace", "-t", "--verbose", "-v", "--separator", "--completion", "--help",
+              "-h")
+# A Python list, or a tuple (parentheses around a comma or a quote; a name such as "(2019)" stays a name).
+_PYTHON_LITERAL = re.compile(r"^\s*(\[.*\]|\(.*[,'\"].*\))\s*$", re.DOTALL)
 _KIND_WORDS = {STR: "text", INT: "integer", FLOAT: "number", BOOL: "true/false (a bare flag means true)",
                LIST: "comma-separated list", STR_OR_LIST: "text, or a comma-separated list"}
 
@@ -174,6 +181,9 @@ def _convert(kind: str, text: str) -> Any:
         if not math.isfinite(value):
             raise InputError(f"expected a finite number, not {text!r}")
         return value
+    if kind in (LIST, STR_OR_LIST) and _PYTHON_LITERAL.match(text):
+        raise InputError(f"Python literals are no longer read (fire's syntax was removed): write a comma-separated "
+                         f"list such as a.jpg,b.jpg, not {text!r}")
     if kind == LIST or (kind == STR_OR_LIST and "," in text):
         items = [item.strip() for item in text.split(",") if item.strip()]
         if not items:
@@ -255,6 +265,10 @@ def parse_arguments(command: Command, argv: Sequence[str], prog: str) -> Dict[st
         if token in ("-h", "--help"):
             raise HelpRequested(render_help(command, prog))
         if token == "--":
+            fire = [rest for rest in tokens[i:] if rest in FIRE_FLAGS or rest.partition("=")[0] == "--separator"]
+            if fire:
+                raise fail(f"{fire[0]} after -- was a flag of fire, which is no longer used; nothing after -- is "
+                           "read as a flag")
             positionals += tokens[i:]
             break
         if not token.startswith("-") or token == "-" or _looks_like_number(token):

@@ -120,6 +120,10 @@ MISTAKES: List[Tuple[str, str]] = [
     ("similarity --model model --images {img},missing.jpg", "missing.jpg: no such file"),
     ("similarity --model model --texts ,", "--texts: expected a comma-separated list"),
     ("similarity --model model --plot", "--plot needs a value"),
+    ("""similarity --model model --texts '["a","b"]'""", "--texts: Python literals are no longer read"),
+    ("similarity --model model --images '({img},)'", "write a comma-separated list such as a.jpg,b.jpg"),
+    ("similarity --model model -- --trace", "--trace after -- was a flag of fire"),
+    ("similarity --model model -- --separator=X", "--separator=X after -- was a flag of fire"),
     ("similarity --model model --plot missing_dir/p.png", "--plot: missing_dir/p.png: its folder missing_dir does "
                                                           "not exist"),
     ("similarity --model model --plot images", "--plot: images is a directory, not a file"),
@@ -300,6 +304,7 @@ ACCEPTED: List[Tuple[str, dict]] = [
     ("dedup gallery --threshold -0.5 --images images --faiss", {"threshold": -0.5, "faiss": True}),
     ("dedup gallery --out=--odd-name", {"out": "--odd-name"}),
     ("dedup -- gallery", {"embeddings": "gallery"}),
+    ("similarity --model model --texts '(2019)',[x]y", {"texts": ["(2019)", "[x]y"]}),
 ]
 
 
