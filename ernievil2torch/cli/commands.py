@@ -19,7 +19,7 @@ from ..constants import DEFAULT_MAX_LENGTH
 from ..data.formats import DATASET_FORMATS
 from ..export.registry import EXPORTERS
 from .arguments import Command
-from .checks import (COSINE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FOLDER_OR_ABSENT, FRACTION, MAX_LENGTH, NON_NEGATIVE,
+from .checks import (COSINE, DEVICE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FOLDER_OR_ABSENT, FRACTION, MAX_LENGTH, NON_NEGATIVE,
                      NEW_FILE, PATH_OR_PATTERN, PORT, POSITIVE, between, needs_extra, one_of)
 from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, NO_OUTPUT, RESUMABLE_OUTPUT,
                       SERVICE_STOPPED)
@@ -241,7 +241,7 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
 
 # ---- the command table ----------------------------------------------------------------------------------------------
 _ENCODING = {"batch_size": POSITIVE, "num_workers": NON_NEGATIVE, "dtype": DTYPE, "vocab": FILE,
-             "max_length": MAX_LENGTH}
+             "max_length": MAX_LENGTH, "device": DEVICE}
 
 COMMANDS: Dict[str, Command] = {c.name: c for c in (
     Command("convert", convert, "convert a .pdparams into a PyTorch directory (needs neither Paddle nor torch)",
@@ -272,7 +272,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
              "adam_beta1": FRACTION, "adam_beta2": FRACTION, "adam_eps": POSITIVE, "max_length": MAX_LENGTH,
              "seed": NON_NEGATIVE, "precision": one_of("auto", "fp32", "bf16"), "freeze": one_of("vision", "text"),
              "eval_every": POSITIVE, "save_every": POSITIVE, "log_every": POSITIVE, "keep_last": POSITIVE,
-             "eval_batch_size": POSITIVE, "num_workers": NON_NEGATIVE},
+             "eval_batch_size": POSITIVE, "num_workers": NON_NEGATIVE, "device": DEVICE},
             types={"max_steps": int}),
     Command("export", export, "export to stock Hugging Face models, ONNX, or back to Paddle", ATOMIC_OUTPUT,
             {"format": one_of(*EXPORTERS), "vocab": FILE, "opset": between(14, 99),
@@ -281,7 +281,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
             {"gallery": FOLDER, "images": FOLDER, "port": PORT, "max_upload_mb": POSITIVE, "max_pixels": POSITIVE,
              "max_files": POSITIVE, "max_texts": POSITIVE, "max_text_chars": POSITIVE, "max_k": POSITIVE,
              "max_batch": POSITIVE, "max_wait_ms": NON_NEGATIVE, "decode_workers": POSITIVE, "dtype": DTYPE,
-             "vocab": FILE, "log_level": one_of("critical", "error", "warning", "info", "debug", "trace")}),
+             "device": DEVICE, "vocab": FILE, "log_level": one_of("critical", "error", "warning", "info", "debug", "trace")}),
     Command("dedup", dedup, "groups of near-duplicate images in an embed output", ATOMIC_OUTPUT,
             {"embeddings": FOLDER, "threshold": COSINE, "images": FOLDER, "chunk_size": POSITIVE,
              "examples": NON_NEGATIVE}),

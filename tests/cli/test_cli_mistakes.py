@@ -154,6 +154,8 @@ MISTAKES: List[Tuple[str, str]] = [
     ("embed 'nothing/*.jpg' model out", "no file matches it as a pattern"),
     ("embed images model out --kind text --vocab missing.txt", "--vocab: missing.txt: no such file"),
     ("embed images model", "missing OUT"),
+    ("embed images model out --device gpu", "--device: must be cpu, cuda, cuda:N or mps, not 'gpu'"),
+    ("embed images model out --device cpu:0", "--device: must be cpu, cuda, cuda:N or mps"),
     # search
     ("search queries.npy gallery out.tsv --k 0", "--k: must be > 0, not 0"),
     ("search queries.npy gallery out.tsv --k -3", "--k: must be > 0"),
@@ -171,6 +173,7 @@ MISTAKES: List[Tuple[str, str]] = [
     ("eval model data.tsv --dtype fp8", "--dtype: dtype must be one of"),
     ("eval model data.tsv --max_length 5000", "--max_length: must be in [3, 2048]"),
     ("eval model data.tsv --save_embeddings", "--save_embeddings needs a value"),
+    ("eval model data.tsv --device gpu", "--device: must be cpu, cuda, cuda:N or mps, not 'gpu'"),
     # finetune
     ("finetune model data.tsv out --learning_rate 1e-4", "unknown flag --learning_rate"),
     ("finetune model data.tsv out --lr 0", "--lr: must be > 0, not 0.0"),
@@ -194,6 +197,7 @@ MISTAKES: List[Tuple[str, str]] = [
     ("finetune model data.tsv out --val_images missing_dir", "--val_images: missing_dir is not a folder"),
     ("finetune model data.tsv out --max_length 2049", "--max_length: must be in [3, 2048]"),
     ("finetune model data.tsv out surplus", "unexpected argument 'surplus'"),
+    ("finetune model data.tsv out --device cuda0", "--device: must be cpu, cuda, cuda:N or mps"),
     # export
     ("export model out --format tflite", "--format: must be one of hf, onnx, paddle, not 'tflite'"),
     ("export model out.pdparams --format paddle --layout hf", "--layout: must be one of official, paddlenlp"),
@@ -215,6 +219,7 @@ MISTAKES: List[Tuple[str, str]] = [
     ("serve model --gallery gallery --images images --log_level loud", "--log_level: must be one of"),
     ("serve model --gallery gallery --images images --faiss perhaps", "--faiss: expected true/false"),
     ("serve model --gallery gallery", "missing IMAGES"),
+    ("serve model --gallery gallery --images images --device tpu", "--device: must be cpu, cuda, cuda:N or mps"),
     # dedup
     ("dedup gallery --threshold 1.5", "--threshold: must be in [-1, 1], not 1.5"),
     ("dedup gallery --threshold -2", "--threshold: must be in [-1, 1]"),
@@ -257,6 +262,35 @@ def test_the_tripwires_catch_work(place, tripwires, tmp_path, capsys):
                  ["export", "model", "out", "--format", "paddle"], ["embed", "images", "model", "out"]):
         with pytest.raises(WorkStarted):
             run_command(COMMANDS, name="ernievil2", argv=argv)
+
+
+def test_every_device_flag_has_the_device_check():
+    with_device = [name for name, command in COMMANDS.items()
+                   if any(p.name == "device" for p in command.parameters())]
+    assert set(with_device) >= {"embed", "eval", "finetune", "serve"}
+    assert all(COMMANDS[name].checks.get("device") is checks.DEVICE for name in with_device)
+
+
+@pytest.mark.parametrize("name,argv", [("embed", "images model out"), ("eval", "model data.tsv"),
+                                       ("finetune", "model data.tsv out"),
+                                       ("serve", "model --gallery gallery --images images")])
+def test_a_device_this_machine_lacks_is_one_error_before_any_work(name, argv, place, tripwires, tmp_path,
+                                                                   monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for device, fragment in (("cuda", "cuda was asked for but torch sees no CUDA GPU here (use cpu)"),
+                             ("cuda:1", "cuda:1 was asked for but torch sees no CUDA GPU"),
+                             ("mps", "mps was asked for but this machine has no usable MPS device")):
+        before = listing(tmp_path)
+        code, out, err = run([name, *argv.split(), "--device", device], capsys)
+        assert (code, out, listing(tmp_path)) == (cli.EXIT_BAD_INPUT, "", before), err
+        assert err.startswith(f"error: ernievil2 {name}: --device: {fragment}") and len(err.splitlines()) == 1, err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    code, out, err = run([name, *argv.split(), "--device", "cuda:2"], capsys)
+    assert code == cli.EXIT_BAD_INPUT and "cuda:2 was asked for but torch sees 2 CUDA GPU(s): cuda:0 to cuda:1" in err
 
 
 def test_a_plot_without_matplotlib_is_refused_before_any_work(place, tripwires, tmp_path, monkeypatch, capsys):
@@ -304,6 +338,7 @@ ACCEPTED: List[Tuple[str, dict]] = [
     ("dedup gallery --threshold -0.5 --images images --faiss", {"threshold": -0.5, "faiss": True}),
     ("dedup gallery --out=--odd-name", {"out": "--odd-name"}),
     ("dedup -- gallery", {"embeddings": "gallery"}),
+    ("eval model data.tsv --device cpu", {"device": "cpu"}),
     ("similarity --model model --texts '(2019)',[x]y", {"texts": ["(2019)", "[x]y"]}),
 ]
 
