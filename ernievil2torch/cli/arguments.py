@@ -14,8 +14,8 @@ parser reads every command's argv:
   must read as such;
 * after ``--`` every token is positional; fire's own flags there (``-- --trace``) are refused;
 * a flag given twice keeps its last value (a script may append to a command line);
-* an unknown flag, a missing value, a positional too many, a missing required argument, or a value its
-  check refuses raises :class:`~ernievil2torch.errors.InputError` before the function is called.
+* an unknown flag, a missing value, a positional too many, a missing required argument, a value its
+  check refuses, or a combination one of ``Command.rules`` refuses (a flag that does not apply) raises :class:`~ernievil2torch.errors.InputError` before the function is called.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import sys
 import textwrap
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import AbstractSet, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import InputError
 from .checks import Check
@@ -80,6 +80,9 @@ class Command:
         leaves: what an interrupted run leaves behind (:mod:`~ernievil2torch.cli.outcome`), or None.
         checks: parameter name -> :class:`~ernievil2torch.cli.checks.Check` applied to a given value.
         types: parameter name -> type, where the signature has no usable annotation.
+        rules: checks across values, each ``rule(values, given)`` -> a refusal (None when the command line is
+            fine): ``values`` every parameter's value (the defaults included), ``given`` the names on the command
+            line. They run after every value's own check, before the call.
     """
 
     name: str
@@ -88,6 +91,7 @@ class Command:
     leaves: Optional[str] = None
     checks: Mapping[str, Check] = field(default_factory=dict)
     types: Mapping[str, Any] = field(default_factory=dict)
+    rules: Tuple[Callable[[Mapping[str, Any], AbstractSet[str]], Optional[str]], ...] = ()
 
     def function(self) -> Callable[..., Any]:
         if callable(self.target):
@@ -324,6 +328,11 @@ def parse_arguments(command: Command, argv: Sequence[str], prog: str) -> Dict[st
                 given[key] = check(value)
             except InputError as exc:
                 raise fail(f"{by_name[key].flag}: {exc}") from None
+    values = {**{p.name: p.default for p in parameters if not p.required}, **given}
+    for rule in command.rules:
+        refusal = rule(values, frozenset(given))
+        if refusal:
+            raise fail(refusal)
     return given
 
 

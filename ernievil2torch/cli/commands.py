@@ -13,7 +13,7 @@ lines as they come.
 from __future__ import annotations
 
 import sys
-from typing import Dict, List, Optional
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional
 
 from ..constants import DEFAULT_MAX_LENGTH
 from ..data.formats import DATASET_FORMATS
@@ -239,6 +239,28 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
     return find_duplicates(embeddings, threshold, out, images, chunk_size, faiss, examples, overwrite)
 
 
+# ---- rules across values: a flag that does not apply is refused ------------------------------------------------
+def _synthetic_only(values: Mapping[str, Any], given: AbstractSet[str]) -> Optional[str]:
+    """``check``: --tiny and --workdir shape the synthetic checkpoint, which --paddle/--torch replace."""
+    if values.get("paddle") is None and values.get("torch") is None:
+        return None
+    for name in ("tiny", "workdir"):
+        if name in given and values[name]:
+            return f"--{name} applies only to the synthetic check (without --paddle/--torch)"
+    return None
+
+
+def _format_options(values: Mapping[str, Any], given: AbstractSet[str]) -> Optional[str]:
+    """``export``: an option only the formats of the registry that list it use."""
+    options = sorted({option for e in EXPORTERS.values() for option in e.options})
+    chosen = EXPORTERS.get(values["format"])
+    for name in options:
+        if name in given and chosen is not None and name not in chosen.options:
+            users = [e.format for e in EXPORTERS.values() if name in e.options]
+            return f"--{name} applies only to --format {' or '.join(users)}, not {values['format']}"
+    return None
+
+
 # ---- the command table ----------------------------------------------------------------------------------------------
 _ENCODING = {"batch_size": POSITIVE, "num_workers": NON_NEGATIVE, "dtype": DTYPE, "vocab": FILE,
              "max_length": MAX_LENGTH, "device": DEVICE}
@@ -248,7 +270,8 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
             ATOMIC_OUTPUT, {"src": FILE, "vocab": FILE, "dtype": DTYPE_OR_KEEP}),
     Command("check", logit_check, "prove the port computes Paddle's function (needs paddlepaddle)", ATOMIC_OUTPUT,
             {"paddle": FILE, "torch": FOLDER, "seed": NON_NEGATIVE, "feature_atol": NON_NEGATIVE,
-             "min_cosine": COSINE, "logit_atol": NON_NEGATIVE, "workdir": FOLDER_OR_ABSENT}),
+             "min_cosine": COSINE, "logit_atol": NON_NEGATIVE, "workdir": FOLDER_OR_ABSENT},
+            rules=(_synthetic_only,)),
     Command("similarity", performance_check, "text x image cosine-similarity matrix (optionally a heatmap)",
             ATOMIC_OUTPUT, {"images": FILE, "vocab": FILE, "max_length": MAX_LENGTH,
                             "plot": needs_extra(NEW_FILE, ("matplotlib",), "plot")}),
@@ -276,7 +299,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
             types={"max_steps": int}),
     Command("export", export, "export to stock Hugging Face models, ONNX, or back to Paddle", ATOMIC_OUTPUT,
             {"format": one_of(*EXPORTERS), "vocab": FILE, "opset": between(14, 99),
-             "layout": one_of("official", "paddlenlp")}),
+             "layout": one_of("official", "paddlenlp")}, rules=(_format_options,)),
     Command("serve", serve, "search your own photos: HTTP API and web page over an embed output", SERVICE_STOPPED,
             {"gallery": FOLDER, "images": FOLDER, "port": PORT, "max_upload_mb": POSITIVE, "max_pixels": POSITIVE,
              "max_files": POSITIVE, "max_texts": POSITIVE, "max_text_chars": POSITIVE, "max_k": POSITIVE,

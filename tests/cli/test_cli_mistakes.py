@@ -112,6 +112,9 @@ MISTAKES: List[Tuple[str, str]] = [
     ("check --tiny nope", "--tiny: expected true/false"),
     ("check --paddle", "--paddle needs a value"),
     ("check --workdir data.tsv", "--workdir: data.tsv is not a folder"),
+    ("check --paddle src.pdparams --torch model --tiny", "--tiny applies only to the synthetic check (without "
+                                                         "--paddle/--torch)"),
+    ("check --paddle src.pdparams --torch model --workdir work", "--workdir applies only to the synthetic check"),
     # similarity
     ("similarity --model model --dtype float64", "unknown flag --dtype"),
     ("similarity --model model --max_length 2", "--max_length: must be in [3, 2048], not 2"),
@@ -204,6 +207,10 @@ MISTAKES: List[Tuple[str, str]] = [
     ("export model out --format onnx --opset 0", "--opset: must be in [14, 99]"),
     ("export model out --vocab missing.txt", "--vocab: missing.txt: no such file"),
     ("export model", "missing OUT"),
+    ("export model out --format onnx --layout paddlenlp", "--layout applies only to --format paddle, not onnx"),
+    ("export model out --opset 17", "--opset applies only to --format onnx, not hf"),
+    ("export model out --format onnx --vocab vocab.txt", "--vocab applies only to --format hf, not onnx"),
+    ("export model out.pdparams --format paddle --vocab vocab.txt", "--vocab applies only to --format hf"),
     ("export model out --fromat onnx", "unknown flag --fromat (did you mean --format?)"),
     # serve
     ("serve model --gallery gallery --images images --port 70000", "--port: must be in [0, 65535], not 70000"),
@@ -310,6 +317,9 @@ ACCEPTED: List[Tuple[str, dict]] = [
     ("convert --nooverwrite", {"overwrite": False}),
     ("convert --dtype half", {"dtype": "float16"}),
     ("check --tiny --seed 3", {"tiny": True, "seed": 3}),
+    ("check --paddle src.pdparams --torch model --seed 2 --tiny false", {"seed": 2, "tiny": False}),
+    ("export model out --format onnx --opset 18", {"opset": 18}),
+    ("export model out --vocab vocab.txt", {"vocab": "vocab.txt"}),
     ("check --tiny False --tiny true", {"tiny": True}),  # a repeated flag: the last value counts
     ("check --min_cosine=-0.5 --feature_atol 1e-6", {"min_cosine": -0.5, "feature_atol": 1e-6}),
     ("similarity --model model --images {img},{img} --texts 一张猫的照片,一张狗的照片 --max_length 64",
