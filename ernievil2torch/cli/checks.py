@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import canonical_dtype
+from ..config import canonical_dtype, list_models
 from ..constants import MAX_TEXT_POSITIONS
 from ..errors import InputError
 
@@ -191,3 +191,14 @@ def _device(value: Any) -> Any:
 
 #: A device: cpu, cuda, cuda:N or mps, and present on this machine.
 DEVICE = Check("cpu, cuda, cuda:N or mps, available here", _device)
+
+
+def _registered_model(value: Any) -> Any:
+    names = list_models()
+    if value not in names:
+        raise InputError(f"must be a registered model name ({', '.join(names)}), not {value!r}")
+    return value
+
+
+#: A name of the model registry (:func:`ernievil2torch.config.list_models`).
+MODEL_NAME = Check("a registered model name (" + ", ".join(list_models()) + ")", _registered_model)

@@ -19,8 +19,9 @@ from ..constants import DEFAULT_MAX_LENGTH
 from ..data.formats import DATASET_FORMATS
 from ..export.registry import EXPORTERS
 from .arguments import Command
-from .checks import (COSINE, DEVICE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FOLDER_OR_ABSENT, FRACTION, MAX_LENGTH, NON_NEGATIVE,
-                     NEW_FILE, PATH_OR_PATTERN, PORT, POSITIVE, between, needs_extra, one_of)
+from .checks import (COSINE, DEVICE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FOLDER_OR_ABSENT, FRACTION,
+                     MAX_LENGTH, MODEL_NAME, NEW_FILE, NON_NEGATIVE, PATH_OR_PATTERN, PORT, POSITIVE, between,
+                     needs_extra, one_of)
 from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, NO_OUTPUT, RESUMABLE_OUTPUT,
                       SERVICE_STOPPED)
 
@@ -30,7 +31,7 @@ CONSOLE_SUMMARY = ("ERNIE-ViL 2.0 in PyTorch: convert, check, compare, classify,
 
 # ---- adapters -------------------------------------------------------------------------------------------------------
 def convert(src: Optional[str] = None, dst: str = "converted/ernie_vil2_base", vocab: Optional[str] = None,
-            overwrite: bool = False, dtype: str = "float32"):
+            overwrite: bool = False, dtype: str = "float32", *, model: Optional[str] = None):
     """Convert an ERNIE-ViL 2.0 .pdparams (official or PaddleNLP layout) into a PyTorch directory.
 
     Needs no Paddle and no torch. Writes DST/config.json and DST/model.safetensors (and DST/vocab.txt with
@@ -43,6 +44,8 @@ def convert(src: Optional[str] = None, dst: str = "converted/ernie_vil2_base", v
         overwrite: replace an existing DST (the old one stays until the new one is complete).
         dtype: float32 (default, as released), float16, bfloat16 (or fp32, fp16, half, bf16), or keep (the
             source's dtype).
+        model: the registered model name to convert as (default: the registered size whose shapes the file has;
+            name one when several fit).
 
     Returns:
         the :class:`~ernievil2torch.conversion.ConversionReport`.
@@ -52,7 +55,7 @@ def convert(src: Optional[str] = None, dst: str = "converted/ernie_vil2_base", v
 
     source = src or find_default_checkpoint(".")
     return convert_checkpoint(source, dst, overwrite=overwrite, vocab=vocab,
-                              dtype=canonical_dtype(dtype, allow_keep=True))
+                              dtype=canonical_dtype(dtype, allow_keep=True), config=model)
 
 
 def logit_check(paddle: Optional[str] = None, torch: Optional[str] = None, seed: int = 0, tiny: bool = False,
@@ -267,7 +270,7 @@ _ENCODING = {"batch_size": POSITIVE, "num_workers": NON_NEGATIVE, "dtype": DTYPE
 
 COMMANDS: Dict[str, Command] = {c.name: c for c in (
     Command("convert", convert, "convert a .pdparams into a PyTorch directory (needs neither Paddle nor torch)",
-            ATOMIC_OUTPUT, {"src": FILE, "vocab": FILE, "dtype": DTYPE_OR_KEEP}),
+            ATOMIC_OUTPUT, {"src": FILE, "vocab": FILE, "dtype": DTYPE_OR_KEEP, "model": MODEL_NAME}),
     Command("check", logit_check, "prove the port computes Paddle's function (needs paddlepaddle)", ATOMIC_OUTPUT,
             {"paddle": FILE, "torch": FOLDER, "seed": NON_NEGATIVE, "feature_atol": NON_NEGATIVE,
              "min_cosine": COSINE, "logit_atol": NON_NEGATIVE, "workdir": FOLDER_OR_ABSENT},

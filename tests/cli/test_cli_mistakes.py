@@ -101,6 +101,7 @@ MISTAKES: List[Tuple[str, str]] = [
     ("convert --src", "--src needs a value"),
     ("convert src.pdparams out vocab.txt false float32 surplus", "unexpected argument 'surplus'"),
     ("convert -s src.pdparams", "unknown option -s"),
+    ("convert --src src.pdparams --dst out --model huge", "--model: must be a registered model name (base, "),
     # check
     ("check --paddle missing.pdparams --torch model", "--paddle: missing.pdparams: no such file"),
     ("check --paddle src.pdparams --torch missing_dir", "--torch: missing_dir is not a folder"),
@@ -315,6 +316,7 @@ ACCEPTED: List[Tuple[str, dict]] = [
     ("convert --dtype=keep --overwrite", {"dtype": "keep", "overwrite": True}),
     ("convert --overwrite --dst 2024", {"overwrite": True, "dst": "2024"}),
     ("convert --nooverwrite", {"overwrite": False}),
+    ("convert src.pdparams out --model tiny", {"model": "tiny"}),
     ("convert --dtype half", {"dtype": "float16"}),
     ("check --tiny --seed 3", {"tiny": True, "seed": 3}),
     ("check --paddle src.pdparams --torch model --seed 2 --tiny false", {"seed": 2, "tiny": False}),
@@ -363,3 +365,27 @@ def test_a_correct_spelling_means_what_it_says(case, expected, place):
     assert {key: kwargs.get(key) for key in wanted} == wanted
     for key, value in wanted.items():
         assert type(kwargs[key]) is type(value), key  # noqa: E721 - an int must not arrive as a bool or float
+
+
+def test_convert_model_picks_one_registered_size_when_several_fit(tmp_path, monkeypatch, capsys):
+    import dataclasses
+    import json
+
+    from ernievil2torch.config import register_model, tiny_config, unregister_model
+    from ernievil2torch.verify.synthetic import write_synthetic_pdparams
+
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_pdparams(tmp_path / "tiny.pdparams", tiny_config(), "official", seed=1)
+    twin = dataclasses.replace(tiny_config(), text=dataclasses.replace(tiny_config().text, layer_norm_eps=1e-6))
+    register_model("tiny-twin", twin)
+    try:
+        code, out, err = run(["convert", "tiny.pdparams", "out"], capsys)
+        assert code == cli.EXIT_BAD_INPUT and "fit several registered models" in err, err
+        code, out, err = run(["convert", "tiny.pdparams", "out", "--model", "tiny-twin"], capsys)
+        assert code == 0, err
+        assert json.loads((tmp_path / "out" / "config.json").read_text())["name"] == "tiny-twin"
+    finally:
+        unregister_model("tiny-twin")
+    code, out, err = run(["convert", "tiny.pdparams", "out2", "--model", "tiny-twin"], capsys)
+    assert code == cli.EXIT_BAD_INPUT and "--model: must be a registered model name (" in err
+    assert not (tmp_path / "out2").exists()
