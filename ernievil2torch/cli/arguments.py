@@ -15,7 +15,8 @@ parser reads every command's argv:
 * after ``--`` every token is positional; fire's own flags there (``-- --trace``) are refused;
 * a flag given twice keeps its last value (a script may append to a command line);
 * an unknown flag, a missing value, a positional too many, a missing required argument, a value its
-  check refuses, or a combination one of ``Command.rules`` refuses (a flag that does not apply) raises :class:`~ernievil2torch.errors.InputError` before the function is called.
+  check refuses, or a combination one of ``Command.rules`` refuses (a flag that does not apply) raises
+  :class:`~ernievil2torch.errors.InputError` before the function is called.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import canonical_dtype, list_models
-from ..constants import MAX_TEXT_POSITIONS
+from ..constants import DTYPE_ALIASES, KEEP_DTYPE, MAX_TEXT_POSITIONS
 from ..errors import InputError
 
 
@@ -77,6 +77,19 @@ def one_of(*choices: str) -> Check:
     return Check(f"one of {', '.join(choices)}", apply)
 
 
+def one_of_any_case(*choices: str) -> Check:
+    """The value is one of ``choices`` in any case; it becomes the choice's own spelling."""
+    by_lower = {choice.lower(): choice for choice in choices}
+
+    def apply(value: Any) -> Any:
+        found = by_lower.get(str(value).lower())
+        if found is None:
+            raise InputError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return found
+
+    return Check(f"one of {', '.join(choices)} (any case)", apply)
+
+
 def _dtype(value: Any) -> str:
     return canonical_dtype(value)
 
@@ -85,8 +98,19 @@ def _dtype_or_keep(value: Any) -> str:
     return canonical_dtype(value, allow_keep=True)
 
 
-DTYPE = Check("float32/fp32, float16/fp16/half or bfloat16/bf16", _dtype)
-DTYPE_OR_KEEP = Check("float32/fp32, float16/fp16/half, bfloat16/bf16 or keep", _dtype_or_keep)
+def _dtype_words(extra: tuple = ()) -> str:
+    """The spellings of :data:`~ernievil2torch.constants.DTYPE_ALIASES`, grouped by dtype: ``float32/fp32, ...``."""
+    groups: dict = {}
+    for alias, canonical in DTYPE_ALIASES.items():
+        groups.setdefault(canonical, [canonical])
+        if alias != canonical:
+            groups[canonical].append(alias)
+    words = ["/".join(names) for names in groups.values()] + list(extra)
+    return f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+DTYPE = Check(_dtype_words(), _dtype)
+DTYPE_OR_KEEP = Check(_dtype_words((KEEP_DTYPE,)), _dtype_or_keep)
 
 
 def _existing(kind: str, test: Callable[[Path], bool], refusal: str) -> Check:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import sys
 from typing import AbstractSet, Any, Dict, List, Mapping, Optional
 
-from ..constants import DEFAULT_MAX_LENGTH
+from ..constants import DEFAULT_MAX_LENGTH, EMBED_KINDS, PRECISIONS, PROTOCOLS, TOWERS
+from ..conversion.layouts import LAYOUTS
 from ..data.formats import DATASET_FORMATS
 from ..export.registry import EXPORTERS
 from .arguments import Command
 from .checks import (COSINE, DEVICE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FOLDER_OR_ABSENT, FRACTION,
                      MAX_LENGTH, MODEL_NAME, NEW_FILE, NON_NEGATIVE, PATH_OR_PATTERN, PORT, POSITIVE, between,
-                     needs_extra, one_of)
+                     needs_extra, one_of, one_of_any_case)
 from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, NO_OUTPUT, RESUMABLE_OUTPUT,
                       SERVICE_STOPPED)
 
@@ -282,13 +283,13 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
             {"images": FILE, "vocab": FILE}),
     Command("embed", "ernievil2torch.cli.batch:embed",
             "embeddings of an image folder or a text file, resumable, also under torchrun", RESUMABLE_OUTPUT,
-            {**_ENCODING, "inputs": PATH_OR_PATTERN, "kind": one_of("image", "text"), "shard_size": POSITIVE}),
+            {**_ENCODING, "inputs": PATH_OR_PATTERN, "kind": one_of(*EMBED_KINDS), "shard_size": POSITIVE}),
     Command("search", "ernievil2torch.apps.retrieval:search", "exact top-k of embed outputs against each other",
             ATOMIC_OUTPUT, {"queries": FILE_OR_FOLDER, "gallery": FILE_OR_FOLDER, "k": POSITIVE,
                             "chunk_size": POSITIVE}),
     Command("eval", "ernievil2torch.apps.retrieval:evaluate",
             "zero-shot retrieval recall (R@1/5/10 both ways) on a COCO-CN TSV or captions + images", ATOMIC_OUTPUT,
-            {**_ENCODING, "data": FILE, "images": FOLDER, "protocol": one_of("grouped", "pairs"),
+            {**_ENCODING, "data": FILE, "images": FOLDER, "protocol": one_of(*PROTOCOLS),
              "data_format": one_of(*DATASET_FORMATS)}),
     Command("finetune", "ernievil2torch.cli.batch:finetune",
             "contrastive fine-tuning on image-caption pairs, resumable, also under torchrun", CHECKPOINTED_OUTPUT,
@@ -296,18 +297,19 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
              "max_steps": POSITIVE, "batch_size": POSITIVE, "grad_accum": POSITIVE, "lr": POSITIVE,
              "warmup_steps": NON_NEGATIVE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
              "adam_beta1": FRACTION, "adam_beta2": FRACTION, "adam_eps": POSITIVE, "max_length": MAX_LENGTH,
-             "seed": NON_NEGATIVE, "precision": one_of("auto", "fp32", "bf16"), "freeze": one_of("vision", "text"),
+             "seed": NON_NEGATIVE, "precision": one_of_any_case(*PRECISIONS), "freeze": one_of(*TOWERS),
              "eval_every": POSITIVE, "save_every": POSITIVE, "log_every": POSITIVE, "keep_last": POSITIVE,
              "eval_batch_size": POSITIVE, "num_workers": NON_NEGATIVE, "device": DEVICE},
             types={"max_steps": int}),
     Command("export", export, "export to stock Hugging Face models, ONNX, or back to Paddle", ATOMIC_OUTPUT,
             {"format": one_of(*EXPORTERS), "vocab": FILE, "opset": between(14, 99),
-             "layout": one_of("official", "paddlenlp")}, rules=(_format_options,)),
+             "layout": one_of(*LAYOUTS)}, rules=(_format_options,)),
     Command("serve", serve, "search your own photos: HTTP API and web page over an embed output", SERVICE_STOPPED,
             {"gallery": FOLDER, "images": FOLDER, "port": PORT, "max_upload_mb": POSITIVE, "max_pixels": POSITIVE,
              "max_files": POSITIVE, "max_texts": POSITIVE, "max_text_chars": POSITIVE, "max_k": POSITIVE,
              "max_batch": POSITIVE, "max_wait_ms": NON_NEGATIVE, "decode_workers": POSITIVE, "dtype": DTYPE,
-             "device": DEVICE, "vocab": FILE, "log_level": one_of("critical", "error", "warning", "info", "debug", "trace")}),
+             "device": DEVICE, "vocab": FILE,
+             "log_level": one_of("critical", "error", "warning", "info", "debug", "trace")}),
     Command("dedup", dedup, "groups of near-duplicate images in an embed output", ATOMIC_OUTPUT,
             {"embeddings": FOLDER, "threshold": COSINE, "images": FOLDER, "chunk_size": POSITIVE,
              "examples": NON_NEGATIVE}),

@@ -272,6 +272,24 @@ def test_the_tripwires_catch_work(place, tripwires, tmp_path, capsys):
             run_command(COMMANDS, name="ernievil2", argv=argv)
 
 
+def test_the_value_lists_are_read_from_their_tables():
+    from ernievil2torch import constants
+    from ernievil2torch.conversion.layouts import LAYOUTS
+
+    from ernievil2torch.training import settings
+    from ernievil2torch.apps.retrieval import commands as retrieval
+
+    assert (settings.PRECISIONS, settings.TOWERS, retrieval.PROTOCOLS) == (constants.PRECISIONS, constants.TOWERS,
+                                                                           constants.PROTOCOLS)
+    for command, flag, table in (("finetune", "precision", constants.PRECISIONS),
+                                 ("finetune", "freeze", constants.TOWERS), ("eval", "protocol", constants.PROTOCOLS),
+                                 ("embed", "kind", constants.EMBED_KINDS), ("export", "layout", tuple(LAYOUTS))):
+        assert COMMANDS[command].checks[flag].rule.startswith(f"one of {', '.join(table)}"), (command, flag)
+    for alias in constants.DTYPE_ALIASES:
+        assert alias in checks.DTYPE.rule and alias in checks.DTYPE_OR_KEEP.rule
+    assert constants.KEEP_DTYPE in checks.DTYPE_OR_KEEP.rule and constants.KEEP_DTYPE not in checks.DTYPE.rule
+
+
 def test_every_device_flag_has_the_device_check():
     with_device = [name for name, command in COMMANDS.items()
                    if any(p.name == "device" for p in command.parameters())]
@@ -341,6 +359,7 @@ ACCEPTED: List[Tuple[str, dict]] = [
      "--resume", {"images": "images", "batch_size": 32, "epochs": 5, "resume": True}),
     ("finetune model data.tsv out --gradient_checkpointing false --lr=1e-4 --max_steps 100",
      {"gradient_checkpointing": False, "lr": 1e-4, "max_steps": 100}),
+    ("finetune model data.tsv out --precision BF16 --freeze text", {"precision": "bf16", "freeze": "text"}),
     ("finetune model data.tsv out --gradient_checkpointing YES --eval_at_start no",
      {"gradient_checkpointing": True, "eval_at_start": False}),
     ("export model model_state.pdparams --format paddle --layout paddlenlp --overwrite",
