@@ -3,7 +3,8 @@
 A :class:`Command` names a function (an object, or ``"module:attribute"`` imported only when that command runs, so
 building the command table imports nothing heavy). Its parameters come from ``inspect.signature`` (names, defaults,
 which ones may be given by position), their types from the annotations (``Command.types`` where the signature has
-none), their help from the docstring's ``Args:`` section, and their constraints from ``Command.checks``. One
+none), their help from the docstring's ``Args:`` section (read by :mod:`~ernievil2torch.cli.help`), and their
+constraints from ``Command.checks``. One
 parser reads every command's argv:
 
 * ``--name value``, ``--name=value``, ``--name-with-dashes`` for ``--name_with_dashes``; parameters without a
@@ -14,6 +15,7 @@ parser reads every command's argv:
   must read as such;
 * after ``--`` every token is positional; fire's own flags there (``-- --trace``) are refused;
 * a flag given twice keeps its last value (a script may append to a command line);
+* ``-h``/``--help`` raises :class:`HelpRequested` with the help (:mod:`~ernievil2torch.cli.help`);
 * an unknown flag, a missing value, a positional too many, a missing required argument, a value its
   check refuses, or a combination one of ``Command.rules`` refuses (a flag that does not apply) raises
   :class:`~ernievil2torch.errors.InputError` before the function is called.
@@ -26,27 +28,26 @@ import inspect
 import math
 import re
 import sys
-import textwrap
 import typing
 from dataclasses import dataclass, field
 from typing import AbstractSet, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import InputError
 from .checks import Check
+from .help import parse_docstring, render_help
 
-HELP_WIDTH = 100
 TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
 
 # The kinds of value a parameter takes.
 STR, INT, FLOAT, BOOL, LIST, STR_OR_LIST = "str", "int", "float", "bool", "list", "str_or_list"
+_KIND_WORDS = {STR: "text", INT: "integer", FLOAT: "number", BOOL: "true/false (a bare flag means true)",
+               LIST: "comma-separated list", STR_OR_LIST: "text, or a comma-separated list"}
 # fire's own flags (read after ``--``), refused by name now that fire is gone.
 FIRE_FLAGS = ("--interactive", "-i", "--trace", "-t", "--verbose", "-v", "--separator", "--completion", "--help",
               "-h")
 # A Python list, or a tuple (parentheses around a comma or a quote; a name such as "(2019)" stays a name).
 _PYTHON_LITERAL = re.compile(r"^\s*(\[.*\]|\(.*[,'\"].*\))\s*$", re.DOTALL)
-_KIND_WORDS = {STR: "text", INT: "integer", FLOAT: "number", BOOL: "true/false (a bare flag means true)",
-               LIST: "comma-separated list", STR_OR_LIST: "text, or a comma-separated list"}
 
 
 class HelpRequested(Exception):
@@ -68,6 +69,16 @@ class Parameter:
     @property
     def flag(self) -> str:
         return f"--{self.name}"
+
+    @property
+    def kind_words(self) -> str:
+        """The kind of value, in words (for ``--help``)."""
+        return _KIND_WORDS[self.kind]
+
+    @property
+    def takes_value(self) -> bool:
+        """False for a boolean flag, which may be given bare."""
+        return self.kind != BOOL
 
 
 @dataclass(frozen=True)
@@ -197,42 +208,6 @@ def _convert(kind: str, text: str) -> Any:
     return text
 
 
-# ---- docstrings ---------------------------------------------------------------------------------------------------
-_ARG_LINE = re.compile(r"^(\w+(?:\s*,\s*\w+)*)\s*:\s*(.*)$")
-
-
-def parse_docstring(doc: str) -> Tuple[str, str, Dict[str, str]]:
-    """(first paragraph, the rest before ``Args:``, {parameter: its Args text joined into one paragraph})."""
-    lines = inspect.cleandoc(doc).splitlines()
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == "Args:")
-    except StopIteration:
-        start = len(lines)
-    paragraphs = [" ".join(line.strip() for line in block.splitlines())
-                  for block in "\n".join(lines[:start]).strip().split("\n\n") if block.strip()]
-    summary = paragraphs[0] if paragraphs else ""
-    description = "\n\n".join(paragraphs[1:])
-    docs: Dict[str, str] = {}
-    names: List[str] = []
-    indent: Optional[int] = None
-    for line in lines[start + 1:]:
-        if not line.strip():
-            continue
-        depth = len(line) - len(line.lstrip())
-        if depth == 0:
-            break  # Returns:, Raises:, ...
-        match = _ARG_LINE.match(line.strip())
-        if (indent is None or depth <= indent) and match:
-            indent = depth
-            names = [name.strip() for name in match.group(1).split(",")]
-            for name in names:
-                docs[name] = match.group(2).strip()
-        elif names:
-            for name in names:
-                docs[name] = f"{docs[name]} {line.strip()}".strip()
-    return summary, description, docs
-
-
 # ---- argv -> keyword arguments --------------------------------------------------------------------------------------
 def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
@@ -335,75 +310,3 @@ def parse_arguments(command: Command, argv: Sequence[str], prog: str) -> Dict[st
         if refusal:
             raise fail(refusal)
     return given
-
-
-# ---- help -----------------------------------------------------------------------------------------------------------
-_ROLE = re.compile(r":\w+:`~?(?:[\w.]*\.)?([^`]+)`")
-
-
-def plain_text(text: str) -> str:
-    """Docstring markup as terminal text: ``:class:`~a.b.C``` -> ``C``, double backquotes -> none."""
-    return _ROLE.sub(r"\1", text).replace("``", "")
-
-
-def _paragraph(text: str, indent: int) -> List[str]:
-    pad = " " * indent
-    return textwrap.wrap(plain_text(text), HELP_WIDTH, initial_indent=pad, subsequent_indent=pad, break_long_words=False,
-                         break_on_hyphens=False) or [pad.rstrip()]
-
-
-def _describe(parameter: Parameter) -> str:
-    facts = [f"Type: {_KIND_WORDS[parameter.kind]}"]
-    if parameter.check is not None:
-        facts.append(parameter.check.rule)
-    if not parameter.required:
-        default = parameter.default
-        if isinstance(default, bool):
-            shown = "true" if default else "false"
-        elif isinstance(default, (list, tuple)):
-            shown = ",".join(map(str, default)) or "none"
-        else:
-            shown = "none" if default is None else str(default)
-        facts.append(f"default {shown}")
-    return "; ".join(facts) + "."
-
-
-def render_help(command: Command, prog: str) -> str:
-    """The help of one command: NAME, SYNOPSIS, DESCRIPTION, POSITIONAL ARGUMENTS, FLAGS (every parameter)."""
-    fn = command.function()
-    summary, description, _ = parse_docstring(fn.__doc__ or "")
-    parameters = command.parameters()
-    required = [p for p in parameters if p.required and p.positional]
-    flags = [p for p in parameters if p not in required]
-    lines = ["NAME", *_paragraph(f"{prog} - {summary or command.summary}", 4), "", "SYNOPSIS",
-             "    " + " ".join([prog, *(p.name.upper() for p in required)] + (["<flags>"] if flags else [])), ""]
-    if description:
-        lines.append("DESCRIPTION")
-        for block in description.split("\n\n"):
-            lines += _paragraph(block, 4) + [""]
-    if required:
-        lines.append("POSITIONAL ARGUMENTS")
-        for p in required:
-            lines += [f"    {p.name.upper()}", *_paragraph(p.help, 8), *_paragraph(_describe(p), 8)]
-        lines.append("")
-    if flags:
-        lines.append("FLAGS")
-        for p in flags:
-            lines += [f"    {p.flag}" + ("" if p.kind == BOOL else f"={p.name.upper()}"),
-                      *_paragraph(p.help, 8), *_paragraph(_describe(p), 8)]
-        lines.append("")
-    lines.append("NOTES")
-    lines += _paragraph("Flags may be written --name value or --name=value, with - or _ inside the name. "
-                        + ("Positional arguments may also be given as flags. " if required else ""), 4)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def render_commands(commands: Mapping[str, Command], prog: str, summary: str) -> str:
-    """The help of a command group: its summary and one line per command (imports none of them)."""
-    width = max(len(name) for name in commands) + 2
-    lines = ["NAME", *_paragraph(f"{prog} - {summary}", 4), "", "SYNOPSIS", f"    {prog} COMMAND [ARGUMENTS]",
-             f"    {prog} COMMAND --help", "", "COMMANDS"]
-    for name, command in commands.items():
-        lines += textwrap.wrap(command.summary, HELP_WIDTH, initial_indent=f"    {name.ljust(width)}",
-                               subsequent_indent=" " * (4 + width)) or [f"    {name}"]
-    return "\n".join(lines) + "\n"

@@ -11,7 +11,8 @@ import traceback
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from ..errors import ErnieViL2Error, InputError
-from .arguments import Command, HelpRequested, parse_arguments, render_commands
+from .arguments import Command, HelpRequested, parse_arguments
+from .help import render_commands
 from .outcome import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, CommandInterrupted,
                       leaves_on_interrupt)
 
