@@ -40,10 +40,11 @@ class SimilarityResult:
         return (self.logit_scale * self.similarity.T).softmax(dim=-1)
 
     def matrix_lines(self) -> List[str]:
-        """The matrix as text: one row per text, labelled ``T1..Tn``, cosines to four decimals in image order."""
+        """The matrix as text: one row per text, labelled ``T1..Tn``, cosines to four decimals in image order, then
+        the text."""
         width = len(f"T{len(self.texts)}")
-        return [f"  {f'T{row + 1}'.ljust(width)} [" + ", ".join(f"{value:+.4f}" for value in values) + "]"
-                for row, values in enumerate(self.similarity.tolist())]
+        return [f"  {f'T{row + 1}'.ljust(width)} [" + ", ".join(f"{value:+.4f}" for value in values) + f"]  {text}"
+                for row, (values, text) in enumerate(zip(self.similarity.tolist(), self.texts))]
 
     def summary(self) -> str:
         """The report ``test.py performance_check`` prints: the matrix, then each image's probabilities."""
