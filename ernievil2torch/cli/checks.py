@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import importlib.util
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -189,28 +188,10 @@ def needs_extra(check: Check, modules: tuple, extra: str) -> Check:
     return Check(f"{check.rule}; needs the pip extra [{extra}]", apply)
 
 
-_DEVICE = re.compile(r"(cpu|mps|cuda)(?::(\d+))?")
-
-
 def _device(value: Any) -> Any:
-    match = _DEVICE.fullmatch(str(value).strip())
-    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
-        raise InputError(f"must be cpu, cuda, cuda:N or mps, not {value!r}")
-    kind, index = match.group(1), match.group(2)
-    if kind == "cpu":
-        return value
-    import torch  # only commands that compute take --device, and they import torch anyway
+    from ..runtime.distributed import check_device  # imports torch: only commands that compute take --device
 
-    if kind == "mps":
-        if not torch.backends.mps.is_available():
-            raise InputError("mps was asked for but this machine has no usable MPS device (use cpu)")
-        return value
-    if not torch.cuda.is_available():
-        raise InputError(f"{value} was asked for but torch sees no CUDA GPU here (use cpu)")
-    count = torch.cuda.device_count()
-    if index is not None and int(index) >= count:
-        raise InputError(f"{value} was asked for but torch sees {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}")
-    return value
+    return check_device(value)
 
 
 #: A device: cpu, cuda, cuda:N or mps, and present on this machine.

@@ -408,3 +408,11 @@ def test_convert_model_picks_one_registered_size_when_several_fit(tmp_path, monk
     code, out, err = run(["convert", "tiny.pdparams", "out2", "--model", "tiny-twin"], capsys)
     assert code == cli.EXIT_BAD_INPUT and "--model: must be a registered model name (" in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_the_library_resolves_device_names_with_the_same_rule():
+    from ernievil2torch.errors import InputError
+    from ernievil2torch.runtime.distributed import pick_device
+
+    with pytest.raises(InputError, match=r"^device: must be cpu, cuda, cuda:N or mps, not 'gpu'$"):
+        pick_device("gpu", local_rank=0)
