@@ -61,3 +61,13 @@ DTYPE_ALIASES: Dict[str, str] = {
 }
 #: The converter's extra choice: store each tensor in the source file's own dtype.
 KEEP_DTYPE = "keep"
+
+# ---- the choices of the commands --------------------------------------------------------------------------------
+#: ``finetune --precision``: ``auto`` (bf16 autocast where the GPU supports it), ``fp32`` or ``bf16``.
+PRECISIONS: Tuple[str, ...] = ("auto", "fp32", "bf16")
+#: The two towers of the model (``finetune --freeze``).
+TOWERS: Tuple[str, ...] = ("vision", "text")
+#: ``eval --protocol`` values (see :func:`~ernievil2torch.retrieval.metrics.retrieval_metrics`).
+PROTOCOLS: Tuple[str, ...] = ("grouped", "pairs")
+#: What ``embed`` encodes (``--kind``).
+EMBED_KINDS: Tuple[str, ...] = ("image", "text")

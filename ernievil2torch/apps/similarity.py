@@ -39,11 +39,18 @@ class SimilarityResult:
             return None
         return (self.logit_scale * self.similarity.T).softmax(dim=-1)
 
-    def render(self) -> str:
-        """The report ``test.py performance_check`` prints."""
+    def matrix_lines(self) -> List[str]:
+        """The matrix as text: one row per text, labelled ``T1..Tn``, cosines to four decimals in image order, then
+        the text."""
+        width = len(f"T{len(self.texts)}")
+        return [f"  {f'T{row + 1}'.ljust(width)} [" + ", ".join(f"{value:+.4f}" for value in values) + f"]  {text}"
+                for row, (values, text) in enumerate(zip(self.similarity.tolist(), self.texts))]
+
+    def summary(self) -> str:
+        """The report ``test.py performance_check`` prints: the matrix, then each image's probabilities."""
         lines = [f"*** {SYNTHETIC_NOTICE}"] if self.synthetic else []
         lines += [f"model: {self.model_dir}  images: {', '.join(self.image_names)}",
-                  "cosine similarity (rows: texts, columns: images)", str(self.similarity)]
+                  "cosine similarity (rows: texts, columns: images)", *self.matrix_lines()]
         probs = self.probabilities()
         if probs is not None:
             lines += ["", f"per-image probabilities over the texts (logit_scale {self.logit_scale:.2f})"]

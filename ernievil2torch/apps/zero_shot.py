@@ -14,11 +14,26 @@ from ..pretrained import load_pretrained
 from ..processing import ErnieViL2Tokenizer
 from ..processing.length_groups import LengthGroupedTexts
 
-__all__ = ["DEFAULT_TEMPLATES", "DEFAULT_LOGIT_SCALE", "build_classifier", "classify", "classify_images"]
+__all__ = ["DEFAULT_TEMPLATES", "DEFAULT_LOGIT_SCALE", "build_classifier", "check_templates", "classify",
+           "classify_images"]
 
-#: The default prompt, "a photo of a {}" (``{}`` is the label). More templates can be passed; none is validated.
+#: The default prompt, "a photo of a {}" (``{}`` is the label). Other templates are checked by
+#: :func:`check_templates`.
 DEFAULT_TEMPLATES = ("一张{}的照片",)
 DEFAULT_LOGIT_SCALE = 100.0  # CLIP's trained value, used when the checkpoint carries no temperature
+
+
+def check_templates(templates: Sequence[str]) -> None:
+    """:class:`InputError` unless ``templates`` is a non-empty list of str, each with exactly one ``{}`` (where the
+    label goes) and no other brace."""
+    if isinstance(templates, str) or not isinstance(templates, Sequence) or len(templates) == 0:
+        raise InputError("templates must be a non-empty list of str, each with one '{}'")
+    for t in templates:
+        if not isinstance(t, str) or "{}" not in t:
+            raise InputError(f"template {t!r} has no '{{}}' for the label")
+        rest = t.replace("{}", "", 1)
+        if "{" in rest or "}" in rest:
+            raise InputError(f"template {t!r} must hold exactly one '{{}}' (for the label) and no other brace")
 
 
 def build_classifier(model, tokenizer: ErnieViL2Tokenizer, labels: Sequence[str],
@@ -29,11 +44,7 @@ def build_classifier(model, tokenizer: ErnieViL2Tokenizer, labels: Sequence[str]
     grouped by token length (:class:`LengthGroupedTexts`)."""
     if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels) == 0:
         raise InputError("labels must be a non-empty list of str")
-    if isinstance(templates, str) or not isinstance(templates, Sequence) or len(templates) == 0:
-        raise InputError("templates must be a non-empty list of str, each with one '{}'")
-    for t in templates:
-        if not isinstance(t, str) or "{}" not in t:
-            raise InputError(f"template {t!r} has no '{{}}' for the label")
+    check_templates(templates)
     for label in labels:
         if not isinstance(label, str):
             raise InputError(f"labels must be str, got {type(label).__name__}")
@@ -71,7 +82,7 @@ class ClassificationResult:
     labels: List[str]
     probabilities: torch.Tensor
 
-    def render(self) -> str:
+    def summary(self) -> str:
         """One line per image: the best label, then every label's probability."""
         lines = []
         for path, row in zip(self.images, self.probabilities.tolist()):
@@ -88,6 +99,7 @@ def classify_images(model_dir: str, images: Sequence[str], labels: Sequence[str]
     ``templates``). :class:`InputError` when images or labels are missing or an image cannot be read."""
     if not images or not labels:
         raise InputError("give --images a.jpg,b.jpg and --labels 猫,狗")
+    check_templates(tuple(templates))
     loaded = load_pretrained(model_dir, vocab=vocab)
     classifier = build_classifier(loaded.model, loaded.require_tokenizer(), list(labels), tuple(templates))
     probs = classify(loaded.model, loaded.image_processor(list(images)), classifier)

@@ -3,17 +3,22 @@
 A :class:`Command` names a function (an object, or ``"module:attribute"`` imported only when that command runs, so
 building the command table imports nothing heavy). Its parameters come from ``inspect.signature`` (names, defaults,
 which ones may be given by position), their types from the annotations (``Command.types`` where the signature has
-none), their help from the docstring's ``Args:`` section, and their constraints from ``Command.checks``. One
+none), their help from the docstring's ``Args:`` section (read by :mod:`~ernievil2torch.cli.help`), and their
+constraints from ``Command.checks``. One
 parser reads every command's argv:
 
 * ``--name value``, ``--name=value``, ``--name-with-dashes`` for ``--name_with_dashes``; parameters without a
   default (and the others, in signature order) also by position;
 * booleans strictly: ``true/false``, ``yes/no``, ``1/0`` in any case; a bare ``--flag`` (last, or followed by
   another flag) is true, ``--noflag`` false; any other word after ``--flag`` is refused;
-* a list is comma-separated (``a,b``); ints and floats must read as such;
+* a list is comma-separated (``a,b``); a Python literal (``["a","b"]``, fire's form) is refused; ints and floats
+  must read as such;
+* after ``--`` every token is positional; fire's own flags there (``-- --trace``) are refused;
 * a flag given twice keeps its last value (a script may append to a command line);
-* an unknown flag, a missing value, a positional too many, a missing required argument, or a value its
-  check refuses raises :class:`~ernievil2torch.errors.InputError` before the function is called.
+* ``-h``/``--help`` raises :class:`HelpRequested` with the help (:mod:`~ernievil2torch.cli.help`);
+* an unknown flag, a missing value, a positional too many, a missing required argument, a value its
+  check refuses, or a combination one of ``Command.rules`` refuses (a flag that does not apply) raises
+  :class:`~ernievil2torch.errors.InputError` before the function is called.
 """
 from __future__ import annotations
 
@@ -23,15 +28,14 @@ import inspect
 import math
 import re
 import sys
-import textwrap
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import AbstractSet, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import InputError
 from .checks import Check
+from .help import parse_docstring, render_help
 
-HELP_WIDTH = 100
 TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
 
@@ -39,6 +43,11 @@ FALSE_WORDS = ("false", "no", "0")
 STR, INT, FLOAT, BOOL, LIST, STR_OR_LIST = "str", "int", "float", "bool", "list", "str_or_list"
 _KIND_WORDS = {STR: "text", INT: "integer", FLOAT: "number", BOOL: "true/false (a bare flag means true)",
                LIST: "comma-separated list", STR_OR_LIST: "text, or a comma-separated list"}
+# fire's own flags (read after ``--``), refused by name now that fire is gone.
+FIRE_FLAGS = ("--interactive", "-i", "--trace", "-t", "--verbose", "-v", "--separator", "--completion", "--help",
+              "-h")
+# A Python list, or a tuple (parentheses around a comma or a quote; a name such as "(2019)" stays a name).
+_PYTHON_LITERAL = re.compile(r"^\s*(\[.*\]|\(.*[,'\"].*\))\s*$", re.DOTALL)
 
 
 class HelpRequested(Exception):
@@ -61,6 +70,16 @@ class Parameter:
     def flag(self) -> str:
         return f"--{self.name}"
 
+    @property
+    def kind_words(self) -> str:
+        """The kind of value, in words (for ``--help``)."""
+        return _KIND_WORDS[self.kind]
+
+    @property
+    def takes_value(self) -> bool:
+        """False for a boolean flag, which may be given bare."""
+        return self.kind != BOOL
+
 
 @dataclass(frozen=True)
 class Command:
@@ -73,6 +92,9 @@ class Command:
         leaves: what an interrupted run leaves behind (:mod:`~ernievil2torch.cli.outcome`), or None.
         checks: parameter name -> :class:`~ernievil2torch.cli.checks.Check` applied to a given value.
         types: parameter name -> type, where the signature has no usable annotation.
+        rules: checks across values, each ``rule(values, given)`` -> a refusal (None when the command line is
+            fine): ``values`` every parameter's value (the defaults included), ``given`` the names on the command
+            line. They run after every value's own check, before the call.
     """
 
     name: str
@@ -81,6 +103,7 @@ class Command:
     leaves: Optional[str] = None
     checks: Mapping[str, Check] = field(default_factory=dict)
     types: Mapping[str, Any] = field(default_factory=dict)
+    rules: Tuple[Callable[[Mapping[str, Any], AbstractSet[str]], Optional[str]], ...] = ()
 
     def function(self) -> Callable[..., Any]:
         if callable(self.target):
@@ -174,48 +197,15 @@ def _convert(kind: str, text: str) -> Any:
         if not math.isfinite(value):
             raise InputError(f"expected a finite number, not {text!r}")
         return value
+    if kind in (LIST, STR_OR_LIST) and _PYTHON_LITERAL.match(text):
+        raise InputError(f"Python literals are no longer read (fire's syntax was removed): write a comma-separated "
+                         f"list such as a.jpg,b.jpg, not {text!r}")
     if kind == LIST or (kind == STR_OR_LIST and "," in text):
         items = [item.strip() for item in text.split(",") if item.strip()]
         if not items:
             raise InputError(f"expected a comma-separated list, not {text!r}")
         return items
     return text
-
-
-# ---- docstrings ---------------------------------------------------------------------------------------------------
-_ARG_LINE = re.compile(r"^(\w+(?:\s*,\s*\w+)*)\s*:\s*(.*)$")
-
-
-def parse_docstring(doc: str) -> Tuple[str, str, Dict[str, str]]:
-    """(first paragraph, the rest before ``Args:``, {parameter: its Args text joined into one paragraph})."""
-    lines = inspect.cleandoc(doc).splitlines()
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == "Args:")
-    except StopIteration:
-        start = len(lines)
-    paragraphs = [" ".join(line.strip() for line in block.splitlines())
-                  for block in "\n".join(lines[:start]).strip().split("\n\n") if block.strip()]
-    summary = paragraphs[0] if paragraphs else ""
-    description = "\n\n".join(paragraphs[1:])
-    docs: Dict[str, str] = {}
-    names: List[str] = []
-    indent: Optional[int] = None
-    for line in lines[start + 1:]:
-        if not line.strip():
-            continue
-        depth = len(line) - len(line.lstrip())
-        if depth == 0:
-            break  # Returns:, Raises:, ...
-        match = _ARG_LINE.match(line.strip())
-        if (indent is None or depth <= indent) and match:
-            indent = depth
-            names = [name.strip() for name in match.group(1).split(",")]
-            for name in names:
-                docs[name] = match.group(2).strip()
-        elif names:
-            for name in names:
-                docs[name] = f"{docs[name]} {line.strip()}".strip()
-    return summary, description, docs
 
 
 # ---- argv -> keyword arguments --------------------------------------------------------------------------------------
@@ -255,6 +245,10 @@ def parse_arguments(command: Command, argv: Sequence[str], prog: str) -> Dict[st
         if token in ("-h", "--help"):
             raise HelpRequested(render_help(command, prog))
         if token == "--":
+            fire = [rest for rest in tokens[i:] if rest in FIRE_FLAGS or rest.partition("=")[0] == "--separator"]
+            if fire:
+                raise fail(f"{fire[0]} after -- was a flag of fire, which is no longer used; nothing after -- is "
+                           "read as a flag")
             positionals += tokens[i:]
             break
         if not token.startswith("-") or token == "-" or _looks_like_number(token):
@@ -310,76 +304,9 @@ def parse_arguments(command: Command, argv: Sequence[str], prog: str) -> Dict[st
                 given[key] = check(value)
             except InputError as exc:
                 raise fail(f"{by_name[key].flag}: {exc}") from None
+    values = {**{p.name: p.default for p in parameters if not p.required}, **given}
+    for rule in command.rules:
+        refusal = rule(values, frozenset(given))
+        if refusal:
+            raise fail(refusal)
     return given
-
-
-# ---- help -----------------------------------------------------------------------------------------------------------
-_ROLE = re.compile(r":\w+:`~?(?:[\w.]*\.)?([^`]+)`")
-
-
-def plain_text(text: str) -> str:
-    """Docstring markup as terminal text: ``:class:`~a.b.C``` -> ``C``, double backquotes -> none."""
-    return _ROLE.sub(r"\1", text).replace("``", "")
-
-
-def _paragraph(text: str, indent: int) -> List[str]:
-    pad = " " * indent
-    return textwrap.wrap(plain_text(text), HELP_WIDTH, initial_indent=pad, subsequent_indent=pad, break_long_words=False,
-                         break_on_hyphens=False) or [pad.rstrip()]
-
-
-def _describe(parameter: Parameter) -> str:
-    facts = [f"Type: {_KIND_WORDS[parameter.kind]}"]
-    if parameter.check is not None:
-        facts.append(parameter.check.rule)
-    if not parameter.required:
-        default = parameter.default
-        if isinstance(default, bool):
-            shown = "true" if default else "false"
-        elif isinstance(default, (list, tuple)):
-            shown = ",".join(map(str, default)) or "none"
-        else:
-            shown = "none" if default is None else str(default)
-        facts.append(f"default {shown}")
-    return "; ".join(facts) + "."
-
-
-def render_help(command: Command, prog: str) -> str:
-    """The help of one command: NAME, SYNOPSIS, DESCRIPTION, POSITIONAL ARGUMENTS, FLAGS (every parameter)."""
-    fn = command.function()
-    summary, description, _ = parse_docstring(fn.__doc__ or "")
-    parameters = command.parameters()
-    required = [p for p in parameters if p.required and p.positional]
-    flags = [p for p in parameters if p not in required]
-    lines = ["NAME", *_paragraph(f"{prog} - {summary or command.summary}", 4), "", "SYNOPSIS",
-             "    " + " ".join([prog, *(p.name.upper() for p in required)] + (["<flags>"] if flags else [])), ""]
-    if description:
-        lines.append("DESCRIPTION")
-        for block in description.split("\n\n"):
-            lines += _paragraph(block, 4) + [""]
-    if required:
-        lines.append("POSITIONAL ARGUMENTS")
-        for p in required:
-            lines += [f"    {p.name.upper()}", *_paragraph(p.help, 8), *_paragraph(_describe(p), 8)]
-        lines.append("")
-    if flags:
-        lines.append("FLAGS")
-        for p in flags:
-            lines += [f"    {p.flag}" + ("" if p.kind == BOOL else f"={p.name.upper()}"),
-                      *_paragraph(p.help, 8), *_paragraph(_describe(p), 8)]
-        lines.append("")
-    lines.append("NOTES")
-    lines += _paragraph("Flags may be written --name value or --name=value, with - or _ inside the name. "
-                        + ("Positional arguments may also be given as flags. " if required else ""), 4)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def render_commands(commands: Mapping[str, Command], prog: str, summary: str) -> str:
-    """The help of a command group: its summary and one line per command (imports none of them)."""
-    width = max(len(name) for name in commands) + 2
-    lines = ["NAME", *_paragraph(f"{prog} - {summary}", 4), "", "SYNOPSIS", f"    {prog} COMMAND [ARGUMENTS]",
-             f"    {prog} COMMAND --help", "", "COMMANDS"]
-    for name, command in commands.items():
-        lines += textwrap.wrap(command.summary, HELP_WIDTH, initial_indent=f"    {name.ljust(width)}",
-                               subsequent_indent=" " * (4 + width)) or [f"    {name}"]
-    return "\n".join(lines) + "\n"

@@ -8,13 +8,14 @@ Commands declare theirs in a table next to the command (:mod:`ernievil2torch.cli
 from __future__ import annotations
 
 import glob
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import canonical_dtype
-from ..constants import MAX_TEXT_POSITIONS
+from ..config import canonical_dtype, list_models
+from ..constants import DTYPE_ALIASES, KEEP_DTYPE, MAX_TEXT_POSITIONS
 from ..errors import InputError
 
 
@@ -75,6 +76,19 @@ def one_of(*choices: str) -> Check:
     return Check(f"one of {', '.join(choices)}", apply)
 
 
+def one_of_any_case(*choices: str) -> Check:
+    """The value is one of ``choices`` in any case; it becomes the choice's own spelling."""
+    by_lower = {choice.lower(): choice for choice in choices}
+
+    def apply(value: Any) -> Any:
+        found = by_lower.get(str(value).lower())
+        if found is None:
+            raise InputError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return found
+
+    return Check(f"one of {', '.join(choices)} (any case)", apply)
+
+
 def _dtype(value: Any) -> str:
     return canonical_dtype(value)
 
@@ -83,8 +97,19 @@ def _dtype_or_keep(value: Any) -> str:
     return canonical_dtype(value, allow_keep=True)
 
 
-DTYPE = Check("float32/fp32, float16/fp16/half or bfloat16/bf16", _dtype)
-DTYPE_OR_KEEP = Check("float32/fp32, float16/fp16/half, bfloat16/bf16 or keep", _dtype_or_keep)
+def _dtype_words(extra: tuple = ()) -> str:
+    """The spellings of :data:`~ernievil2torch.constants.DTYPE_ALIASES`, grouped by dtype: ``float32/fp32, ...``."""
+    groups: dict = {}
+    for alias, canonical in DTYPE_ALIASES.items():
+        groups.setdefault(canonical, [canonical])
+        if alias != canonical:
+            groups[canonical].append(alias)
+    words = ["/".join(names) for names in groups.values()] + list(extra)
+    return f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+DTYPE = Check(_dtype_words(), _dtype)
+DTYPE_OR_KEEP = Check(_dtype_words((KEEP_DTYPE,)), _dtype_or_keep)
 
 
 def _existing(kind: str, test: Callable[[Path], bool], refusal: str) -> Check:
@@ -120,3 +145,65 @@ def _path_or_pattern(value: Any) -> Any:
 #: An existing path or a glob pattern that matches at least one file.
 PATH_OR_PATTERN = Check("an existing file or folder, or a glob that matches files", _path_or_pattern)
 
+
+
+def _new_file(value: Any) -> Any:
+    path = Path(value)
+    if path.is_dir():
+        raise InputError(f"{value} is a directory, not a file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{value}: its folder {parent} does not exist" if not parent.exists()
+                         else f"{value}: {parent} is not a folder")
+    return value
+
+
+def _folder_or_absent(value: Any) -> Any:
+    if Path(value).exists() and not Path(value).is_dir():
+        raise InputError(f"{value} is not a folder")
+    return value
+
+
+#: A file to write: not a folder, in a folder that exists.
+NEW_FILE = Check("a file to write, in an existing folder", _new_file)
+#: A folder, existing or to be made.
+FOLDER_OR_ABSENT = Check("a folder (made if absent)", _folder_or_absent)
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def needs_extra(check: Check, modules: tuple, extra: str) -> Check:
+    """``check``, and then the optional ``modules`` must be installed (else name the pip ``extra`` that installs
+    them)."""
+    def apply(value: Any) -> Any:
+        value = check.apply(value)
+        missing = [name for name in modules if not installed(name)]
+        if missing:
+            raise InputError(f"needs {', '.join(missing)}: pip install 'ernievil2torch[{extra}]'")
+        return value
+
+    return Check(f"{check.rule}; needs the pip extra [{extra}]", apply)
+
+
+def _device(value: Any) -> Any:
+    from ..runtime.distributed import check_device  # imports torch: only commands that compute take --device
+
+    return check_device(value)
+
+
+#: A device: cpu, cuda, cuda:N or mps, and present on this machine.
+DEVICE = Check("cpu, cuda, cuda:N or mps, available here", _device)
+
+
+def _registered_model(value: Any) -> Any:
+    names = list_models()
+    if value not in names:
+        raise InputError(f"must be a registered model name ({', '.join(names)}), not {value!r}")
+    return value
+
+
+#: A name of the model registry (:func:`ernievil2torch.config.list_models`).
+MODEL_NAME = Check("a registered model name (" + ", ".join(list_models()) + ")", _registered_model)

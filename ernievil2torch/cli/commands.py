@@ -7,20 +7,23 @@ imports nothing heavy: a library function is imported only when its command runs
 ``ernievil2 convert`` runs where torch cannot be imported.
 
 An adapter turns command-line values into one library call and returns its result (the runner prints
-``result.summary()``); ``check`` and ``similarity`` print as they go.
+``result.summary()``, and exits with status 1 when the result has ``passed`` false); ``check`` prints its progress
+lines as they come.
 """
 from __future__ import annotations
 
 import sys
-from typing import Dict, List, Optional
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional
 
-from ..constants import DEFAULT_MAX_LENGTH
+from ..constants import DEFAULT_MAX_LENGTH, EMBED_KINDS, PRECISIONS, PROTOCOLS, TOWERS
+from ..conversion.layouts import LAYOUTS
 from ..data.formats import DATASET_FORMATS
 from ..export.registry import EXPORTERS
 from .arguments import Command
-from .checks import (COSINE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FRACTION, MAX_LENGTH, NON_NEGATIVE,
-                     PATH_OR_PATTERN, PORT, POSITIVE, between, one_of)
-from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, EXIT_CHECK_FAILED, NO_OUTPUT, RESUMABLE_OUTPUT,
+from .checks import (COSINE, DEVICE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FOLDER_OR_ABSENT, FRACTION,
+                     MAX_LENGTH, MODEL_NAME, NEW_FILE, NON_NEGATIVE, PATH_OR_PATTERN, PORT, POSITIVE, between,
+                     needs_extra, one_of, one_of_any_case)
+from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, NO_OUTPUT, RESUMABLE_OUTPUT,
                       SERVICE_STOPPED)
 
 CONSOLE_SUMMARY = ("ERNIE-ViL 2.0 in PyTorch: convert, check, compare, classify, embed, search, evaluate, fine-tune, "
@@ -29,7 +32,7 @@ CONSOLE_SUMMARY = ("ERNIE-ViL 2.0 in PyTorch: convert, check, compare, classify,
 
 # ---- adapters -------------------------------------------------------------------------------------------------------
 def convert(src: Optional[str] = None, dst: str = "converted/ernie_vil2_base", vocab: Optional[str] = None,
-            overwrite: bool = False, dtype: str = "float32"):
+            overwrite: bool = False, dtype: str = "float32", *, model: Optional[str] = None):
     """Convert an ERNIE-ViL 2.0 .pdparams (official or PaddleNLP layout) into a PyTorch directory.
 
     Needs no Paddle and no torch. Writes DST/config.json and DST/model.safetensors (and DST/vocab.txt with
@@ -42,6 +45,8 @@ def convert(src: Optional[str] = None, dst: str = "converted/ernie_vil2_base", v
         overwrite: replace an existing DST (the old one stays until the new one is complete).
         dtype: float32 (default, as released), float16, bfloat16 (or fp32, fp16, half, bf16), or keep (the
             source's dtype).
+        model: the registered model name to convert as (default: the registered size whose shapes the file has;
+            name one when several fit).
 
     Returns:
         the :class:`~ernievil2torch.conversion.ConversionReport`.
@@ -51,12 +56,12 @@ def convert(src: Optional[str] = None, dst: str = "converted/ernie_vil2_base", v
 
     source = src or find_default_checkpoint(".")
     return convert_checkpoint(source, dst, overwrite=overwrite, vocab=vocab,
-                              dtype=canonical_dtype(dtype, allow_keep=True))
+                              dtype=canonical_dtype(dtype, allow_keep=True), config=model)
 
 
 def logit_check(paddle: Optional[str] = None, torch: Optional[str] = None, seed: int = 0, tiny: bool = False,
                 feature_atol: Optional[float] = None, min_cosine: Optional[float] = None,
-                logit_atol: Optional[float] = None, workdir: Optional[str] = None) -> None:
+                logit_atol: Optional[float] = None, workdir: Optional[str] = None):
     """Run the Paddle reference and the PyTorch port on the same inputs and compare (needs paddlepaddle).
 
     What it proves: the converted directory computes, in PyTorch, the function that the Paddle reference computes
@@ -89,15 +94,12 @@ def logit_check(paddle: Optional[str] = None, torch: Optional[str] = None, seed:
         min_cosine=parity.MIN_COSINE if min_cosine is None else min_cosine,
         logit_atol=parity.LOGIT_ATOL if logit_atol is None else logit_atol,
         workdir=workdir, log=print)
-    print()
-    print(result.render())
-    if not result.passed:
-        sys.exit(EXIT_CHECK_FAILED)
+    return result
 
 
 def performance_check(model: str = "demo/synthetic_converted", images: Optional[List[str]] = None,
                       texts: Optional[List[str]] = None, vocab: Optional[str] = None,
-                      max_length: int = DEFAULT_MAX_LENGTH, plot: Optional[str] = None) -> None:
+                      max_length: int = DEFAULT_MAX_LENGTH, plot: Optional[str] = None) -> str:
     """Print the text x image cosine-similarity matrix (rows texts, columns images) and per-image probabilities.
 
     Args:
@@ -111,13 +113,14 @@ def performance_check(model: str = "demo/synthetic_converted", images: Optional[
     from ..apps.similarity import image_text_similarity
 
     result = image_text_similarity(model, images, texts, vocab, max_length)
-    print(result.render())
-    if plot:
-        from ..apps.plotting import CJK_FONT_PACKAGE, plot_similarity
+    if not plot:
+        return result.summary()
+    from ..apps.plotting import CJK_FONT_PACKAGE, plot_similarity
 
-        written, has_cjk = plot_similarity(result.similarity.tolist(), result.images, result.texts, plot)
-        print(f"\nheatmap written to {written}" + ("" if has_cjk else " (no CJK font found: rows labelled T1..Tn as "
-                                                                 f"printed above; pip install {CJK_FONT_PACKAGE})"))
+    written, has_cjk = plot_similarity(result.similarity.tolist(), result.images, result.texts, plot)
+    return (f"{result.summary()}\n\nheatmap written to {written}"
+            + ("" if has_cjk else f" (no CJK font found: rows labelled T1..Tn as printed above; pip install "
+                                  f"{CJK_FONT_PACKAGE})"))
 
 
 def classify(model: str, images: List[str], labels: List[str], templates: Optional[List[str]] = None,
@@ -133,7 +136,7 @@ def classify(model: str, images: List[str], labels: List[str], templates: Option
     """
     from ..apps.zero_shot import DEFAULT_TEMPLATES, classify_images
 
-    return classify_images(model, images, labels, tuple(templates or DEFAULT_TEMPLATES), vocab).render()
+    return classify_images(model, images, labels, tuple(templates or DEFAULT_TEMPLATES), vocab).summary()
 
 
 def export(model: str, out: str, format: str = "hf", overwrite: bool = False, vocab: Optional[str] = None,
@@ -240,29 +243,53 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
     return find_duplicates(embeddings, threshold, out, images, chunk_size, faiss, examples, overwrite)
 
 
+# ---- rules across values: a flag that does not apply is refused ------------------------------------------------
+def _synthetic_only(values: Mapping[str, Any], given: AbstractSet[str]) -> Optional[str]:
+    """``check``: --tiny and --workdir shape the synthetic checkpoint, which --paddle/--torch replace."""
+    if values.get("paddle") is None and values.get("torch") is None:
+        return None
+    for name in ("tiny", "workdir"):
+        if name in given and values[name]:
+            return f"--{name} applies only to the synthetic check (without --paddle/--torch)"
+    return None
+
+
+def _format_options(values: Mapping[str, Any], given: AbstractSet[str]) -> Optional[str]:
+    """``export``: an option only the formats of the registry that list it use."""
+    options = sorted({option for e in EXPORTERS.values() for option in e.options})
+    chosen = EXPORTERS.get(values["format"])
+    for name in options:
+        if name in given and chosen is not None and name not in chosen.options:
+            users = [e.format for e in EXPORTERS.values() if name in e.options]
+            return f"--{name} applies only to --format {' or '.join(users)}, not {values['format']}"
+    return None
+
+
 # ---- the command table ----------------------------------------------------------------------------------------------
 _ENCODING = {"batch_size": POSITIVE, "num_workers": NON_NEGATIVE, "dtype": DTYPE, "vocab": FILE,
-             "max_length": MAX_LENGTH}
+             "max_length": MAX_LENGTH, "device": DEVICE}
 
 COMMANDS: Dict[str, Command] = {c.name: c for c in (
     Command("convert", convert, "convert a .pdparams into a PyTorch directory (needs neither Paddle nor torch)",
-            ATOMIC_OUTPUT, {"src": FILE, "vocab": FILE, "dtype": DTYPE_OR_KEEP}),
+            ATOMIC_OUTPUT, {"src": FILE, "vocab": FILE, "dtype": DTYPE_OR_KEEP, "model": MODEL_NAME}),
     Command("check", logit_check, "prove the port computes Paddle's function (needs paddlepaddle)", ATOMIC_OUTPUT,
             {"paddle": FILE, "torch": FOLDER, "seed": NON_NEGATIVE, "feature_atol": NON_NEGATIVE,
-             "min_cosine": COSINE, "logit_atol": NON_NEGATIVE}),
+             "min_cosine": COSINE, "logit_atol": NON_NEGATIVE, "workdir": FOLDER_OR_ABSENT},
+            rules=(_synthetic_only,)),
     Command("similarity", performance_check, "text x image cosine-similarity matrix (optionally a heatmap)",
-            ATOMIC_OUTPUT, {"images": FILE, "vocab": FILE, "max_length": MAX_LENGTH}),
+            ATOMIC_OUTPUT, {"images": FILE, "vocab": FILE, "max_length": MAX_LENGTH,
+                            "plot": needs_extra(NEW_FILE, ("matplotlib",), "plot")}),
     Command("classify", classify, "zero-shot classification of images over your labels", NO_OUTPUT,
             {"images": FILE, "vocab": FILE}),
     Command("embed", "ernievil2torch.cli.batch:embed",
             "embeddings of an image folder or a text file, resumable, also under torchrun", RESUMABLE_OUTPUT,
-            {**_ENCODING, "inputs": PATH_OR_PATTERN, "kind": one_of("image", "text"), "shard_size": POSITIVE}),
+            {**_ENCODING, "inputs": PATH_OR_PATTERN, "kind": one_of(*EMBED_KINDS), "shard_size": POSITIVE}),
     Command("search", "ernievil2torch.apps.retrieval:search", "exact top-k of embed outputs against each other",
             ATOMIC_OUTPUT, {"queries": FILE_OR_FOLDER, "gallery": FILE_OR_FOLDER, "k": POSITIVE,
                             "chunk_size": POSITIVE}),
     Command("eval", "ernievil2torch.apps.retrieval:evaluate",
             "zero-shot retrieval recall (R@1/5/10 both ways) on a COCO-CN TSV or captions + images", ATOMIC_OUTPUT,
-            {**_ENCODING, "data": FILE, "images": FOLDER, "protocol": one_of("grouped", "pairs"),
+            {**_ENCODING, "data": FILE, "images": FOLDER, "protocol": one_of(*PROTOCOLS),
              "data_format": one_of(*DATASET_FORMATS)}),
     Command("finetune", "ernievil2torch.cli.batch:finetune",
             "contrastive fine-tuning on image-caption pairs, resumable, also under torchrun", CHECKPOINTED_OUTPUT,
@@ -270,18 +297,19 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
              "max_steps": POSITIVE, "batch_size": POSITIVE, "grad_accum": POSITIVE, "lr": POSITIVE,
              "warmup_steps": NON_NEGATIVE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
              "adam_beta1": FRACTION, "adam_beta2": FRACTION, "adam_eps": POSITIVE, "max_length": MAX_LENGTH,
-             "seed": NON_NEGATIVE, "precision": one_of("auto", "fp32", "bf16"), "freeze": one_of("vision", "text"),
+             "seed": NON_NEGATIVE, "precision": one_of_any_case(*PRECISIONS), "freeze": one_of(*TOWERS),
              "eval_every": POSITIVE, "save_every": POSITIVE, "log_every": POSITIVE, "keep_last": POSITIVE,
-             "eval_batch_size": POSITIVE, "num_workers": NON_NEGATIVE},
+             "eval_batch_size": POSITIVE, "num_workers": NON_NEGATIVE, "device": DEVICE},
             types={"max_steps": int}),
     Command("export", export, "export to stock Hugging Face models, ONNX, or back to Paddle", ATOMIC_OUTPUT,
             {"format": one_of(*EXPORTERS), "vocab": FILE, "opset": between(14, 99),
-             "layout": one_of("official", "paddlenlp")}),
+             "layout": one_of(*LAYOUTS)}, rules=(_format_options,)),
     Command("serve", serve, "search your own photos: HTTP API and web page over an embed output", SERVICE_STOPPED,
             {"gallery": FOLDER, "images": FOLDER, "port": PORT, "max_upload_mb": POSITIVE, "max_pixels": POSITIVE,
              "max_files": POSITIVE, "max_texts": POSITIVE, "max_text_chars": POSITIVE, "max_k": POSITIVE,
              "max_batch": POSITIVE, "max_wait_ms": NON_NEGATIVE, "decode_workers": POSITIVE, "dtype": DTYPE,
-             "vocab": FILE, "log_level": one_of("critical", "error", "warning", "info", "debug", "trace")}),
+             "device": DEVICE, "vocab": FILE,
+             "log_level": one_of("critical", "error", "warning", "info", "debug", "trace")}),
     Command("dedup", dedup, "groups of near-duplicate images in an embed output", ATOMIC_OUTPUT,
             {"embeddings": FOLDER, "threshold": COSINE, "images": FOLDER, "chunk_size": POSITIVE,
              "examples": NON_NEGATIVE}),

@@ -4,8 +4,8 @@
 * a check that ran and failed (``check``): :data:`EXIT_CHECK_FAILED`;
 * bad input the project detected (:class:`~ernievil2torch.errors.ErnieViL2Error`, a wrong flag or value): one
   ``error:`` line, :data:`EXIT_BAD_INPUT`;
-* an operating-system error (disk full, permission denied, ...): the traceback, then one ``error:`` line,
-  :data:`EXIT_BAD_INPUT`;
+* an operating-system error (disk full, permission denied, ...): one ``error:`` line naming the file and the
+  system's reason, :data:`EXIT_BAD_INPUT`;
 * anything else is a bug: the traceback and "internal error, please report", :data:`EXIT_INTERNAL_ERROR`;
 * Ctrl-C: what the interrupted command leaves behind, :data:`EXIT_INTERRUPTED`.
 """

@@ -11,8 +11,9 @@ import traceback
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from ..errors import ErnieViL2Error, InputError
-from .arguments import Command, HelpRequested, parse_arguments, render_commands
-from .outcome import (EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, CommandInterrupted,
+from .arguments import Command, HelpRequested, parse_arguments
+from .help import render_commands
+from .outcome import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, CommandInterrupted,
                       leaves_on_interrupt)
 
 Component = Union[Callable[..., Any], Command, Mapping[str, Union[Callable[..., Any], Command]]]
@@ -33,6 +34,18 @@ def render_result(result: Any) -> Optional[str]:
         width = max((len(str(key)) for key in result), default=0)
         return "\n".join(f"{str(key).ljust(width)}: {value}" for key, value in result.items())
     return str(result)
+
+
+def failed_check(result: Any) -> bool:
+    """Whether ``result`` is a check that ran and failed: its ``passed`` attribute is false (exit status 1)."""
+    return getattr(result, "passed", None) is False
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An operating-system error in one line: the file(s) it names and the system's reason (``strerror``)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    files = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
+    return f"{' -> '.join(files)}: {reason}" if files else reason
 
 
 def _dispatch(component: Component, prog: str, argv: Sequence[str], summary: str) -> Any:
@@ -63,9 +76,12 @@ def run_command(component: Component, name: Optional[str] = None, argv: Optional
     prog = name or (getattr(component, "__name__", None) if callable(component) else None) or "command"
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        text = render_result(_dispatch(component, prog, args, summary))
+        result = _dispatch(component, prog, args, summary)
+        text = render_result(result)
         if text is not None:
             print(text)
+        if failed_check(result):
+            sys.exit(EXIT_CHECK_FAILED)
     except HelpRequested as shown:
         print(str(shown), end="")
     except ErnieViL2Error as exc:
@@ -75,8 +91,7 @@ def run_command(component: Component, name: Optional[str] = None, argv: Optional
         print(str(exc) if isinstance(exc, CommandInterrupted) else "interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except OSError as exc:
-        traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except Exception:  # noqa: BLE001 - a bug: show everything
         traceback.print_exc()

@@ -9,6 +9,7 @@ by the caller stays theirs).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -57,15 +58,39 @@ def _environment_int(name: str, default: int) -> int:
         raise InputError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
 
 
+_DEVICE_NAME = re.compile(r"(cpu|mps|cuda)(?::(\d+))?")
+
+
+def check_device(name: str, present: bool = True) -> str:
+    """``name`` if it is ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (and, with ``present``, on this machine), else
+    :class:`InputError` saying which (a name the project does not compute on, no CUDA GPU, too few, no MPS)."""
+    match = _DEVICE_NAME.fullmatch(str(name).strip())
+    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise InputError(f"must be cpu, cuda, cuda:N or mps, not {name!r}")
+    kind, index = match.group(1), match.group(2)
+    if not present:
+        return name
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise InputError("mps was asked for but this machine has no usable MPS device (use cpu)")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{name} was asked for but torch sees no CUDA GPU here (use cpu)")
+        count = torch.cuda.device_count()
+        if index is not None and int(index) >= count:
+            raise InputError(f"{name} was asked for but torch sees {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}")
+    return name
+
+
 def pick_device(device: Optional[str], local_rank: int) -> torch.device:
     """``device`` as a :class:`torch.device`: ``None`` means this process's GPU (``cuda:LOCAL_RANK``) when CUDA is
     available, else the CPU; ``'cuda'`` without an index also means ``cuda:LOCAL_RANK``; an explicit index
-    (``'cuda:1'``) is kept. :class:`InputError` for a name torch does not know."""
+    (``'cuda:1'``) is kept. :class:`InputError` for a name that is not ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
+    (whether the device is present is the caller's check, :func:`check_device`)."""
     name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        place = torch.device(str(name))
-    except (RuntimeError, ValueError) as exc:
-        raise InputError(f"device {name!r} is not a device name torch knows ({exc})") from None
+        place = torch.device(check_device(str(name), present=False))
+    except InputError as exc:
+        raise InputError(f"device: {exc}") from None
     if place.type == "cuda" and place.index is None:
         place = torch.device("cuda", local_rank)
     return place

@@ -10,11 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from ..constants import DEFAULT_MAX_LENGTH
+from ..constants import DEFAULT_MAX_LENGTH, PRECISIONS, TOWERS
 from ..errors import InputError
-
-PRECISIONS = ("auto", "fp32", "bf16")
-TOWERS = ("vision", "text")
 
 
 @dataclass(frozen=True)

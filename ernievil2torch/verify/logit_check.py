@@ -60,10 +60,12 @@ class LogitCheckResult:
 
     @property
     def passed(self) -> bool:
+        """Whether every bound is met."""
         return self.report.passed(self.feature_atol, self.min_cosine, self.logit_atol)
 
-    def render(self) -> str:
-        """The side-by-side values, the comparison table and the verdict, as printed by ``check.py``."""
+    def summary(self) -> str:
+        """The side-by-side values, the comparison table and the verdict, as printed by ``check.py`` (which exits
+        with status 1 when :attr:`passed` is false)."""
         ids = self.inputs.input_ids
         lines = [f"inputs: {self.inputs.pixel_values.shape[0]} images (seeded pixels), {ids.shape[0]} texts "
                  f"(token ids, lengths {(ids != 0).sum(1).tolist()}, padded to {ids.shape[1]})",

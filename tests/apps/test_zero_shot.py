@@ -47,6 +47,9 @@ def test_build_classifier(tiny):
             build_classifier(model, tok, bad)
     with pytest.raises(InputError):
         build_classifier(model, tok, ["猫"], templates=("no placeholder",))
+    for bad in ("{}{}", "{0}的{}", "一张{}的照片}", "{label}"):
+        with pytest.raises(InputError, match="exactly one|no '{}'"):
+            build_classifier(model, tok, ["猫"], templates=(bad,))
 
 
 def test_classify_probabilities(tiny):

@@ -73,6 +73,7 @@ def test_performance_check_prints_a_3x3_matrix_and_probabilities(small224):
     matrix = out.split("cosine similarity (rows: texts, columns: images)")[1].split("per-image")[0]
     rows = [line for line in matrix.splitlines() if "[" in line]
     assert len(rows) == 3 and all(line.count(",") >= 2 for line in rows)
+    assert "tensor(" not in out and [row.split()[0] for row in rows] == ["T1", "T2", "T3"]
     for caption in DEMO_CAPTIONS:
         assert caption in out
 

@@ -8,7 +8,8 @@ from typing import List, Optional, Sequence, Union
 import pytest
 
 from ernievil2torch.cli import Command, parse_arguments, parse_bool, render_result, run_command
-from ernievil2torch.cli.arguments import BOOL, FLOAT, INT, LIST, STR, STR_OR_LIST, HelpRequested, parse_docstring
+from ernievil2torch.cli.arguments import BOOL, FLOAT, INT, LIST, STR, STR_OR_LIST, HelpRequested
+from ernievil2torch.cli.help import parse_docstring
 from ernievil2torch.cli.checks import POSITIVE
 from ernievil2torch.errors import InputError
 

@@ -64,10 +64,40 @@ def test_a_bug_shows_its_traceback_and_says_internal_error(monkeypatch, capsys):
                                     "traceback above")
 
 
-def test_an_os_error_shows_its_traceback_and_one_error_line(monkeypatch, capsys):
+def test_an_os_error_is_one_error_line_naming_the_file_and_the_reason(monkeypatch, capsys):
     code, out, err = invoke({"run": _raising(OSError(28, "No space left on device"))}, ["run"], monkeypatch, capsys)
-    assert code == cli.EXIT_BAD_INPUT and "Traceback (most recent call last)" in err
-    assert err.splitlines()[-1] == "error: [Errno 28] No space left on device"
+    assert (code, err) == (cli.EXIT_BAD_INPUT, "error: No space left on device\n")
+    denied = PermissionError(13, "Permission denied", "/proc/x12/model.safetensors")
+    code, out, err = invoke({"run": _raising(denied)}, ["run"], monkeypatch, capsys)
+    assert (code, err) == (cli.EXIT_BAD_INPUT, "error: /proc/x12/model.safetensors: Permission denied\n")
+    code, out, err = invoke({"run": _raising(OSError("no reason"))}, ["run"], monkeypatch, capsys)
+    assert (code, err) == (cli.EXIT_BAD_INPUT, "error: no reason\n")
+
+
+class _Check:
+    def __init__(self, passed: bool) -> None:
+        self.passed = passed
+
+    def summary(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+
+def test_a_failed_check_prints_its_summary_and_exits_1(monkeypatch, capsys):
+    code, out, err = invoke({"run": lambda: _Check(False)}, ["run"], monkeypatch, capsys)
+    assert (code, out, err) == (cli.EXIT_CHECK_FAILED, "FAIL\n", "")
+    code, out, err = invoke({"run": lambda: _Check(True)}, ["run"], monkeypatch, capsys)
+    assert (code, out, err) == (0, "PASS\n", "")
+
+
+@pytest.mark.parametrize("main,module", [(cli.main_embed, "ernievil2torch.embed"),
+                                         (cli.main_finetune, "ernievil2torch.finetune")])
+def test_the_module_commands_name_themselves_in_errors(main, module, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [module, "--no_such_flag"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = capsys.readouterr().err
+    assert exited.value.code == cli.EXIT_BAD_INPUT and err.startswith(f"error: python -m {module}: unknown flag")
+    assert err.rstrip().endswith(f"see python -m {module} --help"), err
 
 
 def test_ctrl_c_prints_what_the_command_leaves(monkeypatch, capsys):

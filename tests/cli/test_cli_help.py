@@ -7,7 +7,7 @@ from typing import List
 import pytest
 
 from ernievil2torch.cli import COMMANDS, CONSOLE_SUMMARY, run_command
-from ernievil2torch.cli.arguments import HELP_WIDTH, parse_docstring, plain_text
+from ernievil2torch.cli.help import HELP_WIDTH, parse_docstring, plain_text
 
 # Text that means the help leaks Python or docstring markup instead of words.
 ARTEFACTS = ("Optional[", "Union[", "List[", "Sequence[", "NoneType", "<class", "``", ":class:", ":func:", ":mod:",

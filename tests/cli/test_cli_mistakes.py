@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from ernievil2torch import cli
-from ernievil2torch.cli import COMMANDS, parse_arguments, run_command
+from ernievil2torch.cli import COMMANDS, checks, parse_arguments, run_command
 
 # Modules the commands run; imported first, so that names they bound at import are patched too.
 COMMAND_MODULES = ("ernievil2torch.apps.embed", "ernievil2torch.apps.retrieval", "ernievil2torch.apps.dedup",
@@ -102,6 +102,7 @@ MISTAKES: List[Tuple[str, str]] = [
     ("convert --src", "--src needs a value"),
     ("convert src.pdparams out vocab.txt false float32 surplus", "unexpected argument 'surplus'"),
     ("convert -s src.pdparams", "unknown option -s"),
+    ("convert --src src.pdparams --dst out --model huge", "--model: must be a registered model name (base, "),
     # check
     ("check --paddle missing.pdparams --torch model", "--paddle: missing.pdparams: no such file"),
     ("check --paddle src.pdparams --torch missing_dir", "--torch: missing_dir is not a folder"),
@@ -112,6 +113,10 @@ MISTAKES: List[Tuple[str, str]] = [
     ("check --seed 1.5", "--seed: expected an integer"),
     ("check --tiny nope", "--tiny: expected true/false"),
     ("check --paddle", "--paddle needs a value"),
+    ("check --workdir data.tsv", "--workdir: data.tsv is not a folder"),
+    ("check --paddle src.pdparams --torch model --tiny", "--tiny applies only to the synthetic check (without "
+                                                         "--paddle/--torch)"),
+    ("check --paddle src.pdparams --torch model --workdir work", "--workdir applies only to the synthetic check"),
     # similarity
     ("similarity --model model --dtype float64", "unknown flag --dtype"),
     ("similarity --model model --max_length 2", "--max_length: must be in [3, 2048], not 2"),
@@ -120,12 +125,24 @@ MISTAKES: List[Tuple[str, str]] = [
     ("similarity --model model --images {img},missing.jpg", "missing.jpg: no such file"),
     ("similarity --model model --texts ,", "--texts: expected a comma-separated list"),
     ("similarity --model model --plot", "--plot needs a value"),
+    ("""similarity --model model --texts '["a","b"]'""", "--texts: Python literals are no longer read"),
+    ("similarity --model model --images '({img},)'", "write a comma-separated list such as a.jpg,b.jpg"),
+    ("similarity --model model -- --trace", "--trace after -- was a flag of fire"),
+    ("similarity --model model -- --separator=X", "--separator=X after -- was a flag of fire"),
+    ("similarity --model model --plot missing_dir/p.png", "--plot: missing_dir/p.png: its folder missing_dir does "
+                                                          "not exist"),
+    ("similarity --model model --plot images", "--plot: images is a directory, not a file"),
+    ("similarity --model model --plot data.tsv/p.png", "--plot: data.tsv/p.png: data.tsv is not a folder"),
     # classify
     ("classify --model model --images {img}", "missing LABELS"),
     ("classify --model model --images missing.jpg --labels 猫,狗", "missing.jpg: no such file"),
     ("classify --model model --images {img} --labels 猫 --vocab missing.txt", "--vocab: missing.txt: no such file"),
     ("classify --model model --images {img} --labels 猫 --template x", "unknown flag --template (did you mean "
                                                                        "--templates?)"),
+    ("classify --model model --images {img} --labels 猫,狗 --templates {{}}{{}}", "template '{}{}' must hold exactly "
+                                                                              "one '{}'"),
+    ("classify --model model --images {img} --labels 猫 --templates {{x}}的{{}}", "no other brace"),
+    ("classify --model model --images {img} --labels 猫 --templates 一张照片", "has no '{}' for the label"),
     # embed
     ("embed images model out --batchsize 8", "unknown flag --batchsize (did you mean --batch_size?)"),
     ("embed images model out --batch_size 0", "--batch_size: must be > 0, not 0"),
@@ -142,6 +159,8 @@ MISTAKES: List[Tuple[str, str]] = [
     ("embed 'nothing/*.jpg' model out", "no file matches it as a pattern"),
     ("embed images model out --kind text --vocab missing.txt", "--vocab: missing.txt: no such file"),
     ("embed images model", "missing OUT"),
+    ("embed images model out --device gpu", "--device: must be cpu, cuda, cuda:N or mps, not 'gpu'"),
+    ("embed images model out --device cpu:0", "--device: must be cpu, cuda, cuda:N or mps"),
     # search
     ("search queries.npy gallery out.tsv --k 0", "--k: must be > 0, not 0"),
     ("search queries.npy gallery out.tsv --k -3", "--k: must be > 0"),
@@ -159,6 +178,7 @@ MISTAKES: List[Tuple[str, str]] = [
     ("eval model data.tsv --dtype fp8", "--dtype: dtype must be one of"),
     ("eval model data.tsv --max_length 5000", "--max_length: must be in [3, 2048]"),
     ("eval model data.tsv --save_embeddings", "--save_embeddings needs a value"),
+    ("eval model data.tsv --device gpu", "--device: must be cpu, cuda, cuda:N or mps, not 'gpu'"),
     # finetune
     ("finetune model data.tsv out --learning_rate 1e-4", "unknown flag --learning_rate"),
     ("finetune model data.tsv out --lr 0", "--lr: must be > 0, not 0.0"),
@@ -182,12 +202,17 @@ MISTAKES: List[Tuple[str, str]] = [
     ("finetune model data.tsv out --val_images missing_dir", "--val_images: missing_dir is not a folder"),
     ("finetune model data.tsv out --max_length 2049", "--max_length: must be in [3, 2048]"),
     ("finetune model data.tsv out surplus", "unexpected argument 'surplus'"),
+    ("finetune model data.tsv out --device cuda0", "--device: must be cpu, cuda, cuda:N or mps"),
     # export
     ("export model out --format tflite", "--format: must be one of hf, onnx, paddle, not 'tflite'"),
     ("export model out.pdparams --format paddle --layout hf", "--layout: must be one of official, paddlenlp"),
     ("export model out --format onnx --opset 0", "--opset: must be in [14, 99]"),
     ("export model out --vocab missing.txt", "--vocab: missing.txt: no such file"),
     ("export model", "missing OUT"),
+    ("export model out --format onnx --layout paddlenlp", "--layout applies only to --format paddle, not onnx"),
+    ("export model out --opset 17", "--opset applies only to --format onnx, not hf"),
+    ("export model out --format onnx --vocab vocab.txt", "--vocab applies only to --format hf, not onnx"),
+    ("export model out.pdparams --format paddle --vocab vocab.txt", "--vocab applies only to --format hf"),
     ("export model out --fromat onnx", "unknown flag --fromat (did you mean --format?)"),
     # serve
     ("serve model --gallery gallery --images images --port 70000", "--port: must be in [0, 65535], not 70000"),
@@ -203,6 +228,7 @@ MISTAKES: List[Tuple[str, str]] = [
     ("serve model --gallery gallery --images images --log_level loud", "--log_level: must be one of"),
     ("serve model --gallery gallery --images images --faiss perhaps", "--faiss: expected true/false"),
     ("serve model --gallery gallery", "missing IMAGES"),
+    ("serve model --gallery gallery --images images --device tpu", "--device: must be cpu, cuda, cuda:N or mps"),
     # dedup
     ("dedup gallery --threshold 1.5", "--threshold: must be in [-1, 1], not 1.5"),
     ("dedup gallery --threshold -2", "--threshold: must be in [-1, 1]"),
@@ -247,14 +273,74 @@ def test_the_tripwires_catch_work(place, tripwires, tmp_path, capsys):
             run_command(COMMANDS, name="ernievil2", argv=argv)
 
 
+def test_the_value_lists_are_read_from_their_tables():
+    from ernievil2torch import constants
+    from ernievil2torch.conversion.layouts import LAYOUTS
+
+    from ernievil2torch.training import settings
+    from ernievil2torch.apps.retrieval import commands as retrieval
+
+    assert (settings.PRECISIONS, settings.TOWERS, retrieval.PROTOCOLS) == (constants.PRECISIONS, constants.TOWERS,
+                                                                           constants.PROTOCOLS)
+    for command, flag, table in (("finetune", "precision", constants.PRECISIONS),
+                                 ("finetune", "freeze", constants.TOWERS), ("eval", "protocol", constants.PROTOCOLS),
+                                 ("embed", "kind", constants.EMBED_KINDS), ("export", "layout", tuple(LAYOUTS))):
+        assert COMMANDS[command].checks[flag].rule.startswith(f"one of {', '.join(table)}"), (command, flag)
+    for alias in constants.DTYPE_ALIASES:
+        assert alias in checks.DTYPE.rule and alias in checks.DTYPE_OR_KEEP.rule
+    assert constants.KEEP_DTYPE in checks.DTYPE_OR_KEEP.rule and constants.KEEP_DTYPE not in checks.DTYPE.rule
+
+
+def test_every_device_flag_has_the_device_check():
+    with_device = [name for name, command in COMMANDS.items()
+                   if any(p.name == "device" for p in command.parameters())]
+    assert set(with_device) >= {"embed", "eval", "finetune", "serve"}
+    assert all(COMMANDS[name].checks.get("device") is checks.DEVICE for name in with_device)
+
+
+@pytest.mark.parametrize("name,argv", [("embed", "images model out"), ("eval", "model data.tsv"),
+                                       ("finetune", "model data.tsv out"),
+                                       ("serve", "model --gallery gallery --images images")])
+def test_a_device_this_machine_lacks_is_one_error_before_any_work(name, argv, place, tripwires, tmp_path,
+                                                                   monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for device, fragment in (("cuda", "cuda was asked for but torch sees no CUDA GPU here (use cpu)"),
+                             ("cuda:1", "cuda:1 was asked for but torch sees no CUDA GPU"),
+                             ("mps", "mps was asked for but this machine has no usable MPS device")):
+        before = listing(tmp_path)
+        code, out, err = run([name, *argv.split(), "--device", device], capsys)
+        assert (code, out, listing(tmp_path)) == (cli.EXIT_BAD_INPUT, "", before), err
+        assert err.startswith(f"error: ernievil2 {name}: --device: {fragment}") and len(err.splitlines()) == 1, err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    code, out, err = run([name, *argv.split(), "--device", "cuda:2"], capsys)
+    assert code == cli.EXIT_BAD_INPUT and "cuda:2 was asked for but torch sees 2 CUDA GPU(s): cuda:0 to cuda:1" in err
+
+
+def test_a_plot_without_matplotlib_is_refused_before_any_work(place, tripwires, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(checks, "installed", lambda module: module != "matplotlib")
+    before = listing(tmp_path)
+    code, out, err = run(["similarity", "--model", "model", "--plot", "p.png"], capsys)
+    assert (code, out, listing(tmp_path)) == (cli.EXIT_BAD_INPUT, "", before)
+    assert err == "error: ernievil2 similarity: --plot: needs matplotlib: pip install 'ernievil2torch[plot]'; " \
+                  "see ernievil2 similarity --help\n"
+
+
 # (argv, what some of the keyword arguments must be): spellings that work as meant.
 ACCEPTED: List[Tuple[str, dict]] = [
     ("convert --src src.pdparams --dst out --dtype BF16", {"src": "src.pdparams", "dtype": "bfloat16"}),
     ("convert --dtype=keep --overwrite", {"dtype": "keep", "overwrite": True}),
     ("convert --overwrite --dst 2024", {"overwrite": True, "dst": "2024"}),
     ("convert --nooverwrite", {"overwrite": False}),
+    ("convert src.pdparams out --model tiny", {"model": "tiny"}),
     ("convert --dtype half", {"dtype": "float16"}),
     ("check --tiny --seed 3", {"tiny": True, "seed": 3}),
+    ("check --paddle src.pdparams --torch model --seed 2 --tiny false", {"seed": 2, "tiny": False}),
+    ("export model out --format onnx --opset 18", {"opset": 18}),
+    ("export model out --vocab vocab.txt", {"vocab": "vocab.txt"}),
     ("check --tiny False --tiny true", {"tiny": True}),  # a repeated flag: the last value counts
     ("check --min_cosine=-0.5 --feature_atol 1e-6", {"min_cosine": -0.5, "feature_atol": 1e-6}),
     ("similarity --model model --images {img},{img} --texts 一张猫的照片,一张狗的照片 --max_length 64",
@@ -274,6 +360,7 @@ ACCEPTED: List[Tuple[str, dict]] = [
      "--resume", {"images": "images", "batch_size": 32, "epochs": 5, "resume": True}),
     ("finetune model data.tsv out --gradient_checkpointing false --lr=1e-4 --max_steps 100",
      {"gradient_checkpointing": False, "lr": 1e-4, "max_steps": 100}),
+    ("finetune model data.tsv out --precision BF16 --freeze text", {"precision": "bf16", "freeze": "text"}),
     ("finetune model data.tsv out --gradient_checkpointing YES --eval_at_start no",
      {"gradient_checkpointing": True, "eval_at_start": False}),
     ("export model model_state.pdparams --format paddle --layout paddlenlp --overwrite",
@@ -283,6 +370,8 @@ ACCEPTED: List[Tuple[str, dict]] = [
     ("dedup gallery --threshold -0.5 --images images --faiss", {"threshold": -0.5, "faiss": True}),
     ("dedup gallery --out=--odd-name", {"out": "--odd-name"}),
     ("dedup -- gallery", {"embeddings": "gallery"}),
+    ("eval model data.tsv --device cpu", {"device": "cpu"}),
+    ("similarity --model model --texts '(2019)',[x]y", {"texts": ["(2019)", "[x]y"]}),
 ]
 
 
@@ -296,3 +385,35 @@ def test_a_correct_spelling_means_what_it_says(case, expected, place):
     assert {key: kwargs.get(key) for key in wanted} == wanted
     for key, value in wanted.items():
         assert type(kwargs[key]) is type(value), key  # noqa: E721 - an int must not arrive as a bool or float
+
+
+def test_convert_model_picks_one_registered_size_when_several_fit(tmp_path, monkeypatch, capsys):
+    import dataclasses
+    import json
+
+    from ernievil2torch.config import register_model, tiny_config, unregister_model
+    from ernievil2torch.verify.synthetic import write_synthetic_pdparams
+
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_pdparams(tmp_path / "tiny.pdparams", tiny_config(), "official", seed=1)
+    twin = dataclasses.replace(tiny_config(), text=dataclasses.replace(tiny_config().text, layer_norm_eps=1e-6))
+    register_model("tiny-twin", twin)
+    try:
+        code, out, err = run(["convert", "tiny.pdparams", "out"], capsys)
+        assert code == cli.EXIT_BAD_INPUT and "fit several registered models" in err, err
+        code, out, err = run(["convert", "tiny.pdparams", "out", "--model", "tiny-twin"], capsys)
+        assert code == 0, err
+        assert json.loads((tmp_path / "out" / "config.json").read_text())["name"] == "tiny-twin"
+    finally:
+        unregister_model("tiny-twin")
+    code, out, err = run(["convert", "tiny.pdparams", "out2", "--model", "tiny-twin"], capsys)
+    assert code == cli.EXIT_BAD_INPUT and "--model: must be a registered model name (" in err
+    assert not (tmp_path / "out2").exists()
+
+
+def test_the_library_resolves_device_names_with_the_same_rule():
+    from ernievil2torch.errors import InputError
+    from ernievil2torch.runtime.distributed import pick_device
+
+    with pytest.raises(InputError, match=r"^device: must be cpu, cuda, cuda:N or mps, not 'gpu'$"):
+        pick_device("gpu", local_rank=0)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...constants import DEFAULT_MAX_LENGTH
+from ...constants import DEFAULT_MAX_LENGTH, PROTOCOLS
 from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
@@ -21,10 +21,6 @@ from ...data.readers import IndexedCaptions
 from ...retrieval.metrics import as_float32_tensor, format_table, retrieval_metrics
 from ...retrieval.topk import NormalizedRows, faiss_available, search_embeddings
 from ...runtime.encoding import encode_items
-
-
-#: ``--protocol`` values (see :func:`~ernievil2torch.retrieval.metrics.retrieval_metrics`).
-PROTOCOLS = ("grouped", "pairs")
 
 
 def _load_side(spec: str) -> Tuple[np.ndarray, List[str]]:
