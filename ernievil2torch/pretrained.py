@@ -78,12 +78,15 @@ def load_pretrained(path: PathLike, *, dtype: DTypeLike = None,
         resample: the image processor's mode (``"official"`` or ``"paddlenlp"``).
 
     Raises :class:`~ernievil2torch.errors.CheckpointError` for a damaged directory and :class:`InputError` for a
-    ``vocab`` that does not exist.
+    ``vocab`` that does not exist or holds token ids the model's word embedding does not have.
     """
-    model = ErnieViL2.from_pretrained(path, dtype=optional_torch_dtype(dtype), device=device, compile=compile)
+    tokenizer: Optional[ErnieViL2Tokenizer] = None
     if vocab is not None or (Path(path) / VOCAB_NAME).is_file():
-        tokenizer: Optional[ErnieViL2Tokenizer] = ErnieViL2Tokenizer(resolve_vocab(path, vocab))
-    else:
-        tokenizer = None
+        tokenizer = ErnieViL2Tokenizer(resolve_vocab(path, vocab))
+    model = ErnieViL2.from_pretrained(path, dtype=optional_torch_dtype(dtype), device=device, compile=compile)
+    rows = model.config.text.vocab_size
+    if tokenizer is not None and max(tokenizer.vocab.values()) >= rows:
+        raise InputError(f"{resolve_vocab(path, vocab)}: token ids up to {max(tokenizer.vocab.values())}, but the "
+                         f"model's word embedding has {rows} rows: this vocab is not the model's")
     image_processor = ErnieViL2ImageProcessor(image_size=model.config.vision.image_size, resample=resample)
     return Pretrained(model, tokenizer, image_processor, Path(path))
