@@ -42,19 +42,19 @@ def check_output_path(path: PathLike, inputs: Iterable[Optional[PathLike]] = ())
         raise InputError("the output path is empty; name a file or folder to write")
     target = _resolved(path)
     if target == Path(target.anchor):
-        raise InputError(f"output {path!r} is the filesystem root; name a new file or folder to write")
+        raise InputError(f"output {text!r} is the filesystem root; name a new file or folder to write")
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
-        raise InputError(f"output {path!r} is the current directory or a folder above it; name a new file or "
+        raise InputError(f"output {text!r} is the current directory or a folder above it; name a new file or "
                          "folder to write")
     for source in inputs:
         if source is None or not str(source):
             continue
         source_path = _resolved(source)
         if target == source_path:
-            raise InputError(f"output {path!r} is the input {str(source)!r}; write to another path")
+            raise InputError(f"output {text!r} is the input {str(source)!r}; write to another path")
         if target in source_path.parents:
-            raise InputError(f"output {path!r} holds the input {str(source)!r}; write to another path")
+            raise InputError(f"output {text!r} holds the input {str(source)!r}; write to another path")
     return target
 
 
