@@ -31,6 +31,7 @@ from ..processing import ErnieViL2ImageProcessor
 from ..retrieval.backends import SearchBackend, create_backend
 from ..retrieval.topk import NormalizedRows, faiss_available
 from ..storage.atomic import atomic_directory
+from ..storage.outputs import check_output_dir
 from ..storage.embeddings import read_embed_output
 from .plotting import CJK_FONT_PACKAGE
 
@@ -238,6 +239,8 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
         overwrite: replace an existing output folder.
     """
     folder = Path(embeddings)
+    target = Path(out) if out else folder / "dedup"
+    check_output_dir(target, overwrite, inputs=[folder, images])
     source = read_embed_output(folder, mmap=True, kind="image")
     array, ids = source.embeddings, source.ids
     if faiss and not faiss_available():
@@ -251,9 +254,8 @@ def dedup(embeddings: str, threshold: float = 0.95, out: Optional[str] = None, i
         groups.append({"group": number, "size": len(group),
                        "members": [{"row": int(r), "id": ids[int(r)], "cosine_to_first": round(float(s), 6)}
                                    for r, s in zip(group, scores)]})
-    target = Path(out) if out else folder / "dedup"
     picture, note = None, ""
-    with atomic_directory(target, overwrite=overwrite) as tmp:
+    with atomic_directory(target, overwrite=overwrite, inputs=[folder, images]) as tmp:
         with open(tmp / TSV_NAME, "w", encoding="utf-8") as handle:
             handle.write("group\trow\tid\tcosine_to_first\n")
             for group in groups:

@@ -17,9 +17,10 @@ import numpy as np
 
 from ..config import ErnieViL2Config, canonical_dtype, get_model_config
 from ..constants import CONVERTED_BY, DEFAULT_CHECKPOINT_NAMES, DOWNLOAD_HINT, KEEP_DTYPE
-from ..errors import CheckpointError, InputError, OutputExistsError
+from ..errors import CheckpointError, InputError
 from ..processing.vocab import check_special_tokens, load_vocab
 from ..storage import model_dir
+from ..storage.outputs import check_output_dir
 from .dtypes import OUTPUT_DTYPES, cast, storage_name
 from .layouts import ConversionPlan, detect_layout, named_config, plan_conversion
 from .pdparams import load_pdparams
@@ -104,11 +105,13 @@ def convert_state(state: Dict[str, np.ndarray], dst: Union[str, Path], *, overwr
     ``dtype`` is any spelling :func:`~ernievil2torch.config.canonical_dtype` accepts, or ``"keep"``. ``config`` is
     a registry name (its architecture, with a temperature when the checkpoint has one), a config (used as given),
     or None to read it off the checkpoint (:func:`~ernievil2torch.conversion.layouts.infer_config`). Bad arguments
-    raise :class:`InputError` before any array is touched.
+    and an output :func:`~ernievil2torch.storage.outputs.check_output_dir` refuses raise before any array is
+    touched.
     """
     dtype = canonical_dtype(dtype, allow_keep=True)
     if isinstance(config, str):
         get_model_config(config)  # an unknown name is refused before any array is touched
+    check_output_dir(dst, overwrite, inputs=[vocab])
     vocab_path = _checked_vocab(vocab) if vocab is not None else None
     _check_dtypes(state)
     layout = detect_layout(state)
@@ -153,7 +156,9 @@ def convert_checkpoint(src: Union[str, Path], dst: Union[str, Path], *, overwrit
     ``dtype``: the stored dtype (``float32``/``fp32``, ``float16``/``fp16``/``half``, ``bfloat16``/``bf16`` or
     ``keep``, the source's own). ``config``: a registry name or a config to convert as; by default the registered
     configuration whose shapes the checkpoint has (a size no entry has is converted as an unregistered one).
-    A bad ``dtype``, an unknown name, a bad vocab and an existing ``dst`` are refused before the file is opened.
+    A bad ``dtype``, an unknown name, a bad vocab and a ``dst`` that
+    :func:`~ernievil2torch.storage.outputs.check_output_dir` refuses (existing without ``overwrite``, empty, the
+    current directory or above, ``src`` or a folder holding it) are refused before the file is opened.
     """
     start = time.perf_counter()
     dtype = canonical_dtype(dtype, allow_keep=True)
@@ -162,8 +167,7 @@ def convert_checkpoint(src: Union[str, Path], dst: Union[str, Path], *, overwrit
     src, dst = Path(src), Path(dst)
     if vocab is not None:
         _checked_vocab(vocab)
-    if dst.exists() and not overwrite:
-        raise OutputExistsError(f"{dst} already exists; pass --overwrite to replace it")
+    check_output_dir(dst, overwrite, inputs=[src, vocab])
     hasher = hashlib.sha256()
     state = load_pdparams(src, hasher=hasher)
     size = src.stat().st_size

@@ -30,6 +30,7 @@ from ..conversion.ops import COPY
 from ..errors import InputError
 from ..processing.vocab import read_vocab_entries
 from ..storage.atomic import atomic_directory
+from ..storage.outputs import check_output_dir
 from ..storage.model_dir import read_model_dir
 from .result import ExportResult
 
@@ -163,18 +164,20 @@ def export_hf(model_dir: PathLike, out_dir: PathLike, vocab: Optional[PathLike] 
 
     Args:
         model_dir: a converted directory (config.json + model.safetensors [+ vocab.txt]).
-        out_dir: output directory (refused if it exists, unless --overwrite).
+        out_dir: output directory (refused if it exists, unless --overwrite; never MODEL_DIR, the current directory
+            or a folder holding either: :func:`~ernievil2torch.storage.outputs.check_output_dir`).
         vocab: vocab.txt for the tokenizer files (default: MODEL_DIR/vocab.txt; skipped with a note if absent).
         overwrite: replace an existing OUT_DIR.
 
     Returns the :class:`~ernievil2torch.export.result.ExportResult` (with a note when no tokenizer files were
     written).
     """
+    check_output_dir(out_dir, overwrite, inputs=[model_dir, vocab])
     config, tensors = read_model_dir(model_dir)
     state = {k: v.float().numpy() for k, v in tensors.items()}
     vocab_path = Path(vocab) if vocab else Path(model_dir) / VOCAB_NAME
     notes = []
-    with atomic_directory(out_dir, overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite, inputs=[model_dir, vocab]) as tmp:
         text_dir, vision_dir = tmp / TEXT_SUBDIR, tmp / VISION_SUBDIR
         text_dir.mkdir()
         vision_dir.mkdir()

@@ -21,6 +21,7 @@ from ..errors import ErnieViL2Error
 from ..modeling import ErnieViL2
 from ..modeling.layers import attention_bias
 from ..storage.atomic import atomic_directory
+from ..storage.outputs import check_output_dir
 from .result import ExportResult
 
 
@@ -68,7 +69,8 @@ def export_onnx(model_dir: Union[str, Path], out_dir: Union[str, Path], opset: i
 
     Args:
         model_dir: a converted directory.
-        out_dir: output directory (refused if it exists, unless --overwrite).
+        out_dir: output directory (refused if it exists, unless --overwrite; never MODEL_DIR, the current directory
+            or a folder holding either: :func:`~ernievil2torch.storage.outputs.check_output_dir`).
         opset: ONNX opset (>= 14 for scaled_dot_product_attention).
         check: run both files with ONNX Runtime (if installed) at batch 1 and 3 and compare with PyTorch.
         atol: largest allowed abs difference in the check.
@@ -77,6 +79,7 @@ def export_onnx(model_dir: Union[str, Path], out_dir: Union[str, Path], opset: i
     Returns the :class:`~ernievil2torch.export.result.ExportResult`: its ``max_abs_diff`` is the check's largest
     difference (None when the check did not run), its notes say how the check went.
     """
+    check_output_dir(out_dir, overwrite, inputs=[model_dir])
     notes: List[str] = []
     max_abs_diff: Optional[float] = None
     model = ErnieViL2.from_pretrained(model_dir, dtype=torch.float32)
@@ -89,7 +92,7 @@ def export_onnx(model_dir: Union[str, Path], out_dir: Union[str, Path], opset: i
     mask[1, length // 2:] = 0
     ids[1, length // 2:] = cfg.text.pad_token_id
     pixels = torch.randn(2, cfg.vision.num_channels, cfg.vision.image_size, cfg.vision.image_size, generator=gen)
-    with atomic_directory(out_dir, overwrite) as tmp, warnings.catch_warnings():
+    with atomic_directory(out_dir, overwrite, inputs=[model_dir]) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notes
         text_path, image_path = tmp / "text_encoder.onnx", tmp / "image_encoder.onnx"
         with torch.no_grad():

@@ -24,11 +24,15 @@ import torch
 
 from ..conversion.layouts import LAYOUTS, to_layout
 from ..conversion.pdparams import save_pdparams
-from ..errors import InputError, OutputExistsError
+from ..errors import InputError
 from ..storage.model_dir import read_model_dir
+from ..storage.outputs import check_output_file
 from .result import ExportResult
 
 PathLike = Union[str, Path]
+
+#: The suffix of the file :func:`export_paddle` writes (appended when ``out`` lacks it).
+PDPARAMS_SUFFIX = ".pdparams"
 
 
 def paddle_state(model_dir: PathLike, layout: str = "official") -> Dict[str, np.ndarray]:
@@ -46,15 +50,16 @@ def export_paddle(model_dir: PathLike, out: PathLike, layout: str = "official", 
     ``paddlenlp``); returns the :class:`~ernievil2torch.export.result.ExportResult` (arrays, values and layout in
     its summary).
 
-    Refuses an existing ``out`` unless ``overwrite`` (the old file stays until the new one is complete).
+    ``.pdparams`` is appended to an ``out`` without it (as ``np.savez`` appends ``.npz``); the result names the file
+    written. Before any work, :func:`~ernievil2torch.storage.outputs.check_output_file` refuses an ``out`` whose
+    folder does not exist, a folder, ``model_dir`` or a path holding it, and an existing file unless ``overwrite``
+    (the old file stays until the new one is complete).
     """
     out = Path(out)
-    if out.is_dir():
-        raise OutputExistsError(f"{out} is a directory; give the .pdparams file to write")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
+    if out.suffix != PDPARAMS_SUFFIX and out.name not in ("", ".."):  # "", "." and ".." are refused as they are
+        out = out.with_name(out.name + PDPARAMS_SUFFIX)
+    check_output_file(out, overwrite, inputs=[model_dir])
     state = paddle_state(model_dir, layout)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_pdparams(state, out)
     values = sum(int(a.size) for a in state.values())
     return ExportResult("paddle", out, f"wrote {out}: {len(state)} arrays, {values:,} values, {layout} layout "

@@ -15,11 +15,11 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import IO, Dict, Iterator, List, Tuple, Union
+from typing import IO, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import OutputExistsError
+from .outputs import check_output_dir, check_output_path
 
 
 def _pid_alive(pid: int) -> bool:
@@ -128,19 +128,22 @@ def _publish(tmp: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(dst: Union[str, Path], overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(dst: Union[str, Path], overwrite: bool = False,
+                     inputs: Iterable[Optional[Union[str, Path]]] = ()) -> Iterator[Path]:
     """Yield an empty hidden sibling of ``dst``; on success it replaces ``dst``, on any failure it is removed.
+
+    ``dst`` is first checked by :func:`~ernievil2torch.storage.outputs.check_output_dir` (never an empty path, the
+    current directory or a folder above it, the root, one of ``inputs`` or a folder holding one; an existing ``dst``
+    only with ``overwrite``).
 
     A run killed outright (SIGKILL, power loss) leaves a hidden ``.DST.partial-PID-*`` (or, in the instant between
     the two renames of ``--overwrite``, ``.DST.old-PID-*``) that the next run for the same DST cleans up.
     """
+    check_output_path(dst, inputs)
+    if Path(dst).absolute().parent.is_dir():
+        _remove_stale_partials(Path(dst).absolute())  # may put back a previous output: checked next
+    check_output_dir(dst, overwrite, inputs)
     dst = Path(dst).absolute()
-    if dst.parent.is_dir():
-        _remove_stale_partials(dst)
-    if dst.exists() and not overwrite:
-        raise OutputExistsError(f"{dst} already exists; pass --overwrite to replace it")
-    if dst.exists() and not dst.is_dir():
-        raise OutputExistsError(f"{dst} exists and is not a directory")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-{os.getpid()}-", dir=dst.parent))
     try:

@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..constants import EMBED_KINDS
 from ..errors import InputError
 from .atomic import atomic_write_bytes
 from .json_files import read_json_object
@@ -30,7 +31,7 @@ FAILURES_FILE = "failed.tsv"
 #: The first bytes of every ``.npy`` file.
 NPY_MAGIC = b"\x93NUMPY"
 #: What an embed output can hold (its manifest's ``kind``).
-KINDS = ("image", "text")
+KINDS = EMBED_KINDS
 #: Rows checked for NaN/infinity per step (bounds the temporary when the array is memory-mapped).
 FINITE_CHECK_ROWS = 65_536
 

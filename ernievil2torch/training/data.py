@@ -33,14 +33,16 @@ Key = Tuple[int, int]  # (epoch, pair index)
 
 
 def load_pairs(data: str, images: Optional[str] = None, role: str = "training",
-               data_format: Optional[str] = None) -> IndexedCaptions:
+               data_format: Optional[str] = None, images_flag: str = "--images") -> IndexedCaptions:
     """Open a dataset (``data_format`` as :func:`~ernievil2torch.data.formats.open_dataset` takes it) and check it
     is usable: :class:`InputError`, its message starting with ``"{role} data"``, for a missing, unreadable or empty
-    file, a format without random access, or captions whose image file does not exist (the first 10 are listed)."""
+    file, a format without random access, or captions whose image file does not exist (the first 10 are listed).
+    ``images_flag`` is the flag that gives ``images`` (``--val_images`` for validation): messages name it."""
     try:
         dataset = require_random_access(open_dataset(data, images, data_format), role)
     except InputError as exc:
-        raise InputError(f"{role} data: {exc}") from None
+        message = str(exc).replace("--images", images_flag)
+        raise InputError(f"{role} data: {message}") from None
     missing = dataset.missing_images()
     if missing:
         shown = ", ".join(str(src) for _, src in missing[:10])

@@ -40,10 +40,13 @@ def finetune(model: str, train: str, out: str, **options: Any) -> FinetuneResult
         train: training pairs: a COCO-CN style TSV (text<TAB>image_id<TAB>base64), or with --images a captions
             file (.jsonl {"image", "caption"} / .tsv caption<TAB>image), as `ernievil2 eval` reads.
         out: output folder (checkpoints, best/, final/, metrics.jsonl); refused if it exists, unless --overwrite
-            or --resume.
+            or --resume; never the current directory, a folder above it, or an input or a folder holding one.
         images: image folder of a captions-file training set.
         val: validation captions (same formats); retrieval recall every --eval_every steps, best model kept.
         val_images: image folder of a captions-file validation set.
+        data_format: the training set's dataset format (coco_cn_tsv, caption_folder), as `ernievil2 eval
+            --data_format` takes it; default: caption_folder with --images, else coco_cn_tsv.
+        val_data_format: the same for the validation set (default: read off --val_images the same way).
         vocab: vocab.txt, when the model directory has none.
         epochs: passes over the training pairs (ignored with --max_steps).
         max_steps: optimizer steps to run instead of --epochs.

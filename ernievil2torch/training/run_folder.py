@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
-from ..errors import InputError, OutputExistsError
+from ..errors import InputError
+from ..storage.outputs import check_output_dir
 from ..storage.run_record import check_run_record, read_run_record, run_record_path, write_run_record
 from .checkpoints import MetricsLog, latest_checkpoint
 from .settings import FinetuneSettings
@@ -31,19 +32,23 @@ from .settings import FinetuneSettings
 START_OVER = "resume with the original settings, or use a new output directory (or --overwrite) to start over"
 
 
+def run_inputs(settings: FinetuneSettings) -> List[Optional[str]]:
+    """The paths a run reads, which ``OUT`` may never be or hold."""
+    return [settings.model, settings.train, settings.images, settings.val, settings.val_images, settings.vocab]
+
+
 def check_run_folder(settings: FinetuneSettings, world_size: int) -> Optional[Path]:
     """Check that the run may use ``settings.out``; return the checkpoint a ``--resume`` continues from (``None``:
     a fresh start, also for ``--resume`` before the first checkpoint). Reads only.
 
     Raises :class:`OutputExistsError` for an existing OUT without ``--overwrite``/``--resume`` or an OUT that is a
-    file; :class:`InputError` for ``--resume`` of a folder without ``run.json`` or with other settings."""
+    file; :class:`InputError` for an OUT :func:`~ernievil2torch.storage.outputs.check_output_path` refuses (the
+    current directory or above, an input or a folder holding one) and for ``--resume`` of a folder without
+    ``run.json`` or with other settings."""
     out = Path(settings.out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a directory")
-    exists = out.exists() and any(out.iterdir())
-    if exists and not (settings.overwrite or settings.resume):
-        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it or --resume to continue the "
-                                "run in it")
+    exists = out.is_dir() and any(out.iterdir())
+    check_output_dir(out, overwrite=settings.overwrite or settings.resume or not exists, inputs=run_inputs(settings),
+                     also=" or --resume to continue the run in it")
     if not (exists and settings.resume):
         return None
     if read_run_record(out) is None:

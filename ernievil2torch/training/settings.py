@@ -24,6 +24,8 @@ class FinetuneSettings:
     images: Optional[str] = None
     val: Optional[str] = None
     val_images: Optional[str] = None
+    data_format: Optional[str] = None
+    val_data_format: Optional[str] = None
     vocab: Optional[str] = None
     epochs: int = 5
     max_steps: Optional[int] = None

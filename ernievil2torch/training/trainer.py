@@ -70,8 +70,9 @@ class Trainer:
         s = self.settings
         checkpoint = check_run_folder(s, self.group.world_size)
         self.group.barrier()  # every process has checked OUT before the main one writes into it
-        self.train_data = load_pairs(s.train, s.images, "training")
-        self.val_data = load_pairs(s.val, s.val_images, "validation") if s.val else None
+        self.train_data = load_pairs(s.train, s.images, "training", s.data_format)
+        self.val_data = (load_pairs(s.val, s.val_images, "validation", s.val_data_format, images_flag="--val_images")
+                         if s.val else None)
         loaded = load_pretrained(s.model, dtype=torch.float32, vocab=s.vocab)
         self.tokenizer = loaded.require_tokenizer()
         self.vocab_file = resolve_vocab(s.model, s.vocab)

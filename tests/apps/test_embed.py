@@ -223,3 +223,53 @@ def test_killed_run_resumes(model_dir, image_dir, tmp_path):
     # A different run in the same folder is refused.
     with pytest.raises(InputError, match="different run"):
         embed(str(listed), str(model_dir), str(out), shard_size=8, num_workers=0, progress=False)
+
+
+def _tree(root: Path):
+    return sorted((str(p.relative_to(root)), p.stat().st_size if p.is_file() else -1) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def few_images(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(photos / f"p{i}.png")
+    return photos
+
+
+def test_embed_never_writes_into_or_deletes_an_input_or_a_foreign_folder(model_dir, few_images, tmp_path,
+                                                                         monkeypatch):
+    from ernievil2torch.errors import OutputExistsError
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    for out, overwrite, error in [(few_images, True, InputError), (few_images, False, InputError),
+                                  (tmp_path, True, InputError), (model_dir, True, InputError),
+                                  (user, True, OutputExistsError), (user, False, OutputExistsError)]:
+        with pytest.raises(error):
+            embed(str(few_images), str(model_dir), str(out), num_workers=0, progress=False, overwrite=overwrite)
+    monkeypatch.chdir(user)
+    for out in ("", ".", ".."):
+        with pytest.raises(InputError, match="empty|current directory"):
+            embed(str(few_images), str(model_dir), out, num_workers=0, progress=False, overwrite=True)
+    assert _tree(tmp_path) == before
+
+
+def test_embed_overwrite_replaces_only_an_embed_output(model_dir, few_images, tmp_path):
+    out = tmp_path / "emb"
+    out.mkdir()  # an empty folder is used as it is
+    embed(str(few_images), str(model_dir), str(out), num_workers=0, progress=False)
+    (out / "embeddings.npy").write_bytes(b"stale")
+    embed(str(few_images), str(model_dir), str(out), num_workers=0, progress=False, overwrite=True)
+    assert load_embeddings(out)[0].shape[0] == 3
+
+
+def test_embed_checks_the_model_before_creating_out(few_images, tmp_path):
+    from ernievil2torch.errors import ErnieViL2Error
+
+    with pytest.raises(ErnieViL2Error):
+        embed(str(few_images), str(tmp_path / "nosuch"), str(tmp_path / "emb8"), num_workers=0, progress=False)
+    assert not (tmp_path / "emb8").exists()

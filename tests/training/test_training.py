@@ -454,3 +454,38 @@ def test_a_model_without_temperature_gets_the_official_initial_one(shapes, tmp_p
                       max_steps=1, lr=1e-9, warmup_steps=0, num_workers=0, progress=False, eval_at_start=False)
     tuned = ErnieViL2.from_pretrained(result.final)
     assert tuned.config.has_temperature and abs(tuned.temperature.item() - 2.65926) < 1e-4
+
+
+def test_dataset_formats_are_chosen_and_recorded(shapes, tmp_path, single_thread):
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="training data: .*drop --images"):
+        quick(shapes, out, data_format="coco_cn_tsv")
+    with pytest.raises(InputError, match="validation data: .*drop --val_images"):
+        quick(shapes, out, val=shapes.train, val_images=shapes.train_images, val_data_format="coco_cn_tsv")
+    assert_untouched(out)
+    quick(shapes, out, data_format="caption_folder", max_steps=1)
+    record = read_run_record(out)
+    assert record["data_format"] == "caption_folder" and record["val_data_format"] is None
+    with pytest.raises(InputError, match="data_format"):  # a resume must read the data the same way
+        quick(shapes, out, max_steps=1, resume=True)
+
+
+def test_a_validation_set_without_its_image_folder_names_val_images(shapes, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"validation data: .*\(--val_images\)"):
+        quick(shapes, out, val=shapes.train)
+    assert_untouched(out)
+
+
+def test_out_is_never_an_input_or_the_current_directory(shapes, tmp_path, monkeypatch):
+    before = sorted(p.name for p in Path(shapes.train_images).iterdir())
+    for out in (shapes.train_images, shapes.model, Path(shapes.model).parent):
+        with pytest.raises(InputError, match="is the input|holds the input"):
+            quick(shapes, out, overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("mine")
+    for out in ("", ".", ".."):
+        with pytest.raises(InputError, match="current directory"):
+            quick(shapes, out, overwrite=True)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in Path(shapes.train_images).iterdir()) == before

@@ -16,15 +16,19 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ...constants import DEFAULT_MAX_LENGTH
-from ...errors import InputError
+from ...constants import DEFAULT_MAX_LENGTH, EMBED_KINDS
+from ...errors import InputError, OutputExistsError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
 from ...data.inputs import Item, list_images, list_texts
 from ...runtime.distributed import init_distributed_device
 from ...runtime.encoding import feature_dim, group_batches, run_batch
 from ...runtime.progress import progress_bar
-from .shards import SHARD_DIR, ShardPlan, claim_output, join_shards, plan_shards, run_fingerprint, write_shard
+from ...storage.embeddings import FAILURES_FILE, MANIFEST_FILE
+from ...storage.outputs import check_output_dir
+from ...storage.run_record import check_run_record, read_run_record
+from .shards import (SHARD_DIR, START_OVER, ShardPlan, claim_output, join_shards, plan_shards, run_fingerprint,
+                     write_shard)
 
 
 @dataclass
@@ -58,7 +62,7 @@ class EmbedResult:
 
     @property
     def failures(self) -> Path:
-        return self.out / "failed.tsv"
+        return self.out / FAILURES_FILE
 
     def summary(self) -> str:
         shards = f"shards: {self.shards_done_now} computed, {self.shards_skipped} reused"
@@ -93,6 +97,31 @@ def encode_shards(model, items: Sequence[Item], kind: str, plan: ShardPlan, shar
             del buffers[s]
 
 
+def _is_embed_output(folder: Path) -> bool:
+    """Whether ``folder`` holds an ``embed`` run: its ``manifest.json``, or a ``run.json`` with an embed run's ids
+    hash."""
+    if (folder / MANIFEST_FILE).is_file():
+        return True
+    try:
+        record = read_run_record(folder)
+    except InputError:  # a damaged or foreign run.json
+        return False
+    return record is not None and "ids_sha1" in record and "kind" in record
+
+
+def check_embed_output(out: Path, overwrite: bool, inputs: Sequence[Optional[Union[str, Path]]]) -> None:
+    """Refuse an ``OUT`` an embed run may not write into, before any work.
+
+    ``OUT`` must pass :func:`~ernievil2torch.storage.outputs.check_output_dir` (never empty, the current directory
+    or above, an input or a folder holding one) and be absent, an empty folder, or an embed output (resumed, or with
+    ``overwrite`` deleted and started over): a folder holding anything else is never written into nor deleted.
+    """
+    check_output_dir(out, overwrite=True, inputs=inputs)
+    if out.is_dir() and any(out.iterdir()) and not _is_embed_output(out):
+        raise OutputExistsError(f"{out} holds files that are not an embed output (no {MANIFEST_FILE} or embed "
+                                f"run.json): embed neither writes into nor deletes it; use a new or empty --out")
+
+
 def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str = "image", batch_size: int = 64,
           num_workers: int = 2, dtype: str = "float32", shard_size: int = 10000, normalize: bool = False,
           field: str = "text", id_field: Optional[str] = None, max_length: int = DEFAULT_MAX_LENGTH,
@@ -108,7 +137,8 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
         inputs: for images a folder, a glob ('imgs/**/*.jpg', quoted), a list file (.txt, one path a line)
             or an image file; for texts a .txt (one text a line), .jsonl or .csv/.tsv file.
         model_dir: a converted model directory (with vocab.txt for texts, or pass --vocab).
-        out: output directory (created; an unfinished one of the same run is resumed).
+        out: output directory: absent (created), empty, or an embed output (an unfinished one of the same run is
+            resumed); never an input, a folder holding one, or the current directory (:func:`check_embed_output`).
         kind: 'image' or 'text'.
         batch_size: items per forward pass.
         num_workers: DataLoader worker processes decoding images (0 = in the main process). Texts are
@@ -123,37 +153,44 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
         vocab: vocab.txt (default MODEL_DIR/vocab.txt).
         device: 'cpu', 'cuda', 'cuda:1' ... (default: the rank's GPU if any, else CPU).
         progress: show a progress bar.
-        overwrite: start over, deleting OUT's earlier results.
+        overwrite: start over, deleting OUT's earlier results (only ever an embed output or an empty folder).
 
     Returns:
         this process's :class:`EmbedResult` (on rank 0 with the joined counts; its ``summary()`` is the line to
-        show). Raises :class:`InputError` before any work for a bad kind, dtype, size, device or input listing, or
-        an OUT that holds a different run; after the run when no item at all could be embedded.
+        show). Raises :class:`InputError` / :class:`OutputExistsError` before any work (OUT untouched until the
+        model is loaded) for a bad kind, dtype, size, device, input listing or model, an OUT
+        :func:`check_embed_output` refuses, or an OUT that holds a different run; after the run when no item at all
+        could be embedded.
     """
-    if kind not in ("image", "text"):
-        raise InputError(f"kind must be 'image' or 'text', got {kind!r}")
+    if kind not in EMBED_KINDS:
+        raise InputError(f"kind must be one of {', '.join(EMBED_KINDS)}, got {kind!r}")
     compute_dtype = torch_dtype(dtype)
     if batch_size < 1 or shard_size < 1:
         raise InputError("batch_size and shard_size must be positive")
+    out_dir = Path(out)
+    sources = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    check_embed_output(out_dir, overwrite, [*sources, model_dir, vocab])
     context = init_distributed_device(device)
 
     items = list_images(inputs) if kind == "image" else list_texts(inputs, field=field, id_field=id_field)
     if not items:
         raise InputError(f"no {kind} inputs found in {inputs!r}")
-    out_dir = Path(out)
     shard_dir = out_dir / SHARD_DIR
     fingerprint = run_fingerprint(items, kind=kind, model_dir=str(Path(model_dir).resolve()), dtype=dtype,
                                   normalize=normalize, shard_size=shard_size,
                                   max_length=max_length if kind == "text" else None)
-    if context.is_main:
-        if overwrite and out_dir.exists():
-            shutil.rmtree(out_dir)
-        claim_output(out_dir, fingerprint)
-    context.barrier()
-
+    if not overwrite:
+        check_run_record(out_dir, fingerprint, START_OVER)  # a different run in OUT: refused before the model loads
     loaded = load_pretrained(model_dir, dtype=compute_dtype, device=context.device, vocab=vocab)
     tokenizer = loaded.require_tokenizer() if kind == "text" else None
     model = loaded.model
+    context.barrier()  # every process has its model before OUT is touched
+    if context.is_main:
+        if overwrite and out_dir.exists():
+            shutil.rmtree(out_dir)  # an embed output or an empty folder: check_embed_output refused anything else
+        claim_output(out_dir, fingerprint)
+    context.barrier()
+
     plan = plan_shards(items, shard_size, shard_dir, context.rank, context.world_size)
     save_dtype = np.float16 if compute_dtype == torch.float16 else np.float32
     total = sum(plan.bounds[s][1] - plan.bounds[s][0] for s in plan.todo)

@@ -16,6 +16,7 @@ from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
 from ...storage.atomic import atomic_file, atomic_write_bytes
 from ...storage.embeddings import read_embed_output, read_embeddings_npy
+from ...storage.outputs import check_output_file
 from ...data.formats import open_dataset, require_random_access
 from ...data.readers import IndexedCaptions
 from ...retrieval.metrics import as_float32_tensor, format_table, retrieval_metrics
@@ -66,6 +67,7 @@ def search(queries: str, gallery: str, out: str, k: int = 10, chunk_size: int = 
     Raises :class:`InputError` before writing anything when either side is not a valid embed output or ``.npy``
     of embeddings (2-D floating point, finite, as many ids as rows) or the two sides' dimensions differ.
     """
+    check_output_file(out, inputs=[queries, gallery])
     q, q_ids = _load_side(queries)
     g, g_ids = _load_side(gallery)
     if q.shape[1] != g.shape[1]:
@@ -147,6 +149,12 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
 
     Images are read from DATA as they are encoded, so memory grows with the features, not with the images.
     """
+    saved: Optional[str] = None
+    if save_embeddings:  # np.savez's own naming: ".npz" appended when missing
+        saved = str(save_embeddings) if str(save_embeddings).endswith(".npz") else f"{save_embeddings}.npz"
+    for written in (out, saved):
+        if written:
+            check_output_file(written, inputs=[model_dir, data, images, vocab])
     compute_dtype = torch_dtype(dtype)
     if protocol not in PROTOCOLS:
         raise InputError(f"protocol must be 'grouped' or 'pairs', got {protocol!r}")
@@ -156,10 +164,8 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
     model, tokenizer = loaded.model, loaded.require_tokenizer()
     text_feats, image_feats = encode_dataset(model, tokenizer, dataset, batch_size, num_workers, max_length,
                                              progress)
-    saved: Optional[str] = None
-    if save_embeddings:
-        saved = str(save_embeddings) if str(save_embeddings).endswith(".npz") else f"{save_embeddings}.npz"
-        with atomic_file(saved) as handle:  # np.savez's own naming: ".npz" appended when missing
+    if saved:
+        with atomic_file(saved) as handle:
             np.savez(handle, text_embeds=text_feats, image_embeds=image_feats,
                      text_to_image=np.asarray(dataset.text_image), image_ids=np.asarray(dataset.image_ids))
     metrics = retrieval_metrics(text_feats, image_feats, dataset.text_image, protocol=protocol)
