@@ -656,6 +656,27 @@ def write_documents() -> List[str]:
     return left_alone
 
 
+def python_imports(doc: str) -> List[str]:
+    """The ``from ernievil2torch... import ...`` lines of a document's ```python blocks."""
+    blocks = re.findall(r"```python\n(.*?)```", read(doc), re.S)
+    return [line.split("#")[0].strip() for block in blocks for line in block.splitlines()
+            if line.startswith(("from ernievil2torch", "import ernievil2torch"))]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/WORKFLOWS.md"])
+def test_the_python_examples_import_what_exists(doc):
+    """Every import a document's Python example shows works (a moved or renamed name fails here, not for a user)."""
+    lines = python_imports(doc)
+    assert lines, f"{doc}: no Python example found"
+    broken = []
+    for line in lines:
+        try:
+            exec(line, {})  # noqa: S102 - the document's own import statement
+        except ImportError as exc:
+            broken.append(f"{line}: {exc}")
+    assert not broken, "\n".join(broken)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         raise SystemExit("usage: python tests/test_docs.py --write   (renders the generated and figure blocks again)")

@@ -264,7 +264,7 @@ def test_embed_overwrite_replaces_only_an_embed_output(model_dir, few_images, tm
     embed(str(few_images), str(model_dir), str(out), num_workers=0, progress=False)
     (out / "embeddings.npy").write_bytes(b"stale")
     embed(str(few_images), str(model_dir), str(out), num_workers=0, progress=False, overwrite=True)
-    assert load_embeddings(out)[0].shape[0] == 3
+    assert read_embed_output(out).embeddings.shape[0] == 3
 
 
 def test_embed_checks_the_model_before_creating_out(few_images, tmp_path):
