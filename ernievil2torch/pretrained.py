@@ -85,8 +85,9 @@ def load_pretrained(path: PathLike, *, dtype: DTypeLike = None,
         tokenizer = ErnieViL2Tokenizer(resolve_vocab(path, vocab))
     model = ErnieViL2.from_pretrained(path, dtype=optional_torch_dtype(dtype), device=device, compile=compile)
     rows = model.config.text.vocab_size
-    if tokenizer is not None and max(tokenizer.vocab.values()) >= rows:
-        raise InputError(f"{resolve_vocab(path, vocab)}: token ids up to {max(tokenizer.vocab.values())}, but the "
-                         f"model's word embedding has {rows} rows: this vocab is not the model's")
+    largest = max(tokenizer.vocab.values()) if tokenizer is not None else -1
+    if largest >= rows:
+        raise InputError(f"{tokenizer.vocab_file}: token ids up to {largest}, but the model's word embedding has "
+                         f"{rows} rows: this vocab is not the model's")
     image_processor = ErnieViL2ImageProcessor(image_size=model.config.vision.image_size, resample=resample)
     return Pretrained(model, tokenizer, image_processor, Path(path))

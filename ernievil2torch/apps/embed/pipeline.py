@@ -17,18 +17,17 @@ import numpy as np
 import torch
 
 from ...constants import DEFAULT_MAX_LENGTH, EMBED_KINDS
-from ...errors import InputError, OutputExistsError
+from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
 from ...data.inputs import Item, list_images, list_texts
 from ...runtime.distributed import init_distributed_device
 from ...runtime.encoding import feature_dim, group_batches, run_batch
 from ...runtime.progress import progress_bar
-from ...storage.embeddings import FAILURES_FILE, MANIFEST_FILE
-from ...storage.outputs import check_output_dir
-from ...storage.run_record import check_run_record, read_run_record
-from .shards import (SHARD_DIR, START_OVER, ShardPlan, claim_output, join_shards, plan_shards, run_fingerprint,
-                     write_shard)
+from ...storage.embeddings import EMBEDDINGS_FILE, FAILURES_FILE
+from ...storage.run_record import check_run_record
+from .shards import (SHARD_DIR, START_OVER, ShardPlan, check_embed_output, claim_output, join_shards, plan_shards,
+                     run_fingerprint, write_shard)
 
 
 @dataclass
@@ -58,7 +57,7 @@ class EmbedResult:
 
     @property
     def embeddings(self) -> Path:
-        return self.out / "embeddings.npy"
+        return self.out / EMBEDDINGS_FILE
 
     @property
     def failures(self) -> Path:
@@ -95,31 +94,6 @@ def encode_shards(model, items: Sequence[Item], kind: str, plan: ShardPlan, shar
             write_shard(shard_dir, s, plan.bounds[s], items, buf["idx"], buf["feats"], buf["failed"], dim,
                         save_dtype)
             del buffers[s]
-
-
-def _is_embed_output(folder: Path) -> bool:
-    """Whether ``folder`` holds an ``embed`` run: its ``manifest.json``, or a ``run.json`` with an embed run's ids
-    hash."""
-    if (folder / MANIFEST_FILE).is_file():
-        return True
-    try:
-        record = read_run_record(folder)
-    except InputError:  # a damaged or foreign run.json
-        return False
-    return record is not None and "ids_sha1" in record and "kind" in record
-
-
-def check_embed_output(out: Path, overwrite: bool, inputs: Sequence[Optional[Union[str, Path]]]) -> None:
-    """Refuse an ``OUT`` an embed run may not write into, before any work.
-
-    ``OUT`` must pass :func:`~ernievil2torch.storage.outputs.check_output_dir` (never empty, the current directory
-    or above, an input or a folder holding one) and be absent, an empty folder, or an embed output (resumed, or with
-    ``overwrite`` deleted and started over): a folder holding anything else is never written into nor deleted.
-    """
-    check_output_dir(out, overwrite=True, inputs=inputs)
-    if out.is_dir() and any(out.iterdir()) and not _is_embed_output(out):
-        raise OutputExistsError(f"{out} holds files that are not an embed output (no {MANIFEST_FILE} or embed "
-                                f"run.json): embed neither writes into nor deletes it; use a new or empty --out")
 
 
 def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str = "image", batch_size: int = 64,

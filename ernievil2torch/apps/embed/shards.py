@@ -21,13 +21,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ...errors import ErnieViL2Error
+from ...errors import ErnieViL2Error, InputError, OutputExistsError
 from ...storage.atomic import atomic_save_npy, atomic_write_bytes
-from ...storage.embeddings import write_embed_output
+from ...storage.embeddings import MANIFEST_FILE, write_embed_output
+from ...storage.outputs import check_output_dir
 from ...storage.run_record import check_run_record, read_run_record, write_run_record
 from ...data.inputs import Item
 
@@ -52,6 +53,31 @@ def claim_output(out_dir: Path, fingerprint: Dict[str, Any]) -> None:
     (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     if read_run_record(out_dir) is None:
         write_run_record(out_dir, fingerprint)
+
+
+def is_embed_run(folder: Path) -> bool:
+    """Whether ``folder`` holds an ``embed`` run, finished (its ``manifest.json``) or not (a ``run.json`` with the
+    keys :func:`run_fingerprint` writes)."""
+    if (folder / MANIFEST_FILE).is_file():
+        return True
+    try:
+        record = read_run_record(folder)
+    except InputError:  # a damaged or foreign run.json
+        return False
+    return record is not None and "ids_sha1" in record and "kind" in record
+
+
+def check_embed_output(out: Path, overwrite: bool, inputs: Sequence[Optional[Union[str, Path]]]) -> None:
+    """Refuse an ``OUT`` an embed run may not write into, before any work.
+
+    ``OUT`` must pass :func:`~ernievil2torch.storage.outputs.check_output_dir` (never empty, the current directory
+    or above, an input or a folder holding one) and be absent, an empty folder, or an embed output (resumed, or with
+    ``overwrite`` deleted and started over): a folder holding anything else is never written into nor deleted.
+    """
+    check_output_dir(out, overwrite=True, inputs=inputs)
+    if out.is_dir() and any(out.iterdir()) and not is_embed_run(out):
+        raise OutputExistsError(f"{out} holds files that are not an embed output (no {MANIFEST_FILE} or embed "
+                                f"run.json): embed neither writes into nor deletes it; use a new or empty --out")
 
 
 @dataclass

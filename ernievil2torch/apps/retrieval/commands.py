@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from ...constants import DEFAULT_MAX_LENGTH, PROTOCOLS
@@ -21,6 +20,7 @@ from ...data.formats import open_dataset, require_random_access
 from ...data.readers import IndexedCaptions
 from ...retrieval.metrics import as_float32_tensor, format_table, retrieval_metrics
 from ...retrieval.topk import NormalizedRows, faiss_available, search_embeddings
+from ...runtime.distributed import pick_device
 from ...runtime.encoding import encode_items
 
 
@@ -159,8 +159,8 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
     if protocol not in PROTOCOLS:
         raise InputError(f"protocol must be 'grouped' or 'pairs', got {protocol!r}")
     dataset = require_random_access(open_dataset(data, images, data_format), "eval")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_pretrained(model_dir, dtype=compute_dtype, device=device, vocab=vocab)
+    place = pick_device(device, local_rank=0)
+    loaded = load_pretrained(model_dir, dtype=compute_dtype, device=place, vocab=vocab)
     model, tokenizer = loaded.model, loaded.require_tokenizer()
     text_feats, image_feats = encode_dataset(model, tokenizer, dataset, batch_size, num_workers, max_length,
                                              progress)
