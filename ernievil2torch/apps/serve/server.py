@@ -16,6 +16,7 @@ from ...errors import ErnieViL2Error, InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
 from ...retrieval.backends import backend_factory
+from ...runtime.distributed import check_device, pick_device
 from ...storage.provenance import SYNTHETIC_NOTICE
 from .gallery import Gallery
 from .limits import ServeLimits
@@ -95,13 +96,18 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
     :data:`~ernievil2torch.retrieval.backends.BACKENDS`; ``faiss`` is an option of ``memory``). ``on_ready`` is
     called once with the :class:`ServiceBanner` when the socket is bound, before the first request is answered
     (the CLI prints it). Raises :class:`InputError` (before loading anything) for a non-loopback ``host`` without
-    a token, for an unknown ``backend`` and for a gallery that is not a valid ``embed`` output of images, and
+    a token, for an unknown ``backend`` or ``device`` (``None``: the GPU when CUDA is available, else the CPU) and for a gallery that is not a valid ``embed`` output of images, and
     for a gallery the model cannot serve. See
     :class:`~.settings.ServiceSettings` and :class:`~.limits.ServeLimits`.
     """
     token = token or os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)
     backend_factory(backend)
+    place = pick_device(device, local_rank=0)  # None -> the GPU when CUDA is available, as the help says
+    try:
+        check_device(str(place))
+    except InputError as exc:
+        raise InputError(f"device: {exc}") from None
     if max_batch < 1 or max_wait_ms < 0 or decode_workers < 1:
         raise InputError("max_batch and decode_workers must be positive and max_wait_ms not negative")
     try:
@@ -115,7 +121,7 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
 
     limits = limits or ServeLimits()
     searchable = Gallery.load(gallery, images, use_faiss=faiss, backend=backend)  # refused before the model loads
-    pretrained = load_pretrained(model_dir, dtype=torch_dtype(dtype), device=device, vocab=vocab)
+    pretrained = load_pretrained(model_dir, dtype=torch_dtype(dtype), device=place, vocab=vocab)
     engine = SearchEngine(pretrained, searchable, limits, max_length)
     settings = ServiceSettings(limits=limits, token=token, cors_origins=tuple(cors_origins),
                                allowed_hosts=tuple(sorted(LOOPBACK_HOST_NAMES)) if is_loopback(host) else None,

@@ -703,3 +703,26 @@ def test_page_ships_in_the_wheel_and_is_found_from_an_installed_package(tmp_path
     assert proc.returncode == 0, proc.stderr
     first, rest = proc.stdout.split("\n", 1)
     assert first.startswith(str(target)) and "<!doctype html>" in rest
+
+
+def test_serve_device_defaults_to_the_gpu_when_cuda_is_available_and_is_checked_before_loading(site, monkeypatch):
+    """The help promises `--device` defaults to cuda when available; a device this machine lacks is refused first."""
+    import torch
+
+    from ernievil2torch.apps.serve import server
+
+    placed = []
+
+    def capture(*args, device=None, **kwargs):
+        placed.append(device)
+        raise RuntimeError("stop after the device was chosen")
+
+    monkeypatch.setattr(server, "load_pretrained", capture)
+    args = (str(site["model"]), str(site["root"] / "gallery"), str(site["root"] / "images"))
+    with pytest.raises(RuntimeError, match="stop after"):
+        server.serve(*args)
+    assert placed[-1] == torch.device("cuda", 0) if torch.cuda.is_available() else placed[-1] == torch.device("cpu")
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(server.Gallery, "load", lambda *a, **k: pytest.fail("gallery loaded before the device check"))
+        with pytest.raises(InputError, match="device: cuda:0 was asked for but torch sees no CUDA GPU"):
+            server.serve(*args, device="cuda")
