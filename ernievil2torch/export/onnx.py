@@ -7,7 +7,6 @@ functions eager and compiled runs use.
 """
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -16,12 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..constants import CONFIG_NAME, VOCAB_NAME
 from ..errors import ErnieViL2Error
 from ..modeling import ErnieViL2
 from ..modeling.layers import attention_bias
 from ..storage.atomic import atomic_directory
 from ..storage.outputs import check_output_dir
+from .files import write_config_and_vocab
+from .probes import trace_and_check_batches
 from .result import ExportResult
 
 
@@ -85,13 +85,8 @@ def export_onnx(model_dir: Union[str, Path], out_dir: Union[str, Path], opset: i
     model = ErnieViL2.from_pretrained(model_dir, dtype=torch.float32)
     cfg = model.config
     text, image = OnnxTextEncoder(model).eval(), OnnxImageEncoder(model).eval()
-    gen = torch.Generator().manual_seed(0)
-    length = min(16, cfg.text.max_position_embeddings)
-    ids = torch.randint(3, cfg.text.vocab_size, (2, length), generator=gen)
-    mask = torch.ones_like(ids)
-    mask[1, length // 2:] = 0
-    ids[1, length // 2:] = cfg.text.pad_token_id
-    pixels = torch.randn(2, cfg.vision.num_channels, cfg.vision.image_size, cfg.vision.image_size, generator=gen)
+    traced, check_batches = trace_and_check_batches(cfg)
+    ids, mask, pixels = traced.input_ids, traced.attention_mask, traced.pixel_values
     with atomic_directory(out_dir, overwrite, inputs=[model_dir]) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notes
         text_path, image_path = tmp / "text_encoder.onnx", tmp / "image_encoder.onnx"
@@ -111,25 +106,16 @@ def export_onnx(model_dir: Union[str, Path], out_dir: Union[str, Path], opset: i
                 notes.append("note: onnxruntime not installed; skipped the check (pip install onnxruntime)")
             else:
                 diffs = []
-                for batch in (1, 3):
-                    ids_b = torch.randint(3, cfg.text.vocab_size, (batch, length + 3), generator=gen)
-                    mask_b = torch.ones_like(ids_b)
-                    mask_b[-1, 5:] = 0
-                    ids_b[-1, 5:] = cfg.text.pad_token_id
-                    pix_b = torch.randn(batch, cfg.vision.num_channels, cfg.vision.image_size,
-                                        cfg.vision.image_size, generator=gen)
+                for probe in check_batches:
                     with torch.no_grad():
-                        want_t = model.encode_text(ids_b, mask_b)
-                        want_i = model.encode_image(pix_b)
-                    diffs.append(_onnx_check(text_path, {"input_ids": ids_b, "attention_mask": mask_b}, want_t,
-                                             atol))
-                    diffs.append(_onnx_check(image_path, {"pixel_values": pix_b}, want_i, atol))
+                        want_t = model.encode_text(probe.input_ids, probe.attention_mask)
+                        want_i = model.encode_image(probe.pixel_values)
+                    diffs.append(_onnx_check(text_path, {"input_ids": probe.input_ids,
+                                                         "attention_mask": probe.attention_mask}, want_t, atol))
+                    diffs.append(_onnx_check(image_path, {"pixel_values": probe.pixel_values}, want_i, atol))
                 max_abs_diff = max(diffs)
                 notes.append(f"onnxruntime check passed: max abs diff {max_abs_diff:.3g} (<= {atol:g})")
-        cfg.save(tmp / CONFIG_NAME)
-        vocab = Path(model_dir) / VOCAB_NAME
-        if vocab.is_file():
-            shutil.copyfile(vocab, tmp / VOCAB_NAME)
+        write_config_and_vocab(cfg, model_dir, tmp)
     return ExportResult("onnx", Path(out_dir),
                         f"wrote {out_dir}/text_encoder.onnx and {out_dir}/image_encoder.onnx (opset {opset})", notes,
                         max_abs_diff)

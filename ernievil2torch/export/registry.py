@@ -48,6 +48,9 @@ EXPORTERS: Dict[str, Exporter] = {e.format: e for e in (
     Exporter("onnx", "ernievil2torch.export.onnx:export_onnx",
              "both towers as ONNX graphs (dynamic batch and text length), checked with ONNX Runtime",
              options=("opset",), extra="export", requires=("onnx",)),
+    Exporter("openvino", "ernievil2torch.export.openvino:export_openvino",
+             "both towers as OpenVINO IR (.xml/.bin, float32 weights; dynamic batch and text length), checked with "
+             "OpenVINO's CPU plugin", extra="openvino", requires=("openvino",)),
     Exporter("paddle", "ernievil2torch.export.paddle:export_paddle",
              "a .pdparams for Baidu's MultiModalModel (--layout official) or PaddleNLP's ErnieViLModel "
              "(--layout paddlenlp); no Paddle needed", options=("layout",)),

@@ -204,7 +204,7 @@ MISTAKES: List[Tuple[str, str]] = [
     ("finetune model data.tsv out surplus", "unexpected argument 'surplus'"),
     ("finetune model data.tsv out --device cuda0", "--device: must be cpu, cuda, cuda:N or mps"),
     # export
-    ("export model out --format tflite", "--format: must be one of hf, onnx, paddle, not 'tflite'"),
+    ("export model out --format tflite", "--format: must be one of hf, onnx, openvino, paddle, not 'tflite'"),
     ("export model out.pdparams --format paddle --layout hf", "--layout: must be one of official, paddlenlp"),
     ("export model out --format onnx --opset 0", "--opset: must be in [14, 99]"),
     ("export model out --vocab missing.txt", "--vocab: missing.txt: no such file"),

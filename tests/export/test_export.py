@@ -1,4 +1,4 @@
-"""export_hf / export_onnx: stock HF models and ONNX Runtime reproduce our features, tiny and full size.
+"""export_hf / export_onnx / export_openvino: stock HF models, ONNX Runtime and OpenVINO reproduce our features, tiny and full size.
 
 Every comparison asserts max abs diff <= ``EXPORT_ATOL`` (the project's feature bound, ``verify.parity``) on padded
 text batches and random images; README.md quotes that bound. The measured figures are printed (``-s``).
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ernievil2torch import ErnieViL2
-from ernievil2torch.export import export_hf, export_onnx
+from ernievil2torch.export import export_hf, export_onnx, export_openvino
 from ernievil2torch.verify.parity import FEATURE_ATOL
 from ernievil2torch.verify.synthetic import random_model
 
@@ -192,6 +192,88 @@ def test_full_size_onnx_export(base_model_dir, tmp_path):
     worst = onnx_max_diff(model, tmp_path / "onnx", [(3, 48)])
     print(f"full size: ONNX Runtime vs ours (3 x 48 tokens, padded rows; 3 images): max abs diff {worst:.3g}")
     assert worst <= EXPORT_ATOL
+
+
+def openvino_diffs(model: ErnieViL2, out: Path, shapes, hint):
+    """(max abs diff, min row cosine) of OpenVINO's CPU plugin compiled with ``hint`` (None: the CPU's default)
+    against the model, over padded text batches and random images."""
+    ov = require_module("openvino")
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+    text = core.compile_model(str(out / "text_encoder.xml"), "CPU", config)
+    image = core.compile_model(str(out / "image_encoder.xml"), "CPU", config)
+    cfg = model.config
+    worst, cosine = 0.0, 1.0
+    for batch, length in shapes:
+        ids, mask = _padded_batch(cfg, batch=batch, length=length, seed=batch)
+        pixels = torch.randn(batch, 3, cfg.vision.image_size, cfg.vision.image_size,
+                             generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            want_t, want_i = model.encode_text(ids, mask), model.encode_image(pixels)
+        got_t = torch.from_numpy(text({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})["text_embeds"])
+        got_i = torch.from_numpy(image({"pixel_values": pixels.numpy()})["image_embeds"])
+        assert got_t.shape == want_t.shape and got_i.shape == want_i.shape
+        for got, want in ((got_t, want_t), (got_i, want_i)):
+            worst = max(worst, float((got - want).abs().max()))
+            cosine = min(cosine, float(torch.nn.functional.cosine_similarity(got.double(), want.double()).min()))
+    return worst, cosine
+
+
+def _assert_float32_weights(out: Path):
+    """The IR keeps float32 constants (no fp16 compression on save)."""
+    for name in ("text_encoder.xml", "image_encoder.xml"):
+        xml = (out / name).read_text(encoding="utf-8")
+        assert 'element_type="f32"' in xml and 'element_type="f16"' not in xml, name
+
+
+def test_openvino_export_matches(model_dir, model, tmp_path):
+    require_module("openvino")
+    out = tmp_path / "ov"
+    result = export_openvino(str(model_dir), str(out))
+    assert result.format == "openvino" and result.max_abs_diff is not None and result.max_abs_diff <= EXPORT_ATOL
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "image_encoder.bin", "image_encoder.xml",
+                                                     "text_encoder.bin", "text_encoder.xml"]
+    _assert_float32_weights(out)
+    worst, _ = openvino_diffs(model, out, [(1, 48), (7, 11), (7, 48)], "f32")
+    _, cosine = openvino_diffs(model, out, [(1, 48), (7, 11)], None)
+    print(f"OpenVINO vs ours (batch 1 and 7, lengths 11/48, padded rows): f32 hint max abs diff {worst:.3g}; "
+          f"default hint min cosine {cosine:.6f}")
+    assert worst <= EXPORT_ATOL and cosine >= 0.999
+
+
+def test_openvino_export_publishes_nothing_when_its_check_fails(model_dir, tmp_path, monkeypatch):
+    require_module("openvino")
+    from ernievil2torch.errors import ErnieViL2Error
+    from ernievil2torch.export import openvino as ov_export
+
+    monkeypatch.setattr(ov_export, "_check", lambda *args: (1.0, 0.5))
+    with pytest.raises(ErnieViL2Error, match="OpenVINO \\(f32 hint\\) differs from PyTorch by 1"):
+        export_openvino(str(model_dir), str(tmp_path / "ov"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_openvino_export_through_the_cli(model_dir, tmp_path, capsys):
+    require_module("openvino")
+    from ernievil2torch import cli
+
+    out = tmp_path / "ov"
+    cli.run_command(cli.COMMANDS, name="ernievil2", argv=["export", str(model_dir), str(out), "--format", "openvino"])
+    printed = capsys.readouterr().out
+    assert "openvino check passed: f32 hint max abs diff" in printed and (out / "image_encoder.xml").is_file()
+
+
+@pytest.mark.fullsize
+def test_full_size_openvino_export(base_model_dir, tmp_path):
+    """Released Base dims, float32 IR; the f32 hint within the export tolerance, the CPU's default hint cosine."""
+    require_module("openvino")
+    model = ErnieViL2.from_pretrained(base_model_dir)
+    export_openvino(str(base_model_dir), str(tmp_path / "ov"), check=False)
+    _assert_float32_weights(tmp_path / "ov")
+    worst, _ = openvino_diffs(model, tmp_path / "ov", [(3, 48)], "f32")
+    _, cosine = openvino_diffs(model, tmp_path / "ov", [(3, 48)], None)
+    print(f"full size: OpenVINO f32 hint vs ours (3 x 48 tokens, padded rows; 3 images): max abs diff {worst:.3g}; "
+          f"default hint min cosine {cosine:.6f}")
+    assert worst <= EXPORT_ATOL and cosine >= 0.999
 
 
 # ---- the registry of formats, and what an exporter returns -------------------------------------------------------
