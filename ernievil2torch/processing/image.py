@@ -21,6 +21,13 @@ except for rare pixels that OpenCV computes in its scalar tail, which differ by 
 Pillow's antialiasing) of the short side to 224, long side ``int(224 * long / short)`` (no ``+1``), centre crop at
 ``floor`` offsets, same normalisation. It resizes the whole image, as PaddleNLP does.
 
+``fast_decode=True`` (both modes; off by default) decodes a JPEG at the smallest DCT scale (1/2, 1/4 or 1/8, the
+decoder's own reduced-size decoding) that still leaves both sides at least ``image_size``, then applies the same
+resize and crop. A 12-megapixel photo then decodes at 500x375 instead of 4000x3000, several times faster, but the
+pixels differ from the official pipeline's: the reduced decode averages each 8x8 block where the official
+bilinear resize samples four pixels. BENCHMARKS.md gives the measured pixel difference and feature cosine. Other
+formats decode in full either way.
+
 Decoding (both modes) uses Pillow: EXIF orientation is applied (as ``cv2.imread``/``cv2.imdecode`` with
 ``IMREAD_COLOR`` do), animated images give their first frame, and every mode becomes 8-bit RGB the way OpenCV's
 ``IMREAD_COLOR`` would: alpha is dropped (not composited), greyscale is replicated, palettes are expanded, 16-bit
@@ -170,13 +177,16 @@ class ErnieViL2ImageProcessor:
     See the module docstring for the exact pipeline of each ``resample`` mode.
     """
 
-    def __init__(self, image_size: int = IMAGE_SIZE, resample: str = "official") -> None:
+    def __init__(self, image_size: int = IMAGE_SIZE, resample: str = "official", fast_decode: bool = False) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise InputError(f"image_size must be a positive int, got {image_size!r}")
         if resample not in ("official", "paddlenlp"):
             raise InputError(f"resample must be 'official' or 'paddlenlp', got {resample!r}")
+        if not isinstance(fast_decode, bool):
+            raise InputError(f"fast_decode must be True or False, got {fast_decode!r}")
         self.image_size = image_size
         self.resample = resample
+        self.fast_decode = fast_decode
         self.image_mean = IMAGENET_MEAN
         self.image_std = IMAGENET_STD
 
@@ -186,7 +196,8 @@ class ErnieViL2ImageProcessor:
         return cls(**kwargs)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(image_size={self.image_size}, resample={self.resample!r})"
+        fast = ", fast_decode=True" if self.fast_decode else ""
+        return f"{type(self).__name__}(image_size={self.image_size}, resample={self.resample!r}{fast})"
 
     # ---- decoding ---------------------------------------------------------------------------------------------
     def load_image(self, image: ImageInput, index: int = 0, *, max_pixels: Optional[int] = None,
@@ -196,7 +207,8 @@ class ErnieViL2ImageProcessor:
         For encoded inputs (a path or bytes): ``max_pixels`` refuses, from the header and before any pixel is
         decoded, an image with more than that many pixels (:class:`ImageTooLargeError`; Pillow's own
         decompression-bomb limit applies as well); ``formats`` (Pillow format names such as ``"JPEG"``) is the only
-        formats Pillow may try, so a file of any other kind is "not a recognised image format".
+        formats Pillow may try, so a file of any other kind is "not a recognised image format". With
+        ``fast_decode`` a JPEG comes back at a reduced DCT scale (both sides still >= ``image_size``).
         """
         name = _describe(image, index)
         if isinstance(image, np.ndarray):
@@ -228,6 +240,8 @@ class ErnieViL2ImageProcessor:
                                              f"{img.width * img.height:,} pixels is more than the limit of "
                                              f"{max_pixels:,}")
                 img.seek(0)
+                if self.fast_decode and img.format == "JPEG":
+                    img.draft(None, (self.image_size, self.image_size))  # both sides stay >= image_size
                 img.load()
                 return _pil_to_rgb_array(img)
         except InputError:

@@ -247,3 +247,67 @@ def test_paddlenlp_variant_matches_paddlenlp(tmp_path):
         ours = proc(rgb)[0].numpy()
         assert ours.shape == ref[name].shape
         assert np.abs(ours - ref[name]).max() < 1e-5, name
+
+
+# ---- fast_decode: JPEGs decoded at a reduced DCT scale ---------------------------------------------------------------
+def photo_like(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour fields, soft blobs and sensor noise: the frequency content of a photo, not uniform noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([128 + 90 * np.sin(x / (width / 13) + c) * np.cos(y / (height / 11) - c) for c in range(3)], -1)
+    for _ in range(12):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(width / 40, width / 6)
+        img += rng.uniform(-70, 70, 3) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))[..., None]
+    img += rng.normal(0, 5, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _expected_reduced_size(width: int, height: int, size: int = 224) -> Tuple[int, int]:
+    """The contract: the largest scale 1/s (s in 8, 4, 2, 1) that keeps both sides >= size; sides round up."""
+    scale = next(s for s in (8, 4, 2, 1) if width // s >= size and height // s >= size) \
+        if min(width, height) >= size else 1
+    return -(-width // scale), -(-height // scale)
+
+
+@pytest.mark.parametrize("w,h", [(1600, 1200), (1000, 460), (448, 448), (447, 900), (300, 200), (3000, 224)])
+def test_fast_decode_keeps_both_sides_at_least_the_image_size(w, h):
+    data = encode(Image.fromarray(photo_like(w, h)), "JPEG", quality=90)
+    rgb = ErnieViL2ImageProcessor(fast_decode=True).load_image(data)
+    assert (rgb.shape[1], rgb.shape[0]) == _expected_reduced_size(w, h)
+    assert min(rgb.shape[:2]) >= min(224, w, h)
+    assert ErnieViL2ImageProcessor(fast_decode=True)([data]).shape == (1, 3, 224, 224)
+
+
+def test_fast_decode_is_close_to_the_official_pipeline_on_a_photo():
+    """Reduced-size decoding averages blocks where the official resize samples pixels: close, not equal."""
+    data = encode(Image.fromarray(photo_like(2000, 1500)), "JPEG", quality=90)
+    official = ErnieViL2ImageProcessor().crops([data])[0].astype(np.int64)
+    fast = ErnieViL2ImageProcessor(fast_decode=True).crops([data])[0].astype(np.int64)
+    diff = np.abs(official - fast)
+    assert 0 < diff.mean() < 4 and np.percentile(diff, 99) <= 16, (diff.mean(), np.percentile(diff, 99))
+
+
+def test_fast_decode_changes_nothing_but_jpegs_and_is_off_by_default(proc):
+    png = encode(Image.fromarray(photo_like(900, 700)), "PNG")
+    jpeg = encode(Image.fromarray(photo_like(900, 700)), "JPEG", quality=90)
+    fast = ErnieViL2ImageProcessor(fast_decode=True)
+    assert np.array_equal(fast.load_image(png), proc.load_image(png))
+    assert proc.fast_decode is False and proc.load_image(jpeg).shape == (700, 900, 3)
+    assert "fast_decode=True" in repr(fast) and "fast_decode" not in repr(proc)
+    with pytest.raises(InputError, match="fast_decode must be True or False"):
+        ErnieViL2ImageProcessor(fast_decode="yes")
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_fast_decode_applies_exif_orientation_and_the_pixel_limit_on_the_full_size(orientation):
+    img = Image.fromarray(photo_like(1200, 800))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(img, "JPEG", quality=90, exif=exif.tobytes())
+    fast = ErnieViL2ImageProcessor(fast_decode=True)
+    w, h = _expected_reduced_size(1200, 800)  # 1/2 scale
+    assert fast.load_image(data).shape == (w, h, 3)  # then turned upright: 600 rows of 400
+    from ernievil2torch.errors import ImageTooLargeError
+
+    with pytest.raises(ImageTooLargeError, match="1,200 x 800|1200 x 800"):
+        fast.load_image(data, max_pixels=1200 * 800 - 1)
