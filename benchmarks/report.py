@@ -142,11 +142,12 @@ def target_rows(cases: List[Case], accuracy: List[Tuple[str, str]], conversion: 
     rows = ["| target | figure | verdict |", "|---|---|---|"]
     for group in ("image", "text"):
         ours = case_of(cases, group, "ours fp32")
-        for peer in ("ONNX Runtime (our export)", "HF " + ("CLIPVisionModel" if group == "image" else "BertModel")):
+        for peer in ("HF " + ("CLIPVisionModel" if group == "image" else "BertModel"),):
             theirs = case_of(cases, group, peer)
             x = paired_ratio(ours, theirs) if theirs else None
             rows.append(f"| {group} fp32 faster than {peer} | {'n/a' if x is None else f'{x:.2f}x'} | "
                         f"{verdict(None if x is None else x > 1)} |")
+    rows += cpu_peer_rows(cases)
     for group in ("image", "text"):
         goal = TARGETS[f"{group}_fp32_ceiling"]
         share = share_of_ceiling(case_of(cases, group, "ours fp32"), cases, "fp32")
@@ -178,6 +179,29 @@ def target_rows(cases: List[Case], accuracy: List[Tuple[str, str]], conversion: 
         goal = TARGETS["embed_image_share"]
         rows.append(f"| `embed --kind image` loop >= {goal:.0f} % of model-only images/s (bf16) | "
                     f"{embed['image_share']:.1f} % | {verdict(embed['image_share'] >= goal)} |")
+    return rows
+
+
+def cpu_peer_rows(cases: List[Case]) -> List[str]:
+    """Ours against the CPU runtimes a deploying user would pick, per tower and precision: fp32 eager against ONNX
+    Runtime and OpenVINO's f32 hint; our fastest bf16 case against OpenVINO's default hint where that hint is bf16
+    (a CPU without bf16 instructions has no bf16 cell: OpenVINO's default there is f32, the fp32 row)."""
+    rows = []
+    for group in ("image", "text"):
+        ours = case_of(cases, group, "ours fp32")
+        for peer in ("ONNX Runtime (our export)", "OpenVINO f32 hint (our export)"):
+            theirs = case_of(cases, group, peer)
+            x = paired_ratio(ours, theirs) if ours and theirs else None
+            rows.append(f"| {group} fp32: ours >= {peer} | {'n/a' if x is None else f'{x:.2f}x'} | "
+                        f"{verdict(None if x is None else x >= 1)} |")
+        default = next((c for c in cases if c.group == group and c.name.startswith("OpenVINO default hint")), None)
+        if default is None or default.precision != "bf16":
+            continue
+        bf16 = [c for c in cases if c.group == group and c.name.startswith("ours") and c.precision == "bf16"]
+        best = max(bf16, key=lambda c: c.rate) if bf16 else None
+        x = paired_ratio(best, default) if best else None
+        rows.append(f"| {group} bf16: ours ({best.name if best else 'none'}) >= {default.name} | "
+                    f"{'n/a' if x is None else f'{x:.2f}x'} | {verdict(None if x is None else x >= 1)} |")
     return rows
 
 

@@ -7,6 +7,7 @@ implementation of this architecture — the same random full-size weights:
 * the project's Paddle reference (``ernievil2torch.verify.paddle_reference``), in process;
 * PaddleNLP 2.8.1's ``ErnieViLModel`` (Baidu's code) in a worker process under the PaddleNLP interpreter
   (``benchmarks/paddlenlp_worker.py``), its text LayerNorm epsilon set to the official 1e-5;
+* OpenVINO (CPU plugin) running our own OpenVINO export, with its ``f32`` hint and with the CPU's default hint;
 * ONNX Runtime running our own ONNX export (``ernievil2torch.export.onnx``), fp32, graph optimisation level "all",
   intra-op threads = the benchmark's threads;
 * Hugging Face peers of the same size (``CLIPVisionModel`` QuickGELU, ``BertModel``; seeded random weights);
@@ -78,7 +79,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="tiny config, batch 2 images / 4 texts x 16 tokens, 1 round; skips Paddle, PaddleNLP, "
                          "compile, front ends and conversion (proves the report path, measures nothing useful)")
     ap.add_argument("--embed-rounds", type=int, default=2, help="rounds of the embed-command cases (best reported)")
-    for name in ("paddle", "paddlenlp", "hf", "onnx", "compile", "profile", "conversion", "frontends", "gpu",
+    for name in ("paddle", "paddlenlp", "hf", "onnx", "openvino", "compile", "profile", "conversion", "frontends", "gpu",
                  "embed"):
         ap.add_argument(f"--no-{name}", action="store_true", help=f"skip the {name} cases")
     ap.add_argument("--paddlenlp-python", default=os.environ.get(
@@ -286,6 +287,48 @@ def onnxruntime_group(bench: Bench, workdir: Path) -> Section:
     return out
 
 
+def openvino_group(bench: Bench, workdir: Path) -> Section:
+    """OpenVINO's CPU plugin on our own OpenVINO export (float32 IR), ``INFERENCE_NUM_THREADS`` = ``--threads``,
+    compiled twice: with the ``f32`` precision hint, and with the CPU's default hint (bf16 on CPUs with bf16
+    instructions, where OpenVINO picks it unasked; f32 elsewhere)."""
+    out = Section()
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        out.notes.append(f"OpenVINO not measured: {exc}")
+        return out
+    from ernievil2torch.export.openvino import default_precision, export_openvino
+
+    if not (workdir / "model").is_dir():
+        bench.fp32.save_pretrained(workdir / "model")
+    export_openvino(str(workdir / "model"), str(workdir / "openvino"), check=False)
+    core = ov.Core()
+    default = default_precision(core)
+    pixels, ids = bench.pixels.numpy(), bench.ids.numpy()
+    mask = np.ones_like(ids)
+    for hint, label in (("f32", "OpenVINO f32 hint (our export)"), (None, f"OpenVINO default hint ({default})")):
+        config = {"INFERENCE_NUM_THREADS": bench.args.threads, "PERFORMANCE_HINT": "LATENCY"}
+        if hint:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        image = core.compile_model(str(workdir / "openvino" / "image_encoder.xml"), "CPU", config)
+        text = core.compile_model(str(workdir / "openvino" / "text_encoder.xml"), "CPU", config)
+        image_request, text_request = image.create_infer_request(), text.create_infer_request()
+
+        def image_call(request=image_request) -> np.ndarray:
+            return request.infer([pixels])[0]
+
+        def text_call(request=text_request) -> np.ndarray:
+            return request.infer([ids, mask])[0]
+        precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}[hint or default]
+        got_image, got_text = image_call().copy(), text_call().copy()
+        out.accuracy.append(max_abs_row(f"{label} vs ours fp32", bench, got_image, got_text) if precision == "fp32"
+                            else cosine_row(f"{label} vs ours fp32", bench, torch.from_numpy(got_image),
+                                            torch.from_numpy(got_text)))
+        out.cases += [bench.image_case(label, image_call, precision), bench.text_case(label, text_call, precision)]
+    out.versions["openvino"] = ov.__version__.split("-")[0]
+    return out
+
+
 def hf_group(bench: Bench) -> Section:
     """Hugging Face peers of the towers' sizes, fp32 (their own seeded random weights: another architecture)."""
     out = Section()
@@ -349,6 +392,8 @@ def measure(bench: Bench, workdir: Path) -> Section:
         groups.append(lambda: paddlenlp_group(bench, workdir))
     if not args.no_onnx:
         groups.append(lambda: onnxruntime_group(bench, workdir))
+    if not args.no_openvino:
+        groups.append(lambda: openvino_group(bench, workdir))
     if not args.no_hf:
         groups.append(lambda: hf_group(bench))
     groups.append(lambda: gemm_group(bench))

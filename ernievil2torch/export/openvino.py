@@ -29,6 +29,11 @@ from .result import ExportResult
 TEXT_IR, IMAGE_IR = "text_encoder.xml", "image_encoder.xml"
 
 
+def default_precision(core) -> str:
+    """The CPU plugin's default ``INFERENCE_PRECISION_HINT`` on this machine: ``"f32"``, ``"bf16"`` or ``"f16"``."""
+    return core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+
+
 def _row_cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     got, want = got.astype(np.float64), want.astype(np.float64)
     return (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
@@ -102,7 +107,7 @@ def export_openvino(model_dir: Union[str, Path], out_dir: Union[str, Path], chec
             max_abs_diff, _ = _check(core, paths, model, probes, "f32")
             if max_abs_diff > atol:
                 raise ErnieViL2Error(f"OpenVINO (f32 hint) differs from PyTorch by {max_abs_diff:.3g} (> {atol:g})")
-            default = str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
+            default = default_precision(core)
             _, cosine = _check(core, paths, model, probes, None)
             if cosine < min_cosine:
                 raise ErnieViL2Error(f"OpenVINO (default hint, {default}) feature cosine {cosine:.6f} to PyTorch "
