@@ -33,7 +33,7 @@ from ..retrieval.topk import NormalizedRows, faiss_available
 from ..storage.atomic import atomic_directory
 from ..storage.outputs import check_output_dir
 from ..storage.embeddings import read_embed_output
-from .plotting import CJK_FONT_PACKAGE
+from .fonts import CJK_FONT_PACKAGE
 
 TSV_NAME, JSON_NAME, PICTURE_NAME = "groups.tsv", "groups.json", "groups.png"
 THUMBNAIL_SIZE = 160

@@ -16,25 +16,11 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..storage.atomic import atomic_file
+from .fonts import cjk_font_file
 
-#: The pip package that ships a Simplified-Chinese font (Noto Sans SC).
-CJK_FONT_PACKAGE = "pylopdf-fonts-zh-cn"
 #: System font families that draw Simplified Chinese, tried in order when the pip package is absent.
 CJK_FONT_NAMES = ("Noto Sans SC", "Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
                   "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "AR PL UMing CN")
-
-
-def cjk_font_file() -> Optional[Path]:
-    """The Noto Sans SC file of the ``pylopdf-fonts-zh-cn`` package, or None when it is not installed.
-
-    Also what the browser test hands Chromium (through fontconfig) so screenshots show Chinese on a bare machine.
-    """
-    try:
-        import pylopdf_fonts_zh_cn
-    except ImportError:
-        return None
-    path = Path(pylopdf_fonts_zh_cn.sans_path())
-    return path if path.is_file() else None
 
 
 def find_cjk_font() -> Optional[str]:

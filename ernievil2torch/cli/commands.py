@@ -115,7 +115,8 @@ def performance_check(model: str = "demo/synthetic_converted", images: Optional[
     result = image_text_similarity(model, images, texts, vocab, max_length)
     if not plot:
         return result.summary()
-    from ..apps.plotting import CJK_FONT_PACKAGE, plot_similarity
+    from ..apps.fonts import CJK_FONT_PACKAGE
+    from ..apps.plotting import plot_similarity
 
     written, has_cjk = plot_similarity(result.similarity.tolist(), result.images, result.texts, plot)
     return (f"{result.summary()}\n\nheatmap written to {written}"

@@ -9,7 +9,9 @@ Routes (JSON unless said otherwise; with a token every ``/v1`` route needs ``Aut
   exact cosine top-k over the whole gallery;
 * ``POST /v1/search/image?k=10`` multipart ``file`` -> the same shape (image -> image);
 * ``GET /v1/images/{row}`` -> the gallery image of that row (rows only, never a client path);
-* ``GET /`` -> the search page (``static/index.html``, no build step, no CDN).
+* ``GET /`` -> the search page (``static/index.html``, no build step, no CDN; ``/?q=TEXT`` opens it with that
+  search) and ``GET /assets/cjk-font.otf``, the Chinese font it carries;
+* ``GET /docs`` and ``/redoc`` -> the API pages, their scripts served from ``/docs-assets`` (no CDN).
 
 Every bad request gets a JSON 4xx ``{"error": "..."}`` naming the problem: 422 for invalid parameters, bodies and
 uploads, 413 for a body over the size limit or an image over the pixel limit, 404 for an unknown row, 403 for a
@@ -26,6 +28,7 @@ from typing import Any, Dict
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from .dependencies import install_state, lifespan
 from .engine import SearchEngine
@@ -36,11 +39,16 @@ from .settings import ServiceSettings
 
 __all__ = ["ServiceSettings", "create_app"]
 
+#: Where /docs and /redoc load Swagger UI's and ReDoc's files from: this service, never a CDN (``fastapi-offline``
+#: ships them), so the API pages work on a machine without internet access.
+DOCS_ASSETS = "/docs-assets"
+
 
 def create_app(engine: SearchEngine, settings: ServiceSettings = ServiceSettings()) -> FastAPI:
     """The service over ``engine``; batchers and thread pools start and stop with the app's lifespan."""
-    app = FastAPI(title="ERNIE-ViL 2.0 image search", version="1", lifespan=lifespan,
-                  description="Text->image and image->image search over your own photos (ernievil2torch).")
+    app = FastAPIOffline(title="ERNIE-ViL 2.0 image search", version="1", lifespan=lifespan,
+                         static_url=DOCS_ASSETS,
+                         description="Text->image and image->image search over your own photos (ernievil2torch).")
     install_state(app, engine, settings)
     install_error_handlers(app)
     app.include_router(page_router())

@@ -16,8 +16,10 @@ from typing import Any, Callable, Dict, List
 
 from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...errors import InputError
+from ..fonts import CJK_FONT_PACKAGE, cjk_font_file
 from .batching import MicroBatcher
 from .dependencies import (get_decode_executor, get_engine, get_image_batcher, get_limits, get_page, get_settings,
                            get_text_batcher)
@@ -56,6 +58,19 @@ def with_limits(handler: Callable[..., Any], limits: ServeLimits) -> Callable[..
 # ---- the page and health ----------------------------------------------------------------------------------------
 async def index(page: str = Depends(get_page)) -> HTMLResponse:
     return HTMLResponse(page)
+
+
+#: The page's own Chinese font (see static/index.html): browsers keep it for a week and never ask again.
+FONT_PATH = "/assets/cjk-font.otf"
+
+
+async def page_font() -> FileResponse:
+    """The Noto Sans SC file the page draws Chinese with; 404 when ``pylopdf-fonts-zh-cn`` is not installed (the
+    page then falls back to the system's fonts)."""
+    font = cjk_font_file()
+    if font is None:
+        raise StarletteHTTPException(404, f"no page font here: pip install {CJK_FONT_PACKAGE}")
+    return FileResponse(font, media_type="font/otf", headers={"Cache-Control": "public, max-age=604800, immutable"})
 
 
 async def healthz(request: Request, engine: SearchEngine = Depends(get_engine),
@@ -126,9 +141,10 @@ async def gallery_image(row: int = Path(..., description="a gallery row (0-based
 
 # ---- routers ----------------------------------------------------------------------------------------------------
 def page_router() -> APIRouter:
-    """``GET /`` (the page, not in the schema) and ``GET /healthz``."""
+    """``GET /`` (the page) and its font (neither in the schema), and ``GET /healthz``."""
     router = APIRouter()
     router.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
+    router.add_api_route(FONT_PATH, page_font, methods=["GET"], response_class=FileResponse, include_in_schema=False)
     router.add_api_route("/healthz", healthz, methods=["GET"])
     return router
 

@@ -115,7 +115,7 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
 
         from .app import create_app
     except ImportError as exc:
-        raise ErnieViL2Error(f"`ernievil2 serve` needs fastapi, uvicorn and python-multipart ({exc}); "
+        raise ErnieViL2Error(f"`ernievil2 serve` needs fastapi, uvicorn, python-multipart and fastapi-offline ({exc}); "
                              "pip install 'ernievil2torch[serve]'") from exc
     from .engine import SearchEngine
 

@@ -90,6 +90,30 @@ def test_healthz_and_page(client, site):
                                                                   "/v1/images/{row}", "/healthz"}
 
 
+def test_the_page_font_and_the_api_docs_come_from_the_service(client):
+    """No CDN anywhere: the page's Chinese font and Swagger UI's / ReDoc's files are served here, cacheable."""
+    from ernievil2torch.apps.fonts import cjk_font_file
+
+    font = client.get("/assets/cjk-font.otf")
+    assert font.status_code == 200 and font.headers["content-type"] == "font/otf"
+    assert font.content == cjk_font_file().read_bytes() and "immutable" in font.headers["cache-control"]
+    assert "/assets/cjk-font.otf" in client.get("/").text
+    for page, assets in (("/docs", ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css")),
+                         ("/redoc", ("/docs-assets/redoc.standalone.js",))):
+        html = client.get(page).text
+        assert "cdn." not in html and "fonts.googleapis" not in html, page
+        for asset in assets:
+            assert asset in html and client.get(asset).status_code == 200, asset
+
+
+def test_the_page_font_is_a_json_404_when_its_package_is_missing(client, monkeypatch):
+    from ernievil2torch.apps.serve import routes
+
+    monkeypatch.setattr(routes, "cjk_font_file", lambda: None)
+    response = client.get("/assets/cjk-font.otf")
+    assert response.status_code == 404 and "pip install pylopdf-fonts-zh-cn" in response.json()["error"]
+
+
 def test_text_search_is_exact_topk_of_its_embedding(client, site):
     gallery, ids = (output := read_embed_output(site["root"] / "gallery")).embeddings, output.ids
     normalized = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
@@ -394,7 +418,8 @@ def test_token_is_required_on_every_api_call(site):
         public = test_client.get("/healthz").json()
         assert public == {"status": "ok", "auth_required": True}
         assert test_client.get("/healthz", headers=good).json()["gallery_size"] == len(site["ids"])
-        assert test_client.get("/").status_code == 200
+        for public_path in ("/", "/docs", "/docs-assets/swagger-ui.css", "/assets/cjk-font.otf"):
+            assert test_client.get(public_path).status_code == 200, public_path
         schema = test_client.get("/openapi.json").json()
         assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
         big = np.zeros(30 * 1024 * 1024, np.uint8).tobytes()  # refused for the token before any body limit
