@@ -36,7 +36,7 @@ def finetune(model: str, train: str, out: str, **options: Any) -> FinetuneResult
     decay 0.001, batch 128 per process, 5 epochs, recompute, seed 1); text length 48 as in the official code.
 
     Args:
-        model: a converted model directory (with vocab.txt, or pass --vocab).
+        model: a converted model directory (with vocab.txt, or pass --vocab) or a Hub id (ORG/NAME).
         train: training pairs: a COCO-CN style TSV (text<TAB>image_id<TAB>base64), or with --images a captions
             file (.jsonl {"image", "caption"} / .tsv caption<TAB>image), as `ernievil2 eval` reads.
         out: output folder (checkpoints, best/, final/, metrics.jsonl); refused if it exists, unless --overwrite

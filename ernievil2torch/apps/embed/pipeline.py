@@ -16,6 +16,7 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ...config import model_path
 from ...constants import DEFAULT_MAX_LENGTH, EMBED_KINDS
 from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
@@ -110,7 +111,7 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
     Args:
         inputs: for images a folder, a glob ('imgs/**/*.jpg', quoted), a list file (.txt, one path a line)
             or an image file; for texts a .txt (one text a line), .jsonl or .csv/.tsv file.
-        model_dir: a converted model directory (with vocab.txt for texts, or pass --vocab).
+        model_dir: a converted model directory (with vocab.txt for texts, or pass --vocab) or a Hub id (ORG/NAME).
         out: output directory: absent (created), empty, or an embed output (an unfinished one of the same run is
             resumed); never an input, a folder holding one, or the current directory (:func:`check_embed_output`).
         kind: 'image' or 'text'.
@@ -150,12 +151,13 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
     if not items:
         raise InputError(f"no {kind} inputs found in {inputs!r}")
     shard_dir = out_dir / SHARD_DIR
-    fingerprint = run_fingerprint(items, kind=kind, model_dir=str(Path(model_dir).resolve()), dtype=dtype,
+    model_folder = model_path(model_dir)  # a Hub id: its snapshot (the commit it resolved to) marks the run
+    fingerprint = run_fingerprint(items, kind=kind, model_dir=str(model_folder.resolve()), dtype=dtype,
                                   normalize=normalize, shard_size=shard_size,
                                   max_length=max_length if kind == "text" else None)
     if not overwrite:
         check_run_record(out_dir, fingerprint, START_OVER)  # a different run in OUT: refused before the model loads
-    loaded = load_pretrained(model_dir, dtype=compute_dtype, device=context.device, vocab=vocab)
+    loaded = load_pretrained(model_folder, dtype=compute_dtype, device=context.device, vocab=vocab)
     tokenizer = loaded.require_tokenizer() if kind == "text" else None
     model = loaded.model
     context.barrier()  # every process has its model before OUT is touched

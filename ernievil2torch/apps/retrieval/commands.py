@@ -129,7 +129,7 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
     """Zero-shot image-text retrieval: R@1/5/10 both ways and mean recall, ranked by raw cosine (official eval).
 
     Args:
-        model_dir: a converted model directory (with vocab.txt, or pass --vocab).
+        model_dir: a converted model directory (with vocab.txt, or pass --vocab) or a Hub id (ORG/NAME).
         data: the official COCO-CN style TSV (text<TAB>image_id<TAB>base64 per line), or with --images a
             captions file (.jsonl or .tsv, see ernievil2torch.data.caption_folder).
         images: image folder for a captions file.
