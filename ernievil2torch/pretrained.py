@@ -12,7 +12,7 @@ from typing import Optional, Union
 
 import torch
 
-from .config import resolve_model
+from .config import model_path, resolve_model
 from .constants import VOCAB_NAME
 from .errors import InputError
 from .modeling import ErnieViL2
@@ -33,6 +33,14 @@ class Pretrained:
     image_processor: ErnieViL2ImageProcessor
     path: Path
 
+    def save_pretrained(self, path: PathLike) -> Path:
+        """Write the model (``config.json``, ``model.safetensors``) and, when there is one, the tokenizer's
+        ``vocab.txt`` into ``path``: the folder :func:`load_pretrained` reads back, here or as a Hub repository."""
+        self.model.save_pretrained(path)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
+        return Path(path)
+
     def require_tokenizer(self) -> ErnieViL2Tokenizer:
         """The tokenizer, or :class:`InputError` saying how to provide a vocab."""
         if self.tokenizer is None:
@@ -47,7 +55,7 @@ class Pretrained:
 def create_model(name: PathLike, *, dtype: DTypeLike = None,
                  device: Union[str, torch.device, None] = None) -> ErnieViL2:
     """The model a name stands for (:func:`~ernievil2torch.config.resolve_model`: a local directory, then a
-    registered name), in eval mode: a directory's weights (:meth:`ErnieViL2.from_pretrained`), or a registered
+    registered name, then a Hub id), in eval mode: a directory's weights (:meth:`ErnieViL2.from_pretrained`), or a registered
     configuration with the modules' own initialisation (random from torch's global RNG, so ``torch.manual_seed``
     makes it repeatable; call ``.train()`` to train it). ``dtype`` as in :func:`load_pretrained`.
 
@@ -67,9 +75,10 @@ def load_pretrained(path: PathLike, *, dtype: DTypeLike = None,
     """Load a converted directory with :meth:`ErnieViL2.from_pretrained` plus its front ends.
 
     Args:
-        path: a directory written by ``convert.py`` (``config.json``, ``model.safetensors``, maybe ``vocab.txt``).
+        path: a directory written by ``convert.py`` (``config.json``, ``model.safetensors``, maybe ``vocab.txt``)
+            or a Hugging Face Hub id of one (``ORG/NAME``, read through the Hub's cache, offline mode honoured).
             Names resolve as in :func:`~ernievil2torch.config.resolve_model`; a registered name has no weights and
-            is refused (use :func:`create_model`).
+            is refused (use :func:`create_model`). ``Pretrained.path`` is the local folder it led to.
         dtype: compute dtype (``torch.bfloat16`` or a name such as ``"bf16"``, checked before anything is read);
             default: as stored.
         device: where the weights go (default CPU).
@@ -80,14 +89,16 @@ def load_pretrained(path: PathLike, *, dtype: DTypeLike = None,
     Raises :class:`~ernievil2torch.errors.CheckpointError` for a damaged directory and :class:`InputError` for a
     ``vocab`` that does not exist or holds token ids the model's word embedding does not have.
     """
+    compute_dtype = optional_torch_dtype(dtype)
+    folder = model_path(path)
     tokenizer: Optional[ErnieViL2Tokenizer] = None
-    if vocab is not None or (Path(path) / VOCAB_NAME).is_file():
-        tokenizer = ErnieViL2Tokenizer(resolve_vocab(path, vocab))
-    model = ErnieViL2.from_pretrained(path, dtype=optional_torch_dtype(dtype), device=device, compile=compile)
+    if vocab is not None or (folder / VOCAB_NAME).is_file():
+        tokenizer = ErnieViL2Tokenizer(resolve_vocab(folder, vocab))
+    model = ErnieViL2.from_pretrained(folder, dtype=compute_dtype, device=device, compile=compile)
     rows = model.config.text.vocab_size
     largest = max(tokenizer.vocab.values()) if tokenizer is not None else -1
     if largest >= rows:
         raise InputError(f"{tokenizer.vocab_file}: token ids up to {largest}, but the model's word embedding has "
                          f"{rows} rows: this vocab is not the model's")
     image_processor = ErnieViL2ImageProcessor(image_size=model.config.vision.image_size, resample=resample)
-    return Pretrained(model, tokenizer, image_processor, Path(path))
+    return Pretrained(model, tokenizer, image_processor, folder)

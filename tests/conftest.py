@@ -94,3 +94,12 @@ def model_folder(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache under ``tmp_path`` that ``huggingface_hub`` uses, offline
+    (:class:`hub_cache.HubCache`; ``.add(repo_id, folder)`` puts a model in it)."""
+    from hub_cache import HubCache
+
+    return HubCache(tmp_path / "hf_cache", monkeypatch)

@@ -38,7 +38,8 @@ RANK = {component: rank for rank, group in enumerate(LAYERS) for component in gr
 OPTIONAL = {"paddle": {"verify"}, "paddlenlp": set(), "transformers": {"export"}, "onnx": {"export"},
             "onnxruntime": {"export"}, "matplotlib": {"apps"}, "tqdm": {"runtime"},
             "faiss": {"retrieval"}, "fastapi": {"apps"}, "uvicorn": {"apps"}, "starlette": {"apps"}, "pydantic": {"apps"},
-            "multipart": {"apps"}, "pylopdf_fonts_zh_cn": {"apps"}, "playwright": set()}
+            "multipart": {"apps"}, "pylopdf_fonts_zh_cn": {"apps"}, "playwright": set(),
+            "huggingface_hub": {"config"}}
 
 
 def module_name(path: Path) -> str:

@@ -89,4 +89,4 @@ def image_text_similarity(model_dir: str, images: Optional[Sequence[str]] = None
     return SimilarityResult(
         model_dir=str(model_dir), similarity=text_features @ image_features.T, texts=text_list, image_names=names,
         images=arrays, logit_scale=None if scale is None else float(scale.detach()),
-        synthetic=has_synthetic_weights(model_dir))
+        synthetic=has_synthetic_weights(loaded.path))

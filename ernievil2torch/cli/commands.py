@@ -103,7 +103,7 @@ def performance_check(model: str = "demo/synthetic_converted", images: Optional[
     """Print the text x image cosine-similarity matrix (rows texts, columns images) and per-image probabilities.
 
     Args:
-        model: a directory written by convert.py (its vocab.txt is used unless --vocab is given).
+        model: a directory written by convert.py or its Hub id (ORG/NAME; its vocab.txt is used unless --vocab is given).
         images: comma-separated image paths; default: three images this project draws (disc, square, triangle).
         texts: comma-separated captions; default: captions describing the default images.
         vocab: vocab.txt, when the model directory has none.
@@ -129,7 +129,7 @@ def classify(model: str, images: List[str], labels: List[str], templates: Option
     """Zero-shot classification: per-image probabilities over your labels (prompt ensemble, open_clip style).
 
     Args:
-        model: a directory written by convert.py.
+        model: a directory written by convert.py, or its Hub id (ORG/NAME).
         images: comma-separated image paths.
         labels: comma-separated class names, e.g. 猫,狗,汽车.
         templates: comma-separated prompt templates with {} for the label; default 一张{}的照片.
@@ -149,7 +149,7 @@ def export(model: str, out: str, format: str = "hf", overwrite: bool = False, vo
     {formats}
 
     Args:
-        model: a directory written by convert.py (or by finetune).
+        model: a directory written by convert.py (or by finetune), or its Hub id (ORG/NAME).
         out: output directory (hf, onnx) or .pdparams file (paddle).
         format: the format to write (see above).
         overwrite: replace an existing output.
@@ -182,7 +182,7 @@ def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: 
     ERNIEVIL2_SERVE_TOKEN environment variable), and every API call must then send 'Authorization: Bearer TOKEN'.
 
     Args:
-        model: a directory written by convert.py (with vocab.txt, or pass --vocab).
+        model: a directory written by convert.py or its Hub id (ORG/NAME; with vocab.txt, or pass --vocab).
         gallery: an `ernievil2 embed` output folder of images (embeddings.npy + ids.txt).
         images: the folder given to `ernievil2 embed` (gallery ids are paths relative to it); only files inside it
             are served.
@@ -290,11 +290,11 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
                             "chunk_size": POSITIVE}),
     Command("eval", "ernievil2torch.apps.retrieval:evaluate",
             "zero-shot retrieval recall (R@1/5/10 both ways) on a COCO-CN TSV or captions + images", ATOMIC_OUTPUT,
-            {**_ENCODING, "data": FILE, "images": FOLDER, "protocol": one_of(*PROTOCOLS),
+            {**_ENCODING, "data": FILE_OR_FOLDER, "images": FOLDER, "protocol": one_of(*PROTOCOLS),
              "data_format": one_of(*DATASET_FORMATS)}),
     Command("finetune", "ernievil2torch.cli.batch:finetune",
             "contrastive fine-tuning on image-caption pairs, resumable, also under torchrun", CHECKPOINTED_OUTPUT,
-            {"images": FOLDER, "val": FILE, "val_images": FOLDER, "vocab": FILE, "epochs": POSITIVE,
+            {"images": FOLDER, "val": FILE_OR_FOLDER, "val_images": FOLDER, "vocab": FILE, "epochs": POSITIVE,
              "max_steps": POSITIVE, "batch_size": POSITIVE, "grad_accum": POSITIVE, "lr": POSITIVE,
              "warmup_steps": NON_NEGATIVE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
              "adam_beta1": FRACTION, "adam_beta2": FRACTION, "adam_eps": POSITIVE, "max_length": MAX_LENGTH,

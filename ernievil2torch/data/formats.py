@@ -4,6 +4,7 @@
 README show). :func:`open_dataset` picks the format from what the arguments hold, or takes the name it is given:
 
 * an image folder given (``images``), or DATA a ``.jsonl`` file: ``caption_folder`` (DATA is the captions file);
+* DATA a ``.tar`` file or a folder of them: ``webdataset`` (img2dataset's shards);
 * otherwise: ``coco_cn_tsv`` (DATA holds the images).
 
 A new format is one reader (a :class:`~ernievil2torch.data.readers.CaptionReader`) and one row here.
@@ -18,6 +19,7 @@ from ..errors import InputError
 from .caption_folder import CaptionFolderReader
 from .coco_cn import CocoCnTsvReader
 from .readers import CaptionReader, IndexedCaptions
+from .webdataset import WebDatasetReader, is_webdataset
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ DATASET_FORMATS: Dict[str, DatasetFormat] = {fmt.name: fmt for fmt in (
     DatasetFormat("caption_folder", "an image folder (--images) and a captions file: .jsonl "
                   "({\"image\", \"caption\"|\"captions\"}) or .tsv (caption<TAB>image)", True,
                   lambda data, images: CaptionFolderReader(images, data)),
+    DatasetFormat("webdataset", "a folder of webdataset .tar shards in img2dataset's layout (KEY.jpg + KEY.txt "
+                  "caption per sample) or one .tar; damaged samples are skipped and listed", False,
+                  lambda data, images: WebDatasetReader(data)),
 )}
 
 
@@ -46,8 +51,11 @@ def describe_formats() -> str:
 
 def detect_format(data: Union[str, Path], images: Optional[Union[str, Path]] = None) -> str:
     """The format :func:`open_dataset` picks when not told: ``caption_folder`` with an image folder or for a
-    ``.jsonl`` file (a captions file, which holds no images), else ``coco_cn_tsv``."""
-    return "caption_folder" if images or Path(data).suffix.lower() == ".jsonl" else "coco_cn_tsv"
+    ``.jsonl`` file (a captions file, which holds no images), ``webdataset`` for a ``.tar`` or a folder of them,
+    else ``coco_cn_tsv``."""
+    if images or Path(data).suffix.lower() == ".jsonl":
+        return "caption_folder"
+    return "webdataset" if is_webdataset(data) else "coco_cn_tsv"
 
 
 def open_dataset(data: Union[str, Path], images: Optional[Union[str, Path]] = None,

@@ -22,8 +22,9 @@ TEXT_LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 
 @dataclass
 class Item:
-    """One input to encode: its id, the source (an image path or encoded bytes, or a text) and, for an input known
-    to be bad before it is decoded, the reason (``source`` is then unused)."""
+    """One input to encode: its id, the source (an image path or encoded bytes, or a callable that returns one
+    when the image is decoded, such as a tar member; or a text) and, for an input known to be bad before it is
+    decoded, the reason (``source`` is then unused)."""
 
     id: str
     source: Any

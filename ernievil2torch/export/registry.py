@@ -11,6 +11,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
+from ..config import model_path
 from ..errors import InputError
 from .result import ExportResult
 
@@ -74,4 +75,5 @@ def export_model(format: str, model_dir: str, out: str, overwrite: bool = False,
     chosen = exporter(format)
     module, _, name = chosen.target.partition(":")
     function = getattr(importlib.import_module(module), name)
-    return function(model_dir, out, overwrite=overwrite, **{k: v for k, v in options.items() if k in chosen.options})
+    folder = str(model_path(model_dir))  # a Hub id: exporters read its snapshot folder like any directory
+    return function(folder, out, overwrite=overwrite, **{k: v for k, v in options.items() if k in chosen.options})

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ErnieViL2Config, base_config, resolve_model
-from ..errors import CheckpointError, InputError
+from ..config import ErnieViL2Config, base_config, model_path
+from ..errors import CheckpointError
 from ..storage.model_dir import read_model_dir, write_model_dir
 from .dtypes import DTypeLike, optional_torch_dtype
 from .loss import contrastive_loss
@@ -94,7 +94,9 @@ class ErnieViL2(nn.Module):
 
     # ---- converted-directory format ------------------------------------------------------------------------
     def save_pretrained(self, path: Union[str, Path]) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (atomically, see :mod:`ernievil2torch.storage`)."""
+        """Write ``config.json`` and ``model.safetensors`` (atomically, see :mod:`ernievil2torch.storage`): the
+        folder :meth:`from_pretrained` reads, here or uploaded as a Hub model repository. Text uses also need the
+        vocab: :meth:`ernievil2torch.Pretrained.save_pretrained` writes it too."""
         write_model_dir(path, self.config, self.state_dict(), overwrite=True)
 
     def compile(self, *args, **kwargs) -> "ErnieViL2":
@@ -113,18 +115,14 @@ class ErnieViL2(nn.Module):
                         device: Union[str, torch.device, None] = None, compile: bool = False) -> "ErnieViL2":
         """Load a converted directory (safetensors only, no pickle) and return the model in eval mode.
 
-        ``path`` is resolved by :func:`~ernievil2torch.config.resolve_model`: a registered name has no weights to
-        load, so it is refused with :class:`InputError` (``pretrained.create_model(name)`` builds one with random
-        weights). ``dtype`` (``torch.bfloat16`` or any name :func:`~ernievil2torch.config.canonical_dtype`
-        accepts, such as ``"bf16"``; checked before anything is read) casts every weight at load time; inputs are
-        cast by the towers. ``compile=True`` calls :meth:`compile` with default options.
+        ``path`` is resolved by :func:`~ernievil2torch.config.resolve_model`: a local directory, or a Hugging Face
+        Hub id (``ORG/NAME``) read through the Hub's cache; a registered name has no weights to load, so it is
+        refused with :class:`InputError` (``pretrained.create_model(name)`` builds one with random weights).
+        ``dtype`` (``torch.bfloat16`` or any name :func:`~ernievil2torch.config.canonical_dtype` accepts, such as
+        ``"bf16"``; checked before anything is read) casts every weight at load time; inputs are cast by the towers. ``compile=True`` calls :meth:`compile` with default options.
         """
         dtype = optional_torch_dtype(dtype)
-        source = resolve_model(path)
-        if not source.has_weights:
-            raise InputError(f"{source.name!r} is a registered model configuration without weights: pass a "
-                             "converted directory, or use create_model() for randomly initialised weights")
-        config, state = read_model_dir(source.path, device=device)
+        config, state = read_model_dir(model_path(path), device=device)
         with torch.device("meta"):
             model = cls(config)
         expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}

@@ -42,8 +42,9 @@ class _ImageDataset(Dataset):
             return index, None, item.error
         if self._processor is None:
             self._processor = ErnieViL2ImageProcessor(image_size=self.image_size, resample=self.resample)
-        try:
-            return index, self._processor([item.source])[0], None
+        try:  # a callable source (a tar member) is read here, in the worker that decodes it
+            source = item.source() if callable(item.source) else item.source
+            return index, self._processor([source])[0], None
         except Exception as exc:  # one bad file must not stop the run
             return index, None, f"{type(exc).__name__}: {exc}"
 

@@ -36,16 +36,18 @@ def finetune(model: str, train: str, out: str, **options: Any) -> FinetuneResult
     decay 0.001, batch 128 per process, 5 epochs, recompute, seed 1); text length 48 as in the official code.
 
     Args:
-        model: a converted model directory (with vocab.txt, or pass --vocab).
+        model: a converted model directory (with vocab.txt, or pass --vocab) or a Hub id (ORG/NAME).
         train: training pairs: a COCO-CN style TSV (text<TAB>image_id<TAB>base64), or with --images a captions
-            file (.jsonl {"image", "caption"} / .tsv caption<TAB>image), as `ernievil2 eval` reads.
+            file (.jsonl {"image", "caption"} / .tsv caption<TAB>image), or a folder of webdataset .tar shards, as
+            `ernievil2 eval` reads.
         out: output folder (checkpoints, best/, final/, metrics.jsonl); refused if it exists, unless --overwrite
             or --resume; never the current directory, a folder above it, or an input or a folder holding one.
         images: image folder of a captions-file training set.
         val: validation captions (same formats); retrieval recall every --eval_every steps, best model kept.
         val_images: image folder of a captions-file validation set.
-        data_format: the training set's dataset format (coco_cn_tsv, caption_folder), as `ernievil2 eval
-            --data_format` takes it; default: caption_folder with --images, else coco_cn_tsv.
+        data_format: the training set's dataset format (coco_cn_tsv, caption_folder, webdataset), as `ernievil2
+            eval --data_format` takes it; default: caption_folder with --images, webdataset for .tar shards, else
+            coco_cn_tsv.
         val_data_format: the same for the validation set (default: read off --val_images the same way).
         vocab: vocab.txt, when the model directory has none.
         epochs: passes over the training pairs (ignored with --max_steps).

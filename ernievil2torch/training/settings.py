@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+from ..config import parse_hub_id
 from ..constants import DEFAULT_MAX_LENGTH, PRECISIONS, TOWERS
 from ..errors import InputError
 
@@ -57,10 +58,12 @@ class FinetuneSettings:
 
     def __post_init__(self) -> None:
         # Paths may arrive as Path objects or, from the command line, as numbers ("--out 2024"); they are kept as
-        # absolute strings, so a resume compares the same paths however they were spelled.
+        # absolute strings, so a resume compares the same paths however they were spelled. A model that is no
+        # local path but a Hub id (ORG/NAME) stays as written.
         for name in ("model", "train", "out", "images", "val", "val_images", "vocab"):
             value = getattr(self, name)
-            if value is not None:
+            hub_id = name == "model" and not os.path.exists(str(value)) and parse_hub_id(str(value)) is not None
+            if value is not None and not hub_id:
                 object.__setattr__(self, name, os.path.abspath(str(value)))
 
     #: Settings a resumed run may change: they do not affect the weights.

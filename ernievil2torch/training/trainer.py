@@ -75,7 +75,7 @@ class Trainer:
                          if s.val else None)
         loaded = load_pretrained(s.model, dtype=torch.float32, vocab=s.vocab)
         self.tokenizer = loaded.require_tokenizer()
-        self.vocab_file = resolve_vocab(s.model, s.vocab)
+        self.vocab_file = resolve_vocab(loaded.path, s.vocab)
         model = loaded.model
         self.start_step, trainer_state = 0, None
         if checkpoint is not None:

@@ -184,11 +184,12 @@ def test_a_local_directory_comes_before_a_registry_name(tiny_dir, tmp_path, monk
     assert create_model("tiny").config == read_model_dir(tiny_dir)[0]
 
 
-def test_an_unknown_name_is_one_clear_error(tmp_path):
+def test_an_unknown_name_is_one_clear_error(tmp_path, hub_cache):
     with pytest.raises(CheckpointError, match=r"not a converted model directory.*registered model name "
-                                              r"\(base, tiny, tiny224\); Hub ids are not supported yet"):
+                                              r"\(base, tiny, tiny224\), nor a Hugging Face Hub id \(ORG/NAME\)"):
         resolve_model(str(tmp_path / "nowhere"))
-    with pytest.raises(CheckpointError, match="Hub ids are not supported yet"):
+    with pytest.raises(CheckpointError, match=r"no such path.*as a Hugging Face Hub id: PaddlePaddle/ernie_vil-2.0-"
+                                              r"base-zh is not in the local Hugging Face cache"):
         create_model("PaddlePaddle/ernie_vil-2.0-base-zh")
 
 

@@ -11,16 +11,18 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from ...config import model_path
 from ...constants import DEFAULT_MAX_LENGTH, EMBED_KINDS
 from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
 from ...pretrained import load_pretrained
 from ...data.inputs import Item, list_images, list_texts
+from ...data.webdataset import WebDatasetReader, is_webdataset, shard_items
 from ...runtime.distributed import init_distributed_device
 from ...runtime.encoding import feature_dim, group_batches, run_batch
 from ...runtime.progress import progress_bar
@@ -80,6 +82,10 @@ def encode_shards(model, items: Sequence[Item], kind: str, plan: ShardPlan, shar
     remaining = {s: plan.bounds[s][1] - plan.bounds[s][0] for s in plan.todo}
     buffers: Dict[int, Dict[str, list]] = {s: {"idx": [], "feats": [], "failed": []} for s in plan.todo}
     groups = [range(*plan.bounds[s]) for s in plan.todo]
+    for s in plan.todo:  # a shard without items (an empty .tar) is done at once: no batch will finish it
+        if remaining[s] == 0:
+            write_shard(shard_dir, s, plan.bounds[s], items, [], [], [], dim, save_dtype)
+            del buffers[s]
     for group, (idx, inputs, bad) in group_batches(items, kind, groups, batch_size, num_workers, model, tokenizer,
                                                    max_length):
         s = plan.todo[group]
@@ -109,8 +115,10 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
 
     Args:
         inputs: for images a folder, a glob ('imgs/**/*.jpg', quoted), a list file (.txt, one path a line)
-            or an image file; for texts a .txt (one text a line), .jsonl or .csv/.tsv file.
-        model_dir: a converted model directory (with vocab.txt for texts, or pass --vocab).
+            or an image file; for texts a .txt (one text a line), .jsonl or .csv/.tsv file; for either a folder
+            of webdataset .tar shards (img2dataset layout: ids are the sample keys, texts the .txt captions, one
+            embed shard per .tar, damaged samples listed in failed.tsv).
+        model_dir: a converted model directory (with vocab.txt for texts, or pass --vocab) or a Hub id (ORG/NAME).
         out: output directory: absent (created), empty, or an embed output (an unfinished one of the same run is
             resumed); never an input, a folder holding one, or the current directory (:func:`check_embed_output`).
         kind: 'image' or 'text'.
@@ -119,7 +127,8 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
             tokenised in the main process, a shard at a time, and batched by token length.
         dtype: compute dtype: float32, float16 or bfloat16 (embeddings are saved as float16 for float16,
             else float32).
-        shard_size: items per shard (the unit of resumption and of work split between ranks).
+        shard_size: items per shard (the unit of resumption and of work split between ranks); webdataset
+            input: one shard per .tar instead.
         normalize: L2-normalise the embeddings (for cosine search).
         field: the .jsonl field or .csv/.tsv column holding the text.
         id_field: a .jsonl field / .csv column to use as ids (default: the row index).
@@ -146,16 +155,23 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
     check_embed_output(out_dir, overwrite, [*sources, model_dir, vocab])
     context = init_distributed_device(device)
 
-    items = list_images(inputs) if kind == "image" else list_texts(inputs, field=field, id_field=id_field)
+    bounds: Optional[List[Tuple[int, int]]] = None
+    if isinstance(inputs, (str, Path)) and is_webdataset(inputs):  # one embed shard per .tar shard
+        items, bounds = shard_items(WebDatasetReader(inputs), kind)
+    elif kind == "image":
+        items = list_images(inputs)
+    else:
+        items = list_texts(inputs, field=field, id_field=id_field)
     if not items:
         raise InputError(f"no {kind} inputs found in {inputs!r}")
     shard_dir = out_dir / SHARD_DIR
-    fingerprint = run_fingerprint(items, kind=kind, model_dir=str(Path(model_dir).resolve()), dtype=dtype,
+    model_folder = model_path(model_dir)  # a Hub id: its snapshot (the commit it resolved to) marks the run
+    fingerprint = run_fingerprint(items, kind=kind, model_dir=str(model_folder.resolve()), dtype=dtype,
                                   normalize=normalize, shard_size=shard_size,
                                   max_length=max_length if kind == "text" else None)
     if not overwrite:
         check_run_record(out_dir, fingerprint, START_OVER)  # a different run in OUT: refused before the model loads
-    loaded = load_pretrained(model_dir, dtype=compute_dtype, device=context.device, vocab=vocab)
+    loaded = load_pretrained(model_folder, dtype=compute_dtype, device=context.device, vocab=vocab)
     tokenizer = loaded.require_tokenizer() if kind == "text" else None
     model = loaded.model
     context.barrier()  # every process has its model before OUT is touched
@@ -165,7 +181,7 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
         claim_output(out_dir, fingerprint)
     context.barrier()
 
-    plan = plan_shards(items, shard_size, shard_dir, context.rank, context.world_size)
+    plan = plan_shards(items, shard_size, shard_dir, context.rank, context.world_size, bounds)
     save_dtype = np.float16 if compute_dtype == torch.float16 else np.float32
     total = sum(plan.bounds[s][1] - plan.bounds[s][0] for s in plan.todo)
     label = f"embed {kind}s" + (f" [rank {context.rank}]" if context.distributed else "")

@@ -93,10 +93,13 @@ class ShardPlan:
         return len(self.bounds)
 
 
-def plan_shards(items: Sequence[Item], shard_size: int, shard_dir: Path, rank: int = 0, world: int = 1) -> ShardPlan:
-    """Split ``items`` into shards, give rank ``rank`` every ``world``-th, and skip those already finished."""
+def plan_shards(items: Sequence[Item], shard_size: int, shard_dir: Path, rank: int = 0, world: int = 1,
+                bounds: Optional[List[Tuple[int, int]]] = None) -> ShardPlan:
+    """Split ``items`` into shards (of ``shard_size``, or the ``[start, stop)`` ranges ``bounds`` gives, e.g. one
+    per webdataset ``.tar``), give rank ``rank`` every ``world``-th, and skip those already finished."""
     count = len(items)
-    bounds = [(s, min(s + shard_size, count)) for s in range(0, count, shard_size)]
+    if bounds is None:
+        bounds = [(s, min(s + shard_size, count)) for s in range(0, count, shard_size)]
     mine = [s for s in range(len(bounds)) if s % world == rank]
     todo = [s for s in mine if not shard_done(shard_dir, s, [items[i].id for i in range(*bounds[s])])]
     return ShardPlan(bounds, mine, todo)

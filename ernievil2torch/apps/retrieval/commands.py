@@ -129,9 +129,10 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
     """Zero-shot image-text retrieval: R@1/5/10 both ways and mean recall, ranked by raw cosine (official eval).
 
     Args:
-        model_dir: a converted model directory (with vocab.txt, or pass --vocab).
-        data: the official COCO-CN style TSV (text<TAB>image_id<TAB>base64 per line), or with --images a
-            captions file (.jsonl or .tsv, see ernievil2torch.data.caption_folder).
+        model_dir: a converted model directory (with vocab.txt, or pass --vocab) or a Hub id (ORG/NAME).
+        data: the official COCO-CN style TSV (text<TAB>image_id<TAB>base64 per line), with --images a
+            captions file (.jsonl or .tsv, see ernievil2torch.data.caption_folder), or a folder of webdataset
+            .tar shards (img2dataset layout; damaged samples skipped and listed).
         images: image folder for a captions file.
         protocol: 'grouped' (images deduplicated; image->text hit if any of its captions is in the top k) or
             'pairs' (the official script's file mode: every line is one query each way).
@@ -144,8 +145,8 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
         out: write the metrics as JSON here.
         save_embeddings: write text/image features and links to this .npz.
         progress: progress bars.
-        data_format: a dataset format name (coco_cn_tsv, caption_folder); default: caption_folder with --images,
-            else coco_cn_tsv.
+        data_format: a dataset format name (coco_cn_tsv, caption_folder, webdataset); default: caption_folder
+            with --images, webdataset for .tar shards, else coco_cn_tsv.
 
     Images are read from DATA as they are encoded, so memory grows with the features, not with the images.
     """

@@ -1,0 +1,218 @@
+"""webdataset shards (img2dataset layout) as a dataset format: the reader, damaged samples skipped and listed, and
+``embed`` / ``eval`` / ``finetune`` giving over shards what they give over the same pairs as an image folder."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ernievil2torch.apps.embed import embed, pipeline
+from ernievil2torch.apps.retrieval import evaluate
+from ernievil2torch.data.formats import detect_format, open_dataset
+from ernievil2torch.data.webdataset import WebDatasetReader
+from ernievil2torch.errors import InputError
+from ernievil2torch.modeling import ErnieViL2
+from ernievil2torch.storage.embeddings import read_embed_output
+from ernievil2torch.training import finetune
+
+from helpers import REPO_ROOT
+from shapes import shapes_setup
+from wds import write_folder, write_shards
+
+PER_SHARD = 7  # uneven: the last shard is shorter
+SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT)}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The drawn-shapes model and its pairs, as webdataset shards and as an image folder + captions.jsonl."""
+    root = tmp_path_factory.mktemp("wds")
+    shapes = shapes_setup(root / "shapes", images_per_caption=1)
+    pairs = []
+    for line in Path(shapes.train).read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        pairs.append(((Path(shapes.train_images) / record["image"]).read_bytes(), record["caption"]))
+    shards = write_shards(pairs, root / "shards", PER_SHARD, extension="png")
+    captions = write_folder(pairs, root / "folder", extension="png")
+    return shapes, pairs, root / "shards", shards, captions
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_reader_indexes_every_sample_without_reading_images(setup):
+    _, pairs, folder, shards, _ = setup
+    assert detect_format(folder) == "webdataset" and detect_format(shards[0]) == "webdataset"
+    reader = open_dataset(folder)
+    assert isinstance(reader, WebDatasetReader) and reader.random_access and reader.problems == []
+    assert len(reader) == reader.num_images == len(pairs)
+    assert reader.texts == [caption for _, caption in pairs]
+    assert reader.image_ids[:2] == ["000000000", "000000001"]
+    assert [reader.image(j) for j in (0, len(pairs) - 1)] == [pairs[0][0], pairs[-1][0]]
+    sizes = [stop - start for start, stop in reader.shard_bounds]
+    assert sizes == [PER_SHARD] * (len(pairs) // PER_SHARD) + ([len(pairs) % PER_SHARD] if len(pairs) % PER_SHARD
+                                                                else [])
+    import pickle
+
+    assert pickle.loads(pickle.dumps(reader)).image(3) == pairs[3][0]  # DataLoader workers get a copy
+    with pytest.raises(InputError, match="no webdataset shards"):
+        WebDatasetReader(folder / "nowhere")
+
+
+def _damaged_copy(shards, tmp_path):
+    """The shards with: a sample without caption, a caption not UTF-8, a broken image (valid tar), shard 1's
+    header 3 damaged (the rest of that shard is lost), the last shard cut off inside a member."""
+    out = tmp_path / "damaged"
+    out.mkdir()
+    for number, shard in enumerate(shards):
+        target = out / shard.name
+        with tarfile.open(shard) as src, tarfile.open(target, "w", format=tarfile.USTAR_FORMAT) as dst:
+            for info in src.getmembers():
+                data = src.extractfile(info).read()
+                if number == 0 and info.name == "000000001.txt":
+                    continue
+                if number == 0 and info.name == "000000002.txt":
+                    data = b"\xff\xfe bad"
+                if number == 0 and info.name == "000000003.png":
+                    data = data[:40]
+                info.size = len(data)
+                dst.addfile(info, io.BytesIO(data))
+    with tarfile.open(out / shards[1].name) as tar:
+        header = tar.getmembers()[6].offset  # the third sample's first member
+    raw = bytearray((out / shards[1].name).read_bytes())
+    raw[header + 148:header + 156] = b"garbage!"  # its header checksum no longer matches
+    (out / shards[1].name).write_bytes(bytes(raw))
+    last = out / shards[-1].name
+    with tarfile.open(last) as tar:
+        cut = tar.getmembers()[-3]  # the last sample's image: cut inside its data
+    last.write_bytes(last.read_bytes()[:cut.offset_data + cut.size // 2])
+    return out
+
+
+def test_damaged_members_and_images_are_skipped_and_listed(setup, tmp_path):
+    shapes, pairs, folder, shards, _ = setup
+    damaged = _damaged_copy(shards, tmp_path)
+    reader = WebDatasetReader(damaged)
+    lines = reader.problem_lines()
+    assert "00000.tar:000000001: no .txt caption member" in lines
+    assert any(line.startswith("00000.tar:000000002: caption is not UTF-8") for line in lines)
+    assert any(line.startswith("00001.tar: damaged after byte") for line in lines), lines
+    assert any(line.startswith(f"{shards[-1].name}: damaged after byte") for line in lines), lines
+    assert "000000003" in reader.image_ids  # a broken image is a valid member: decoding finds it
+    result = embed(str(damaged), str(shapes.model), str(tmp_path / "out"), kind="image", num_workers=0,
+                   progress=False, batch_size=4)
+    failed = (tmp_path / "out" / "failed.tsv").read_text(encoding="utf-8")
+    for needle in ("000000003\t", "00000.tar:000000001\t", "00001.tar\t", f"{shards[-1].name}\t"):
+        assert needle in failed, failed
+    assert result.count == reader.num_images - 1 and result.failed == len(reader.problems) + 1
+
+
+def test_embed_over_shards_equals_the_image_folder(setup, tmp_path):
+    shapes, pairs, folder, shards, captions = setup
+    for kind, folder_input in (("image", captions.parent / "images"), ("text", captions)):
+        over_shards = embed(str(folder), str(shapes.model), str(tmp_path / f"wds_{kind}"), kind=kind,
+                            num_workers=0, progress=False, batch_size=4, field="caption")
+        embed(str(folder_input), str(shapes.model), str(tmp_path / f"folder_{kind}"), kind=kind, num_workers=0,
+              progress=False, batch_size=4, field="caption")
+        a, b = read_embed_output(tmp_path / f"wds_{kind}"), read_embed_output(tmp_path / f"folder_{kind}")
+        assert a.ids == [f"{i:09d}" for i in range(len(pairs))] and len(b.ids) == len(pairs)
+        difference = float(np.abs(np.asarray(a.embeddings) - np.asarray(b.embeddings)).max())
+        print(f"embed {kind}s, shards vs folder: max abs diff {difference:.3g}")
+        assert difference <= 1e-6
+        assert over_shards.shards_done_now == len(shards)  # one embed shard per .tar
+
+
+def test_eval_over_shards_gives_the_folder_recalls(setup, tmp_path):
+    shapes, pairs, folder, shards, captions = setup
+    over_shards = evaluate(str(shapes.model), str(folder), num_workers=0, progress=False)
+    over_folder = evaluate(str(shapes.model), str(captions), images=str(captions.parent / "images"), num_workers=0,
+                           progress=False)
+    assert over_shards.metrics == over_folder.metrics and over_shards.num_images == len(pairs)
+
+
+def _one_step(model, data, out, **extra):
+    return finetune(str(model), str(data), str(out), batch_size=8, max_steps=1, lr=1e-3, warmup_steps=0,
+                    num_workers=0, progress=False, gradient_checkpointing=False, eval_at_start=False, **extra)
+
+
+def _max_weight_diff(a: Path, b: Path) -> float:
+    sa, sb = ErnieViL2.from_pretrained(a).state_dict(), ErnieViL2.from_pretrained(b).state_dict()
+    return max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa)
+
+
+def test_one_finetune_step_over_shards_equals_the_folder(setup, tmp_path):
+    shapes, pairs, folder, shards, captions = setup
+    _one_step(shapes.model, folder, tmp_path / "wds")
+    _one_step(shapes.model, captions, tmp_path / "folder", images=str(captions.parent / "images"))
+    difference = _max_weight_diff(tmp_path / "wds" / "final", tmp_path / "folder" / "final")
+    print(f"one fine-tuning step, shards vs folder: max abs weight diff {difference:.3g}")
+    assert difference <= 1e-6
+    assert json.loads((tmp_path / "wds" / "run.json").read_text())["data_format"] in (None, "webdataset")
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=SINGLE_THREAD)
+
+
+def test_torchrun_two_processes_over_shards(setup, tmp_path):
+    shapes, pairs, folder, shards, captions = setup
+    proc = _torchrun("-m", "ernievil2torch.embed", str(folder), str(shapes.model), str(tmp_path / "embed2"),
+                     "--batch_size", "4", "--num_workers", "0", "--progress", "false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    embed(str(folder), str(shapes.model), str(tmp_path / "embed1"), batch_size=4, num_workers=0, progress=False)
+    one, two = read_embed_output(tmp_path / "embed1"), read_embed_output(tmp_path / "embed2")
+    assert one.ids == two.ids and np.array_equal(np.asarray(one.embeddings), np.asarray(two.embeddings))
+    metas = [json.loads(p.read_text()) for p in sorted((tmp_path / "embed2" / "shards").glob("*.json"))]
+    assert [m["stop"] - m["start"] for m in metas] == [stop - start for start, stop in
+                                                       WebDatasetReader(folder).shard_bounds]
+
+    args = ["--batch_size", "4", "--max_steps", "1", "--lr", "1e-3", "--warmup_steps", "0", "--num_workers", "0",
+            "--progress", "false", "--gradient_checkpointing", "false", "--eval_at_start", "false"]
+    proc = _torchrun("-m", "ernievil2torch.finetune", str(shapes.model), str(folder), str(tmp_path / "ft_wds"), *args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    proc = _torchrun("-m", "ernievil2torch.finetune", str(shapes.model), str(captions), str(tmp_path / "ft_folder"),
+                     "--images", str(captions.parent / "images"), *args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    difference = _max_weight_diff(tmp_path / "ft_wds" / "final", tmp_path / "ft_folder" / "final")
+    print(f"torchrun x2, one fine-tuning step, shards vs folder: max abs weight diff {difference:.3g}")
+    assert difference <= 1e-6
+
+
+def test_a_killed_embed_resumes_without_redoing_finished_shards(setup, tmp_path, monkeypatch):
+    shapes, pairs, folder, shards, captions = setup
+    out = tmp_path / "out"
+    real = pipeline.write_shard
+    calls = []
+
+    def killed_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies before the third shard is written
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_shard", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        embed(str(folder), str(shapes.model), str(out), batch_size=4, num_workers=0, progress=False)
+    monkeypatch.setattr(pipeline, "write_shard", real)
+    assert sorted(p.name for p in (out / "shards").glob("*.json")) == ["00000.json", "00001.json"]
+    written = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*")}
+    result = embed(str(folder), str(shapes.model), str(out), batch_size=4, num_workers=0, progress=False)
+    assert result.shards_skipped == 2 and result.shards_done_now == len(shards) - 2
+    assert all((out / "shards" / name).stat().st_mtime_ns == when for name, when in written.items())
+    fresh = tmp_path / "fresh"
+    embed(str(folder), str(shapes.model), str(fresh), batch_size=4, num_workers=0, progress=False)
+    assert np.array_equal(np.asarray(read_embed_output(out).embeddings), np.asarray(read_embed_output(fresh).embeddings))
