@@ -175,7 +175,7 @@ def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: 
           max_pixels: int = 40_000_000, max_files: int = 16, max_texts: int = 64, max_text_chars: int = 1000,
           max_k: int = 1000, max_batch: int = 32, max_wait_ms: float = 5.0, decode_workers: int = 2,
           dtype: str = "float32", device: Optional[str] = None, vocab: Optional[str] = None,
-          faiss: Optional[bool] = None, log_level: str = "info") -> None:
+          faiss: Optional[bool] = None, log_level: str = "info", fast_decode: bool = False) -> None:
     """Search your own photos: an HTTP API (OpenAPI at /docs) and a web page (/) over an `embed` output.
 
     Listens on 127.0.0.1 only, unless --host says otherwise; any other host needs --token (or the
@@ -204,6 +204,8 @@ def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: 
         vocab: vocab.txt, when the model directory has none.
         faiss: use a FAISS exact index (default: when faiss is installed and the gallery has 50,000+ images).
         log_level: uvicorn's log level (critical, error, warning, info, debug, trace).
+        fast_decode: decode uploaded JPEGs at a reduced scale (faster on large photos; pixels slightly differ from
+            the official pipeline's).
     """
     from ..apps.serve import ServeLimits
     from ..apps.serve import serve as run_service
@@ -212,7 +214,8 @@ def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: 
                          max_files=max_files, max_texts=max_texts, max_text_chars=max_text_chars, max_k=max_k)
     run_service(model, gallery, images, host=host, port=port, token=token, cors_origins=cors_origins or (),
                 limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms, decode_workers=decode_workers,
-                dtype=dtype, device=device, vocab=vocab, faiss=faiss, log_level=log_level, on_ready=_print_banner)
+                dtype=dtype, device=device, vocab=vocab, faiss=faiss, log_level=log_level, on_ready=_print_banner,
+                fast_decode=fast_decode)
 
 
 def _print_banner(banner) -> None:

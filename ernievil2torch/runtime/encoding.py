@@ -27,10 +27,11 @@ Batch = Tuple[List[int], Any, List[Tuple[int, str]]]
 
 
 class _ImageDataset(Dataset):
-    """Decodes and preprocesses one image per index (in a worker); a failure becomes its reason."""
+    """Decodes and preprocesses one image per index (in a worker); a failure becomes its reason. ``fast_decode``:
+    see :class:`~ernievil2torch.processing.ErnieViL2ImageProcessor`."""
 
-    def __init__(self, items: Sequence[Item], image_size: int, resample: str = "official") -> None:
-        self.items, self.image_size, self.resample = items, image_size, resample
+    def __init__(self, items: Sequence[Item], image_size: int, fast_decode: bool = False) -> None:
+        self.items, self.image_size, self.fast_decode = items, image_size, fast_decode
         self._processor: Optional[ErnieViL2ImageProcessor] = None
 
     def __len__(self) -> int:
@@ -41,7 +42,7 @@ class _ImageDataset(Dataset):
         if item.error:
             return index, None, item.error
         if self._processor is None:
-            self._processor = ErnieViL2ImageProcessor(image_size=self.image_size, resample=self.resample)
+            self._processor = ErnieViL2ImageProcessor(image_size=self.image_size, fast_decode=self.fast_decode)
         try:  # a callable source (a tar member) is read here, in the worker that decodes it
             source = item.source() if callable(item.source) else item.source
             return index, self._processor([source])[0], None
@@ -70,9 +71,10 @@ class _ListBatchSampler(Sampler):
         return len(self.batches)
 
 
-def image_loader(items: Sequence[Item], batches: List[List[int]], num_workers: int, image_size: int) -> DataLoader:
+def image_loader(items: Sequence[Item], batches: List[List[int]], num_workers: int, image_size: int,
+                 fast_decode: bool = False) -> DataLoader:
     """A DataLoader yielding :data:`Batch` es of decoded images for the given index batches, in that order."""
-    return DataLoader(_ImageDataset(items, image_size), batch_sampler=_ListBatchSampler(batches),
+    return DataLoader(_ImageDataset(items, image_size, fast_decode), batch_sampler=_ListBatchSampler(batches),
                       num_workers=num_workers, collate_fn=_StackImages(), pin_memory=False)
 
 
@@ -96,10 +98,11 @@ def text_batches(items: Sequence[Item], indices: Sequence[int], tokenizer: Ernie
 
 def group_batches(items: Sequence[Item], kind: str, groups: Sequence[Sequence[int]], batch_size: int,
                   num_workers: int, model, tokenizer: Optional[ErnieViL2Tokenizer] = None,
-                  max_length: int = DEFAULT_MAX_LENGTH) -> Iterator[Tuple[int, Batch]]:
+                  max_length: int = DEFAULT_MAX_LENGTH, fast_decode: bool = False) -> Iterator[Tuple[int, Batch]]:
     """``(group number, Batch)`` covering every index of every group, group after group; no batch crosses a group.
     Images: consecutive chunks of ``batch_size``, decoded in ``num_workers`` DataLoader workers (prefetching
-    ahead of the model). Texts: :func:`text_batches` per group."""
+    ahead of the model; JPEGs at a reduced DCT scale with ``fast_decode``). Texts: :func:`text_batches` per
+    group."""
     if kind == "text":
         for number, indices in enumerate(groups):
             for batch in text_batches(items, indices, tokenizer, batch_size, max_length):
@@ -112,7 +115,7 @@ def group_batches(items: Sequence[Item], kind: str, groups: Sequence[Sequence[in
             batches.append(indices[start:start + batch_size])
             owner.append(number)
     if batches:
-        loader = image_loader(items, batches, num_workers, model.config.vision.image_size)
+        loader = image_loader(items, batches, num_workers, model.config.vision.image_size, fast_decode)
         yield from zip(owner, loader)
 
 
@@ -132,14 +135,14 @@ def feature_dim(model, kind: str) -> int:
 
 def encode_items(model, items: Sequence[Item], kind: str, batch_size: int = 64, num_workers: int = 0,
                  tokenizer: Optional[ErnieViL2Tokenizer] = None, max_length: int = DEFAULT_MAX_LENGTH,
-                 normalize: bool = False, progress: bool = False
+                 normalize: bool = False, progress: bool = False, fast_decode: bool = False
                  ) -> Tuple[np.ndarray, List[int], List[Tuple[int, str]]]:
     """Encode items in memory: (features of the successes [n_ok, dim] float32 in input order, their indices
     (ascending), failures (sorted))."""
     feats, indices, failed = [], [], []
     bar = progress_bar(len(items), f"encode {kind}s", progress)
     for _, (idx, inputs, bad) in group_batches(items, kind, [range(len(items))], batch_size, num_workers, model,
-                                               tokenizer, max_length):
+                                               tokenizer, max_length, fast_decode):
         failed.extend(bad)
         if idx:
             feats.append(run_batch(model, kind, inputs, normalize))

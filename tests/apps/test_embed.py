@@ -273,3 +273,38 @@ def test_embed_checks_the_model_before_creating_out(few_images, tmp_path):
     with pytest.raises(ErnieViL2Error):
         embed(str(few_images), str(tmp_path / "nosuch"), str(tmp_path / "emb8"), num_workers=0, progress=False)
     assert not (tmp_path / "emb8").exists()
+
+
+# ---- --fast_decode ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def large_jpegs(tmp_path_factory):
+    """Four JPEGs large enough for a reduced DCT scale (1/2 to 1/8), with a smooth photo-like content."""
+    root = tmp_path_factory.mktemp("large")
+    rng = np.random.default_rng(1)
+    for i, (w, h) in enumerate([(1800, 1000), (1000, 1800), (900, 700), (480, 470)]):
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        arr = np.stack([128 + 100 * np.sin(x / (60 + 20 * c) + c) * np.cos(y / 90) for c in range(3)], -1)
+        arr = np.clip(arr + rng.normal(0, 4, arr.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / f"photo{i}.jpg", quality=90)
+    return root
+
+
+def test_embed_fast_decode_is_the_fast_processor_and_is_part_of_the_run(model, model_dir, large_jpegs, tmp_path):
+    paths = sorted(str(p) for p in large_jpegs.glob("*.jpg"))
+    fast = ErnieViL2ImageProcessor(image_size=model.config.vision.image_size, fast_decode=True)
+    with torch.no_grad():
+        want = np.concatenate([model.encode_image(fast([p])).numpy() for p in paths])
+    out = tmp_path / "fast"
+    embed(str(large_jpegs), str(model_dir), str(out), batch_size=3, num_workers=0, progress=False, fast_decode=True)
+    got = read_embed_output(out)
+    assert [str(large_jpegs / i) for i in got.ids] == paths
+    np.testing.assert_allclose(got.embeddings, want, atol=1e-6, rtol=0)
+    default = tmp_path / "default"
+    embed(str(large_jpegs), str(model_dir), str(default), batch_size=3, num_workers=0, progress=False)
+    np.testing.assert_allclose(read_embed_output(default).embeddings, _reference(model, paths), atol=1e-6, rtol=0)
+    assert not np.allclose(read_embed_output(default).embeddings, got.embeddings, atol=1e-6)  # it does change pixels
+    with pytest.raises(InputError, match="holds a different run .*fast_decode"):  # a resume never mixes decodings
+        embed(str(large_jpegs), str(model_dir), str(out), batch_size=3, num_workers=0, progress=False)
+    with pytest.raises(InputError, match="fast_decode applies only to --kind image"):
+        embed(str(large_jpegs), str(model_dir), str(tmp_path / "t"), kind="text", fast_decode=True, progress=False)
+    assert not (tmp_path / "t").exists()

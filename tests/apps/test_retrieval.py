@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ernievil2torch import ErnieViL2
 from ernievil2torch.processing.image import ErnieViL2ImageProcessor
@@ -212,3 +213,29 @@ def test_evaluate_refuses_bad_arguments_before_loading_the_model(tmp_path, datas
     """The model directory does not exist: each refusal comes before the model (or any image) is read."""
     with pytest.raises(InputError, match=message):
         evaluate(str(tmp_path / "no-model"), str(dataset / "test.coco_cn.data"), progress=False, **kwargs)
+
+
+def test_evaluate_fast_decode_encodes_with_the_fast_processor(model_dir, dataset, tmp_path):
+    """--fast_decode reaches the image decoding of eval: its saved image features are the fast processor's."""
+    import shutil
+
+    large = tmp_path / "large"
+    (large / "imgs").mkdir(parents=True)
+    shutil.copyfile(dataset / "captions.jsonl", large / "captions.jsonl")
+    for path in sorted((dataset / "imgs").glob("*.jpg")):
+        with Image.open(path) as img:
+            img.resize((img.width * 4, img.height * 4), Image.Resampling.BICUBIC).save(large / "imgs" / path.name,
+                                                                                      quality=90)
+    model = ErnieViL2.from_pretrained(model_dir)
+    names = [json.loads(line)["image"] for line in (large / "captions.jsonl").read_text().splitlines()]
+    features = {}
+    for fast in (False, True):
+        saved = tmp_path / f"fast{fast}.npz"
+        evaluate(str(model_dir), str(large / "captions.jsonl"), images=str(large / "imgs"), batch_size=4,
+                 num_workers=0, progress=False, save_embeddings=str(saved), fast_decode=fast)
+        processor = ErnieViL2ImageProcessor(fast_decode=fast)
+        with torch.no_grad():
+            want = np.concatenate([model.encode_image(processor([large / "imgs" / n])).numpy() for n in names])
+        features[fast] = np.load(saved)["image_embeds"]
+        np.testing.assert_allclose(features[fast], want, atol=1e-6, rtol=0)
+    assert not np.allclose(features[False], features[True], atol=1e-6)

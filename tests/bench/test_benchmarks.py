@@ -92,6 +92,9 @@ def test_run_py_writes_a_sealed_report_of_what_it_measured(tmp_path: Path):
         assert f"\n{heading}\n" in text, heading
     assert "ISA flags:" in text and "- threads: 1 for every framework" in text
     assert "| image | ours fp32 | fp32 |" in text and "| text | ONNX Runtime (our export) | fp32 |" in text
+    assert "| image | OpenVINO f32 hint (our export) | fp32 |" in text and "| text | OpenVINO default hint (" in text
+    for peer in ("ONNX Runtime (our export)", "OpenVINO f32 hint (our export)"):
+        assert f"| image fp32: ours >= {peer} |" in text and f"| text fp32: ours >= {peer} |" in text
     targets = [line for line in text.splitlines() if line.startswith(("| image fp32", "| text fp32", "| image bf16",
                                                                        "| text bf16"))]
     assert len(targets) >= 6 and all(line.rstrip(" |").endswith(("met", "MISSED", "not measured"))
@@ -102,6 +105,13 @@ def test_run_py_writes_a_sealed_report_of_what_it_measured(tmp_path: Path):
     again = tmp_path / "again.md"  # the record renders the same sealed report, measuring nothing
     run("run.py", "--from-record", "--record", str(record), "--out", str(again), "--png", str(tmp_path / "again.png"))
     assert again.read_text(encoding="utf-8") == text
+
+
+def test_photo_decode_quick_runs_its_report_path():
+    text = run("photo_decode.py", "--quick").stdout
+    assert "| float32 | model only |" in text and "| float32 | embed loop, fast_decode, 0 workers |" in text
+    assert "fast_decode at its best worker count:" in text and "- pixel difference: max " in text
+    assert "- feature cosine: min " in text and "ISA flags:" in text
 
 
 def test_gpu_py_smoke_runs_every_path_on_the_cpu(tmp_path: Path):
@@ -117,7 +127,7 @@ def test_gpu_py_smoke_runs_every_path_on_the_cpu(tmp_path: Path):
 
 def test_importing_the_scripts_runs_nothing():
     for name in ("benchlib", "cases", "chart", "environment", "paddlenlp_client", "report", "repo", "subprocess_runs",
-                 "readme_speed", "gpu", "serve_load"):
+                 "readme_speed", "gpu", "serve_load", "photo_decode"):
         load(name)
     run_py = load("run")
     assert callable(run_py.main) and callable(run_py.parse_args)

@@ -74,7 +74,8 @@ class EmbedResult:
 
 
 def encode_shards(model, items: Sequence[Item], kind: str, plan: ShardPlan, shard_dir: Path, batch_size: int,
-                  num_workers: int, tokenizer, max_length: int, normalize: bool, save_dtype, bar) -> None:
+                  num_workers: int, tokenizer, max_length: int, normalize: bool, save_dtype, bar,
+                  fast_decode: bool = False) -> None:
     """Encode this rank's unfinished shards and write each one as soon as its last batch is done."""
     if not plan.todo:
         return
@@ -87,7 +88,7 @@ def encode_shards(model, items: Sequence[Item], kind: str, plan: ShardPlan, shar
             write_shard(shard_dir, s, plan.bounds[s], items, [], [], [], dim, save_dtype)
             del buffers[s]
     for group, (idx, inputs, bad) in group_batches(items, kind, groups, batch_size, num_workers, model, tokenizer,
-                                                   max_length):
+                                                   max_length, fast_decode):
         s = plan.todo[group]
         buf = buffers[s]
         buf["failed"].extend(bad)
@@ -106,7 +107,7 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
           num_workers: int = 2, dtype: str = "float32", shard_size: int = 10000, normalize: bool = False,
           field: str = "text", id_field: Optional[str] = None, max_length: int = DEFAULT_MAX_LENGTH,
           vocab: Optional[str] = None, device: Optional[str] = None, progress: bool = True,
-          overwrite: bool = False) -> EmbedResult:
+          overwrite: bool = False, fast_decode: bool = False) -> EmbedResult:
     """Embed an image or text collection into OUT/embeddings.npy + OUT/ids.txt (input order), resumably.
 
     Runs as one process, or under ``torchrun --nproc_per_node N`` (each rank encodes its shards, rank 0 joins
@@ -137,6 +138,9 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
         device: 'cpu', 'cuda', 'cuda:1' ... (default: the rank's GPU if any, else CPU).
         progress: show a progress bar.
         overwrite: start over, deleting OUT's earlier results (only ever an embed output or an empty folder).
+        fast_decode: decode JPEGs at a reduced DCT scale (both sides still >= the model's image size), then the
+            official resize: several times faster on photos of many megapixels, pixels slightly different from
+            the official pipeline's (BENCHMARKS.md). Images only; recorded with the run, so a resume never mixes.
 
     Returns:
         this process's :class:`EmbedResult` (on rank 0 with the joined counts; its ``summary()`` is the line to
@@ -147,6 +151,8 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
     """
     if kind not in EMBED_KINDS:
         raise InputError(f"kind must be one of {', '.join(EMBED_KINDS)}, got {kind!r}")
+    if fast_decode and kind != "image":
+        raise InputError("fast_decode applies only to --kind image")
     compute_dtype = torch_dtype(dtype)
     if batch_size < 1 or shard_size < 1:
         raise InputError("batch_size and shard_size must be positive")
@@ -168,7 +174,8 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
     model_folder = model_path(model_dir)  # a Hub id: its snapshot (the commit it resolved to) marks the run
     fingerprint = run_fingerprint(items, kind=kind, model_dir=str(model_folder.resolve()), dtype=dtype,
                                   normalize=normalize, shard_size=shard_size,
-                                  max_length=max_length if kind == "text" else None)
+                                  max_length=max_length if kind == "text" else None,
+                                  **({"fast_decode": True} if fast_decode else {}))  # absent: runs made before it
     if not overwrite:
         check_run_record(out_dir, fingerprint, START_OVER)  # a different run in OUT: refused before the model loads
     loaded = load_pretrained(model_folder, dtype=compute_dtype, device=context.device, vocab=vocab)
@@ -188,7 +195,7 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
     bar = progress_bar(total, label, progress and (context.is_main or context.distributed),
                        position=context.rank if context.distributed else 0)
     encode_shards(model, items, kind, plan, shard_dir, batch_size, num_workers, tokenizer, max_length, normalize,
-                  save_dtype, bar)
+                  save_dtype, bar, fast_decode)
     bar.close()
 
     result = EmbedResult(kind, out_dir, context.rank, context.world_size, shards_done_now=len(plan.todo),

@@ -15,6 +15,7 @@ import torch
 from ...constants import DEFAULT_MAX_LENGTH
 from ...errors import InputError
 from ...pretrained import Pretrained
+from ...processing import ErnieViL2ImageProcessor
 from ...processing.length_groups import LengthGroupedTexts
 from ...storage.provenance import has_synthetic_weights
 from .gallery import Gallery, Hit
@@ -41,13 +42,17 @@ class Answer:
 
 
 class SearchEngine:
-    """A loaded model (:func:`~ernievil2torch.pretrained.load_pretrained`) over a :class:`Gallery`."""
+    """A loaded model (:func:`~ernievil2torch.pretrained.load_pretrained`) over a :class:`Gallery`; uploads are
+    decoded by the model's image processor, with ``fast_decode`` at a reduced JPEG scale."""
 
     def __init__(self, pretrained: Pretrained, gallery: Gallery, limits: Optional[ServeLimits] = None,
-                 max_length: int = DEFAULT_MAX_LENGTH) -> None:
+                 max_length: int = DEFAULT_MAX_LENGTH, fast_decode: bool = False) -> None:
         self.model = pretrained.model
         self.tokenizer = pretrained.require_tokenizer()
         self.image_processor = pretrained.image_processor
+        if fast_decode:
+            self.image_processor = ErnieViL2ImageProcessor(image_size=self.image_processor.image_size,
+                                                           resample=self.image_processor.resample, fast_decode=True)
         self.gallery = gallery
         self.limits = limits or ServeLimits()
         self.max_length = max_length
@@ -59,7 +64,8 @@ class SearchEngine:
                              "ones: embed the gallery with this model")
 
     def decode_upload(self, data: bytes, name: str) -> np.ndarray:
-        """An uploaded file to the 224x224x3 uint8 crop the image tower takes (official pipeline).
+        """An uploaded file to the 224x224x3 uint8 crop the image tower takes (official pipeline; a JPEG decoded
+        at a reduced scale first with ``fast_decode``).
 
         Raises :class:`~ernievil2torch.errors.InputError` for anything that is not one of :data:`UPLOAD_FORMATS`
         or cannot be decoded, and its subclass ``ImageTooLargeError`` above ``limits.max_pixels``.

@@ -89,6 +89,7 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
           max_batch: int = 32, max_wait_ms: float = 5.0, decode_workers: int = 2, dtype: str = "float32",
           device: Optional[str] = None, vocab: Optional[str] = None, faiss: Optional[bool] = None,
           max_length: int = DEFAULT_MAX_LENGTH, log_level: str = "info", backend: str = "memory",
+          fast_decode: bool = False,
           on_ready: Optional[Callable[[ServiceBanner], None]] = None) -> None:
     """Serve text->image and image->image search over an ``embed`` output until interrupted.
 
@@ -122,7 +123,7 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
     limits = limits or ServeLimits()
     searchable = Gallery.load(gallery, images, use_faiss=faiss, backend=backend)  # refused before the model loads
     pretrained = load_pretrained(model_dir, dtype=torch_dtype(dtype), device=place, vocab=vocab)
-    engine = SearchEngine(pretrained, searchable, limits, max_length)
+    engine = SearchEngine(pretrained, searchable, limits, max_length, fast_decode=fast_decode)
     settings = ServiceSettings(limits=limits, token=token, cors_origins=tuple(cors_origins),
                                allowed_hosts=tuple(sorted(LOOPBACK_HOST_NAMES)) if is_loopback(host) else None,
                                max_batch=max_batch, max_wait_ms=max_wait_ms, decode_workers=decode_workers)

@@ -751,3 +751,36 @@ def test_serve_device_defaults_to_the_gpu_when_cuda_is_available_and_is_checked_
         monkeypatch.setattr(server.Gallery, "load", lambda *a, **k: pytest.fail("gallery loaded before the device check"))
         with pytest.raises(InputError, match="device: cuda:0 was asked for but torch sees no CUDA GPU"):
             server.serve(*args, device="cuda")
+
+
+def test_fast_decode_reaches_the_uploads_and_the_service(site, monkeypatch):
+    """serve --fast_decode: uploaded JPEGs are decoded at a reduced scale; without it, the official pipeline."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from ernievil2torch.apps.serve import server
+    from ernievil2torch.processing import ErnieViL2ImageProcessor
+
+    y, x = np.mgrid[0:900, 0:1200].astype(np.float32)
+    photo = np.stack([128 + 100 * np.sin(x / (50 + 30 * c)) * np.cos(y / 70) for c in range(3)], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(photo).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    size = site["pretrained"].model.config.vision.image_size
+    fast = SearchEngine(site["pretrained"], site["engine"].gallery, fast_decode=True)
+    official = ErnieViL2ImageProcessor(image_size=size)
+    assert np.array_equal(fast.decode_upload(data, "a.jpg"),
+                          ErnieViL2ImageProcessor(image_size=size, fast_decode=True).crops([data])[0])
+    assert np.array_equal(site["engine"].decode_upload(data, "a.jpg"), official.crops([data])[0])
+    assert site["pretrained"].image_processor.fast_decode is False  # the loaded model's processor is untouched
+
+    made = []
+    from ernievil2torch.apps.serve import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SearchEngine", lambda *a, **k: made.append(k) or (_ for _ in ()).throw(
+        RuntimeError("stop before serving")))
+    with pytest.raises(RuntimeError, match="stop before serving"):
+        server.serve(str(site["model"]), str(site["root"] / "gallery"), str(site["root"] / "images"),
+                     fast_decode=True)
+    assert made[-1]["fast_decode"] is True
