@@ -297,6 +297,7 @@ SOURCES: Dict[str, Source] = {
     "base_parameters": Source("ErnieViL2(base_config()).state_dict(): parameters",
                               lambda: n(sum(base_state_shapes()))),
     "export_atol": Source("test_export.EXPORT_ATOL", lambda: g(export_tests().EXPORT_ATOL)),
+    "wds_atol": Source("test_webdataset.EQUALITY_ATOL", lambda: g(_test_module("test_webdataset").EQUALITY_ATOL)),
     "published_r1": Source("SPEC.md, the official COCO-CN R@1 (text→image, image→text)", spec_published_r1),
     # README: fidelity
     "feature_atol": Source("verify.parity.FEATURE_ATOL", lambda: g(parity().FEATURE_ATOL)),

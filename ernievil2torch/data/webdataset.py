@@ -88,6 +88,8 @@ class WebDatasetReader(IndexedCaptions):
     """
 
     format = "webdataset"
+    #: ``eval`` leaves out an image that cannot be decoded (with its captions) and lists it, instead of stopping.
+    skips_damaged = True
 
     def __init__(self, data: Union[str, Path]) -> None:
         super().__init__()

@@ -21,13 +21,15 @@ from ernievil2torch.data.webdataset import WebDatasetReader
 from ernievil2torch.errors import InputError
 from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.storage.embeddings import read_embed_output
-from ernievil2torch.training import finetune
+from ernievil2torch.training import FinetuneSettings, TrainingEvents, finetune, run_finetune
 
 from helpers import REPO_ROOT
 from shapes import shapes_setup
 from wds import write_folder, write_shards
 
 PER_SHARD = 7  # uneven: the last shard is shorter
+#: Embeddings and fine-tuned weights over shards vs the same pairs in an image folder (README states it).
+EQUALITY_ATOL = 1e-6
 SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT)}
 
 
@@ -102,6 +104,12 @@ def _damaged_copy(shards, tmp_path):
     return out
 
 
+def _as_folder(reader: WebDatasetReader, tmp_path: Path) -> Path:
+    """The reader's readable samples as an image folder + captions.jsonl (``tmp_path/as_folder``)."""
+    pairs = [(reader.image(j), reader.texts[j]) for j in range(reader.num_images)]
+    return write_folder(pairs, tmp_path / "as_folder", extension="png")
+
+
 def test_damaged_members_and_images_are_skipped_and_listed(setup, tmp_path):
     shapes, pairs, folder, shards, _ = setup
     damaged = _damaged_copy(shards, tmp_path)
@@ -118,6 +126,23 @@ def test_damaged_members_and_images_are_skipped_and_listed(setup, tmp_path):
     for needle in ("000000003\t", "00000.tar:000000001\t", "00001.tar\t", f"{shards[-1].name}\t"):
         assert needle in failed, failed
     assert result.count == reader.num_images - 1 and result.failed == len(reader.problems) + 1
+    evaluation = evaluate(str(shapes.model), str(damaged), num_workers=0, progress=False)
+    assert evaluation.num_images == evaluation.num_texts == reader.num_images - 1
+    assert len(evaluation.skipped) == len(reader.problems) + 1 and any(
+        line.startswith("000000003: ") for line in evaluation.skipped)
+    assert evaluation.summary().splitlines()[-1].startswith(f"skipped {len(reader.problems) + 1} damaged sample")
+    messages = []
+    settings = FinetuneSettings(str(shapes.model), str(damaged), str(tmp_path / "ft"), batch_size=8, max_steps=1,
+                                num_workers=0, progress=False, gradient_checkpointing=False, eval_at_start=False)
+    run = run_finetune(settings, TrainingEvents(on_message=messages.append))
+    records = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["sample"] for r in records if r.get("event") == "skipped_sample") == sorted(
+        where for where, _ in reader.problems)
+    assert any(m.startswith(f"skipped {len(reader.problems)} damaged training sample") for m in messages)
+    assert run.steps == 1
+    with pytest.raises(InputError, match="1 image\\(s\\) could not be read: .*not a recognised image"):
+        evaluate(str(shapes.model), str(_as_folder(reader, tmp_path)), images=str(tmp_path / "as_folder" / "images"),
+                 num_workers=0, progress=False)  # the other formats stop at an unreadable image
 
 
 def test_embed_over_shards_equals_the_image_folder(setup, tmp_path):
@@ -131,7 +156,7 @@ def test_embed_over_shards_equals_the_image_folder(setup, tmp_path):
         assert a.ids == [f"{i:09d}" for i in range(len(pairs))] and len(b.ids) == len(pairs)
         difference = float(np.abs(np.asarray(a.embeddings) - np.asarray(b.embeddings)).max())
         print(f"embed {kind}s, shards vs folder: max abs diff {difference:.3g}")
-        assert difference <= 1e-6
+        assert difference <= EQUALITY_ATOL
         assert over_shards.shards_done_now == len(shards)  # one embed shard per .tar
 
 
@@ -159,7 +184,7 @@ def test_one_finetune_step_over_shards_equals_the_folder(setup, tmp_path):
     _one_step(shapes.model, captions, tmp_path / "folder", images=str(captions.parent / "images"))
     difference = _max_weight_diff(tmp_path / "wds" / "final", tmp_path / "folder" / "final")
     print(f"one fine-tuning step, shards vs folder: max abs weight diff {difference:.3g}")
-    assert difference <= 1e-6
+    assert difference <= EQUALITY_ATOL
     assert json.loads((tmp_path / "wds" / "run.json").read_text())["data_format"] in (None, "webdataset")
 
 
@@ -189,7 +214,7 @@ def test_torchrun_two_processes_over_shards(setup, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     difference = _max_weight_diff(tmp_path / "ft_wds" / "final", tmp_path / "ft_folder" / "final")
     print(f"torchrun x2, one fine-tuning step, shards vs folder: max abs weight diff {difference:.3g}")
-    assert difference <= 1e-6
+    assert difference <= EQUALITY_ATOL
 
 
 def test_a_killed_embed_resumes_without_redoing_finished_shards(setup, tmp_path, monkeypatch):
