@@ -5,16 +5,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ernievil2torch.apps.embed import embed, pipeline
+from ernievil2torch.apps.embed import embed
 from ernievil2torch.apps.retrieval import evaluate
 from ernievil2torch.data.formats import detect_format, open_dataset
 from ernievil2torch.data.webdataset import WebDatasetReader
@@ -217,27 +219,82 @@ def test_torchrun_two_processes_over_shards(setup, tmp_path):
     assert difference <= EQUALITY_ATOL
 
 
-def test_a_killed_embed_resumes_without_redoing_finished_shards(setup, tmp_path, monkeypatch):
+SLOW_EMBED = """
+import sys, time, torch
+torch.set_num_threads(1)
+from ernievil2torch.modeling import ErnieViL2
+from ernievil2torch.apps.embed import embed
+original = ErnieViL2.encode_image
+def slow(self, *a, **k):
+    time.sleep(0.4)
+    return original(self, *a, **k)
+ErnieViL2.encode_image = slow
+embed(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=4, num_workers=0, progress=False)
+"""
+
+
+def test_a_killed_embed_resumes_without_redoing_finished_shards(setup, tmp_path):
     shapes, pairs, folder, shards, captions = setup
     out = tmp_path / "out"
-    real = pipeline.write_shard
-    calls = []
-
-    def killed_after_two(*args, **kwargs):
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # the process dies before the third shard is written
-        calls.append(args[1])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "write_shard", killed_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        embed(str(folder), str(shapes.model), str(out), batch_size=4, num_workers=0, progress=False)
-    monkeypatch.setattr(pipeline, "write_shard", real)
-    assert sorted(p.name for p in (out / "shards").glob("*.json")) == ["00000.json", "00001.json"]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_EMBED, str(folder), str(shapes.model), str(out)],
+                            env=SINGLE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "shards" / "00000.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)  # killed while the second shard is being encoded
+    proc.wait()
+    done = sorted(p.name for p in (out / "shards").glob("*.json"))
+    assert 1 <= len(done) < len(shards) and not (out / "embeddings.npy").exists()
     written = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*")}
     result = embed(str(folder), str(shapes.model), str(out), batch_size=4, num_workers=0, progress=False)
-    assert result.shards_skipped == 2 and result.shards_done_now == len(shards) - 2
+    assert result.shards_skipped == len(done) and result.shards_done_now == len(shards) - len(done)
     assert all((out / "shards" / name).stat().st_mtime_ns == when for name, when in written.items())
     fresh = tmp_path / "fresh"
     embed(str(folder), str(shapes.model), str(fresh), batch_size=4, num_workers=0, progress=False)
     assert np.array_equal(np.asarray(read_embed_output(out).embeddings), np.asarray(read_embed_output(fresh).embeddings))
+
+
+def _tar(path: Path, members: dict) -> None:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_several_caption_lines_are_several_captions_of_one_image(setup, tmp_path):
+    _, pairs, _, _, _ = setup
+    _tar(tmp_path / "0.tar", {"a.png": pairs[0][0], "a.txt": "第一句。\n\n第二句！\n".encode(),
+                              "b.png": pairs[1][0], "b.txt": b"  \n"})
+    reader = WebDatasetReader(tmp_path)
+    assert reader.texts == ["第一句。", "第二句！"] and reader.text_image == [0, 0] and reader.image_ids == ["a"]
+    assert reader.problem_lines() == ["0.tar:b: empty caption"]
+    from ernievil2torch.data.webdataset import shard_items
+
+    items, bounds = shard_items(reader, "text")
+    assert [(i.id, i.source, i.error) for i in items] == [("a#0", "第一句。", None), ("a#1", "第二句！", None),
+                                                          ("0.tar:b", None, "empty caption")]
+    assert bounds == [(0, 3)]
+
+
+def test_labelled_images_in_clip_benchmarks_layout(setup, tmp_path):
+    from ernievil2torch.data.webdataset import open_labelled_images
+
+    _, pairs, _, _, _ = setup
+    root = tmp_path / "set"
+    (root / "test").mkdir(parents=True)
+    with pytest.raises(InputError, match="classnames.txt: no such file"):
+        open_labelled_images(root)
+    (root / "classnames.txt").write_text("猫\n狗\n", encoding="utf-8")
+    (root / "zeroshot_classification_templates.txt").write_text("一张{}的照片\n", encoding="utf-8")
+    with pytest.raises(InputError, match="has no '\\{c\\}'"):
+        open_labelled_images(root)
+    (root / "zeroshot_classification_templates.txt").write_text("一张{c}的照片\n", encoding="utf-8")
+    for number in (10, 2):  # numbered shards are read in number order: 2 before 10
+        _tar(root / "test" / f"{number}.tar", {f"k{number}.png": pairs[number][0], f"k{number}.cls": b"1",
+                                               f"x{number}.png": pairs[0][0], f"x{number}.cls": b"7"})
+    labelled = open_labelled_images(root)
+    assert [i.id for i in labelled.items] == ["k2", "k10"] and labelled.labels == [1, 1]
+    assert labelled.items[0].source() == pairs[2][0]
+    assert [where for where, _ in labelled.problems] == ["2.tar:x2", "10.tar:x10"]

@@ -151,7 +151,7 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
              batch_size: int = 64, num_workers: int = 2, dtype: str = "float32", device: Optional[str] = None,
              vocab: Optional[str] = None, max_length: int = DEFAULT_MAX_LENGTH, out: Optional[str] = None,
              save_embeddings: Optional[str] = None, progress: bool = True,
-             data_format: Optional[str] = None) -> Evaluation:
+             data_format: Optional[str] = None, task: str = "retrieval", split: str = "test"):
     """Zero-shot image-text retrieval: R@1/5/10 both ways and mean recall, ranked by raw cosine (official eval).
 
     Args:
@@ -173,9 +173,21 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
         progress: progress bars.
         data_format: a dataset format name (coco_cn_tsv, caption_folder, webdataset); default: caption_folder
             with --images, webdataset for .tar shards, else coco_cn_tsv.
+        task: 'retrieval' (recall both ways) or 'classification': zero-shot accuracy on labelled images in
+            CLIP_benchmark's wds/ layout (DATA holds classnames.txt, zeroshot_classification_templates.txt with
+            {c}, and SPLIT/*.tar of KEY.png + KEY.cls), computed as CLIP_benchmark does (top-1, top-5, mean
+            per-class recall).
+        split: the split folder of a classification set (classification only).
 
     Images are read from DATA as they are encoded, so memory grows with the features, not with the images.
+    Returns an :class:`Evaluation` (retrieval) or a
+    :class:`~ernievil2torch.apps.zero_shot_accuracy.ZeroShotAccuracy` (classification).
     """
+    if task not in ("retrieval", "classification"):
+        raise InputError(f"task must be 'retrieval' or 'classification', got {task!r}")
+    if task == "classification":
+        return _classification(model_dir, data, split, batch_size, num_workers, dtype, device, vocab, max_length,
+                               out, progress, images, save_embeddings, data_format)
     saved: Optional[str] = None
     if save_embeddings:  # np.savez's own naming: ".npz" appended when missing
         saved = str(save_embeddings) if str(save_embeddings).endswith(".npz") else f"{save_embeddings}.npz"
@@ -203,3 +215,21 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
         atomic_write_bytes(out, (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
     return Evaluation(metrics, protocol, len(encoded.text_image), len(encoded.image_ids),
                       None if out is None else str(out), saved, tuple(skipped))
+
+
+def _classification(model_dir, data, split, batch_size, num_workers, dtype, device, vocab, max_length, out,
+                    progress, images, save_embeddings, data_format):
+    """``eval --task classification``: :func:`~ernievil2torch.apps.zero_shot_accuracy.zero_shot_accuracy`, its
+    metrics written to ``out`` as JSON."""
+    from ..zero_shot_accuracy import zero_shot_accuracy
+
+    for flag, value in (("--images", images), ("--save_embeddings", save_embeddings), ("--data_format", data_format)):
+        if value:
+            raise InputError(f"{flag} applies to --task retrieval only")
+    if out:
+        check_output_file(out, inputs=[model_dir, data, vocab])
+    result = zero_shot_accuracy(model_dir, data, split, batch_size, num_workers, dtype, device, vocab, max_length,
+                                progress)
+    if out:
+        atomic_write_bytes(out, (json.dumps(result.metrics(), indent=2) + "\n").encode("utf-8"))
+    return result
