@@ -298,3 +298,27 @@ def test_labelled_images_in_clip_benchmarks_layout(setup, tmp_path):
     assert [i.id for i in labelled.items] == ["k2", "k10"] and labelled.labels == [1, 1]
     assert labelled.items[0].source() == pairs[2][0]
     assert [where for where, _ in labelled.problems] == ["2.tar:x2", "10.tar:x10"]
+
+
+def test_an_interrupted_finetune_over_shards_resumes_to_the_uninterrupted_weights(setup, tmp_path, monkeypatch):
+    from ernievil2torch.training import trainer
+
+    shapes, pairs, folder, shards, captions = setup
+    settings = dict(batch_size=4, max_steps=4, save_every=2, lr=1e-3, warmup_steps=0, num_workers=0, progress=False,
+                    gradient_checkpointing=False, eval_at_start=False)
+    finetune(str(shapes.model), str(folder), str(tmp_path / "straight"), **settings)
+    real, calls = trainer.save_checkpoint, []
+
+    def interrupted_after_the_first(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        raise KeyboardInterrupt  # Ctrl-C right after the step-2 checkpoint is written
+
+    monkeypatch.setattr(trainer, "save_checkpoint", interrupted_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(str(shapes.model), str(folder), str(tmp_path / "resumed"), **settings)
+    monkeypatch.setattr(trainer, "save_checkpoint", real)
+    assert calls == [1] and not (tmp_path / "resumed" / "final").exists()
+    result = finetune(str(shapes.model), str(folder), str(tmp_path / "resumed"), resume=True, **settings)
+    assert result.resumed_from == 2 and result.steps == 4
+    assert _max_weight_diff(tmp_path / "straight" / "final", tmp_path / "resumed" / "final") <= EQUALITY_ATOL
