@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create the virtual environments this project uses. Idempotent: re-running only installs what is missing.
 #   bash scripts/setup.sh          -> .venv with the runtime + Paddle (for check.py)
-#   bash scripts/setup.sh --dev    -> also test tools, .venv-paddlenlp (the PaddleNLP oracle) and, as root on
+#   bash scripts/setup.sh --dev    -> also test tools, .venv-paddlenlp (the PaddleNLP oracle), .venv-openclip
+#                                     (open_clip + CLIP_benchmark, for the open_clip export test) and, as root on
 #                                     Debian, the chromium package for the browser test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,11 @@ if [ "${1:-}" = "--dev" ]; then
     "$PYTHON" -m venv .venv-paddlenlp
   fi
   .venv-paddlenlp/bin/pip install "${quiet[@]}" -r requirements-oracle.txt
+  # open_clip + CLIP_benchmark without our package (tests/export/test_open_clip.py runs their own code on our export).
+  if [ ! -x .venv-openclip/bin/python ]; then
+    "$PYTHON" -m venv .venv-openclip
+  fi
+  .venv-openclip/bin/pip install "${quiet[@]}" -r requirements-openclip.txt
 else
   .venv/bin/pip install "${quiet[@]}" -r requirements.txt -r requirements-paddle.txt
   .venv/bin/pip install "${quiet[@]}" --no-deps -e .

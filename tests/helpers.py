@@ -10,6 +10,7 @@ in required mode any other skip is turned into a failure too.
 * ``require_module(name)``: import an optional dependency (usable at module level).
 * ``oracle_python()``: ``$ERNIEVIL2_ORACLE_PYTHON``, else ``<repo>/.venv-paddlenlp/bin/python`` when it exists.
 * ``run_oracle(script, payload_path, *args)``: runs ``<oracle python> tests/oracles/<script> <payload_path> args``.
+* ``openclip_python()``: ``$ERNIEVIL2_OPENCLIP_PYTHON``, else ``<repo>/.venv-openclip/bin/python``.
 """
 from __future__ import annotations
 
@@ -72,6 +73,16 @@ def oracle_python() -> Path:
     if not (path.is_file() and os.access(path, os.X_OK)):
         unavailable(f"oracle interpreter '{path}' not found (set ERNIEVIL2_ORACLE_PYTHON to a Python with "
                     "paddlenlp 2.8.1, or run scripts/setup.sh --dev)")
+    return path
+
+
+def openclip_python() -> Path:
+    """The interpreter of ``.venv-openclip`` (open-clip-torch, CLIP_benchmark; no ernievil2torch)."""
+    env = os.environ.get("ERNIEVIL2_OPENCLIP_PYTHON")
+    path = Path(env) if env else REPO_ROOT / ".venv-openclip" / "bin" / "python"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        unavailable(f"open_clip interpreter '{path}' not found (set ERNIEVIL2_OPENCLIP_PYTHON, or run "
+                    "scripts/setup.sh --dev)")
     return path
 
 

@@ -62,7 +62,10 @@ class HubCache:
         for path in files:
             blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
             if not blob.exists():
-                shutil.copyfile(path, blob)
+                try:
+                    os.link(path, blob)  # the same bytes without a copy (a full-size model is 800 MB)
+                except OSError:
+                    shutil.copyfile(path, blob)
             link = snapshot / path.name
             if not link.exists():
                 os.symlink(os.path.relpath(blob, snapshot), link)

@@ -117,6 +117,10 @@ def export_tests():
     return _test_module("test_export")
 
 
+def open_clip_tests():
+    return _test_module("test_open_clip")
+
+
 def training():
     return _test_module("test_training")
 
@@ -297,6 +301,19 @@ SOURCES: Dict[str, Source] = {
     "base_parameters": Source("ErnieViL2(base_config()).state_dict(): parameters",
                               lambda: n(sum(base_state_shapes()))),
     "export_atol": Source("test_export.EXPORT_ATOL", lambda: g(export_tests().EXPORT_ATOL)),
+    "open_clip_atol": Source("test_open_clip.FEATURE_ATOL", lambda: g(open_clip_tests().FEATURE_ATOL)),
+    "open_clip_tokenizer": Source("test_open_clip.TOKENIZER_CORPUS, TOKENIZER_UNCHANGED, TOKENIZER_DIFFERENT x2",
+                                  lambda: [n(open_clip_tests().TOKENIZER_CORPUS), n(open_clip_tests().TOKENIZER_UNCHANGED),
+                                           str(open_clip_tests().TOKENIZER_DIFFERENT),
+                                           str(open_clip_tests().TOKENIZER_DIFFERENT)]),
+    "ftfy_counts": Source("test_open_clip.FTFY_CHANGED_CAPTIONS, len(REALISTIC_CAPTIONS), FTFY_CHANGED_IDS",
+                          lambda: [str(open_clip_tests().FTFY_CHANGED_CAPTIONS),
+                                   str(len(_test_module("captions").REALISTIC_CAPTIONS)),
+                                   str(open_clip_tests().FTFY_CHANGED_IDS)]),
+    "preprocess_bounds": Source("test_open_clip.PREPROCESS_MAX_GREY_LEVELS, PREPROCESS_MIN_COSINE",
+                                lambda: [str(open_clip_tests().PREPROCESS_MAX_GREY_LEVELS),
+                                         f"{open_clip_tests().PREPROCESS_MIN_COSINE:g}"]),
+    "wds_atol": Source("test_webdataset.EQUALITY_ATOL", lambda: g(_test_module("test_webdataset").EQUALITY_ATOL)),
     "published_r1": Source("SPEC.md, the official COCO-CN R@1 (text→image, image→text)", spec_published_r1),
     # README: fidelity
     "feature_atol": Source("verify.parity.FEATURE_ATOL", lambda: g(parity().FEATURE_ATOL)),

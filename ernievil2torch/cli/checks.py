@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import canonical_dtype, list_models
+from ..config import canonical_dtype, list_models, parse_hub_id
 from ..constants import DTYPE_ALIASES, KEEP_DTYPE, MAX_TEXT_POSITIONS
 from ..errors import InputError
 
@@ -207,3 +207,14 @@ def _registered_model(value: Any) -> Any:
 
 #: A name of the model registry (:func:`ernievil2torch.config.list_models`).
 MODEL_NAME = Check("a registered model name (" + ", ".join(list_models()) + ")", _registered_model)
+
+
+def _hub_id(value: Any) -> Any:
+    text = str(value)
+    if parse_hub_id(text) is None or ":" in text or "@" in text:
+        raise InputError(f"must be a Hub model id ORG/NAME, not {value!r}")
+    return text
+
+
+#: A Hugging Face Hub model id to publish under (``ORG/NAME``, no revision).
+HUB_ID = Check("a Hub model id ORG/NAME", _hub_id)

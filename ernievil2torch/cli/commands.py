@@ -21,7 +21,7 @@ from ..data.formats import DATASET_FORMATS
 from ..export.registry import EXPORTERS
 from .arguments import Command
 from .checks import (COSINE, DEVICE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FOLDER_OR_ABSENT, FRACTION,
-                     MAX_LENGTH, MODEL_NAME, NEW_FILE, NON_NEGATIVE, PATH_OR_PATTERN, PORT, POSITIVE, between,
+                     HUB_ID, MAX_LENGTH, MODEL_NAME, NEW_FILE, NON_NEGATIVE, PATH_OR_PATTERN, PORT, POSITIVE, between,
                      needs_extra, one_of, one_of_any_case)
 from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, NO_OUTPUT, RESUMABLE_OUTPUT,
                       SERVICE_STOPPED)
@@ -141,7 +141,7 @@ def classify(model: str, images: List[str], labels: List[str], templates: Option
 
 
 def export(model: str, out: str, format: str = "hf", overwrite: bool = False, vocab: Optional[str] = None,
-           opset: int = 17, layout: str = "official"):
+           opset: int = 17, layout: str = "official", hub_id: Optional[str] = None):
     """Export a converted model to another framework's format.
 
     Formats:
@@ -153,16 +153,19 @@ def export(model: str, out: str, format: str = "hf", overwrite: bool = False, vo
         out: output directory (hf, onnx) or .pdparams file (paddle).
         format: the format to write (see above).
         overwrite: replace an existing output.
-        vocab: vocab.txt for the HF tokenizer files, when the model directory has none (hf only).
+        vocab: vocab.txt for the HF tokenizer files, when the model directory has none (hf, open_clip).
         opset: ONNX opset, 14 or later for scaled_dot_product_attention (onnx only).
         layout: official or paddlenlp: the key layout of the .pdparams (paddle only).
+        hub_id: the Hub id ORG/NAME the package will be published as, so open_clip's 'hf-hub:ORG/NAME' loads it
+            anywhere (open_clip only; without it the package names its own folder, for 'local-dir:').
 
     Returns:
         the :class:`~ernievil2torch.export.result.ExportResult`.
     """
     from ..export.registry import export_model
 
-    return export_model(format, model, out, overwrite=overwrite, vocab=vocab, opset=opset, layout=layout)
+    return export_model(format, model, out, overwrite=overwrite, vocab=vocab, opset=opset, layout=layout,
+                        hub_id=hub_id)
 
 
 export.__doc__ = (export.__doc__ or "").replace(
@@ -294,7 +297,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
     Command("eval", "ernievil2torch.apps.retrieval:evaluate",
             "zero-shot retrieval recall (R@1/5/10 both ways) on a COCO-CN TSV or captions + images", ATOMIC_OUTPUT,
             {**_ENCODING, "data": FILE_OR_FOLDER, "images": FOLDER, "protocol": one_of(*PROTOCOLS),
-             "data_format": one_of(*DATASET_FORMATS)}),
+             "data_format": one_of(*DATASET_FORMATS), "task": one_of("retrieval", "classification")}),
     Command("finetune", "ernievil2torch.cli.batch:finetune",
             "contrastive fine-tuning on image-caption pairs, resumable, also under torchrun", CHECKPOINTED_OUTPUT,
             {"images": FOLDER, "val": FILE_OR_FOLDER, "val_images": FOLDER, "vocab": FILE, "epochs": POSITIVE,
@@ -306,9 +309,9 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
              "eval_batch_size": POSITIVE, "num_workers": NON_NEGATIVE, "device": DEVICE,
              "data_format": one_of(*DATASET_FORMATS), "val_data_format": one_of(*DATASET_FORMATS)},
             types={"max_steps": int}),
-    Command("export", export, "export to stock Hugging Face models, ONNX, or back to Paddle", ATOMIC_OUTPUT,
-            {"format": one_of(*EXPORTERS), "vocab": FILE, "opset": between(14, 99),
-             "layout": one_of(*LAYOUTS)}, rules=(_format_options,)),
+    Command("export", export, "export to stock Hugging Face models, open_clip, ONNX, or back to Paddle",
+            ATOMIC_OUTPUT, {"format": one_of(*EXPORTERS), "vocab": FILE, "opset": between(14, 99),
+                            "layout": one_of(*LAYOUTS), "hub_id": HUB_ID}, rules=(_format_options,)),
     Command("serve", serve, "search your own photos: HTTP API and web page over an embed output", SERVICE_STOPPED,
             {"gallery": FOLDER, "images": FOLDER, "port": PORT, "max_upload_mb": POSITIVE, "max_pixels": POSITIVE,
              "max_files": POSITIVE, "max_texts": POSITIVE, "max_text_chars": POSITIVE, "max_k": POSITIVE,

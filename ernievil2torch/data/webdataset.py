@@ -21,7 +21,7 @@ from __future__ import annotations
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -34,13 +34,19 @@ CAPTION_EXTENSION = "txt"
 _IMAGE_EXTENSIONS = tuple(sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS))
 
 
+def _shard_order(path: Path) -> Tuple[int, Union[int, str]]:
+    """Numbered shards in number order (CLIP_benchmark's ``0.tar`` ... ``10.tar``), others by name after them."""
+    return (0, int(path.stem)) if path.stem.isdigit() else (1, path.name)
+
+
 def list_shards(data: Union[str, Path]) -> List[Path]:
-    """The ``.tar`` shards of ``data``: a folder's, sorted by name (img2dataset numbers them), or one ``.tar``."""
+    """The ``.tar`` shards of ``data``: a folder's, in number order (img2dataset's ``00000.tar`` ..., CLIP_benchmark's
+    ``0.tar`` ...), or one ``.tar``."""
     path = Path(data)
     if path.is_file() and path.suffix == SHARD_SUFFIX:
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix == SHARD_SUFFIX and p.is_file())
+        return sorted((p for p in path.iterdir() if p.suffix == SHARD_SUFFIX and p.is_file()), key=_shard_order)
     return []
 
 
@@ -77,17 +83,77 @@ def _split_key(name: str) -> Tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower() if dot else ""
 
 
+def scan_shard(shard: Path, problems: List[Tuple[str, str]]) -> Iterator[Tuple[str, Dict[str, tarfile.TarInfo], BinaryIO]]:
+    """``(key, {extension: member}, open file)`` of every sample of ``shard`` in member order, each member's data
+    checked to lie inside the file; a damaged sample or the damaged rest of the shard is appended to ``problems``
+    as ``(where, reason)``. The file is open while the caller handles a sample (to read small members)."""
+    file_size = shard.stat().st_size
+    current: Optional[str] = None
+    members: Dict[str, tarfile.TarInfo] = {}
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            handle = tar.fileobj
+            while True:
+                try:
+                    info = tar.next()
+                except (tarfile.ReadError, EOFError, OSError) as exc:
+                    problems.append((shard.name, f"damaged after byte {tar.offset}: the rest of the shard is "
+                                     f"skipped ({type(exc).__name__}: {exc})"))
+                    break
+                if info is None:  # the end, or a header tarfile silently stops at: the rest must be zeros
+                    handle.seek(tar.offset)
+                    if handle.read(tarfile.BLOCKSIZE).strip(b"\0"):
+                        problems.append((shard.name, f"damaged after byte {tar.offset}: the rest of the shard is "
+                                         "skipped (a member header that is not valid)"))
+                    break
+                if not info.isfile():
+                    continue
+                key, ext = _split_key(info.name)
+                if key != current:
+                    if current is not None and _complete(shard, current, members, file_size, problems):
+                        yield current, members, handle
+                    current, members = key, {}
+                members[ext] = info
+            if current is not None and _complete(shard, current, members, file_size, problems):
+                yield current, members, handle
+    except (tarfile.ReadError, OSError) as exc:
+        problems.append((shard.name, f"not a readable tar file ({type(exc).__name__}: {exc})"))
+
+
+def _complete(shard: Path, key: str, members: Dict[str, tarfile.TarInfo], file_size: int,
+              problems: List[Tuple[str, str]]) -> bool:
+    for info in members.values():
+        if info.offset_data + info.size > file_size:
+            problems.append((f"{shard.name}:{key}", f"member {info.name} is cut off (the tar ends inside its data)"))
+            return False
+    return True
+
+
+def image_member(members: Dict[str, tarfile.TarInfo]) -> Optional[tarfile.TarInfo]:
+    """The sample's image member (the first image extension found), or None."""
+    return next((members[ext] for ext in _IMAGE_EXTENSIONS if ext in members), None)
+
+
+def read_text_member(handle: BinaryIO, info: tarfile.TarInfo) -> str:
+    """A small member's data as UTF-8 text (``UnicodeDecodeError`` if it is not)."""
+    handle.seek(info.offset_data)
+    return handle.read(info.size).decode("utf-8")
+
+
 class WebDatasetReader(IndexedCaptions):
     """``WebDatasetReader(data)``: the samples of every shard of ``data`` (a folder of ``.tar`` shards or one
-    ``.tar``), in shard order, then member order. Caption ``t`` is sample ``t``; every sample is its own image
-    (``image_ids[t]`` is its key, as ``KEY.jpg`` would be in an image folder).
+    ``.tar``), in shard order, then member order. Every sample is one image (``image_ids[j]`` is its key, as
+    ``KEY.jpg`` would be in an image folder); each non-empty line of its ``.txt`` is one caption (img2dataset
+    writes one; CLIP_benchmark's retrieval sets write several).
 
-    :attr:`shard_bounds` gives each shard's ``[start, stop)`` range of samples, :attr:`problems` every
+    :attr:`shard_bounds` gives each shard's ``[start, stop)`` range of images, :attr:`problems` every
     ``(where, reason)`` skipped. Raises :class:`InputError` for a path with no shards or when no sample at all is
     usable (naming the first problems).
     """
 
     format = "webdataset"
+    #: ``eval`` leaves out an image that cannot be decoded (with its captions) and lists it, instead of stopping.
+    skips_damaged = True
 
     def __init__(self, data: Union[str, Path]) -> None:
         super().__init__()
@@ -102,13 +168,18 @@ class WebDatasetReader(IndexedCaptions):
         offsets: List[int] = []
         sizes: List[int] = []
         for number, shard in enumerate(self.shards):
-            start, known = len(self.texts), len(self.problems)
-            for key, offset, size, text in self._scan(shard):
-                self._add_caption(text, (number, key), key, lambda: None)
+            start, known = self.num_images, len(self.problems)
+            for key, members, handle in scan_shard(shard, self.problems):
+                captions = self._captions(shard, key, members, handle)
+                if not captions:
+                    continue
+                image = image_member(members)
+                for text in captions:
+                    self._add_caption(text, (number, key), key, lambda: None)
                 shard_of.append(number)
-                offsets.append(offset)
-                sizes.append(size)
-            self.shard_bounds.append((start, len(self.texts)))
+                offsets.append(image.offset_data)
+                sizes.append(image.size)
+            self.shard_bounds.append((start, self.num_images))
             self.problem_shard += [number] * (len(self.problems) - known)
         self._shard_of = np.asarray(shard_of, dtype=np.int32)
         self._offsets = np.asarray(offsets, dtype=np.int64)
@@ -119,59 +190,21 @@ class WebDatasetReader(IndexedCaptions):
                                                                                             else ""))
         self._finish_index(str(data))
 
-    def _scan(self, shard: Path):
-        """``(key, image offset, image size, caption)`` of every usable sample of ``shard``, in member order."""
-        file_size = shard.stat().st_size
-        current: Optional[str] = None
-        members: Dict[str, tarfile.TarInfo] = {}
-        try:
-            with tarfile.open(shard, "r:") as tar:
-                handle = tar.fileobj
-                while True:
-                    try:
-                        info = tar.next()
-                    except (tarfile.ReadError, EOFError, OSError) as exc:
-                        self.problems.append((shard.name, f"damaged after byte {tar.offset}: the rest of the "
-                                              f"shard is skipped ({type(exc).__name__}: {exc})"))
-                        break
-                    if info is None:  # the end, or a header tarfile silently stops at: the rest must be zeros
-                        handle.seek(tar.offset)
-                        rest = handle.read(tarfile.BLOCKSIZE)
-                        if rest.strip(b"\0"):
-                            self.problems.append((shard.name, f"damaged after byte {tar.offset}: the rest of the "
-                                                  "shard is skipped (a member header that is not valid)"))
-                        break
-                    if not info.isfile():
-                        continue
-                    key, ext = _split_key(info.name)
-                    if key != current:
-                        if current is not None:
-                            yield from self._sample(shard, handle, file_size, current, members)
-                        current, members = key, {}
-                    members[ext] = info
-                if current is not None:
-                    yield from self._sample(shard, handle, file_size, current, members)
-        except (tarfile.ReadError, OSError) as exc:
-            self.problems.append((shard.name, f"not a readable tar file ({type(exc).__name__}: {exc})"))
-
-    def _sample(self, shard: Path, handle, file_size: int, key: str, members: Dict[str, tarfile.TarInfo]):
+    def _captions(self, shard: Path, key: str, members: Dict[str, tarfile.TarInfo], handle: BinaryIO) -> List[str]:
         where = f"{shard.name}:{key}"
-        image = next((members[ext] for ext in _IMAGE_EXTENSIONS if ext in members), None)
         caption = members.get(CAPTION_EXTENSION)
-        if image is None or caption is None:
-            self.problems.append((where, "no image member" if image is None else "no .txt caption member"))
-            return
-        for info in (image, caption):
-            if info.offset_data + info.size > file_size:
-                self.problems.append((where, f"member {info.name} is cut off (the tar ends inside its data)"))
-                return
-        handle.seek(caption.offset_data)
+        if image_member(members) is None or caption is None:
+            self.problems.append((where, "no image member" if image_member(members) is None
+                                  else "no .txt caption member"))
+            return []
         try:
-            text = handle.read(caption.size).decode("utf-8").strip()
+            lines = [line.strip() for line in read_text_member(handle, caption).splitlines()]
         except UnicodeDecodeError as exc:
             self.problems.append((where, f"caption is not UTF-8 ({exc.reason})"))
-            return
-        yield key, image.offset_data, image.size, text
+            return []
+        if not any(lines):
+            self.problems.append((where, "empty caption"))
+        return [line for line in lines if line]
 
     def member(self, number: int) -> MemberBytes:
         """Image ``number``'s tar member, not read yet."""
@@ -183,7 +216,7 @@ class WebDatasetReader(IndexedCaptions):
         return self.member(number)()
 
     def shard_of(self, number: int) -> int:
-        """The shard (its place in :attr:`shards`) holding sample ``number``."""
+        """The shard (its place in :attr:`shards`) holding image ``number``."""
         return int(self._shard_of[number])
 
     def problem_lines(self) -> List[str]:
@@ -191,21 +224,95 @@ class WebDatasetReader(IndexedCaptions):
         return [f"{where}: {why}" for where, why in self.problems]
 
 
-
 def shard_items(reader: WebDatasetReader, kind: str) -> Tuple[List[Item], List[Tuple[int, int]]]:
     """``embed``'s items of a webdataset and its shards, one per ``.tar``: for ``kind == "image"`` one item per
-    sample (id = key, source = its :class:`MemberBytes`, read when its batch is decoded), for ``"text"`` its
-    caption; after each shard's samples, one failed item per problem found in that shard (id = where, so
-    ``failed.tsv`` lists it). Returns the items and each shard's ``[start, stop)`` range of them."""
+    sample (id = key, source = its :class:`MemberBytes`, read when its batch is decoded), for ``"text"`` one per
+    caption (id = key, or ``KEY#n`` for the n-th of several captions); after each shard's samples, one failed item
+    per problem found in that shard (id = where, so ``failed.tsv`` lists it). Returns the items and each shard's
+    ``[start, stop)`` range of them."""
     items: List[Item] = []
     bounds: List[Tuple[int, int]] = []
+    captions: List[List[int]] = [[] for _ in range(reader.num_images)]
+    for caption, image in enumerate(reader.text_image):
+        captions[image].append(caption)
     for number, (start, stop) in enumerate(reader.shard_bounds):
         first = len(items)
-        for sample in range(start, stop):
-            source: object = reader.member(sample) if kind == "image" else reader.texts[sample]
-            items.append(Item(reader.image_ids[sample], source))
+        for image in range(start, stop):
+            key = reader.image_ids[image]
+            if kind == "image":
+                items.append(Item(key, reader.member(image)))
+                continue
+            several = len(captions[image]) > 1
+            items += [Item(f"{key}#{n}" if several else key, reader.texts[t]) for n, t in enumerate(captions[image])]
         items += [Item(where, None, why) for (where, why), shard in zip(reader.problems, reader.problem_shard)
                   if shard == number]
         bounds.append((first, len(items)))
     return items, bounds
 
+
+
+CLASSNAMES_FILE = "classnames.txt"
+TEMPLATES_FILE = "zeroshot_classification_templates.txt"
+LABEL_EXTENSION = "cls"
+
+
+@dataclass
+class LabelledImages:
+    """A zero-shot classification set in CLIP_benchmark's ``wds/`` layout: ``classnames`` (line ``i`` names class
+    ``i``), ``templates`` (each with ``{c}`` where the class name goes), and one item per image (id = key, source =
+    its :class:`MemberBytes`) with its class number in ``labels``; ``problems`` lists what was skipped."""
+
+    root: Path
+    classnames: List[str]
+    templates: List[str]
+    items: List[Item]
+    labels: List[int]
+    problems: List[Tuple[str, str]]
+
+
+def _lines(path: Path) -> List[str]:
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (a zero-shot classification set needs it)")
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def open_labelled_images(root: Union[str, Path], split: str = "test") -> LabelledImages:
+    """Read ``ROOT/classnames.txt``, ``ROOT/zeroshot_classification_templates.txt`` and the shards of
+    ``ROOT/SPLIT/`` (``KEY.png``/``.jpg``/``.webp`` + ``KEY.cls``, the class number as text), as CLIP_benchmark's
+    ``build_wds_dataset`` does. A sample without image or label, or with a label that is not a class number, is
+    skipped and listed. :class:`InputError` for missing files, a template without ``{c}``, or no usable sample."""
+    root = Path(root)
+    classnames = _lines(root / CLASSNAMES_FILE)
+    templates = _lines(root / TEMPLATES_FILE)
+    for template in templates:
+        if "{c}" not in template:
+            raise InputError(f"{root / TEMPLATES_FILE}: template {template!r} has no '{{c}}' for the class name")
+    shards = list_shards(root / split)
+    if not shards:
+        raise InputError(f"{root / split}: no webdataset shards (.tar files) found")
+    items: List[Item] = []
+    labels: List[int] = []
+    problems: List[Tuple[str, str]] = []
+    for shard in shards:
+        for key, members, handle in scan_shard(shard, problems):
+            image, label = image_member(members), members.get(LABEL_EXTENSION)
+            where = f"{shard.name}:{key}"
+            if image is None or label is None:
+                problems.append((where, "no image member" if image is None else "no .cls label member"))
+                continue
+            try:
+                number = int(read_text_member(handle, label).strip())
+            except (UnicodeDecodeError, ValueError):
+                number = -1
+            if not 0 <= number < len(classnames):
+                problems.append((where, f"label is not a class number 0..{len(classnames) - 1}"))
+                continue
+            items.append(Item(key, MemberBytes(str(shard), image.offset_data, image.size, key)))
+            labels.append(number)
+    if not items:
+        raise InputError(f"{root / split}: no usable labelled image" + (f" ({problems[0][0]}: {problems[0][1]})"
+                                                                        if problems else ""))
+    return LabelledImages(root, classnames, templates, items, labels, problems)

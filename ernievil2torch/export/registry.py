@@ -55,6 +55,10 @@ EXPORTERS: Dict[str, Exporter] = {e.format: e for e in (
     Exporter("paddle", "ernievil2torch.export.paddle:export_paddle",
              "a .pdparams for Baidu's MultiModalModel (--layout official) or PaddleNLP's ErnieViLModel "
              "(--layout paddlenlp); no Paddle needed", options=("layout",)),
+    Exporter("open_clip", "ernievil2torch.export.open_clip:export_open_clip",
+             "an open_clip package (open_clip_config.json, open_clip_model.safetensors, BERT text config and "
+             "tokenizer) that open-clip-torch 3.x loads with 'hf-hub:ID' (--hub_id) or 'local-dir:OUT'",
+             options=("vocab", "hub_id")),
 )}
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..constants import BEST_DIR, FINAL_DIR
+from ..constants import BEST_DIR, FINAL_DIR, METRICS_LOG_NAME
 from ..data.stream import StreamPosition
 from ..errors import InputError
 from ..modeling import ErnieViL2
@@ -172,6 +172,18 @@ class Trainer:
             (loss / self.settings.grad_accum).backward()
         return float(loss.detach())
 
+    def report_damaged(self) -> None:
+        """The samples the training set's reader skipped when it was opened (damaged webdataset members): one
+        ``skipped_sample`` record each in ``metrics.jsonl`` and one message line for all."""
+        problems = getattr(self.train_data, "problems", [])
+        if not problems or not self.group.is_main:
+            return
+        for where, reason in problems:
+            self.log.write({"step": 0, "event": "skipped_sample", "sample": where, "reason": reason})
+        shown = "; ".join(f"{where}: {reason}" for where, reason in problems[:3])
+        self.message(f"skipped {len(problems)} damaged training sample(s) or shard(s) (listed in "
+                     f"{METRICS_LOG_NAME}): {shown}" + (" ..." if len(problems) > 3 else ""))
+
     def report_skipped(self, step: int, skipped: List[Tuple[str, str]]) -> None:
         if self.group.distributed:
             import torch.distributed as dist
@@ -255,6 +267,8 @@ class Trainer:
     def run(self) -> FinetuneResult:
         s = self.settings
         step = self.start_step
+        if step == 0:
+            self.report_damaged()
         if step == 0 and s.eval_at_start:
             self.run_validation(0)
         self.train_mode()

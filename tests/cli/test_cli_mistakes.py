@@ -204,14 +204,16 @@ MISTAKES: List[Tuple[str, str]] = [
     ("finetune model data.tsv out surplus", "unexpected argument 'surplus'"),
     ("finetune model data.tsv out --device cuda0", "--device: must be cpu, cuda, cuda:N or mps"),
     # export
-    ("export model out --format tflite", "--format: must be one of hf, onnx, openvino, paddle, not 'tflite'"),
+    ("export model out --format tflite", "--format: must be one of hf, onnx, openvino, paddle, open_clip, not 'tflite'"),
     ("export model out.pdparams --format paddle --layout hf", "--layout: must be one of official, paddlenlp"),
     ("export model out --format onnx --opset 0", "--opset: must be in [14, 99]"),
     ("export model out --vocab missing.txt", "--vocab: missing.txt: no such file"),
     ("export model", "missing OUT"),
     ("export model out --format onnx --layout paddlenlp", "--layout applies only to --format paddle, not onnx"),
     ("export model out --opset 17", "--opset applies only to --format onnx, not hf"),
-    ("export model out --format onnx --vocab vocab.txt", "--vocab applies only to --format hf, not onnx"),
+    ("export model out --format onnx --vocab vocab.txt", "--vocab applies only to --format hf or open_clip, not onnx"),
+    ("export model out --format hf --hub_id me/model", "--hub_id applies only to --format open_clip, not hf"),
+    ("export model out --format open_clip --hub_id me/model@v1", "--hub_id: must be a Hub model id ORG/NAME"),
     ("export model out.pdparams --format paddle --vocab vocab.txt", "--vocab applies only to --format hf"),
     ("export model out --fromat onnx", "unknown flag --fromat (did you mean --format?)"),
     # serve

@@ -105,7 +105,7 @@ def test_caption_folder_tsv_header_and_missing_images(tmp_path, dataset):
 
 # ---- the format table and the factory ---------------------------------------------------------------------------
 def test_format_table_and_factory(dataset, tmp_path):
-    assert set(DATASET_FORMATS) == {"coco_cn_tsv", "caption_folder"}
+    assert set(DATASET_FORMATS) == {"coco_cn_tsv", "caption_folder", "webdataset"}
     assert describe_formats().splitlines()[0].startswith("coco_cn_tsv: ")
     tsv, jsonl, imgs = dataset / "test.coco_cn.data", dataset / "captions.jsonl", dataset / "imgs"
     assert isinstance(open_dataset(tsv), CocoCnTsvReader)
@@ -115,7 +115,8 @@ def test_format_table_and_factory(dataset, tmp_path):
     for reader in (open_dataset(tsv), open_dataset(jsonl, imgs)):
         assert isinstance(reader, CaptionReader) and reader.random_access
         assert reader.format in DATASET_FORMATS
-    with pytest.raises(InputError, match="unknown dataset format 'wds'; known formats: coco_cn_tsv, caption_folder"):
+    with pytest.raises(InputError, match="unknown dataset format 'wds'; known formats: coco_cn_tsv, caption_folder, "
+                                         "webdataset"):
         open_dataset(tsv, format="wds")
     with pytest.raises(InputError, match="caption_folder needs an image folder"):
         open_dataset(jsonl, format="caption_folder")

@@ -85,22 +85,43 @@ def search(queries: str, gallery: str, out: str, k: int = 10, chunk_size: int = 
     return SearchResult(str(out), int(scores.shape[0]), len(g_ids), int(k), notes)
 
 
+@dataclass
+class EncodedDataset:
+    """Raw (not normalised) features of a dataset: ``text_feats`` [captions, dim], ``image_feats`` [images, dim]
+    float32, ``text_image[t]`` the row of caption ``t``'s image, ``image_ids`` per row, and ``skipped``: (id,
+    reason) of every image left out with its captions (only where the format skips damaged samples)."""
+
+    text_feats: np.ndarray
+    image_feats: np.ndarray
+    text_image: List[int]
+    image_ids: List[str]
+    skipped: List[Tuple[str, str]]
+
+
 def encode_dataset(model, tokenizer, data: IndexedCaptions, batch_size: int = 64, num_workers: int = 0,
                    max_length: int = DEFAULT_MAX_LENGTH, progress: bool = True,
-                   fast_decode: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """Raw (not normalised) text features [captions, dim] and image features [images, dim] float32 of a dataset,
-    each image read when its batch is decoded; any unreadable image or caption is an :class:`InputError`."""
+                   fast_decode: bool = False) -> EncodedDataset:
+    """Encode every caption and image of ``data``, each image read when its batch is decoded (JPEGs at a reduced
+    scale with ``fast_decode``). An unreadable image is an :class:`InputError`, unless the reader skips damaged
+    samples (``data.skips_damaged``, webdataset shards): then it is left out with its captions and listed in
+    ``skipped``. A caption the tokenizer refuses is always an :class:`InputError`."""
     image_feats, ok, failed = encode_items(model, data.image_items(), "image", batch_size, num_workers,
                                            progress=progress, fast_decode=fast_decode)
-    if failed:
+    if failed and not getattr(data, "skips_damaged", False):
         shown = "; ".join(f"{data.image_ids[i]}: {r}" for i, r in failed[:5])
         raise InputError(f"{len(failed)} image(s) could not be read: {shown}")
-    text_feats, ok_t, failed_t = encode_items(model, data.caption_items(), "text", batch_size, num_workers, tokenizer,
-                                              max_length, progress=progress)
+    if not ok:
+        raise InputError(f"none of the {data.num_images} images could be read")
+    row = {image: number for number, image in enumerate(ok)}
+    kept = [t for t, image in enumerate(data.text_image) if image in row]
+    items = data.caption_items()
+    text_feats, ok_t, failed_t = encode_items(model, [items[t] for t in kept], "text", batch_size, num_workers,
+                                              tokenizer, max_length, progress=progress)
     if failed_t:
-        shown = "; ".join(f"caption {i}: {r}" for i, r in failed_t[:5])
+        shown = "; ".join(f"caption {kept[i]}: {r}" for i, r in failed_t[:5])
         raise InputError(f"{len(failed_t)} caption(s) could not be tokenised: {shown}")
-    return text_feats, image_feats
+    return EncodedDataset(text_feats, image_feats, [row[data.text_image[t]] for t in kept],
+                          [data.image_ids[i] for i in ok], [(data.image_ids[i], reason) for i, reason in failed])
 
 
 @dataclass
@@ -114,19 +135,25 @@ class Evaluation:
     num_images: int
     out: Optional[str] = None
     embeddings: Optional[str] = None
+    skipped: Tuple[str, ...] = ()
 
     def summary(self) -> str:
-        """The counts line, the recall table and the mean-recall line."""
-        return "\n".join([f"{self.metrics['num_texts']} captions, {self.num_images} images, protocol {self.protocol}",
-                          format_table(self.metrics),
-                          f"MR (mean of the six recalls): {self.metrics['mean_recall']:.2f}"])
+        """The counts line, the recall table and the mean-recall line; then, where damaged samples were skipped
+        (webdataset shards), their count and the first few."""
+        lines = [f"{self.metrics['num_texts']} captions, {self.num_images} images, protocol {self.protocol}",
+                 format_table(self.metrics), f"MR (mean of the six recalls): {self.metrics['mean_recall']:.2f}"]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} damaged sample(s) or shard(s): " + "; ".join(self.skipped[:3])
+                         + (" ..." if len(self.skipped) > 3 else ""))
+        return "\n".join(lines)
 
 
 def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: str = "grouped",
              batch_size: int = 64, num_workers: int = 2, dtype: str = "float32", device: Optional[str] = None,
              vocab: Optional[str] = None, max_length: int = DEFAULT_MAX_LENGTH, out: Optional[str] = None,
              save_embeddings: Optional[str] = None, progress: bool = True,
-             data_format: Optional[str] = None, fast_decode: bool = False) -> Evaluation:
+             data_format: Optional[str] = None, task: str = "retrieval", split: str = "test",
+             fast_decode: bool = False):
     """Zero-shot image-text retrieval: R@1/5/10 both ways and mean recall, ranked by raw cosine (official eval).
 
     Args:
@@ -148,11 +175,25 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
         progress: progress bars.
         data_format: a dataset format name (coco_cn_tsv, caption_folder, webdataset); default: caption_folder
             with --images, webdataset for .tar shards, else coco_cn_tsv.
+        task: 'retrieval' (recall both ways) or 'classification': zero-shot accuracy on labelled images in
+            CLIP_benchmark's wds/ layout (DATA holds classnames.txt, zeroshot_classification_templates.txt with
+            {c}, and SPLIT/*.tar of KEY.png + KEY.cls), computed as CLIP_benchmark does (top-1, top-5, mean
+            per-class recall).
+        split: the split folder of a classification set (classification only).
         fast_decode: decode JPEGs at a reduced DCT scale (both sides still >= the model's image size), then the
             official resize: faster on large photos, pixels slightly different from the official pipeline's.
 
     Images are read from DATA as they are encoded, so memory grows with the features, not with the images.
+    Returns an :class:`Evaluation` (retrieval) or a
+    :class:`~ernievil2torch.apps.zero_shot_accuracy.ZeroShotAccuracy` (classification).
     """
+    if task not in ("retrieval", "classification"):
+        raise InputError(f"task must be 'retrieval' or 'classification', got {task!r}")
+    if task == "classification":
+        if fast_decode:
+            raise InputError("--fast_decode applies to --task retrieval only")
+        return _classification(model_dir, data, split, batch_size, num_workers, dtype, device, vocab, max_length,
+                               out, progress, images, save_embeddings, data_format)
     saved: Optional[str] = None
     if save_embeddings:  # np.savez's own naming: ".npz" appended when missing
         saved = str(save_embeddings) if str(save_embeddings).endswith(".npz") else f"{save_embeddings}.npz"
@@ -166,14 +207,35 @@ def evaluate(model_dir: str, data: str, images: Optional[str] = None, protocol: 
     place = pick_device(device, local_rank=0)
     loaded = load_pretrained(model_dir, dtype=compute_dtype, device=place, vocab=vocab)
     model, tokenizer = loaded.model, loaded.require_tokenizer()
-    text_feats, image_feats = encode_dataset(model, tokenizer, dataset, batch_size, num_workers, max_length,
-                                             progress, fast_decode)
+    encoded = encode_dataset(model, tokenizer, dataset, batch_size, num_workers, max_length, progress, fast_decode)
     if saved:
         with atomic_file(saved) as handle:
-            np.savez(handle, text_embeds=text_feats, image_embeds=image_feats,
-                     text_to_image=np.asarray(dataset.text_image), image_ids=np.asarray(dataset.image_ids))
-    metrics = retrieval_metrics(text_feats, image_feats, dataset.text_image, protocol=protocol)
+            np.savez(handle, text_embeds=encoded.text_feats, image_embeds=encoded.image_feats,
+                     text_to_image=np.asarray(encoded.text_image), image_ids=np.asarray(encoded.image_ids))
+    metrics = retrieval_metrics(encoded.text_feats, encoded.image_feats, encoded.text_image, protocol=protocol)
+    skipped = [f"{where}: {why}" for where, why in getattr(dataset, "problems", [])]
+    skipped += [f"{image}: {why}" for image, why in encoded.skipped]
+    if skipped:
+        metrics["skipped"] = skipped
     if out:
         atomic_write_bytes(out, (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
-    return Evaluation(metrics, protocol, len(dataset.texts), dataset.num_images, None if out is None else str(out),
-                      saved)
+    return Evaluation(metrics, protocol, len(encoded.text_image), len(encoded.image_ids),
+                      None if out is None else str(out), saved, tuple(skipped))
+
+
+def _classification(model_dir, data, split, batch_size, num_workers, dtype, device, vocab, max_length, out,
+                    progress, images, save_embeddings, data_format):
+    """``eval --task classification``: :func:`~ernievil2torch.apps.zero_shot_accuracy.zero_shot_accuracy`, its
+    metrics written to ``out`` as JSON."""
+    from ..zero_shot_accuracy import zero_shot_accuracy
+
+    for flag, value in (("--images", images), ("--save_embeddings", save_embeddings), ("--data_format", data_format)):
+        if value:
+            raise InputError(f"{flag} applies to --task retrieval only")
+    if out:
+        check_output_file(out, inputs=[model_dir, data, vocab])
+    result = zero_shot_accuracy(model_dir, data, split, batch_size, num_workers, dtype, device, vocab, max_length,
+                                progress)
+    if out:
+        atomic_write_bytes(out, (json.dumps(result.metrics(), indent=2) + "\n").encode("utf-8"))
+    return result
