@@ -1,7 +1,9 @@
 """The fine-tuning loop: :class:`Trainer` prepares a run (data, model, optimizer, the run folder) and runs it.
 
 One step = ``grad_accum`` micro-batches of ``batch_size`` pairs per process (features gathered over processes, see
-:mod:`~ernievil2torch.training.distributed`), gradients clipped, one AdamW step, one schedule step. Everything random
+:mod:`~ernievil2torch.training.distributed`), or with ``grad_cache_chunk`` one batch of ``batch_size`` pairs encoded
+in chunks (:mod:`~ernievil2torch.training.grad_cache`), gradients clipped, one AdamW step, one schedule step. With
+``lora_rank`` the model carries LoRA adapters and only they and the temperature train (:mod:`.lora`). Everything random
 is a function of the run seed and the position in the run: the pair order of epoch ``e`` (seed, e), each sample's
 crop and flip (seed, e, pair), the dropout masks of step ``s`` (seed, s, rank). That, plus the optimizer and
 scheduler state in every checkpoint, is why ``--resume`` reproduces the uninterrupted run exactly, and why the
@@ -22,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..constants import BEST_DIR, FINAL_DIR
+from ..config import ErnieViL2Config, resolve_model
+from ..constants import BEST_DIR, CONFIG_NAME, FINAL_DIR
 from ..data.stream import StreamPosition
 from ..errors import InputError
 from ..modeling import ErnieViL2
@@ -33,6 +36,8 @@ from ..runtime.progress import bar_cleared, progress_bar
 from .checkpoints import MetricsLog, load_trainer_state, save_best, save_checkpoint, save_final
 from .data import Batch, CollatePairs, PairBatches, PairDataset, load_pairs
 from .distributed import ContrastiveObjective
+from .grad_cache import grad_cache_backward
+from .lora import TRAINABLE_NAME, add_adapters, check_rank, load_trainable_state
 from .model_setup import train_mode, trainable_model
 from .optim import make_optimizer, make_scheduler
 from .reporting import TrainingEvents
@@ -69,6 +74,9 @@ class Trainer:
         anything is written."""
         s = self.settings
         checkpoint = check_run_folder(s, self.group.world_size)
+        self.lora = s.lora()
+        if self.lora is not None:
+            check_rank(self.lora, self._model_config())
         self.group.barrier()  # every process has checked OUT before the main one writes into it
         self.train_data = load_pairs(s.train, s.images, "training", s.data_format)
         self.val_data = (load_pairs(s.val, s.val_images, "validation", s.val_data_format, images_flag="--val_images")
@@ -79,10 +87,15 @@ class Trainer:
         model = loaded.model
         self.start_step, trainer_state = 0, None
         if checkpoint is not None:
-            model = ErnieViL2.from_pretrained(checkpoint, dtype=torch.float32)
+            if self.lora is None:
+                model = ErnieViL2.from_pretrained(checkpoint, dtype=torch.float32)
             trainer_state = load_trainer_state(checkpoint)
             self.start_step = int(trainer_state["step"])
         self.model = trainable_model(model, self.group.device, s.gradient_checkpointing, s.freeze)
+        if self.lora is not None:
+            add_adapters(self.model, self.lora)
+            if checkpoint is not None:  # the base weights are --model's; the checkpoint holds what trains
+                load_trainable_state(self.model, checkpoint / TRAINABLE_NAME)
         micro_per_epoch = len(self.train_data.texts) // (s.batch_size * self.group.world_size)
         steps_per_epoch = micro_per_epoch // s.grad_accum
         if steps_per_epoch < 1:
@@ -104,12 +117,20 @@ class Trainer:
             torch.set_rng_state(trainer_state["rng"]["torch"])
         self.objective = ContrastiveObjective(self.model, s.freeze)
         self.step_module: torch.nn.Module = self.objective
-        if self.group.distributed:
+        if self.group.distributed and s.grad_cache_chunk is None:  # the gradient cache averages by itself
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.group.device.index] if self.group.device.type == "cuda" else None
             self.step_module = DistributedDataParallel(self.objective, device_ids=ids)
         self._start_output(trainer_state)
+
+    def _model_config(self) -> ErnieViL2Config:
+        """``--model``'s configuration, read alone (no weights) so the LoRA rank is checked before any work."""
+        source = resolve_model(self.settings.model)
+        try:
+            return ErnieViL2Config.load(source.path / CONFIG_NAME) if source.has_weights else source.config
+        except (OSError, ValueError, TypeError, AttributeError):
+            return load_pretrained(self.settings.model, dtype=torch.float32).model.config  # its own clear error
 
     def _start_output(self, trainer_state: Optional[Dict[str, Any]]) -> None:
         """Only now, with every input checked, is the output folder touched (by the main process)."""
@@ -171,6 +192,13 @@ class Trainer:
                                         batch.attention_mask.to(device))
             (loss / self.settings.grad_accum).backward()
         return float(loss.detach())
+
+    def grad_cache_step(self, batch: Batch) -> float:
+        """The whole batch's gradient, encoded ``grad_cache_chunk`` pairs at a time (see :mod:`.grad_cache`)."""
+        device = self.group.device
+        step = grad_cache_backward(self.objective, batch.pixel_values.to(device), batch.input_ids.to(device),
+                                   batch.attention_mask.to(device), self.settings.grad_cache_chunk, self.autocast)
+        return float(step.loss)
 
     def report_skipped(self, step: int, skipped: List[Tuple[str, str]]) -> None:
         if self.group.distributed:
@@ -242,7 +270,10 @@ class Trainer:
         for micro in range(s.grad_accum):
             batch = next(batches)
             skipped += batch.skipped
-            losses.append(self.micro_step(batch, sync=micro == s.grad_accum - 1))
+            if s.grad_cache_chunk is not None:
+                losses.append(self.grad_cache_step(batch))
+            else:
+                losses.append(self.micro_step(batch, sync=micro == s.grad_accum - 1))
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, s.max_grad_norm))
         lr = self.scheduler.get_last_lr()[0]

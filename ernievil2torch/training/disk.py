@@ -1,0 +1,73 @@
+"""How much disk a fine-tuning run's outputs take, and the free-space check before each one is written.
+
+Sizes (bytes on disk, to within a few KB of headers and the vocab file):
+
+* ``final/``, ``best/``: the weights, ``4 x parameters`` in float32 (778 MB for the base model; LoRA runs write the
+  merged weights plus the adapter, a few MB);
+* a checkpoint: the weights plus ``trainer_state.pt``, whose AdamW state is two float32 moments per trainable
+  parameter: ``3 x 4 x parameters``, 2.3 GB for the base model fully trained; a LoRA checkpoint holds only the
+  trainable tensors and their moments (``3 x 4 x adapter parameters``: 29 MB at rank 8 on every block layer of
+  the base model).
+
+Every output is published atomically (:func:`~ernievil2torch.storage.atomic.atomic_directory`): the new copy is
+written completely beside the old one, and only then replaces it or the oldest checkpoint is removed. So writing
+needs the *whole* new size free while the old outputs still stand: :func:`check_free_space` refuses with
+:class:`~ernievil2torch.errors.DiskSpaceError` before writing anything when the file system has less, and the
+previous outputs stay intact. (A write that still fails, e.g. another process filled the disk meanwhile, removes its
+partial directory: a half-written checkpoint never appears.)
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+
+from ..errors import DiskSpaceError
+
+#: Slack for the safetensors header, JSON files, pickle framing of trainer_state.pt and file-system blocks.
+OVERHEAD_BYTES = 1 << 20
+OVERHEAD_FRACTION = 0.01
+
+
+def tensor_bytes(tensors: Iterable[Any]) -> int:
+    """The payload of every tensor in ``tensors`` (nested dicts/lists/tuples are walked; other values count 0)."""
+    total = 0
+    for value in tensors:
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif isinstance(value, Mapping):
+            total += tensor_bytes(value.values())
+        elif isinstance(value, (list, tuple)):
+            total += tensor_bytes(value)
+    return total
+
+
+def estimated_bytes(payload: int, files: Iterable[Optional[Path]] = ()) -> int:
+    """Disk an output with ``payload`` tensor bytes plus copies of ``files`` takes, with slack
+    (:data:`OVERHEAD_BYTES` + :data:`OVERHEAD_FRACTION`), never less than the true size."""
+    copied = sum(Path(f).stat().st_size for f in files if f is not None and Path(f).is_file())
+    return int((payload + copied) * (1 + OVERHEAD_FRACTION)) + OVERHEAD_BYTES
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def check_free_space(directory: Path, needed: int, what: str) -> None:
+    """:class:`DiskSpaceError` unless the file system of ``directory`` (or its nearest existing parent) has
+    ``needed`` bytes free: the new output is written completely before the old one it replaces is removed."""
+    probe = Path(directory)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise DiskSpaceError(f"not enough disk space for {what}: it needs {format_bytes(needed)} and {probe} has "
+                             f"{format_bytes(free)} free (the previous outputs stay until the new one is complete, "
+                             "and they are intact); free some space, lower --keep_last, or choose another --out, "
+                             "then continue with --resume")
