@@ -26,14 +26,18 @@ from ..errors import CheckpointError
 from ..modeling import ErnieViL2
 from ..storage.atomic import atomic_directory, atomic_write_bytes
 from ..storage.model_dir import fill_model_dir
-from .disk import check_free_space, estimated_bytes, tensor_bytes
+from .disk import check_free_space, estimated_bytes, out_of_space_is_clear, tensor_bytes
 from .lora import TRAINABLE_NAME, has_adapters, merged_state_dict, save_adapter, trainable_state
 
 _STEP_DIR = re.compile(r"step-(\d{8})")
 
 
+def path_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
 def checkpoint_path(out: Path, step: int) -> Path:
-    return Path(out) / CHECKPOINTS_DIR / f"step-{step:08d}"
+    return Path(out) / CHECKPOINTS_DIR / path_name(step)
 
 
 def _model_metadata(source: str, step: int) -> Dict[str, str]:
@@ -41,7 +45,7 @@ def _model_metadata(source: str, step: int) -> Dict[str, str]:
 
 
 def write_model(dst: Path, model: ErnieViL2, vocab_file: Optional[Path], source: str, step: int,
-                extra: Optional[Mapping[str, Any]] = None) -> Path:
+                extra: Optional[Mapping[str, Any]] = None, what: Optional[str] = None) -> Path:
     """Publish ``model`` as a converted directory at ``dst`` (replacing it), with ``extra`` files:
     ``{name: tensors-and-plain-values}`` saved with ``torch.save``, or ``{name.json: dict}`` as JSON. A model
     with LoRA adapters is written merged, with the adapter in ``peft``'s format beside (:mod:`.lora`).
@@ -51,8 +55,10 @@ def write_model(dst: Path, model: ErnieViL2, vocab_file: Optional[Path], source:
     payload = tensor_bytes(state.values()) + tensor_bytes((extra or {}).values())
     if adapted:
         payload += tensor_bytes(p for name, p in model.named_parameters() if ".lora_" in name)
-    check_free_space(Path(dst).parent, estimated_bytes(payload, [vocab_file]), f"{Path(dst).name}/")
-    with atomic_directory(dst, overwrite=True) as tmp:
+    what = what or f"{Path(dst).name}/"
+    needed = estimated_bytes(payload, [vocab_file])
+    check_free_space(Path(dst).parent, needed, what)
+    with atomic_directory(dst, overwrite=True) as tmp, out_of_space_is_clear(tmp, needed, what):
         fill_model_dir(tmp, model.config, state, vocab_file, _model_metadata(source, step))
         _write_extra(tmp, extra)
         if adapted:
@@ -75,8 +81,9 @@ def write_trainable(dst: Path, model: ErnieViL2, trainer_state: Dict[str, Any]) 
 
     state = trainable_state(model)
     needed = estimated_bytes(tensor_bytes(state.values()) + tensor_bytes(trainer_state.values()))
-    check_free_space(Path(dst).parent, needed, f"checkpoint {Path(dst).name}/")
-    with atomic_directory(dst, overwrite=True) as tmp:
+    what = f"checkpoint {Path(dst).name}/"
+    check_free_space(Path(dst).parent, needed, what)
+    with atomic_directory(dst, overwrite=True) as tmp, out_of_space_is_clear(tmp, needed, what):
         save_file(state, str(tmp / TRAINABLE_NAME))
         torch.save(trainer_state, tmp / TRAINER_STATE_NAME)
     return dst
@@ -91,7 +98,7 @@ def save_checkpoint(out: Path, step: int, model: ErnieViL2, vocab_file: Optional
         path = write_trainable(checkpoint_path(out, step), model, trainer_state)
     else:
         path = write_model(checkpoint_path(out, step), model, vocab_file, source, step,
-                           {TRAINER_STATE_NAME: trainer_state})
+                           {TRAINER_STATE_NAME: trainer_state}, what=f"checkpoint {path_name(step)}/")
     for old in list_checkpoints(out)[:-max(1, keep_last)]:
         shutil.rmtree(old, ignore_errors=True)
     return path

@@ -14,13 +14,15 @@ written completely beside the old one, and only then replaces it or the oldest c
 needs the *whole* new size free while the old outputs still stand: :func:`check_free_space` refuses with
 :class:`~ernievil2torch.errors.DiskSpaceError` before writing anything when the file system has less, and the
 previous outputs stay intact. (A write that still fails, e.g. another process filled the disk meanwhile, removes its
-partial directory: a half-written checkpoint never appears.)
+partial directory: a half-written checkpoint never appears, and :func:`out_of_space_is_clear` turns the failure,
+which ``torch.save`` reports as a bare ``RuntimeError``, into a :class:`~ernievil2torch.errors.DiskSpaceError`.)
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import torch
 
@@ -71,3 +73,22 @@ def check_free_space(directory: Path, needed: int, what: str) -> None:
                              f"{format_bytes(free)} free (the previous outputs stay until the new one is complete, "
                              "and they are intact); free some space, lower --keep_last, or choose another --out, "
                              "then continue with --resume")
+
+
+@contextlib.contextmanager
+def out_of_space_is_clear(tmp: Path, needed: int, what: str) -> Iterator[None]:
+    """Around writing ``needed`` bytes into ``tmp``: a write error (``OSError``, or ``torch.save``'s
+    ``RuntimeError``) while the file system has less free than what remained to be written becomes a
+    :class:`DiskSpaceError` (the caller's atomic directory then removes ``tmp``)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, DiskSpaceError):
+            raise
+        written = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
+        free = shutil.disk_usage(tmp).free
+        if free < needed - written + OVERHEAD_BYTES:
+            raise DiskSpaceError(f"the disk filled up while {what} was written ({format_bytes(free)} left): the "
+                                 "partial copy was removed and the previous outputs are intact; free some space, "
+                                 "then continue with --resume") from exc
+        raise
