@@ -20,13 +20,19 @@ which ``torch.save`` reports as a bare ``RuntimeError``, into a :class:`~ernievi
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import torch
 
+from ..config import ErnieViL2Config
+from ..config.shapes import parameter_shapes
+from ..constants import TOWERS
 from ..errors import DiskSpaceError
+from .lora import LoraSpec
 
 #: Slack for the safetensors header, JSON files, pickle framing of trainer_state.pt and file-system blocks.
 OVERHEAD_BYTES = 1 << 20
@@ -92,3 +98,45 @@ def out_of_space_is_clear(tmp: Path, needed: int, what: str) -> Iterator[None]:
                                  "partial copy was removed and the previous outputs are intact; free some space, "
                                  "then continue with --resume") from exc
         raise
+
+
+@dataclass(frozen=True)
+class OutputSizes:
+    """Planned bytes of a run's outputs (float32 weights; payload only, headers add a few KB): ``model`` for
+    ``best/`` and ``final/``, ``checkpoint`` for one ``checkpoints/step-*``, and ``peak`` for the most the run
+    needs at once with ``keep_last`` checkpoints, best/ and final/ (a new checkpoint beside the kept ones)."""
+
+    parameters: int
+    trainable: int
+    model: int
+    checkpoint: int
+    peak: int
+
+    def summary(self) -> str:
+        return (f"{self.parameters / 1e6:.1f} M parameters ({self.trainable / 1e6:.2f} M trained): "
+                f"best/ and final/ {format_bytes(self.model)} each, a checkpoint {format_bytes(self.checkpoint)}, "
+                f"at most {format_bytes(self.peak)} at once")
+
+
+def plan_outputs(config: ErnieViL2Config, keep_last: int = 1, lora: Optional[LoraSpec] = None,
+                 freeze: Optional[str] = None) -> OutputSizes:
+    """The disk a run of ``config`` takes (see the module docstring): full fine-tuning keeps a checkpoint of the
+    weights plus AdamW's two moments per trained parameter; LoRA checkpoints keep the adapters, temperature and
+    their moments, and its best/ and final/ add the adapter to the merged weights."""
+    shapes = parameter_shapes(config)
+    parameters = sum(math.prod(shape) for shape in shapes.values())
+    if lora is not None:
+        wanted = set(lora.targets)
+        adapters = sum(lora.rank * (shape[0] + shape[1]) for name, shape in shapes.items()
+                       if name.endswith(".weight") and len(shape) == 2 and name.split(".")[0] in TOWERS
+                       and (name.split(".")[0], name.split(".")[-2]) in wanted)
+        trainable = adapters + (1 if config.has_temperature else 0)
+        model = 4 * (parameters + adapters)
+        checkpoint = 12 * trainable
+    else:
+        trainable = sum(math.prod(shape) for name, shape in shapes.items()
+                        if freeze is None or not name.startswith(freeze + "."))
+        model = 4 * parameters
+        checkpoint = 4 * parameters + 8 * trainable
+    peak = (keep_last + 1) * checkpoint + 2 * model
+    return OutputSizes(parameters, trainable, model, checkpoint, peak)

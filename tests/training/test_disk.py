@@ -100,3 +100,20 @@ def test_a_write_that_still_runs_out_of_space_leaves_no_half_checkpoint(shapes, 
         run(shapes, out, keep_last=1)
     assert sorted(p.name for p in (out / CHECKPOINTS_DIR).iterdir()) == ["step-00000001"]
     ErnieViL2.from_pretrained(out / CHECKPOINTS_DIR / "step-00000001")
+
+
+@pytest.mark.parametrize("lora", [None, 4])
+def test_the_plan_is_what_a_run_writes(shapes, tmp_path, lora):
+    """plan_outputs (the sizes the README states for the full-size model) against the bytes a tiny run wrote:
+    a checkpoint and final/ each within 64 KB above the plan (headers, vocab, JSON), never below."""
+    from ernievil2torch.training.disk import plan_outputs
+    from ernievil2torch.training.lora import lora_spec
+
+    run(shapes, tmp_path / "run", max_steps=1, lora_rank=lora)
+    plan = plan_outputs(ErnieViL2.from_pretrained(shapes.model).config, keep_last=1,
+                        lora=lora_spec(lora, None, 0.0, "qkv,out_proj,fc1,fc2", None) if lora else None)
+    checkpoint = folder_bytes(list_checkpoints(tmp_path / "run")[-1])
+    final = folder_bytes(tmp_path / "run" / FINAL_DIR)
+    print(f"\nplan {plan.summary()}; written: checkpoint {checkpoint} B, final {final} B")
+    assert plan.checkpoint <= checkpoint <= plan.checkpoint + 64 * 1024
+    assert plan.model <= final <= plan.model + 64 * 1024
