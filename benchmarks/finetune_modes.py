@@ -11,7 +11,9 @@ step each (random weights; 224x224 images, 48-token texts; forward, backward, gr
 Each case runs in its own subprocess, so its memory is its own: peak resident set size (``ru_maxrss``, what the
 operating system had to give the process: weights, gradients, AdamW state, activations, allocator caches) and the
 resident set between steps on CPU; ``torch.cuda.max_memory_allocated`` on a GPU. Speed: median step time over
-``--steps`` timed steps after one warm-up step. The report, with the machine and the command, is written to
+``--steps`` timed steps after one warm-up step; ``--steps 0`` times the first step itself (it also allocates the
+gradients and the AdamW state: a few percent of a full-size CPU step, where one gradient-cache step at batch 64
+takes minutes). ``--cases`` picks cases by number (default all). The report, with the machine and the command, is written to
 ``benchmarks/finetune_modes.md`` (``--out``) and sealed (``benchmarks/stamp.py``: ``tests/test_docs.py`` fails on a
 hand edit).
 
@@ -42,7 +44,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny config, 1 step: a smoke run of the script")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per case (default 2, --quick 1)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per case after a warm-up (default 2, --quick 1); 0: time the first step")
+    ap.add_argument("--cases", default=None, help="comma-separated case numbers (0 full, 1 gradient cache, 2 LoRA, "
+                                                  "3 LoRA + gradient cache; default all)")
     ap.add_argument("--batch", type=int, default=16, help="B: the plain batch (the cache runs 4B in chunks of B/2)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "finetune_modes.md"))
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
@@ -112,12 +117,15 @@ def run_case(case: Dict[str, Optional[int]], args) -> Dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    step()  # warm-up: allocates AdamW state and gradients
+    start = time.perf_counter()
+    first = step()  # warm-up: allocates AdamW state and gradients
     if device == "cuda":
         torch.cuda.synchronize()
+    first_s = time.perf_counter() - start
+    if device == "cuda" and args.steps:
         torch.cuda.reset_peak_memory_stats()
     between = rss_mib()
-    times, losses = [], []
+    times, losses = ([], []) if args.steps else ([first_s], [first])
     for _ in range(args.steps):
         start = time.perf_counter()
         losses.append(step())
@@ -148,22 +156,24 @@ def machine(args) -> str:
 
 
 def command_line(args) -> str:
+    chosen = f" --cases {args.cases}" if args.cases else ""
     return (f"python benchmarks/finetune_modes.py{' --quick' if args.quick else ''} --device {args.device} "
-            f"--threads {args.threads} --steps {args.steps} --batch {args.batch}")
+            f"--threads {args.threads} --steps {args.steps} --batch {args.batch}{chosen}")
 
 
 def report(args, rows: List[Dict[str, object]], failed: List[str]) -> str:
     size = "tiny test config (--quick: figures meaningless)" if args.quick else "full size (203.7M parameters)"
     precision = "bf16 autocast" if args.device == "cuda" else "fp32"
     memory = "max allocated GPU memory" if args.device == "cuda" else "peak RSS"
+    timing = (f"median of {args.steps} step(s) after one warm-up" if args.steps else
+              "the first step (gradients and AdamW state allocated in it)")
     lines = [f"# Fine-tuning modes ({args.device}, {size})", "", "Command:", "", f"    {command_line(args)}", "",
              f"Machine: {machine(args)}", "",
              f"One training step (forward, backward, clipping, AdamW), {precision}, gradient checkpointing off, "
-             f"median of {args.steps} step(s) after one warm-up, each case in its own process. Memory: {memory} of "
-             "the process (weights, gradients, AdamW state, activations) and, on CPU, the resident set between "
-             "steps.", "",
+             f"{timing}, each case in its own process. Memory: {memory} of the process (weights, gradients, AdamW "
+             "state, activations) and, on CPU, the resident set after the first step.", "",
              f"| mode | batch (chunk) | trainable parameters | step (s) | steps/s | pairs/s | {memory} (MiB) | "
-             "resident between steps (MiB) |",
+             "resident after the first step (MiB) |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         r, case = row["result"], row["case"]
@@ -178,12 +188,16 @@ def report(args, rows: List[Dict[str, object]], failed: List[str]) -> str:
 
 def main() -> None:
     args = parse()
-    args.steps = args.steps or (1 if args.quick else 2)
+    if args.steps is None:
+        args.steps = 1 if args.quick else 2
     if args.case is not None:
         print(json.dumps(run_case(cases(args.batch)[int(args.case)], args)))
         return
     rows, failed = [], []
+    chosen = {int(i) for i in args.cases.split(",")} if args.cases else None
     for index, case in enumerate(cases(args.batch)):
+        if chosen is not None and index not in chosen:
+            continue
         cmd = [sys.executable, __file__, "--case", str(index), "--device", args.device, "--threads",
                str(args.threads), "--steps", str(args.steps), "--batch", str(args.batch)]
         if args.quick:

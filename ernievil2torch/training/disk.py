@@ -1,13 +1,17 @@
 """How much disk a fine-tuning run's outputs take, and the free-space check before each one is written.
 
-Sizes (bytes on disk, to within a few KB of headers and the vocab file):
+Sizes (:func:`plan_outputs`; bytes on disk, to within a few KB of headers and the vocab file; tested against what
+a run writes):
 
-* ``final/``, ``best/``: the weights, ``4 x parameters`` in float32 (778 MB for the base model; LoRA runs write the
-  merged weights plus the adapter, a few MB);
-* a checkpoint: the weights plus ``trainer_state.pt``, whose AdamW state is two float32 moments per trainable
-  parameter: ``3 x 4 x parameters``, 2.3 GB for the base model fully trained; a LoRA checkpoint holds only the
-  trainable tensors and their moments (``3 x 4 x adapter parameters``: 29 MB at rank 8 on every block layer of
+* ``final/``, ``best/``: the weights, ``4 x parameters`` in float32 (815 MB for the base model; LoRA runs write the
+  merged weights plus the adapter);
+* a checkpoint: the weights plus ``trainer_state.pt``, whose AdamW state is two float32 moments per trained
+  parameter: ``3 x 4 x parameters``, 2.4 GB for the base model fully trained; a LoRA checkpoint holds only the
+  trainable tensors and their moments (``3 x 4 x adapter parameters``: 28 MB at rank 8 on every block layer of
   the base model).
+
+``--keep_last`` defaults to 1: a checkpoint is never half-written, so the newest always resumes, and each further
+one costs 2.4 GB at full size.
 
 Every output is published atomically (:func:`~ernievil2torch.storage.atomic.atomic_directory`): the new copy is
 written completely beside the old one, and only then replaces it or the oldest checkpoint is removed. So writing

@@ -73,7 +73,7 @@ def finetune(model: str, train: str, out: str, **options: Any) -> FinetuneResult
         save_every: checkpoint every this many steps (and at the end).
         log_every: write a metrics.jsonl record every this many steps.
         keep_last: checkpoints kept (best/ is kept apart); one suffices to resume, as each is written completely
-            before the previous is removed. Full size: 2.3 GB a checkpoint (weights + AdamW state).
+            before the previous is removed. Full size: 2.4 GB a checkpoint (weights + AdamW state).
         eval_at_start: validate before the first step (a baseline; also checks the validation images).
         eval_batch_size: batch size of validation encoding.
         num_workers: DataLoader worker processes (the result does not depend on it).

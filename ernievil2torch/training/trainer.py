@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from ..config import ErnieViL2Config, resolve_model
 from ..constants import BEST_DIR, CONFIG_NAME, FINAL_DIR
 from ..data.stream import StreamPosition
-from ..errors import InputError
+from ..errors import DiskSpaceError, InputError
 from ..modeling import ErnieViL2
 from ..pretrained import load_pretrained
 from ..processing.vocab import resolve_vocab
@@ -243,9 +243,13 @@ class Trainer:
             if step > 0 and result.metrics is not None and (self.best[1] is None
                                                             or record["mean_recall"] > self.best[1]):
                 self.best = (step, record["mean_recall"])
-                save_best(self.out, self.model, self.vocab_file, s.model, step, record)
+                try:
+                    save_best(self.out, self.model, self.vocab_file, s.model, step, record)
+                except DiskSpaceError as exc:
+                    self.train_mode()
+                    self.after_main_wrote(exc)
         self.train_mode()
-        self.group.barrier()
+        self.after_main_wrote(None)
         return result
 
     def trainer_state(self, step: int) -> Dict[str, Any]:
@@ -256,10 +260,27 @@ class Trainer:
                 "data_position": self.order(0, 0).position(step * self.settings.grad_accum).to_dict()}
 
     def checkpoint(self, step: int) -> None:
+        error = None
         if self.group.is_main:
-            save_checkpoint(self.out, step, self.model, self.vocab_file, self.settings.model,
-                            self.trainer_state(step), self.settings.keep_last)
-        self.group.barrier()
+            try:
+                save_checkpoint(self.out, step, self.model, self.vocab_file, self.settings.model,
+                                self.trainer_state(step), self.settings.keep_last)
+            except DiskSpaceError as exc:
+                error = exc
+        self.after_main_wrote(error)
+
+    def after_main_wrote(self, error: Optional[DiskSpaceError]) -> None:
+        """The barrier after the main process wrote an output: every process learns whether the disk was too full
+        and stops with the same :class:`DiskSpaceError` (instead of waiting for a process that has stopped)."""
+        if self.group.distributed:
+            import torch.distributed as dist
+
+            message = [None if error is None else str(error)]
+            dist.broadcast_object_list(message, src=0)
+            if error is None and message[0] is not None:
+                raise DiskSpaceError(message[0])
+        if error is not None:
+            raise error
 
     def optimizer_step(self, step: int, batches) -> Tuple[float, float, float, List[Tuple[str, str]]]:
         """Step ``step`` (0-based): its micro-batches, clipping, AdamW, the schedule. Returns the mean loss, the
@@ -319,9 +340,13 @@ class Trainer:
         bar.close()
         self.bar = None
         final = self.out / FINAL_DIR
+        error = None
         if self.group.is_main:
-            final = save_final(self.out, self.model, self.vocab_file, s.model, step)
-        self.group.barrier()
+            try:
+                final = save_final(self.out, self.model, self.vocab_file, s.model, step)
+            except DiskSpaceError as exc:
+                error = exc
+        self.after_main_wrote(error)
         best_step, best_recall = self.best
         return FinetuneResult(self.out, step, final, self.out / BEST_DIR if best_step is not None else None,
                               best_step, best_recall, self.last_validation, list(self.skipped),

@@ -226,7 +226,12 @@ LEARNING_CPU_LIMIT_S = 60.0
 def test_adapters_learn_new_shape_captions_on_a_colour_base(tmp_path, single_thread):
     """A tiny model fine-tuned (fully) on colour-only captions knows colours, not shapes: on the shape x colour
     captions it ranks about 1 in 4 right (the 4 shapes of a colour tie). Rank-8 adapters, with every base weight
-    fixed, then learn the 20 shape x colour captions to >= 90 % text->image R@1 on unseen images."""
+    fixed, then learn the 20 shape x colour captions to >= 90 % text->image R@1 on unseen images.
+
+    Measured when this was set (same settings, data seeds 0 / 1 / 2 of ``shapes_setup``): 90 / 75 / 100 % at step
+    500, so the bound holds for this test's seed (0), not for every seed: rank-8 adapters on the 2-block tiny model
+    learn shapes more slowly than full fine-tuning (which the from-scratch test in test_training.py shows reaching
+    the bound for seeds 0-7). lr 1e-3, batch 16 x 800 steps, or a base trained 50 steps did worse (65-85 %)."""
     setup = shapes_setup(tmp_path / "data", images_per_caption=LEARNING_IMAGES_PER_CAPTION, text_dropout=0.0)
     lines = [json.loads(line) for line in setup.train.read_text(encoding="utf-8").splitlines()]
     colours = setup.train.with_name("colours.jsonl")
