@@ -11,9 +11,10 @@ step each (random weights; 224x224 images, 48-token texts; forward, backward, gr
 Each case runs in its own subprocess, so its memory is its own: peak resident set size (``ru_maxrss``, what the
 operating system had to give the process: weights, gradients, AdamW state, activations, allocator caches) and the
 resident set between steps on CPU; ``torch.cuda.max_memory_allocated`` on a GPU. Speed: median step time over
-``--steps`` timed steps after one warm-up step; ``--steps 0`` times the first step itself (it also allocates the
-gradients and the AdamW state: a few percent of a full-size CPU step, where one gradient-cache step at batch 64
-takes minutes). ``--cases`` picks cases by number (default all). The report, with the machine and the command, is written to
+``--steps`` timed steps after one warm-up step; ``--steps 0`` times one step after a cheap warm-up that only
+allocates the AdamW state (an optimizer step on zero gradients), so its memory is a steady-state step's (weights,
+AdamW state, gradients and activations at once) where one gradient-cache step at batch 64 takes minutes on a CPU.
+``--cases`` picks cases by number (default all). The report, with the machine and the command, is written to
 ``benchmarks/finetune_modes.md`` (``--out``) and sealed (``benchmarks/stamp.py``: ``tests/test_docs.py`` fails on a
 hand edit).
 
@@ -33,10 +34,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stamp import seal
 
-from stamp import seal  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse() -> argparse.Namespace:
@@ -45,7 +45,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--steps", type=int, default=None,
-                    help="timed steps per case after a warm-up (default 2, --quick 1); 0: time the first step")
+                    help="timed steps per case after a warm-up (default 2, --quick 1); 0: one step after a cheap "
+                         "warm-up")
     ap.add_argument("--cases", default=None, help="comma-separated case numbers (0 full, 1 gradient cache, 2 LoRA, "
                                                   "3 LoRA + gradient cache; default all)")
     ap.add_argument("--batch", type=int, default=16, help="B: the plain batch (the cache runs 4B in chunks of B/2)")
@@ -117,16 +118,19 @@ def run_case(case: Dict[str, Optional[int]], args) -> Dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    start = time.perf_counter()
-    first = step()  # warm-up: allocates AdamW state and gradients
+    if args.steps:
+        step()  # warm-up: allocates the AdamW state and the allocator's caches
+    else:  # only the AdamW state: a step on zero gradients (weight decay moves the weights a little, no matter)
+        for p in trainable:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.synchronize()
-    first_s = time.perf_counter() - start
-    if device == "cuda" and args.steps:
         torch.cuda.reset_peak_memory_stats()
     between = rss_mib()
-    times, losses = ([], []) if args.steps else ([first_s], [first])
-    for _ in range(args.steps):
+    times, losses = [], []
+    for _ in range(max(1, args.steps)):
         start = time.perf_counter()
         losses.append(step())
         if device == "cuda":
@@ -166,14 +170,14 @@ def report(args, rows: List[Dict[str, object]], failed: List[str]) -> str:
     precision = "bf16 autocast" if args.device == "cuda" else "fp32"
     memory = "max allocated GPU memory" if args.device == "cuda" else "peak RSS"
     timing = (f"median of {args.steps} step(s) after one warm-up" if args.steps else
-              "the first step (gradients and AdamW state allocated in it)")
+              "one step after allocating the AdamW state (an optimizer step on zero gradients)")
     lines = [f"# Fine-tuning modes ({args.device}, {size})", "", "Command:", "", f"    {command_line(args)}", "",
              f"Machine: {machine(args)}", "",
              f"One training step (forward, backward, clipping, AdamW), {precision}, gradient checkpointing off, "
              f"{timing}, each case in its own process. Memory: {memory} of the process (weights, gradients, AdamW "
-             "state, activations) and, on CPU, the resident set after the first step.", "",
+             "state, activations) and, on CPU, the resident set before the timed step(s).", "",
              f"| mode | batch (chunk) | trainable parameters | step (s) | steps/s | pairs/s | {memory} (MiB) | "
-             "resident after the first step (MiB) |",
+             "resident before the step (MiB) |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         r, case = row["result"], row["case"]

@@ -401,7 +401,7 @@ NOT_FIGURES: Dict[str, List[str]] = {
     R: [HTTP_CLASSES, HTTP_STATUSES, r"ERNIE-ViL 2\.0", r"numpy-[12]", r"protocol-0", r"\(exit 0\)",
         r"2-channel"],
 }
-SEALED = ["BENCHMARKS.md", "benchmarks/serve_load.md"]
+SEALED = ["BENCHMARKS.md", "benchmarks/serve_load.md", "benchmarks/finetune_modes.md"]
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,12 @@ class Trainer:
             self.start_step = int(trainer_state["step"])
         self.model = trainable_model(model, self.group.device, s.gradient_checkpointing, s.freeze)
         if self.lora is not None:
-            add_adapters(self.model, self.lora)
+            # peft draws lora_A at random: seeded by the run, so every process (the gradient cache does not use
+            # DDP, whose first broadcast would hide a difference) and every rerun starts from the same adapters.
+            cuda = [self.group.device] if self.group.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(s.seed)
+                add_adapters(self.model, self.lora)
             if checkpoint is not None:  # the base weights are --model's; the checkpoint holds what trains
                 load_trainable_state(self.model, checkpoint / TRAINABLE_NAME)
         micro_per_epoch = len(self.train_data.texts) // (s.batch_size * self.group.world_size)

@@ -231,3 +231,29 @@ def test_a_cached_run_resumed_ends_as_the_uninterrupted_run(shapes, tmp_path):
     a = ErnieViL2.from_pretrained(tmp_path / "straight" / FINAL_DIR).state_dict()
     b = ErnieViL2.from_pretrained(tmp_path / "cut" / FINAL_DIR).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetune_under_torchrun_with_the_cache_steps_as_one_process_with_the_global_batch(shapes, tmp_path,
+                                                                                           capsys):
+    """`python -m ernievil2torch.finetune` under torchrun (2 gloo processes x 8 pairs in chunks of 4: the trainer's
+    own path, no DDP, gradients averaged by the cache) against one process's plain step on the same 16 pairs:
+    one step's weight change within 1e-5 (the settings of the one-step test above)."""
+    import os
+
+    steps = ["--batch_size", "8", "--max_steps", "1", "--warmup_steps", "0", "--lr", "100", "--num_workers", "0",
+             "--progress", "false", "--gradient_checkpointing", "false", "--precision", "fp32", "--adam_eps", "1",
+             "--weight_decay", "0", "--images", str(shapes.train_images)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "ernievil2torch.finetune", str(shapes.model), str(shapes.train), str(tmp_path / "two"), *steps,
+           "--grad_cache_chunk", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    one = [a if a != "8" else "16" for a in steps]  # the global batch in one process, plain
+    run_command(COMMANDS, name="ernievil2", argv=["finetune", str(shapes.model), str(shapes.train),
+                                                  str(tmp_path / "one"), *one])
+    capsys.readouterr()
+    two, single = weight_change(shapes, tmp_path / "two"), weight_change(shapes, tmp_path / "one")
+    worst = max(float((two[k] - single[k]).norm() / single[k].norm()) for k in single)
+    print(f"\ntorchrun 2 x 8 (chunks of 4) vs 1 x 16: worst relative difference of the weight change {worst:.2e}")
+    assert worst <= 1e-5

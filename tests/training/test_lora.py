@@ -254,3 +254,20 @@ def test_adapters_learn_new_shape_captions_on_a_colour_base(tmp_path, single_thr
     assert validations[0][1] <= 35.0  # the colour base alone: about 25 %
     assert result.last_validation["t2i"]["R@1"] >= LEARNING_MIN_R1
     assert cpu <= LEARNING_CPU_LIMIT_S
+
+
+def test_adapters_start_from_the_run_seed(shapes, tmp_path):
+    """lora_A is drawn from the run's seed, not from whatever the global random state was: two preparations of the
+    same settings start identical (processes of a torchrun job included), another seed starts elsewhere."""
+    def initial(seed: int, out: str):
+        torch.manual_seed(seed * 1000 + len(out))  # a different global state each time
+        settings = FinetuneSettings(shapes.model, shapes.train, tmp_path / out, images=shapes.train_images,
+                                    batch_size=8, max_steps=1, num_workers=0, progress=False, lora_rank=2,
+                                    eval_at_start=False, seed=seed)
+        trainer = Trainer(settings)
+        trainer.prepare()
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if ".lora_A." in n}
+
+    a, b, c = initial(1, "a"), initial(1, "bb"), initial(2, "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -1,7 +1,7 @@
 """Worker for tests/training/test_grad_cache.py: one step's loss and gradients with the gradient cache under
 torchrun, or the plain step on the whole batch in one process (the reference).
 
-    torchrun --standalone --nproc_per_node 2 tests/workers/grad_cache_gradients.py OUT  # each rank: 8 of 16, chunks of 4
+    torchrun --standalone --nproc_per_node 2 tests/workers/grad_cache_gradients.py OUT  # 8 of 16 a rank, chunks of 4
     python tests/workers/grad_cache_gradients.py OUT                                     # one process: plain, all 16
 
 Both build the same tiny model (every weight random, dropout 0) and the same global batch of 16 padded pairs, once
