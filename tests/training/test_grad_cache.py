@@ -74,7 +74,7 @@ def step(config, dtype, cached: bool, checkpointing=False, freeze=None, autocast
         with autocast():
             loss = objective(pixels, ids, mask)
         loss.backward()
-    return float(loss), gradients(model)
+    return float(loss.detach()), gradients(model)
 
 
 def worst_relative(cache: Dict[str, Optional[torch.Tensor]], plain: Dict[str, Optional[torch.Tensor]]) -> float:
