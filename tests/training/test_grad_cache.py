@@ -257,3 +257,32 @@ def test_finetune_under_torchrun_with_the_cache_steps_as_one_process_with_the_gl
     worst = max(float((two[k] - single[k]).norm() / single[k].norm()) for k in single)
     print(f"\ntorchrun 2 x 8 (chunks of 4) vs 1 x 16: worst relative difference of the weight change {worst:.2e}")
     assert worst <= 1e-5
+
+
+def test_the_cache_with_lora_adapters_gives_the_plain_adapter_gradients():
+    """LoRA adapters (non-zero, dropout off) trained through the cache: the adapter and temperature gradients of the
+    plain step, float64; no base weight gets a gradient."""
+    from ernievil2torch.training.lora import add_adapters, lora_spec
+
+    config = config_with()
+    results = []
+    for cached in (False, True):
+        model = make_model(config, torch.float64)
+        torch.manual_seed(5)
+        add_adapters(model, lora_spec(4, None, 0.0, "qkv,fc2,text.pooler", None)).to(torch.float64)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".lora_B." in name:
+                    p.normal_(std=0.1, generator=torch.Generator().manual_seed(len(name)))
+        model.train()
+        pixels, ids, mask = inputs(config, torch.float64)
+        objective = ContrastiveObjective(model)
+        if cached:
+            grad_cache_backward(objective, pixels, ids, mask, CHUNK, contextlib.nullcontext)
+        else:
+            objective(pixels, ids, mask).backward()
+        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+        results.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    plain, cache = results
+    assert len(plain) > 1 and all(g is not None for g in plain.values())
+    assert worst_relative(cache, plain) <= BOUNDS[torch.float64]
