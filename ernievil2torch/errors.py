@@ -27,3 +27,7 @@ class OutputExistsError(ErnieViL2Error, FileExistsError):
 
 class ImageTooLargeError(InputError):
     """An image with more pixels than allowed (a caller's limit or Pillow's decompression-bomb guard)."""
+
+
+class DiskSpaceError(ErnieViL2Error, OSError):
+    """Not enough free disk space to write an output completely; nothing was written and earlier outputs stand."""

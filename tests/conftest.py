@@ -4,7 +4,9 @@ Under ``ERNIEVIL2_REQUIRE_ORACLES=1`` (``scripts/test.sh``, CI) a skip is a fail
 already fail with a clear reason when an oracle, optional dependency or ``../shared/data`` is missing, and the hooks
 below turn any other skip (a ``skipif`` marker, a stray ``pytest.importorskip``) into a failure that quotes the skip
 reason. A test that cannot run on some machines must be deselected, never skipped: mark it ``@pytest.mark.gpu`` and
-it is deselected (and counted in the summary line) where CUDA is unavailable, and run where it is.
+it is deselected (and counted in the summary line) where CUDA is unavailable, and run where it is;
+``@pytest.mark.mounts`` likewise where this process cannot mount a small tmpfs (not root, or a container without
+the capability).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from ernievil2torch.config import get_model_config
 from ernievil2torch.constants import VOCAB_NAME
 from ernievil2torch.verify.synthetic import layout_state, random_model, write_synthetic_vocab
 
-from helpers import REQUIRE_ENV, oracles_required
+from helpers import REQUIRE_ENV, can_mount_tmpfs, oracles_required
 
 CONFIGS = {"tiny": tiny_config, "base": base_config}
 
@@ -36,13 +38,16 @@ def _fail_instead_of_skip(report) -> None:
 
 def pytest_collection_modifyitems(config, items):
     gpu = [item for item in items if item.get_closest_marker("gpu")]
-    if not gpu:
-        return
-    import torch
+    if gpu:
+        import torch
 
-    if not torch.cuda.is_available():
-        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
-        config.hook.pytest_deselected(items=gpu)
+        if not torch.cuda.is_available():
+            items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+            config.hook.pytest_deselected(items=gpu)
+    mounts = [item for item in items if item.get_closest_marker("mounts")]
+    if mounts and not can_mount_tmpfs():
+        items[:] = [item for item in items if not item.get_closest_marker("mounts")]
+        config.hook.pytest_deselected(items=mounts)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -14,9 +14,12 @@ in required mode any other skip is turned into a failure too.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn, Optional, Sequence, Union
@@ -163,3 +166,16 @@ def run_pytest_on_copy(workdir: Path, *pytest_args: str, edits: Optional[dict] =
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", *pytest_args],
                           cwd=copy, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout)
+
+
+@functools.lru_cache(maxsize=None)
+def can_mount_tmpfs() -> bool:
+    """Whether this process can mount (and unmount) a small tmpfs: root with the capability to mount."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    with tempfile.TemporaryDirectory() as where:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", where],
+                                 capture_output=True).returncode == 0
+        if mounted:
+            subprocess.run(["umount", where], capture_output=True)
+    return mounted

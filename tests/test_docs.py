@@ -125,6 +125,33 @@ def training():
     return _test_module("test_training")
 
 
+def grad_cache_tests():
+    return _test_module("test_grad_cache")
+
+
+def lora_tests():
+    return _test_module("test_lora")
+
+
+def disk_tests():
+    return _test_module("test_disk")
+
+
+def output_plan(**options):
+    from ernievil2torch.config import base_config
+    from ernievil2torch.training.disk import format_bytes, plan_outputs
+    from ernievil2torch.training.lora import DEFAULT_LORA_TARGETS, lora_spec
+
+    rank = options.pop("lora_rank", None)
+    lora = lora_spec(rank, None, 0.0, DEFAULT_LORA_TARGETS, None) if rank else None
+    return plan_outputs(base_config(), lora=lora, **options), format_bytes
+
+
+def plan_figure(field: str, **options) -> str:
+    plan, format_bytes = output_plan(**options)
+    return format_bytes(getattr(plan, field)).split()[0]
+
+
 def serve_tests():
     return _test_module("test_serve")
 
@@ -356,6 +383,22 @@ SOURCES: Dict[str, Source] = {
     "ddp_global_batch": Source("workers/ddp_gradients.GLOBAL_BATCH", lambda: str(ddp_global_batch())),
     "ddp_bounds": Source("test_training.DDP_BOUNDS: (float64, float32)", lambda: [
         g(dict(training().DDP_BOUNDS)["float64"]), g(dict(training().DDP_BOUNDS)["float32"])]),
+    # gradient cache, LoRA, disk (tests/training/test_grad_cache.py, test_lora.py, test_disk.py, training.disk)
+    "grad_cache_batch_chunk": Source("test_grad_cache.BATCH, CHUNK", lambda: [
+        str(grad_cache_tests().BATCH), str(grad_cache_tests().CHUNK)]),
+    "grad_cache_bounds": Source("test_grad_cache.BOUNDS (float64, float32)", lambda: [
+        g(v) for v in grad_cache_tests().BOUNDS.values()]),
+    "lora_merge_atol": Source("test_lora.MERGE_ATOL_FP32", lambda: g(lora_tests().MERGE_ATOL_FP32)),
+    "lora_learning": Source("test_lora.LEARNING_RANK, LEARNING_MIN_R1, LEARNING_STEPS, LEARNING_CPU_LIMIT_S",
+                            lambda: [str(lora_tests().LEARNING_RANK), f"{lora_tests().LEARNING_MIN_R1:g}",
+                                     str(lora_tests().LEARNING_STEPS), f"{lora_tests().LEARNING_CPU_LIMIT_S:g}"]),
+    "full_size_plan": Source("training.disk.plan_outputs(base_config()): model MB, checkpoint GB, peak GB", lambda: [
+        plan_figure("model"), plan_figure("checkpoint"), plan_figure("peak")]),
+    "keep_last_2_peak": Source("plan_outputs(base_config(), keep_last=2).peak GB",
+                               lambda: plan_figure("peak", keep_last=2)),
+    "lora_plan": Source("plan_outputs(base_config(), lora rank 8): checkpoint MB", lambda: [
+        "8", plan_figure("checkpoint", lora_rank=8)]),
+    "disk_mount_mb": Source("test_disk.MOUNT_MB", lambda: str(disk_tests().MOUNT_MB)),
 }
 
 
@@ -375,7 +418,7 @@ NOT_FIGURES: Dict[str, List[str]] = {
     R: [HTTP_CLASSES, HTTP_STATUSES, r"ERNIE-ViL 2\.0", r"numpy-[12]", r"protocol-0", r"\(exit 0\)",
         r"2-channel"],
 }
-SEALED = ["BENCHMARKS.md", "benchmarks/serve_load.md", "benchmarks/photo_decode.md"]
+SEALED = ["BENCHMARKS.md", "benchmarks/serve_load.md", "benchmarks/photo_decode.md", "benchmarks/finetune_modes.md"]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Building blocks shared by both towers: the attention-bias builder, fused-qkv self-attention, the MLP."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import contextlib
+import threading
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,38 @@ def attention_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 QUICK_GELU_SLOPE = 1.702
 
+_PATHS = threading.local()
+
+
+@contextlib.contextmanager
+def autograd_paths() -> Iterator[None]:
+    """Within this block the layers take the code path they take under autograd even where autograd is off.
+
+    The inference fast paths below (in-place QuickGELU, the half-precision MLP) compute the same function with
+    another order of roundings. A computation that must be replayed exactly with gradient (the gradient cache's
+    first, no-grad encoding) runs inside this block, so both passes execute the same kernels on the same inputs.
+    """
+    previous = getattr(_PATHS, "autograd", False)
+    _PATHS.autograd = True
+    try:
+        yield
+    finally:
+        _PATHS.autograd = previous
+
+
+def _autograd_path(x: torch.Tensor, weight_requires_grad: bool = False) -> bool:
+    """Whether a layer takes its autograd (training) path for input ``x``."""
+    if getattr(_PATHS, "autograd", False):
+        return True
+    return torch.is_grad_enabled() and (x.requires_grad or weight_requires_grad)
+
+
+def plain_linear(module: nn.Module) -> bool:
+    """True when ``module`` is exactly ``nn.Linear``, whose ``weight`` is the whole map. A wrapper (a LoRA adapter
+    layer from ``peft``) exposes its base weight as ``weight`` but adds to the output: the fast paths that read
+    weights directly must then call the module instead, or the adapter would silently do nothing."""
+    return type(module) is nn.Linear
+
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     """CLIP's QuickGELU, ``x * sigmoid(1.702 x)``, used by the released ViT (not the exact GELU).
@@ -31,7 +65,7 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     Without autograd it runs in place on one temporary (same arithmetic, one allocation instead of two and no
     extra pass over memory): 2.8x faster in bf16 on CPU, where the out-of-place form is memory bound.
     """
-    if torch.is_grad_enabled() and x.requires_grad:
+    if _autograd_path(x):
         return x * torch.sigmoid(QUICK_GELU_SLOPE * x)
     out = x.mul(QUICK_GELU_SLOPE)
     out.sigmoid_()
@@ -51,6 +85,9 @@ class SelfAttention(nn.Module):
 
     ``attention_dropout`` drops attention probabilities (inverted dropout, as Paddle's ``upscale_in_train``) in
     training mode only; in eval mode the call is exactly the inference call.
+
+    When ``qkv`` is not a plain ``nn.Linear`` (a LoRA adapter wraps it), ``first_token_only`` calls it on every
+    token and keeps row 0's queries: the weight slices would bypass the adapter.
     """
 
     def __init__(self, dim: int, num_heads: int, attention_dropout: float = 0.0) -> None:
@@ -73,11 +110,16 @@ class SelfAttention(nn.Module):
             q, k, v = qkv.unbind(0)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)
             return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
-        # Rows [0, dim) of the fused weight are q, rows [dim, 3 dim) are k|v: contiguous views, no copies.
-        weight, bias = self.qkv.weight, self.qkv.bias
-        q = F.linear(x[:, 0], weight[:dim], bias[:dim]).view(batch, heads, 1, head_dim)
-        kv = F.linear(x, weight[dim:], bias[dim:]).view(batch, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
-        k, v = kv.unbind(0)
+        if plain_linear(self.qkv):
+            # Rows [0, dim) of the fused weight are q, rows [dim, 3 dim) are k|v: contiguous views, no copies.
+            weight, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, 0], weight[:dim], bias[:dim])
+            kv = F.linear(x, weight[dim:], bias[dim:])
+        else:
+            qkv = self.qkv(x)
+            q, kv = qkv[:, 0, :dim], qkv[..., dim:]
+        q = q.reshape(batch, heads, 1, head_dim)
+        k, v = kv.reshape(batch, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)  # [B, H, 1, hd]
         return self.out_proj(out.reshape(batch, 1, dim))
 
@@ -92,19 +134,18 @@ class MLP(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activation is quick_gelu and x.dtype != torch.float32 and not self._autograd(x):
+        if (self.activation is quick_gelu and x.dtype != torch.float32 and plain_linear(self.fc1)
+                and plain_linear(self.fc2) and not _autograd_path(x, self.fc1.weight.requires_grad)):
             return self._half_quick_gelu(x)
         return self.fc2(self.activation(self.fc1(x)))
-
-    def _autograd(self, x: torch.Tensor) -> bool:
-        return torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad)
 
     def _half_quick_gelu(self, x: torch.Tensor) -> torch.Tensor:
         """The QuickGELU MLP with its two scalings done by the GEMMs: ``h * sigmoid(s h) = silu(s h) / s``, so
         ``fc1`` computes ``s h`` (``addmm`` alpha = beta = s), ``silu`` runs in place, and ``fc2`` divides by ``s``
         (alpha = 1/s). Two passes over the [tokens, intermediate] activations fewer than :func:`quick_gelu`, and one
         rounding fewer. Inference in half precision only, where those passes cost about as much as the GEMMs
-        (bf16 on AMX); fp32 keeps the reference's order of operations, training the plain autograd path.
+        (bf16 on AMX); fp32 keeps the reference's order of operations, training the plain autograd path, and
+        LoRA-adapted ``fc1``/``fc2`` the module calls (this path reads the weights directly).
         """
         s = QUICK_GELU_SLOPE
         rows = x.reshape(-1, x.shape[-1])

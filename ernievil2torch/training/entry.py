@@ -54,6 +54,8 @@ def finetune(model: str, train: str, out: str, **options: Any) -> FinetuneResult
         max_steps: optimizer steps to run instead of --epochs.
         batch_size: pairs per process per micro-batch; every process's pairs are negatives for all.
         grad_accum: micro-batches per optimizer step (negatives stay within a micro-batch).
+        grad_cache_chunk: encode each batch in chunks of this many pairs (gradient cache): the exact gradient of
+            the whole --batch_size with one chunk's activation memory, for about one more forward pass per step.
         lr: peak learning rate.
         warmup_steps: linear warm-up steps, then cosine decay to 0.
         weight_decay: AdamW decay of Linear/Conv weights (none on biases, LayerNorms, embeddings, temperature).
@@ -63,10 +65,17 @@ def finetune(model: str, train: str, out: str, **options: Any) -> FinetuneResult
         precision: auto (bf16 autocast on a GPU that supports it, else fp32), fp32 or bf16.
         gradient_checkpointing: recompute activations in backward (less memory, one more forward pass per step).
         freeze: 'vision' or 'text': keep that tower fixed (LiT-style when 'vision').
+        lora_rank: train rank-R LoRA adapters (and the temperature) instead of the weights; best/ and final/
+            hold the merged weights plus the adapter (peft format) in lora_adapter/.
+        lora_alpha: the adapters' scale is alpha / rank (default: alpha = 2 x rank).
+        lora_dropout: dropout on the adapters' input.
+        lora_targets: adapted layers, comma-separated: qkv, out_proj, fc1, fc2 (both towers), or
+            vision.NAME / text.NAME (text.pooler too).
         eval_every: validate every this many steps (and at the end).
         save_every: checkpoint every this many steps (and at the end).
         log_every: write a metrics.jsonl record every this many steps.
-        keep_last: checkpoints kept (best/ is kept apart).
+        keep_last: checkpoints kept (best/ is kept apart); one suffices to resume, as each is written completely
+            before the previous is removed. Full size: 2.4 GB a checkpoint (weights + AdamW state).
         eval_at_start: validate before the first step (a baseline; also checks the validation images).
         eval_batch_size: batch size of validation encoding.
         num_workers: DataLoader worker processes (the result does not depend on it).

@@ -12,9 +12,11 @@ The output folder ``OUT``::
     run.json                      the settings (a resume must not change those that affect the result)
     metrics.jsonl                 {"step", "epoch", "loss", "lr", "grad_norm", "items_per_s", ...} every log_every
                                   steps; {"step", "validation": {...}} per validation; skipped images
-    checkpoints/step-00000050/    converted directory + trainer_state.pt (the newest keep_last are kept)
+    checkpoints/step-00000050/    converted directory + trainer_state.pt (the newest keep_last are kept); a LoRA
+                                  run: trainable.safetensors (adapters, temperature) + trainer_state.pt
     best/                         converted directory with the best validation mean recall (+ best.json)
     final/                        converted directory after the last step
+                                  (LoRA: merged weights, and the peft adapter in lora_adapter/)
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 from ..config import parse_hub_id
 from ..constants import DEFAULT_MAX_LENGTH, PRECISIONS, TOWERS
 from ..errors import InputError
+from .lora import DEFAULT_LORA_TARGETS, LoraSpec, lora_spec
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class FinetuneSettings:
     max_steps: Optional[int] = None
     batch_size: int = 128
     grad_accum: int = 1
+    grad_cache_chunk: Optional[int] = None
     lr: float = 5e-5
     warmup_steps: int = 100
     weight_decay: float = 0.001
@@ -44,10 +46,14 @@ class FinetuneSettings:
     precision: str = "auto"
     gradient_checkpointing: bool = True
     freeze: Optional[str] = None
+    lora_rank: Optional[int] = None
+    lora_alpha: Optional[float] = None
+    lora_dropout: float = 0.0
+    lora_targets: str = DEFAULT_LORA_TARGETS
     eval_every: int = 50
     save_every: int = 50
     log_every: int = 50
-    keep_last: int = 2
+    keep_last: int = 1
     eval_at_start: bool = True
     eval_batch_size: int = 64
     num_workers: int = 2
@@ -95,6 +101,25 @@ class FinetuneSettings:
             raise InputError("--overwrite and --resume contradict each other: pick one")
         if self.val_images and not self.val:
             raise InputError("--val_images needs --val (the validation captions file)")
+        if self.grad_cache_chunk is not None:
+            chunk = self.grad_cache_chunk
+            if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+                raise InputError(f"--grad_cache_chunk must be a positive integer (pairs encoded at once), got "
+                                 f"{chunk!r}")
+            if self.grad_accum != 1:
+                raise InputError("--grad_cache_chunk with --grad_accum: the gradient cache already makes the whole "
+                                 "--batch_size one batch of negatives; raise --batch_size instead of accumulating")
+        self.lora()
+
+    def lora(self) -> Optional[LoraSpec]:
+        """The checked LoRA configuration (None without ``--lora_rank``); :class:`InputError` for bad values."""
+        if self.lora_rank is None:
+            defaults = (self.lora_alpha is None, self.lora_dropout == 0.0, self.lora_targets == DEFAULT_LORA_TARGETS)
+            if not all(defaults):
+                raise InputError("--lora_alpha / --lora_dropout / --lora_targets need --lora_rank (the adapters' "
+                                 "rank)")
+            return None
+        return lora_spec(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets, self.freeze)
 
     def result_settings(self) -> Dict[str, Any]:
         """The settings that decide the result (all but :attr:`FREE_ON_RESUME`), by name."""

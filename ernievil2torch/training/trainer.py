@@ -1,7 +1,9 @@
 """The fine-tuning loop: :class:`Trainer` prepares a run (data, model, optimizer, the run folder) and runs it.
 
 One step = ``grad_accum`` micro-batches of ``batch_size`` pairs per process (features gathered over processes, see
-:mod:`~ernievil2torch.training.distributed`), gradients clipped, one AdamW step, one schedule step. Everything random
+:mod:`~ernievil2torch.training.distributed`), or with ``grad_cache_chunk`` one batch of ``batch_size`` pairs encoded
+in chunks (:mod:`~ernievil2torch.training.grad_cache`), gradients clipped, one AdamW step, one schedule step. With
+``lora_rank`` the model carries LoRA adapters and only they and the temperature train (:mod:`.lora`). Everything random
 is a function of the run seed and the position in the run: the pair order of epoch ``e`` (seed, e), each sample's
 crop and flip (seed, e, pair), the dropout masks of step ``s`` (seed, s, rank). That, plus the optimizer and
 scheduler state in every checkpoint, is why ``--resume`` reproduces the uninterrupted run exactly, and why the
@@ -22,9 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..constants import BEST_DIR, FINAL_DIR, METRICS_LOG_NAME
+from ..config import ErnieViL2Config, resolve_model
+from ..constants import BEST_DIR, CONFIG_NAME, FINAL_DIR, METRICS_LOG_NAME
 from ..data.stream import StreamPosition
-from ..errors import InputError
+from ..errors import DiskSpaceError, InputError
 from ..modeling import ErnieViL2
 from ..pretrained import load_pretrained
 from ..processing.vocab import resolve_vocab
@@ -33,6 +36,8 @@ from ..runtime.progress import bar_cleared, progress_bar
 from .checkpoints import MetricsLog, load_trainer_state, save_best, save_checkpoint, save_final
 from .data import Batch, CollatePairs, PairBatches, PairDataset, load_pairs
 from .distributed import ContrastiveObjective
+from .grad_cache import grad_cache_backward
+from .lora import TRAINABLE_NAME, add_adapters, check_rank, load_trainable_state
 from .model_setup import train_mode, trainable_model
 from .optim import make_optimizer, make_scheduler
 from .reporting import TrainingEvents
@@ -69,6 +74,9 @@ class Trainer:
         anything is written."""
         s = self.settings
         checkpoint = check_run_folder(s, self.group.world_size)
+        self.lora = s.lora()
+        if self.lora is not None:
+            check_rank(self.lora, self._model_config())
         self.group.barrier()  # every process has checked OUT before the main one writes into it
         self.train_data = load_pairs(s.train, s.images, "training", s.data_format)
         self.val_data = (load_pairs(s.val, s.val_images, "validation", s.val_data_format, images_flag="--val_images")
@@ -79,10 +87,20 @@ class Trainer:
         model = loaded.model
         self.start_step, trainer_state = 0, None
         if checkpoint is not None:
-            model = ErnieViL2.from_pretrained(checkpoint, dtype=torch.float32)
+            if self.lora is None:
+                model = ErnieViL2.from_pretrained(checkpoint, dtype=torch.float32)
             trainer_state = load_trainer_state(checkpoint)
             self.start_step = int(trainer_state["step"])
         self.model = trainable_model(model, self.group.device, s.gradient_checkpointing, s.freeze)
+        if self.lora is not None:
+            # peft draws lora_A at random: seeded by the run, so every process (the gradient cache does not use
+            # DDP, whose first broadcast would hide a difference) and every rerun starts from the same adapters.
+            cuda = [self.group.device] if self.group.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(s.seed)
+                add_adapters(self.model, self.lora)
+            if checkpoint is not None:  # the base weights are --model's; the checkpoint holds what trains
+                load_trainable_state(self.model, checkpoint / TRAINABLE_NAME)
         micro_per_epoch = len(self.train_data.texts) // (s.batch_size * self.group.world_size)
         steps_per_epoch = micro_per_epoch // s.grad_accum
         if steps_per_epoch < 1:
@@ -104,12 +122,20 @@ class Trainer:
             torch.set_rng_state(trainer_state["rng"]["torch"])
         self.objective = ContrastiveObjective(self.model, s.freeze)
         self.step_module: torch.nn.Module = self.objective
-        if self.group.distributed:
+        if self.group.distributed and s.grad_cache_chunk is None:  # the gradient cache averages by itself
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.group.device.index] if self.group.device.type == "cuda" else None
             self.step_module = DistributedDataParallel(self.objective, device_ids=ids)
         self._start_output(trainer_state)
+
+    def _model_config(self) -> ErnieViL2Config:
+        """``--model``'s configuration, read alone (no weights) so the LoRA rank is checked before any work."""
+        source = resolve_model(self.settings.model)
+        try:
+            return ErnieViL2Config.load(source.path / CONFIG_NAME) if source.has_weights else source.config
+        except (OSError, ValueError, TypeError, AttributeError):
+            return load_pretrained(self.settings.model, dtype=torch.float32).model.config  # its own clear error
 
     def _start_output(self, trainer_state: Optional[Dict[str, Any]]) -> None:
         """Only now, with every input checked, is the output folder touched (by the main process)."""
@@ -184,6 +210,13 @@ class Trainer:
         self.message(f"skipped {len(problems)} damaged training sample(s) or shard(s) (listed in "
                      f"{METRICS_LOG_NAME}): {shown}" + (" ..." if len(problems) > 3 else ""))
 
+    def grad_cache_step(self, batch: Batch) -> float:
+        """The whole batch's gradient, encoded ``grad_cache_chunk`` pairs at a time (see :mod:`.grad_cache`)."""
+        device = self.group.device
+        step = grad_cache_backward(self.objective, batch.pixel_values.to(device), batch.input_ids.to(device),
+                                   batch.attention_mask.to(device), self.settings.grad_cache_chunk, self.autocast)
+        return float(step.loss)
+
     def report_skipped(self, step: int, skipped: List[Tuple[str, str]]) -> None:
         if self.group.distributed:
             import torch.distributed as dist
@@ -227,9 +260,13 @@ class Trainer:
             if step > 0 and result.metrics is not None and (self.best[1] is None
                                                             or record["mean_recall"] > self.best[1]):
                 self.best = (step, record["mean_recall"])
-                save_best(self.out, self.model, self.vocab_file, s.model, step, record)
+                try:
+                    save_best(self.out, self.model, self.vocab_file, s.model, step, record)
+                except DiskSpaceError as exc:
+                    self.train_mode()
+                    self.after_main_wrote(exc)
         self.train_mode()
-        self.group.barrier()
+        self.after_main_wrote(None)
         return result
 
     def trainer_state(self, step: int) -> Dict[str, Any]:
@@ -240,10 +277,27 @@ class Trainer:
                 "data_position": self.order(0, 0).position(step * self.settings.grad_accum).to_dict()}
 
     def checkpoint(self, step: int) -> None:
+        error = None
         if self.group.is_main:
-            save_checkpoint(self.out, step, self.model, self.vocab_file, self.settings.model,
-                            self.trainer_state(step), self.settings.keep_last)
-        self.group.barrier()
+            try:
+                save_checkpoint(self.out, step, self.model, self.vocab_file, self.settings.model,
+                                self.trainer_state(step), self.settings.keep_last)
+            except DiskSpaceError as exc:
+                error = exc
+        self.after_main_wrote(error)
+
+    def after_main_wrote(self, error: Optional[DiskSpaceError]) -> None:
+        """The barrier after the main process wrote an output: every process learns whether the disk was too full
+        and stops with the same :class:`DiskSpaceError` (instead of waiting for a process that has stopped)."""
+        if self.group.distributed:
+            import torch.distributed as dist
+
+            message = [None if error is None else str(error)]
+            dist.broadcast_object_list(message, src=0)
+            if error is None and message[0] is not None:
+                raise DiskSpaceError(message[0])
+        if error is not None:
+            raise error
 
     def optimizer_step(self, step: int, batches) -> Tuple[float, float, float, List[Tuple[str, str]]]:
         """Step ``step`` (0-based): its micro-batches, clipping, AdamW, the schedule. Returns the mean loss, the
@@ -254,7 +308,10 @@ class Trainer:
         for micro in range(s.grad_accum):
             batch = next(batches)
             skipped += batch.skipped
-            losses.append(self.micro_step(batch, sync=micro == s.grad_accum - 1))
+            if s.grad_cache_chunk is not None:
+                losses.append(self.grad_cache_step(batch))
+            else:
+                losses.append(self.micro_step(batch, sync=micro == s.grad_accum - 1))
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, s.max_grad_norm))
         lr = self.scheduler.get_last_lr()[0]
@@ -302,9 +359,13 @@ class Trainer:
         bar.close()
         self.bar = None
         final = self.out / FINAL_DIR
+        error = None
         if self.group.is_main:
-            final = save_final(self.out, self.model, self.vocab_file, s.model, step)
-        self.group.barrier()
+            try:
+                final = save_final(self.out, self.model, self.vocab_file, s.model, step)
+            except DiskSpaceError as exc:
+                error = exc
+        self.after_main_wrote(error)
         best_step, best_recall = self.best
         return FinetuneResult(self.out, step, final, self.out / BEST_DIR if best_step is not None else None,
                               best_step, best_recall, self.last_validation, list(self.skipped),

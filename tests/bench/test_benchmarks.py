@@ -123,11 +123,23 @@ def test_gpu_py_smoke_runs_every_path_on_the_cpu(tmp_path: Path):
     assert "bf16 GEMM ceiling:" in text and "End-to-end embed" in text
     assert "images/s >= 12,500" in text and "texts/s >= 50,000" in text
     assert "min cosine" in text
+    assert "## Fine-tuning modes (cpu, tiny test config" in text and "| gradient cache | 64 (8) |" in text
+
+
+def test_finetune_modes_quick_writes_a_sealed_report(tmp_path: Path):
+    """The fine-tuning modes benchmark on the tiny config: every chosen case measured, the report sealed."""
+    out = tmp_path / "modes.md"
+    run("finetune_modes.py", "--quick", "--threads", "1", "--steps", "0", "--cases", "0,1,2", "--out", str(out))
+    text = out.read_text(encoding="utf-8")
+    for name in ("| full fine-tuning | 16 |", "| gradient cache | 64 (8) |", "| LoRA rank 8 | 16 |"):
+        assert name in text, name
+    assert "not measured" not in text
+    assert stamp.check_seal(text)[0] == "benchmarks/finetune_modes.py"
 
 
 def test_importing_the_scripts_runs_nothing():
     for name in ("benchlib", "cases", "chart", "environment", "paddlenlp_client", "report", "repo", "subprocess_runs",
-                 "readme_speed", "gpu", "serve_load", "photo_decode"):
+                 "readme_speed", "gpu", "serve_load", "photo_decode", "finetune_modes"):
         load(name)
     run_py = load("run")
     assert callable(run_py.main) and callable(run_py.parse_args)

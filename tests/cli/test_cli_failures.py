@@ -382,7 +382,7 @@ def interrupt_finetune(tmp_path, small_model, images, interrupt):
 
     return ["finetune", setup.model, setup.train, out, "--images", setup.train_images, "--val", setup.val,
             "--val_images", setup.val_images, "--max_steps", "6", "--batch_size", "4", "--save_every", "2",
-            "--eval_every", "100", "--num_workers", "0", "--progress", "False"], check
+            "--keep_last", "2", "--eval_every", "100", "--num_workers", "0", "--progress", "False"], check
 
 # What each subcommand prints after Ctrl-C ...
 MESSAGES = {"convert": cli.ATOMIC_OUTPUT, "check": cli.ATOMIC_OUTPUT, "similarity": cli.ATOMIC_OUTPUT,

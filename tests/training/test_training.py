@@ -107,7 +107,7 @@ def test_finetune_runs_under_torchrun(shapes, tmp_path):
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
     assert all(r["items_per_s"] > 0 for r in records if "loss" in r)
     ErnieViL2.from_pretrained(out / "final")
-    assert [p.name for p in sorted((out / CHECKPOINTS_DIR).iterdir())] == ["step-00000002", "step-00000003"]
+    assert [p.name for p in sorted((out / CHECKPOINTS_DIR).iterdir())] == ["step-00000003"]  # keep_last 1
 
 
 # ---- proof that it learns ----------------------------------------------------------------------------------------

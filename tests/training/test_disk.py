@@ -1,0 +1,119 @@
+"""Disk planning: the size estimate of every output, and a full disk (a real small tmpfs) refused before writing with
+the previous checkpoint intact; after space is freed, --resume finishes the run."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from ernievil2torch.constants import CHECKPOINTS_DIR, FINAL_DIR
+from ernievil2torch.errors import DiskSpaceError
+from ernievil2torch.modeling import ErnieViL2
+from ernievil2torch.training import finetune
+from ernievil2torch.training.checkpoints import list_checkpoints, load_trainer_state
+from ernievil2torch.training.disk import check_free_space, estimated_bytes, format_bytes
+from shapes import shapes_setup
+
+#: The tiny shapes model: 0.61 M parameters, 2.4 MB of weights, a checkpoint 7.3 MB (weights + AdamW moments).
+MOUNT_MB = 12  # room for one checkpoint (and run.json, metrics.jsonl), not for two at once
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return shapes_setup(tmp_path_factory.mktemp("shapes"), images_per_caption=1)
+
+
+def run(setup, out, **overrides):
+    settings = dict(images=setup.train_images, batch_size=8, lr=1e-3, warmup_steps=1, max_steps=3, save_every=1,
+                    num_workers=0, progress=False, gradient_checkpointing=False, eval_at_start=False)
+    settings.update(overrides)
+    return finetune(setup.model, setup.train, out, **settings)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def test_estimates_cover_what_is_written_and_little_more(shapes, tmp_path):
+    """The estimate the free-space check uses is never below the bytes written, and at most 1 % + 1 MB above."""
+    run(shapes, tmp_path / "run", max_steps=1, lora_rank=None)
+    checkpoint = list_checkpoints(tmp_path / "run")[-1]
+    model = ErnieViL2.from_pretrained(checkpoint)
+    state = load_trainer_state(checkpoint)
+    payload = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    payload += sum(t.numel() * t.element_size() for s in state["optimizer"]["state"].values() for t in s.values())
+    payload += state["rng"]["torch"].numel()
+    estimate = estimated_bytes(payload, [shapes.model / "vocab.txt"])
+    written = folder_bytes(checkpoint)
+    print(f"\ntiny checkpoint: {format_bytes(written)} written, {format_bytes(estimate)} estimated")
+    assert written <= estimate <= written * 1.01 + (1 << 20) + 4096
+
+
+def test_too_little_space_is_refused_with_a_clear_error(tmp_path):
+    with pytest.raises(DiskSpaceError, match=r"not enough disk space for checkpoint step-00000002/: it needs"):
+        check_free_space(tmp_path, 1 << 62, "checkpoint step-00000002/")
+    check_free_space(tmp_path / "not" / "yet", 1, "final/")  # a folder still to be made: its parent is asked
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real MOUNT_MB tmpfs at tmp_path/disk (unmounted afterwards)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={MOUNT_MB}m", "tmpfs", str(where)], check=True)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+@pytest.mark.mounts
+def test_a_full_disk_stops_the_run_before_a_checkpoint_and_keeps_the_previous_one(shapes, small_disk):
+    """keep_last 1 on a 12 MB file system: step 1's checkpoint (7.3 MB) fits; step 2's would coexist with it until
+    complete, so it is refused before anything is written. Step 1's stays complete and loadable, no partial
+    directory is left, and after the disk grows --resume ends the run exactly where an unhindered run ends."""
+    out = small_disk / "run"
+    with pytest.raises(DiskSpaceError, match="not enough disk space for checkpoint step-00000002/"):
+        run(shapes, out, keep_last=1)
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000001"]
+    assert sorted(p.name for p in (out / CHECKPOINTS_DIR).iterdir()) == ["step-00000001"]  # no partial directory
+    ErnieViL2.from_pretrained(out / CHECKPOINTS_DIR / "step-00000001")
+    assert load_trainer_state(out / CHECKPOINTS_DIR / "step-00000001")["step"] == 1
+    subprocess.run(["mount", "-o", f"remount,size={3 * MOUNT_MB}m", str(small_disk)], check=True)
+    result = run(shapes, out, keep_last=1, resume=True)
+    assert result.resumed_from == 1 and result.steps == 3
+    run(shapes, small_disk / "straight", keep_last=1)
+    a = ErnieViL2.from_pretrained(out / FINAL_DIR).state_dict()
+    b = ErnieViL2.from_pretrained(small_disk / "straight" / FINAL_DIR).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.mounts
+def test_a_write_that_still_runs_out_of_space_leaves_no_half_checkpoint(shapes, small_disk, monkeypatch):
+    """Had the check passed (another process filled the disk in between), the write fails (torch.save says only
+    "iostream error"): a clear DiskSpaceError, the partial directory removed, the previous checkpoint intact."""
+    import ernievil2torch.training.checkpoints as checkpoints
+
+    monkeypatch.setattr(checkpoints, "check_free_space", lambda *args: None)
+    out = small_disk / "run"
+    with pytest.raises(DiskSpaceError, match="the disk filled up while checkpoint step-00000002/ was written"):
+        run(shapes, out, keep_last=1)
+    assert sorted(p.name for p in (out / CHECKPOINTS_DIR).iterdir()) == ["step-00000001"]
+    ErnieViL2.from_pretrained(out / CHECKPOINTS_DIR / "step-00000001")
+
+
+@pytest.mark.parametrize("lora", [None, 4])
+def test_the_plan_is_what_a_run_writes(shapes, tmp_path, lora):
+    """plan_outputs (the sizes the README states for the full-size model) against the bytes a tiny run wrote:
+    a checkpoint and final/ each within 64 KB above the plan (headers, vocab, JSON), never below."""
+    from ernievil2torch.training.disk import plan_outputs
+    from ernievil2torch.training.lora import lora_spec
+
+    run(shapes, tmp_path / "run", max_steps=1, lora_rank=lora)
+    plan = plan_outputs(ErnieViL2.from_pretrained(shapes.model).config, keep_last=1,
+                        lora=lora_spec(lora, None, 0.0, "qkv,out_proj,fc1,fc2", None) if lora else None)
+    checkpoint = folder_bytes(list_checkpoints(tmp_path / "run")[-1])
+    final = folder_bytes(tmp_path / "run" / FINAL_DIR)
+    print(f"\nplan {plan.summary()}; written: checkpoint {checkpoint} B, final {final} B")
+    assert plan.checkpoint <= checkpoint <= plan.checkpoint + 64 * 1024
+    assert plan.model <= final <= plan.model + 64 * 1024

@@ -1,0 +1,63 @@
+"""Worker for tests/training/test_grad_cache.py: one step's loss and gradients with the gradient cache under
+torchrun, or the plain step on the whole batch in one process (the reference).
+
+    torchrun --standalone --nproc_per_node 2 tests/workers/grad_cache_gradients.py OUT  # 8 of 16 a rank, chunks of 4
+    python tests/workers/grad_cache_gradients.py OUT                                     # one process: plain, all 16
+
+Both build the same tiny model (every weight random, dropout 0) and the same global batch of 16 padded pairs, once
+in float64 and once in float32. Each process writes OUT/rank<r>-of-<world>.npz: ``<dtype>/loss`` and
+``<dtype>/grad/<name>``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ernievil2torch.config import tiny_config
+from ernievil2torch.modeling import ErnieViL2
+from ernievil2torch.runtime.distributed import init_distributed_device
+from ernievil2torch.training import ContrastiveObjective
+from ernievil2torch.training.grad_cache import grad_cache_backward
+from ernievil2torch.verify.parity import synthetic_inputs
+from ernievil2torch.verify.synthetic import random_state
+
+GLOBAL_BATCH = 16
+CHUNK = 4
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    group = init_distributed_device("cpu")
+    config = tiny_config()
+    no_dropout = {"hidden_dropout": 0.0, "attention_dropout": 0.0}
+    config = dataclasses.replace(config, text=dataclasses.replace(config.text, **no_dropout))
+    inputs = synthetic_inputs(config, seed=8, images=GLOBAL_BATCH, lengths=(8, 30, 5, 17, 12, 3, 25, 9) * 2)
+    share = GLOBAL_BATCH // group.world_size
+    rows = slice(group.rank * share, (group.rank + 1) * share)
+    ids = torch.from_numpy(inputs.input_ids[rows])
+    arrays = {}
+    for dtype in (torch.float64, torch.float32):
+        model = ErnieViL2(config)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(config, 8, unit_gain=True).items()})
+        model.to(dtype).train()
+        objective = ContrastiveObjective(model)
+        pixels = torch.from_numpy(inputs.pixel_values[rows]).to(dtype)
+        if group.distributed:
+            loss = grad_cache_backward(objective, pixels, ids, (ids != 0).long(), CHUNK, contextlib.nullcontext).loss
+        else:
+            loss = objective(pixels, ids, (ids != 0).long())
+            loss.backward()
+        name = str(dtype).replace("torch.", "")
+        arrays[f"{name}/loss"] = np.float64(loss.item())
+        arrays.update({f"{name}/grad/{n}": p.grad.numpy() for n, p in model.named_parameters()})
+    np.savez(out / f"rank{group.rank}-of-{group.world_size}.npz", **arrays)
+    group.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
