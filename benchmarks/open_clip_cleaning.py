@@ -16,9 +16,6 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-
-
 def open_clip_clean(text: str) -> str:
     """open_clip 3.x ``_clean_whitespace``: ``ftfy.fix_text``, ``html.unescape`` twice, whitespace collapsed."""
     import ftfy
@@ -50,8 +47,9 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         captions = [line.strip() for line in Path(argv[1]).read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
-        sys.path.insert(0, str(REPO / "tests"))
-        from captions import REALISTIC_CAPTIONS as captions
+        from repo import load_file
+
+        captions = load_file("tests/captions.py").REALISTIC_CAPTIONS
     effect = cleaning_effect(argv[0], captions)
     for caption, cleaned, cosine in effect:
         print(f"{cosine:.6f}\t{caption}\t{cleaned}")
