@@ -156,13 +156,15 @@ def finetune_cli(setup, out, *extra):
 RESUME_ATOL = 1e-6  # max abs weight difference of a killed-and-resumed run to an uninterrupted one
 
 
-def test_a_killed_run_resumed_ends_with_the_weights_of_an_uninterrupted_run(shapes, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--lora_rank", "4")], ids=["full", "lora"])
+def test_a_killed_run_resumed_ends_with_the_weights_of_an_uninterrupted_run(shapes, tmp_path, extra):
     """SIGKILL after a checkpoint, then --resume: the final weights equal an uninterrupted run's (<= 1e-6; dropout
-    on, random crops and flips, a loader worker, gradient checkpointing, validations in between)."""
-    straight = subprocess.run(finetune_cli(shapes, tmp_path / "straight"), capture_output=True, text=True,
+    on, random crops and flips, a loader worker, gradient checkpointing, validations in between), for full
+    fine-tuning and for LoRA adapters (whose checkpoints hold only the adapters and their optimizer state)."""
+    straight = subprocess.run(finetune_cli(shapes, tmp_path / "straight", *extra), capture_output=True, text=True,
                               timeout=600, env=SINGLE_THREAD)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    victim = subprocess.Popen(finetune_cli(shapes, tmp_path / "killed"), stdout=subprocess.DEVNULL,
+    victim = subprocess.Popen(finetune_cli(shapes, tmp_path / "killed", *extra), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=SINGLE_THREAD)
     try:
         deadline = time.monotonic() + 300
@@ -176,8 +178,8 @@ def test_a_killed_run_resumed_ends_with_the_weights_of_an_uninterrupted_run(shap
     assert victim.returncode == -signal.SIGKILL
     killed_at = latest_checkpoint(tmp_path / "killed")
     assert not (tmp_path / "killed" / "final").exists()
-    resumed = subprocess.run(finetune_cli(shapes, tmp_path / "killed", "--resume"), capture_output=True, text=True,
-                             timeout=600, env=SINGLE_THREAD)
+    resumed = subprocess.run(finetune_cli(shapes, tmp_path / "killed", *extra, "--resume"), capture_output=True,
+                             text=True, timeout=600, env=SINGLE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed at step {int(killed_at.name[5:])}" in resumed.stdout
     a = ErnieViL2.from_pretrained(tmp_path / "straight" / "final").state_dict()
