@@ -17,6 +17,7 @@ from ernievil2torch.data.stream import StreamPosition
 from ernievil2torch.errors import CheckpointError, InputError
 from ernievil2torch.training.checkpoints import (MetricsLog, latest_checkpoint, list_checkpoints, load_trainer_state,
                                                  save_checkpoint, write_model)
+from ernievil2torch.training.run_folder import start_run_folder
 from ernievil2torch.training.data import CollatePairs, PairBatches, PairDataset, load_pairs, sample_rng
 from ernievil2torch.training.settings import FinetuneSettings
 from ernievil2torch.training.trainer import Trainer, step_seed
@@ -26,7 +27,8 @@ from shapes import shapes_config
 
 # ---- settings ---------------------------------------------------------------------------------------------------------
 def settings(tmp_path: Path, **overrides) -> FinetuneSettings:
-    return FinetuneSettings(model=tmp_path / "m", train=tmp_path / "t.jsonl", out=tmp_path / "o", **overrides)
+    return FinetuneSettings(**{"model": tmp_path / "m", "train": tmp_path / "t.jsonl", "out": tmp_path / "o",
+                               **overrides})
 
 
 POSITIVE = ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "log_every", "keep_last",
@@ -229,12 +231,40 @@ def test_metrics_log_appends_truncates_and_skips_a_cut_line(tmp_path):
     assert [r.get("step") for r in log.records()] == [1, 2, 3, None]
     log.truncate_after(2)
     assert [r.get("step") for r in log.records()] == [1, 2, None]
+    log.truncate_after(0)  # a record without a step belongs to no step after 0
+    assert [r.get("step") for r in log.records()] == [None]
     log.truncate_after(-1)
     assert log.records() == []
-    silent = MetricsLog(tmp_path / "other", enabled=False)
+    silent = MetricsLog(tmp_path / "other", enabled=False)  # another process than the main one
     silent.write({"step": 1})
     silent.truncate_after(0)
     assert not silent.path.exists() and silent.records() == []
+    fresh = MetricsLog(tmp_path / "fresh")
+    (tmp_path / "fresh").mkdir()
+    fresh.truncate_after(5)
+    assert not fresh.path.exists()  # nothing to truncate: nothing written
+    log.write({"step": 1})
+    before = log.path.read_bytes()
+    MetricsLog(tmp_path, enabled=False).truncate_after(-1)  # a non-main process never touches the main one's log
+    MetricsLog(tmp_path, enabled=False).write({"step": 9})
+    assert log.path.read_bytes() == before
+
+
+def test_a_fresh_start_empties_the_log_and_a_resume_drops_only_later_steps(tmp_path):
+    """``--resume`` of a run killed before its first checkpoint starts afresh: the old log (validation at step 0
+    included) is emptied, so no record appears twice; a resume at step 4 keeps steps <= 4 and notes the resume."""
+    out = tmp_path / "run"
+    out.mkdir()
+    s = settings(tmp_path, out=out, resume=True)
+    log = MetricsLog(out)
+    for step in (0, 1, 2, 5):
+        log.write({"step": step, "loss": 1.0})
+    start_run_folder(s, 1, log, None)
+    assert log.records() == [] and json.loads((out / "run.json").read_text())["world_size"] == 1
+    for step in (0, 1, 4, 5, 6):
+        log.write({"step": step, "loss": 1.0})
+    start_run_folder(s, 1, log, 4)
+    assert [(r["step"], r.get("event")) for r in log.records()] == [(0, None), (1, None), (4, None), (4, "resumed")]
 
 
 # ---- the trainer's pieces ---------------------------------------------------------------------------------------------
