@@ -289,3 +289,72 @@ def test_validation_record_is_the_logged_summary():
     assert record == {**metrics, "skipped_images": ["a.png"]}
     assert Validation(None, [("a.png", "x")]).record() == {"t2i": None, "i2t": None, "mean_recall": None,
                                                             "skipped_images": ["a.png"]}
+
+
+# ---- the trainer, on the drawn shapes (a second or two each) -----------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model runs fastest on one thread (two threads on a busy machine are much slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from shapes import shapes_setup
+
+    return shapes_setup(tmp_path_factory.mktemp("shapes"), images_per_caption=2)  # 40 pairs
+
+
+def shapes_settings(shapes, out: Path, **overrides) -> FinetuneSettings:
+    values = dict(model=shapes.model, train=shapes.train, out=out, images=shapes.train_images, batch_size=8,
+                  lr=1e-3, warmup_steps=1, num_workers=0, progress=False, gradient_checkpointing=False,
+                  eval_at_start=False, log_every=1, save_every=1000, eval_every=1000, device="cpu")
+    values.update(overrides)
+    return FinetuneSettings(**values)
+
+
+def test_an_epoch_is_a_pass_over_the_pairs_whatever_the_accumulation(shapes, tmp_path):
+    """40 pairs, 8 a micro-batch, 2 micro-batches a step: an epoch is 5 micro-batches -> 2 whole steps (the
+    incomplete one is dropped), logged at epochs 0.5 and 1."""
+    from ernievil2torch.training import run_finetune
+
+    result = run_finetune(shapes_settings(shapes, tmp_path / "run", grad_accum=2, epochs=1))
+    assert result.steps == 2
+    records = MetricsLog(tmp_path / "run").records()
+    assert [r["epoch"] for r in records if "loss" in r] == [0.5, 1.0]
+
+
+def test_accumulated_gradients_are_the_mean_over_the_micro_batches(shapes, tmp_path):
+    """One step of ``grad_accum`` micro-batches: the gradient is their mean (so the same micro-batch twice gives the
+    gradient of one), not their sum: the logged gradient norm and the clipping see the gradient of the step."""
+    trainer = Trainer(shapes_settings(shapes, tmp_path / "run", grad_accum=2, max_steps=1))
+    trainer.prepare()
+    batch = next(iter(trainer.loader()))
+    trainer.model.eval()  # no dropout: the same micro-batch gives the same gradient
+    for _ in range(2):
+        trainer.micro_step(batch, sync=True)
+    accumulated = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.objective(batch.pixel_values, batch.input_ids, batch.attention_mask).backward()
+    assert accumulated.keys() == {n for n, p in trainer.model.named_parameters() if p.grad is not None}
+    for name, p in trainer.model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(accumulated[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_each_unreadable_image_is_reported_once(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    messages = []
+    from ernievil2torch.training import TrainingEvents
+
+    trainer = Trainer(settings(tmp_path, out=out, device="cpu"), TrainingEvents(on_message=messages.append))
+    trainer.report_skipped(3, [("a.png", "broken"), ("a.png", "broken"), ("b.png", "empty")])
+    trainer.report_skipped(4, [("b.png", "empty"), ("c.png", "cut")])
+    assert trainer.skipped == [("a.png", "broken"), ("b.png", "empty"), ("c.png", "cut")]
+    events = [(r["step"], r["image"]) for r in MetricsLog(out).records() if r.get("event") == "skipped_image"]
+    assert events == [(3, "a.png"), (3, "b.png"), (4, "c.png")]
+    assert len(messages) == 3 and all("skipped unreadable training image" in m for m in messages)
