@@ -358,3 +358,18 @@ def test_each_unreadable_image_is_reported_once(tmp_path):
     events = [(r["step"], r["image"]) for r in MetricsLog(out).records() if r.get("event") == "skipped_image"]
     assert events == [(3, "a.png"), (3, "b.png"), (4, "c.png")]
     assert len(messages) == 3 and all("skipped unreadable training image" in m for m in messages)
+
+
+def test_best_is_a_trained_step_and_a_tie_keeps_the_earlier_one(shapes, tmp_path):
+    """``best/`` holds the best validation of a *fine-tuned* model: the baseline validation before the first step
+    is never saved as best, and an equal recall later does not replace it (with a learning rate too small to
+    change any ranking, every validation ties: best is the first trained step)."""
+    from ernievil2torch.training import run_finetune
+
+    result = run_finetune(shapes_settings(shapes, tmp_path / "run", val=shapes.val, val_images=shapes.val_images,
+                                          eval_at_start=True, eval_every=1, max_steps=2, lr=1e-12))
+    records = [r for r in MetricsLog(tmp_path / "run").records() if "validation" in r]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert len({r["validation"]["mean_recall"] for r in records}) == 1  # the premise: every validation ties
+    assert result.best_step == 1
+    assert json.loads((tmp_path / "run" / "best" / "best.json").read_text())["step"] == 1
