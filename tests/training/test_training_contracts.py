@@ -318,13 +318,16 @@ def shapes_settings(shapes, out: Path, **overrides) -> FinetuneSettings:
 
 def test_an_epoch_is_a_pass_over_the_pairs_whatever_the_accumulation(shapes, tmp_path):
     """40 pairs, 8 a micro-batch, 2 micro-batches a step: an epoch is 5 micro-batches -> 2 whole steps (the
-    incomplete one is dropped), logged at epochs 0.5 and 1."""
+    incomplete one is dropped), logged at epochs 0.5 and 1. Without ``eval_at_start`` the only validation is the
+    one at the last step."""
     from ernievil2torch.training import run_finetune
 
-    result = run_finetune(shapes_settings(shapes, tmp_path / "run", grad_accum=2, epochs=1))
+    result = run_finetune(shapes_settings(shapes, tmp_path / "run", grad_accum=2, epochs=1, val=shapes.val,
+                                          val_images=shapes.val_images))
     assert result.steps == 2
     records = MetricsLog(tmp_path / "run").records()
     assert [r["epoch"] for r in records if "loss" in r] == [0.5, 1.0]
+    assert [r["step"] for r in records if "validation" in r] == [2]
 
 
 def test_accumulated_gradients_are_the_mean_over_the_micro_batches(shapes, tmp_path):
