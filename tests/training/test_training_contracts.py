@@ -376,3 +376,42 @@ def test_best_is_a_trained_step_and_a_tie_keeps_the_earlier_one(shapes, tmp_path
     assert len({r["validation"]["mean_recall"] for r in records}) == 1  # the premise: every validation ties
     assert result.best_step == 1
     assert json.loads((tmp_path / "run" / "best" / "best.json").read_text())["step"] == 1
+
+
+def test_a_log_record_is_its_windows_mean_loss_and_training_speed(shapes, tmp_path, monkeypatch):
+    """Each ``log_every`` record: the mean loss of the steps since the last record, the last step's learning rate
+    and gradient norm, and items/s over the training time of those steps only (README: validation and
+    checkpointing not counted). A virtual clock advances 2 s per step and 100 s per validation or checkpoint, so
+    every figure is known exactly: 2 steps x 8 pairs in 4 s = 4 items/s."""
+    from types import SimpleNamespace
+
+    import ernievil2torch.training.trainer as trainer_module
+
+    now = [0.0]
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    out = tmp_path / "run"
+    trainer = Trainer(shapes_settings(shapes, out, val=shapes.val, val_images=shapes.val_images, max_steps=4,
+                                      log_every=2, eval_every=2, save_every=2, eval_at_start=True))
+    trainer.prepare()
+    steps = []
+
+    def advancing(method, seconds, record=None):
+        def wrapped(*args):
+            result = method(*args)
+            now[0] += seconds
+            if record is not None:
+                record.append(result)
+            return result
+        return wrapped
+
+    trainer.optimizer_step = advancing(trainer.optimizer_step, 2.0, steps)
+    trainer.run_validation = advancing(trainer.run_validation, 100.0)
+    trainer.checkpoint = advancing(trainer.checkpoint, 100.0)
+    trainer.run()
+    records = [r for r in MetricsLog(out).records() if "loss" in r]
+    assert [r["step"] for r in records] == [2, 4] and len(steps) == 4
+    for record, window in zip(records, (steps[:2], steps[2:])):
+        assert record["loss"] == pytest.approx(float(np.mean([loss for loss, _, _, _ in window])), rel=1e-12)
+        assert (record["grad_norm"], record["lr"]) == (window[-1][1], window[-1][2])
+        assert record["items_per_s"] == pytest.approx(2 * 8 / 4.0)
+    assert records[0]["loss"] != records[1]["loss"]
