@@ -102,8 +102,9 @@ FAST_TESTS: Dict[str, Dict[str, List[str]]] = {
     },
     "serve": {
         "security.py": [_S + "test_serve_auth.py", _S + "test_serve.py::test_bind_policy", _S + "test_serve_parts.py"],
-        "server.py": [_S + "test_serve_parts.py", *_SERVE_PROCESSES],
-        "*": [_S + "test_serve_auth.py", _S + "test_serve_parts.py", *_SERVE_IN_PROCESS],
+        "server.py": [_S + "test_serve_parts.py", _S + "test_serve_contracts.py", *_SERVE_PROCESSES],
+        "*": [_S + "test_serve_contracts.py", _S + "test_serve_auth.py", _S + "test_serve_parts.py",
+              *_SERVE_IN_PROCESS],
     },
     "export": {
         "paddle.py": ["tests/export/test_paddle_export.py"],

@@ -1,0 +1,98 @@
+"""Promises of the service's parts that the end-to-end tests do not pin, each checked alone (no model, no server):
+the batching statistics ``/healthz`` reports, the collector's batch boundaries, the limits' checks."""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from helpers import require_module
+
+require_module("fastapi")
+from ernievil2torch.apps.serve.batching import BatchStats, MicroBatcher  # noqa: E402
+from ernievil2torch.apps.serve.limits import ServeLimits  # noqa: E402
+from ernievil2torch.errors import InputError  # noqa: E402
+
+
+def test_batch_stats_count_batches_items_and_a_power_of_two_histogram():
+    stats = BatchStats()
+    assert stats.as_dict() == {"batches": 0, "items": 0, "largest_batch": 0, "mean_batch": 0.0,
+                               "size_histogram": {}}
+    for size in (1, 2, 3, 4, 7, 8, 1, 200, 128, 127):
+        stats.record(size)
+    report = stats.as_dict()
+    assert (report["batches"], report["items"], report["largest_batch"]) == (10, 481, 200)
+    assert report["mean_batch"] == 48.1
+    # sizes[i] counts batches of size 2^i .. 2^(i+1) - 1; the last bucket takes everything larger
+    assert report["size_histogram"] == {"1-1": 2, "2-3": 2, "4-7": 2, "8-15": 1, "64-127": 1, "128-255": 2}
+    stats.record(10_000)
+    assert stats.as_dict()["size_histogram"]["128-255"] == 3 and stats.as_dict()["largest_batch"] == 10_000
+
+
+def test_a_batch_waits_at_most_max_wait_and_holds_at_most_max_batch():
+    """The collector takes what is waiting, then waits up to ``max_wait_s`` after the first item for more."""
+    batches = []
+
+    def run(items):
+        batches.append(list(items))
+        return items
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(run, pool, max_batch=3, max_wait_s=0.3)
+            await batcher.start()
+            started = time.perf_counter()
+            first = asyncio.ensure_future(batcher.submit(["a"]))
+            await asyncio.sleep(0.05)
+            second = asyncio.ensure_future(batcher.submit(["b"]))  # within the wait: same batch
+            assert await first == ["a"] and await second == ["b"]
+            waited = time.perf_counter() - started
+            assert await batcher.submit(["c", "d", "e", "f", "g"]) == ["c", "d", "e", "f", "g"]
+            stats = batcher.stats.as_dict()
+            await batcher.stop()
+        return waited, stats
+
+    waited, stats = asyncio.run(scenario())
+    assert batches[0] == ["a", "b"] and 0.25 <= waited  # a lone item waits for company up to max_wait_s
+    assert [len(b) for b in batches[1:]] == [3, 2] and stats["batches"] == 3 and stats["largest_batch"] == 3
+
+
+def test_a_batcher_refuses_settings_it_cannot_run_with():
+    for bad in ({"max_batch": 0}, {"max_pending": 0}, {"max_wait_s": -0.001}):
+        with pytest.raises(ValueError, match="max_batch and max_pending must be positive"):
+            MicroBatcher(lambda items: items, None, **bad)
+    MicroBatcher(lambda items: items, None, max_batch=1, max_pending=1, max_wait_s=0)
+
+    async def not_started():
+        with pytest.raises(RuntimeError, match="not running"):
+            await MicroBatcher(lambda items: items, None).submit(["x"])
+        with pytest.raises(RuntimeError, match="set an executor"):
+            await MicroBatcher(lambda items: items, None).start()
+
+    asyncio.run(not_started())
+
+
+def test_a_batch_function_returning_the_wrong_count_fails_its_callers():
+    async def scenario():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(lambda items: items[:-1], pool, max_batch=4, max_wait_s=0.01)
+            await batcher.start()
+            with pytest.raises(RuntimeError, match="returned 1 results for 2 items"):
+                await batcher.submit(["a", "b"])
+            await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("name", ["max_body_bytes", "max_pixels", "max_files", "max_texts", "max_text_chars",
+                                  "max_k"])
+def test_every_limit_must_be_a_positive_integer(name):
+    for bad in (0, -1, True, 2.5, "3"):
+        with pytest.raises(InputError, match=f"{name} must be a positive integer"):
+            ServeLimits(**{name: bad})
+    assert getattr(ServeLimits(**{name: 1}), name) == 1
+    defaults = ServeLimits()
+    assert (defaults.max_body_bytes, defaults.max_pixels, defaults.max_files, defaults.max_texts,
+            defaults.max_text_chars, defaults.max_k) == (20 * 1024 * 1024, 40_000_000, 16, 64, 1000, 1000)
