@@ -27,6 +27,10 @@ def test_batch_stats_count_batches_items_and_a_power_of_two_histogram():
     assert report["mean_batch"] == 48.1
     # sizes[i] counts batches of size 2^i .. 2^(i+1) - 1; the last bucket takes everything larger
     assert report["size_histogram"] == {"1-1": 2, "2-3": 2, "4-7": 2, "8-15": 1, "64-127": 1, "128-255": 2}
+    thirds = BatchStats()
+    for size in (1, 1, 2):
+        thirds.record(size)
+    assert thirds.as_dict()["mean_batch"] == 1.333  # three decimals
     stats.record(10_000)
     assert stats.as_dict()["size_histogram"]["128-255"] == 3 and stats.as_dict()["largest_batch"] == 10_000
 
