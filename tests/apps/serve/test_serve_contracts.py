@@ -100,3 +100,31 @@ def test_every_limit_must_be_a_positive_integer(name):
     defaults = ServeLimits()
     assert (defaults.max_body_bytes, defaults.max_pixels, defaults.max_files, defaults.max_texts,
             defaults.max_text_chars, defaults.max_k) == (20 * 1024 * 1024, 40_000_000, 16, 64, 1000, 1000)
+
+
+def test_stop_cancels_the_callers_still_queued():
+    """``stop()``: callers whose items still wait in the queue get CancelledError (they are not left hanging)."""
+    import threading
+
+    release = threading.Event()
+
+    def run(items):
+        release.wait(5)
+        return items
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(run, pool, max_batch=1, max_wait_s=0)
+            await batcher.start()
+            busy = asyncio.ensure_future(batcher.submit(["a"]))
+            await asyncio.sleep(0.05)  # "a" is computing; "b" and "c" queue up behind it
+            queued = [asyncio.ensure_future(batcher.submit([x])) for x in ("b", "c")]
+            await asyncio.sleep(0.05)
+            await batcher.stop()
+            outcomes = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 2)
+            release.set()
+            busy.cancel()
+            return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
