@@ -51,9 +51,9 @@ def test_a_batch_waits_at_most_max_wait_and_holds_at_most_max_batch():
             first = asyncio.ensure_future(batcher.submit(["a"]))
             await asyncio.sleep(0.05)
             second = asyncio.ensure_future(batcher.submit(["b"]))  # within the wait: same batch
-            assert await first == ["a"] and await second == ["b"]
+            assert await asyncio.wait_for(first, 5) == ["a"] and await asyncio.wait_for(second, 5) == ["b"]
             waited = time.perf_counter() - started
-            assert await batcher.submit(["c", "d", "e", "f", "g"]) == ["c", "d", "e", "f", "g"]
+            assert await asyncio.wait_for(batcher.submit(["c", "d", "e", "f", "g"]), 5) == ["c", "d", "e", "f", "g"]
             stats = batcher.stats.as_dict()
             await batcher.stop()
         return waited, stats
@@ -84,7 +84,7 @@ def test_a_batch_function_returning_the_wrong_count_fails_its_callers():
             batcher = MicroBatcher(lambda items: items[:-1], pool, max_batch=4, max_wait_s=0.01)
             await batcher.start()
             with pytest.raises(RuntimeError, match="returned 1 results for 2 items"):
-                await batcher.submit(["a", "b"])
+                await asyncio.wait_for(batcher.submit(["a", "b"]), 5)
             await batcher.stop()
 
     asyncio.run(scenario())
