@@ -128,3 +128,33 @@ def test_stop_cancels_the_callers_still_queued():
 
     outcomes = asyncio.run(scenario())
     assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+
+
+# ---- the gallery ------------------------------------------------------------------------------------------------------
+def test_gallery_rows_are_normalised_chunk_by_chunk_and_refused_when_not_finite(tmp_path, monkeypatch):
+    import numpy as np
+
+    from ernievil2torch.apps.serve import gallery as gallery_module
+    from ernievil2torch.apps.serve.gallery import Gallery, ImageRoot
+
+    monkeypatch.setattr(gallery_module, "LOAD_CHUNK_ROWS", 2)  # chunk edges at rows 2 and 4
+    rows = np.array([[3, 4], [0, 0], [1, 0], [0, -2], [5, 12]], np.float64)
+    gallery = Gallery.from_embeddings(rows, list("abcde"), ImageRoot(tmp_path))
+    assert len(gallery) == 5 and gallery.dim == 2
+    stored = np.stack([gallery.backend.fetch(str(r)).vector for r in range(5)])
+    expected = np.array([[0.6, 0.8], [0, 0], [1, 0], [0, -1], [5 / 13, 12 / 13]], np.float32)
+    np.testing.assert_allclose(stored, expected, atol=1e-7)  # every chunk normalised; a zero row stays zero
+    hits = gallery.search(np.array([[0.0, 1.0]], np.float32), k=2)[0]
+    assert [(h.row, h.id) for h in hits] == [(4, "e"), (0, "a")] and hits[0].score == pytest.approx(12 / 13)
+    for bad_row in (0, 2, 3, 4):
+        broken = rows.copy()
+        broken[bad_row, 1] = np.nan if bad_row % 2 else np.inf
+        with pytest.raises(InputError, match=f"NaN or infinity \\(first in row {bad_row}\\)"):
+            Gallery.from_embeddings(broken, list("abcde"), ImageRoot(tmp_path))
+    with pytest.raises(InputError, match=r"queries must be \[Q, 2\]"):
+        gallery.search(np.ones((1, 3), np.float32), 1)
+    with pytest.raises(InputError, match="5 embeddings but 4 ids"):
+        Gallery.from_embeddings(rows, list("abcd"), ImageRoot(tmp_path))
+    for empty in (np.zeros((0, 2)), np.zeros(3)):
+        with pytest.raises(InputError, match="non-empty \\[N, D\\]"):
+            Gallery.from_embeddings(empty, [], ImageRoot(tmp_path))
