@@ -32,6 +32,7 @@ import dataclasses
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -108,7 +109,7 @@ FAST_TESTS: Dict[str, Dict[str, List[str]]] = {
     },
     "export": {
         "paddle.py": ["tests/export/test_paddle_export.py"],
-        "*": ["tests/export/test_export.py", "tests/export/test_paddle_export.py"],
+        "*": ["tests/export/test_export.py", "tests/cli/test_cli.py", "-k", "export or test_hf or onnx or registry"],
     },
     "data": {
         "stream.py": ["tests/data/test_data_readers.py", _T + "test_training_contracts.py",
@@ -533,6 +534,10 @@ def report(outcomes: List[Outcome], totals: Dict[str, int], args: argparse.Names
     return "\n".join(lines) + "\n"
 
 
+def _terminated(signum, frame) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -559,6 +564,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     started = time.perf_counter()
     outcomes: List[Outcome] = []
+    signal.signal(signal.SIGTERM, _terminated)  # a kill removes the temporary copy too
     with tempfile.TemporaryDirectory(prefix="ernievil2-mutate-") as tmp:
         root = Path(tmp)
         copy_tree(root)
