@@ -158,3 +158,100 @@ def test_gallery_rows_are_normalised_chunk_by_chunk_and_refused_when_not_finite(
     for empty in (np.zeros((0, 2)), np.zeros(3)):
         with pytest.raises(InputError, match="non-empty \\[N, D\\]"):
             Gallery.from_embeddings(empty, [], ImageRoot(tmp_path))
+
+
+# ---- the app's wiring ---------------------------------------------------------------------------------------------------
+class RecordingEngine:
+    """Answers every query with ``k`` made-up hits and records the k it was asked for."""
+
+    def __init__(self) -> None:
+        self.asked = []
+
+    def describe(self) -> dict:
+        return {"model": "stand-in", "gallery_size": 50}
+
+    def decode_upload(self, data: bytes, name: str):
+        import numpy as np
+
+        return np.zeros((224, 224, 3), np.uint8)
+
+    def text_batch(self, queries):
+        import numpy as np
+
+        from ernievil2torch.apps.serve.engine import Answer
+        from ernievil2torch.apps.serve.gallery import Hit
+
+        self.asked += [q.k for q in queries]
+        return [Answer(np.ones(2, np.float32), [Hit(r, f"{r}.png", 1.0) for r in range(q.k)]) for q in queries]
+
+    image_batch = text_batch
+
+
+def test_k_defaults_to_10_and_the_batchers_use_the_settings():
+    from fastapi.testclient import TestClient
+
+    from ernievil2torch.apps.serve.app import ServiceSettings, create_app
+    from serve_helpers import png_bytes
+
+    engine = RecordingEngine()
+    app = create_app(engine, ServiceSettings(max_batch=7, max_wait_ms=20.0))
+    for batcher in app.state.batchers.values():
+        assert batcher.max_batch == 7 and batcher.max_wait_s == pytest.approx(0.02)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert len(client.get("/v1/search", params={"q": "猫"}).json()["results"]) == 10
+        response = client.post("/v1/search/image", files={"file": ("a.png", png_bytes(), "image/png")})
+        assert response.status_code == 200 and len(response.json()["results"]) == 10
+        assert client.get("/v1/search", params={"q": "猫", "k": 3}).json()["k"] == 3
+    assert engine.asked == [10, 10, 3]
+
+
+def test_service_settings_defaults_are_the_serve_command_defaults():
+    """``ServiceSettings()`` (what ``create_app`` uses when given none) and ``serve()``'s flags agree."""
+    import inspect
+
+    from ernievil2torch.apps.serve.security import LOOPBACK_HOST_NAMES
+    from ernievil2torch.apps.serve.server import serve
+    from ernievil2torch.apps.serve.settings import ServiceSettings
+
+    defaults = ServiceSettings()
+    flags = inspect.signature(serve).parameters
+    for name in ("max_batch", "max_wait_ms", "decode_workers"):
+        assert getattr(defaults, name) == flags[name].default, name
+    assert (defaults.max_batch, defaults.max_wait_ms, defaults.decode_workers) == (32, 5.0, 2)
+    assert defaults.token is None and defaults.cors_origins == () and defaults.limits == ServeLimits()
+    assert set(defaults.allowed_hosts) == set(LOOPBACK_HOST_NAMES)
+
+
+def test_serve_checks_its_numbers_before_loading_anything(tmp_path):
+    """Refused before any file is read: a batch of 0, no decode worker, a negative wait; a wait of 0 or a fraction
+    of a millisecond is a valid setting (the gallery, which does not exist, is what fails next)."""
+    from ernievil2torch.apps.serve.server import serve
+
+    absent = str(tmp_path / "absent")
+    for bad in ({"max_batch": 0}, {"decode_workers": 0}, {"max_wait_ms": -1.0}):
+        with pytest.raises(InputError, match="max_batch and decode_workers must be positive"):
+            serve(absent, absent, absent, **bad)
+    for fine in ({"max_wait_ms": 0.0}, {"max_wait_ms": 0.5}, {"max_batch": 1, "decode_workers": 1}):
+        with pytest.raises(InputError) as error:
+            serve(absent, absent, absent, **fine)
+        assert "must be positive" not in str(error.value)
+
+
+def test_the_engine_applies_the_limits_it_is_given(tmp_path, model_folder):
+    import numpy as np
+
+    from ernievil2torch.apps.serve.engine import SearchEngine
+    from ernievil2torch.apps.serve.gallery import Gallery, ImageRoot
+    from ernievil2torch.errors import ImageTooLargeError
+    from ernievil2torch.pretrained import load_pretrained
+    from serve_helpers import png_bytes
+
+    vocab = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"] + list("一只猫狗的照片")  # test_pretrained.py's folder
+    pretrained = load_pretrained(model_folder("tiny", 3, vocab))
+    dim = pretrained.model.config.text.hidden_size
+    gallery = Gallery.from_embeddings(np.eye(3, dim, dtype=np.float32), ["a", "b", "c"], ImageRoot(tmp_path))
+    strict = SearchEngine(pretrained, gallery, ServeLimits(max_pixels=64 * 48 - 1), max_length=9)
+    with pytest.raises(ImageTooLargeError):
+        strict.decode_upload(png_bytes(64, 48), "upload")
+    assert strict.max_length == 9 and strict.limits.max_pixels == 64 * 48 - 1
+    assert SearchEngine(pretrained, gallery).decode_upload(png_bytes(64, 48), "upload").shape[2] == 3
