@@ -401,10 +401,17 @@ def copy_tree(dst: Path) -> None:
 
 
 def environment(root: Path) -> Dict[str, str]:
+    """The tests' environment in the copy: its package first on the path, no bytecode, one thread, the shared
+    data and the PaddleNLP oracle of the real checkout (the copy has neither beside it), and the suite's required
+    mode, in which a skip is a failure: a test that could not run never lets a mutant survive unnoticed (the
+    unmutated baseline would fail first)."""
     env = dict(os.environ)
     env.update(PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONHASHSEED="0")
-    env.pop("ERNIEVIL2_REQUIRE_ORACLES", None)
+               PYTHONHASHSEED="0", ERNIEVIL2_REQUIRE_ORACLES="1")
+    env.setdefault("ERNIEVIL2_SHARED_DATA", str(REPO.parent / "shared" / "data"))
+    oracle = REPO / ".venv-paddlenlp" / "bin" / "python"
+    if oracle.exists():
+        env.setdefault("ERNIEVIL2_ORACLE_PYTHON", str(oracle))
     return env
 
 
