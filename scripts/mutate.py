@@ -108,8 +108,8 @@ FAST_TESTS: Dict[str, Dict[str, List[str]]] = {
               *_SERVE_IN_PROCESS],
     },
     "export": {
-        "paddle.py": ["tests/export/test_paddle_export.py"],
-        "*": ["tests/export/test_export.py", "tests/cli/test_cli.py", "-k", "export or test_hf or onnx or registry"],
+        "paddle.py": ["tests/export/test_export_contracts.py", "tests/export/test_paddle_export.py"],
+        "*": ["tests/export/test_export_contracts.py", "tests/export/test_export.py", "tests/cli/test_cli.py", "-k", "export or test_hf or onnx or registry"],
     },
     "data": {
         "stream.py": ["tests/data/test_data_readers.py", _T + "test_training_contracts.py",

@@ -12,6 +12,7 @@ from ernievil2torch.config import tiny_config
 from ernievil2torch.errors import InputError
 from ernievil2torch.export.hf import hf_text_config, hf_vision_config, write_hf_vocab
 from ernievil2torch.export.registry import EXPORTERS, exporter
+from helpers import require_module
 
 
 def test_the_hf_vocab_keeps_every_id_fills_gaps_and_keeps_the_last_token(tmp_path):
@@ -39,8 +40,8 @@ def test_the_hf_vocab_keeps_every_id_fills_gaps_and_keeps_the_last_token(tmp_pat
 def test_hf_configs_are_stock_apart_from_the_towers_own_values():
     """Every field of the exported configs is either our tower's value or the stock Hugging Face default (so a
     head added on top initialises as it would on any ERNIE / CLIP model)."""
-    from transformers import CLIPVisionConfig, ErnieConfig
-
+    transformers = require_module("transformers")
+    CLIPVisionConfig, ErnieConfig = transformers.CLIPVisionConfig, transformers.ErnieConfig
     config = tiny_config()
     t, v = config.text, config.vision
     text, vision = hf_text_config(config), hf_vision_config(config)
