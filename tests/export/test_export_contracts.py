@@ -97,3 +97,88 @@ def test_export_model_passes_only_the_formats_own_options(monkeypatch, tmp_path)
     with pytest.raises(InputError, match=r"--format needs needs no_such_module_here: pip install "
                                           r"'ernievil2torch\[export\]'"):
         exporter("needs")
+
+
+# ---- what the exporters write -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_dir(model_folder):
+    return model_folder("tiny", seed=3)  # no vocab.txt
+
+
+def test_hf_export_without_a_vocab_says_so_and_a_missing_vocab_is_refused(tiny_dir, tmp_path):
+    from ernievil2torch.export import export_hf
+
+    result = export_hf(str(tiny_dir), str(tmp_path / "hf"))
+    assert any("no vocab.txt" in note and "--vocab" in note for note in result.notes)
+    assert sorted(p.name for p in (tmp_path / "hf" / "text").iterdir()) == ["config.json", "model.safetensors"]
+    assert (tmp_path / "hf" / "README.txt").is_file()
+    with pytest.raises(InputError, match="vocab file .* not found"):
+        export_hf(str(tiny_dir), str(tmp_path / "hf2"), vocab=str(tmp_path / "absent.txt"))
+    assert not (tmp_path / "hf2").exists()
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("[PAD]\n[CLS]\n[SEP]\n[MASK]\n[UNK]\n", encoding="utf-8")
+    result = export_hf(str(tiny_dir), str(tmp_path / "hf3"), vocab=str(vocab))
+    assert result.notes == [] and (tmp_path / "hf3" / "text" / "special_tokens_map.json").is_file()
+    config = json.loads((tmp_path / "hf3" / "text" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["clean_up_tokenization_spaces"] is False and config["padding_side"] == "right"
+    assert config["model_max_length"] == 48 and config["model_input_names"] == ["input_ids", "attention_mask"]
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_dir, tmp_path_factory):
+    require_module("onnx")
+    from ernievil2torch.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "out"
+    return out, export_onnx(str(tiny_dir), str(out))
+
+
+def test_onnx_export_writes_both_graphs_at_the_default_opset_with_the_config(onnx_dir, tiny_dir):
+    onnx = require_module("onnx")
+    out, result = onnx_dir
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "image_encoder.onnx", "text_encoder.onnx"]
+    assert json.loads((out / "config.json").read_text()) == json.loads((tiny_dir / "config.json").read_text())
+    for name, inputs in (("text_encoder.onnx", ["input_ids", "attention_mask"]), ("image_encoder.onnx",
+                                                                                  ["pixel_values"])):
+        graph = onnx.load(str(out / name))
+        assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [17]
+        assert [i.name for i in graph.graph.input] == inputs
+        for tensor in graph.graph.input:  # the batch (and the text length) are dynamic
+            dims = tensor.type.tensor_type.shape.dim
+            assert dims[0].dim_param == "batch", (name, tensor.name)
+            if name.startswith("text"):
+                assert dims[1].dim_param == "length"
+    assert "(opset 17)" in result.summary() and result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+
+
+def test_onnx_export_copies_the_vocab(tmp_path, tiny_dir):
+    require_module("onnx")
+    import shutil
+
+    from ernievil2torch.export import export_onnx
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    (model / "vocab.txt").write_text("[PAD]\n[CLS]\n", encoding="utf-8")
+    export_onnx(str(model), str(tmp_path / "onnx"), check=False)
+    assert (tmp_path / "onnx" / "vocab.txt").read_text(encoding="utf-8") == "[PAD]\n[CLS]\n"
+
+
+@pytest.mark.parametrize("offset,fails", [(1.5e-4, True), (5e-5, False)])
+def test_the_onnx_check_fails_an_export_beyond_its_tolerance(tiny_dir, tmp_path, monkeypatch, offset, fails):
+    """The built-in ONNX Runtime check compares with PyTorch at ``atol`` 1e-4: a graph off by more is refused
+    (here PyTorch's side is shifted, which is the same to the check), one within it passes."""
+    require_module("onnxruntime")
+    from ernievil2torch import ErnieViL2
+    from ernievil2torch.errors import ErnieViL2Error
+    from ernievil2torch.export import export_onnx
+
+    original = ErnieViL2.encode_text
+    monkeypatch.setattr(ErnieViL2, "encode_text", lambda self, *a, **k: original(self, *a, **k) + offset)
+    out = tmp_path / "onnx"
+    if fails:
+        with pytest.raises(ErnieViL2Error, match="text_encoder.onnx: ONNX Runtime differs from PyTorch"):
+            export_onnx(str(tiny_dir), str(out))
+        assert not out.exists()
+    else:
+        assert export_onnx(str(tiny_dir), str(out)).max_abs_diff == pytest.approx(offset, rel=0.1)
