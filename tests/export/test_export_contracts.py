@@ -182,3 +182,23 @@ def test_the_onnx_check_fails_an_export_beyond_its_tolerance(tiny_dir, tmp_path,
         assert not out.exists()
     else:
         assert export_onnx(str(tiny_dir), str(out)).max_abs_diff == pytest.approx(offset, rel=0.1)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "onnx", "paddle"])
+def test_an_existing_output_is_refused_before_the_model_is_read(tmp_path, fmt):
+    """The output check comes first (no model loaded for a command that cannot write its output): an existing OUT
+    with a model path that does not even exist is refused for the OUT."""
+    from ernievil2torch.errors import OutputExistsError
+    from ernievil2torch.export import export_model
+
+    if fmt == "onnx":
+        require_module("onnx")
+    out = tmp_path / ("out.pdparams" if fmt == "paddle" else "out")
+    if fmt == "paddle":
+        out.write_bytes(b"keep")
+    else:
+        out.mkdir()
+        (out / "keep.txt").write_text("keep")
+    with pytest.raises(OutputExistsError):
+        export_model(fmt, str(tmp_path / "no-model-here"), str(out))
+    assert (out.read_bytes() if fmt == "paddle" else (out / "keep.txt").read_bytes()) == b"keep"
