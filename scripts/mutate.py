@@ -11,7 +11,8 @@ Run on demand (it is not part of the suite, and it takes a while: every mutant i
    from it) and writes no bytecode, so a mutant of the same size and second never runs a stale ``.pyc``.
 2. Lists every mutant of a fixed set of one-line operators (:data:`OPERATORS`) in the modules of each group, in a
    stable order, and keeps ``--limit`` of them per group by a seeded draw (``--seed``): the same command plants the
-   same mutants. Docstrings, f-strings, error messages (anything inside ``raise``) and annotations are not mutated.
+   same mutants. Not mutated: docstrings, f-strings, error messages (anything inside ``raise``), annotations,
+   decorators, imports, ``indent=`` of JSON output, and ``/`` between paths (``*`` there only raises TypeError).
 3. Runs each group's tests once unmutated (they must pass; that time sets the per-mutant timeout, 3x + 30 s).
 4. Per mutant: writes the changed line into the copy, runs the tests mapped to its module (:data:`FAST_TESTS`,
    ``-x``, fullsize deselected), restores the file. A failing test kills the mutant.
@@ -345,6 +346,8 @@ def _protected_nodes(tree: ast.AST) -> set:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             for decorator in node.decorator_list:
                 protect(decorator)
+        if isinstance(node, ast.keyword) and node.arg == "indent":  # JSON layout only: equivalent by design
+            protect(node.value)
         if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in (
                 "Optional", "List", "Dict", "Tuple", "Sequence", "Callable", "Iterable", "Iterator", "Mapping",
                 "Union", "FrozenSet", "Set"):
