@@ -255,3 +255,69 @@ def test_the_engine_applies_the_limits_it_is_given(tmp_path, model_folder):
         strict.decode_upload(png_bytes(64, 48), "upload")
     assert strict.max_length == 9 and strict.limits.max_pixels == 64 * 48 - 1
     assert SearchEngine(pretrained, gallery).decode_upload(png_bytes(64, 48), "upload").shape[2] == 3
+
+
+# ---- the body limit, at the ASGI level -----------------------------------------------------------------------------------
+def call_body_limit(max_bytes: int, chunks, headers=()):
+    """Send ``chunks`` through ``BodyLimit`` to an app that reads the whole body; returns (status, body bytes the
+    app read, messages taken from the client)."""
+    from ernievil2torch.apps.serve.middleware import BodyLimit
+
+    read, taken, sent = [], [], []
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        read.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def receive():
+        taken.append(1)
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/embed/image", "headers": [
+        (k.encode(), v.encode()) for k, v in headers]}
+
+    async def run():
+        from starlette.exceptions import HTTPException
+
+        try:
+            await BodyLimit(app, max_bytes)(scope, receive, send)
+        except HTTPException as exc:  # raised from receive(): the app's JSON handler answers it
+            return exc.status_code
+        return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+    status = asyncio.run(run())
+    return status, read, len(taken)
+
+
+def test_the_body_limit_is_exact_whether_declared_or_streamed():
+    assert call_body_limit(10, [b"12345", b"67890"])[:2] == (200, [b"1234567890"])  # exactly the limit
+    assert call_body_limit(10, [b"12345", b"678901"])[0] == 413  # one byte over, streamed
+    assert call_body_limit(10, [b"1234567890"], [("content-length", "10")])[0] == 200
+    status, read, _ = call_body_limit(10, [b"12345678901"], [("content-length", "11")])
+    assert status == 413 and read == []  # declared over the limit: the app never runs
+    for bad in ("-1", "ten", ""):
+        assert call_body_limit(10, [b"x"], [("content-length", bad)])[0] == 400, bad
+
+
+def test_a_declared_oversized_body_is_drained_within_bounds_or_not_read_at_all():
+    """Over the limit but within 4x: the body is read and dropped first (the client then sees the 413, not a
+    reset); beyond 4x, or when the client waits for ``100 Continue``, nothing is read."""
+    chunks = [b"x" * 10] * 4
+    status, read, taken = call_body_limit(10, chunks, [("content-length", "40")])
+    assert (status, read, taken) == (413, [], 4)  # drained: every chunk taken
+    status, read, taken = call_body_limit(10, [b"x" * 10] * 5, [("content-length", "50")])
+    assert (status, read, taken) == (413, [], 0)  # over 4x: answered at once
+    status, read, taken = call_body_limit(10, chunks, [("content-length", "40"), ("expect", "100-continue")])
+    assert (status, read, taken) == (413, [], 0)
