@@ -129,8 +129,14 @@ def onnx_dir(tiny_dir, tmp_path_factory):
     require_module("onnx")
     from ernievil2torch.export import export_onnx
 
+    import warnings
+
     out = tmp_path_factory.mktemp("onnx") / "out"
-    return out, export_onnx(str(tiny_dir), str(out))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = export_onnx(str(tiny_dir), str(out))
+    assert [str(w.message) for w in caught] == []  # the exporter's tracer notes are not the user's business
+    return out, result
 
 
 def test_onnx_export_writes_both_graphs_at_the_default_opset_with_the_config(onnx_dir, tiny_dir):
@@ -149,6 +155,18 @@ def test_onnx_export_writes_both_graphs_at_the_default_opset_with_the_config(onn
             if name.startswith("text"):
                 assert dims[1].dim_param == "length"
     assert "(opset 17)" in result.summary() and result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    assert any(note.startswith("onnxruntime check passed: max abs diff") for note in result.notes)
+
+
+def test_without_onnxruntime_the_check_is_skipped_with_a_note(tiny_dir, tmp_path, monkeypatch):
+    require_module("onnx")
+    import sys
+
+    from ernievil2torch.export import export_onnx
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    result = export_onnx(str(tiny_dir), str(tmp_path / "onnx"))
+    assert result.max_abs_diff is None and any("onnxruntime not installed" in note for note in result.notes)
 
 
 def test_onnx_export_copies_the_vocab(tmp_path, tiny_dir):
@@ -164,20 +182,22 @@ def test_onnx_export_copies_the_vocab(tmp_path, tiny_dir):
     assert (tmp_path / "onnx" / "vocab.txt").read_text(encoding="utf-8") == "[PAD]\n[CLS]\n"
 
 
-@pytest.mark.parametrize("offset,fails", [(1.5e-4, True), (5e-5, False)])
-def test_the_onnx_check_fails_an_export_beyond_its_tolerance(tiny_dir, tmp_path, monkeypatch, offset, fails):
-    """The built-in ONNX Runtime check compares with PyTorch at ``atol`` 1e-4: a graph off by more is refused
-    (here PyTorch's side is shifted, which is the same to the check), one within it passes."""
+@pytest.mark.parametrize("tower,offset,fails", [("text", 1.5e-4, True), ("text", 5e-5, False),
+                                                ("image", 1.5e-4, True)])
+def test_the_onnx_check_fails_an_export_beyond_its_tolerance(tiny_dir, tmp_path, monkeypatch, tower, offset, fails):
+    """The built-in ONNX Runtime check compares each tower with PyTorch at ``atol`` 1e-4: a graph off by more is
+    refused (here PyTorch's side is shifted, which is the same to the check), one within it passes."""
     require_module("onnxruntime")
     from ernievil2torch import ErnieViL2
     from ernievil2torch.errors import ErnieViL2Error
     from ernievil2torch.export import export_onnx
 
-    original = ErnieViL2.encode_text
-    monkeypatch.setattr(ErnieViL2, "encode_text", lambda self, *a, **k: original(self, *a, **k) + offset)
+    name = f"encode_{tower}"
+    original = getattr(ErnieViL2, name)
+    monkeypatch.setattr(ErnieViL2, name, lambda self, *a, **k: original(self, *a, **k) + offset)
     out = tmp_path / "onnx"
     if fails:
-        with pytest.raises(ErnieViL2Error, match="text_encoder.onnx: ONNX Runtime differs from PyTorch"):
+        with pytest.raises(ErnieViL2Error, match=f"{tower}_encoder.onnx: ONNX Runtime differs from PyTorch"):
             export_onnx(str(tiny_dir), str(out))
         assert not out.exists()
     else:
@@ -201,4 +221,9 @@ def test_an_existing_output_is_refused_before_the_model_is_read(tmp_path, fmt):
         (out / "keep.txt").write_text("keep")
     with pytest.raises(OutputExistsError):
         export_model(fmt, str(tmp_path / "no-model-here"), str(out))
+    from ernievil2torch.export import export_hf, export_onnx, export_paddle
+
+    direct = {"hf": export_hf, "onnx": export_onnx, "paddle": export_paddle}[fmt]
+    with pytest.raises(OutputExistsError):  # refusing is the default
+        direct(str(tmp_path / "no-model-here"), str(out))
     assert (out.read_bytes() if fmt == "paddle" else (out / "keep.txt").read_bytes()) == b"keep"
