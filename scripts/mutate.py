@@ -3,6 +3,7 @@
     .venv/bin/python scripts/mutate.py                      # all four groups, <= 50 mutants each (seed 0)
     .venv/bin/python scripts/mutate.py --modules training,serve --limit 30 --report /tmp/mutation.md
     .venv/bin/python scripts/mutate.py --list               # the mutants it would plant, nothing run
+    .venv/bin/python scripts/mutate.py --render docs/MUTATION.json --report docs/MUTATION.md   # report again
 
 Run on demand (it is not part of the suite, and it takes a while: every mutant is a pytest run). What it does:
 
@@ -18,8 +19,9 @@ Run on demand (it is not part of the suite, and it takes a while: every mutant i
    ``-x``, fullsize deselected), restores the file. A failing test kills the mutant.
 5. Survivors are run again against their group's whole test rooms (:data:`ROOMS`, ``-x``; the fullsize tests
    only with ``--fullsize``); a mutant those kill is reported as "killed by room" (the fast mapping missed a test).
-6. Writes a Markdown report (per module: mutants, killed, survivors with file:line and the change) and prints a
-   final table.
+6. Writes a Markdown report (per module: mutants, killed, survivors with file:line, the change and, for those
+   examined, why no test can fail: :data:`EXPLAINED`), the run's record beside it (``.json``), and prints a final
+   table.
 
 A mutant whose tests run past the timeout counts as killed (CI would fail it too: an endless loop or a 3x slower
 suite), but is reported in its own column, so a reader can discount it.
@@ -30,6 +32,7 @@ import argparse
 import ast
 import copy
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -609,7 +612,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="skip the second pass (survivors against the whole test rooms)")
     parser.add_argument("--fullsize", action="store_true",
                         help="run the fullsize tests too in the survivors' room pass (minutes per survivor)")
+    parser.add_argument("--render", metavar="RECORD_JSON",
+                        help="only write the report again from a run's record (after examining survivors)")
     args = parser.parse_args(argv)
+    if args.render:
+        return write_report(json.loads(Path(args.render).read_text(encoding="utf-8")), Path(args.report))
     args.modules = [g.strip() for g in args.modules.split(",") if g.strip()]
     unknown = [g for g in args.modules if g not in GROUPS]
     if unknown or args.limit < 1:
@@ -630,11 +637,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_copy(root)
         for group, (mutants, _) in chosen.items():
             outcomes += run_group(root, group, mutants, args.fullsize, args.rooms, lambda line: print(line, flush=True))
-    text = report(outcomes, {g: total for g, (_, total) in chosen.items()}, args, (time.perf_counter() - started) / 60)
-    Path(args.report).write_text(text, encoding="utf-8")
+    totals = {g: total for g, (_, total) in chosen.items()}
+    minutes = (time.perf_counter() - started) / 60
+    record = {"args": vars(args), "totals": totals, "minutes": minutes,
+              "outcomes": [{**dataclasses.asdict(o.mutant), "status": o.status, "seconds": o.seconds}
+                           for o in outcomes]}
+    Path(args.report).with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n",
+                                                      encoding="utf-8")
+    return write_report(record, Path(args.report))
+
+
+def write_report(record: Dict, path: Path) -> int:
+    """Write the Markdown report of a run's record (also to re-render it: ``--render RECORD.json`` after more
+    survivors were examined in :data:`EXPLAINED`) and print the table."""
+    args = argparse.Namespace(**record["args"])
+    outcomes = [Outcome(Mutant(**{k: v for k, v in o.items() if k not in ("status", "seconds")}), o["status"],
+                        o["seconds"]) for o in record["outcomes"]]
+    path.write_text(report(outcomes, record["totals"], args, record["minutes"]), encoding="utf-8")
     print()
-    print("\n".join(table(outcomes, {g: total for g, (_, total) in chosen.items()})))
-    print(f"\nreport: {args.report}")
+    print("\n".join(table(outcomes, record["totals"])))
+    print(f"\nreport: {path} (record: {path.with_suffix('.json')})")
     return 0
 
 
