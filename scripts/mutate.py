@@ -580,8 +580,8 @@ def table(outcomes: List[Outcome], totals: Dict[str, int]) -> List[str]:
 
 def report(outcomes: List[Outcome], totals: Dict[str, int], args: argparse.Namespace, minutes: float) -> str:
     lines = ["# Mutation report", "",
-             f"`python scripts/mutate.py --modules {','.join(args.modules)} --limit {args.limit} --seed {args.seed}`"
-             f"{' --fullsize' if args.fullsize else ''}{'' if args.rooms else ' --no-rooms'}: {len(outcomes)} mutants, {minutes:.0f} min.", ""]
+             f"`python scripts/mutate.py --modules {','.join(args.modules)} --limit {args.limit} --seed {args.seed}"
+             f"{' --fullsize' if args.fullsize else ''}{'' if args.rooms else ' --no-rooms'}`: {len(outcomes)} mutants, {minutes:.0f} min.", ""]
     lines += table(outcomes, totals)
     survivors = [o for o in outcomes if o.status == "survived"]
     lines += ["", f"## Survivors ({len(survivors)})", ""]
@@ -596,6 +596,22 @@ def report(outcomes: List[Outcome], totals: Dict[str, int], args: argparse.Names
     return "\n".join(lines) + "\n"
 
 
+def parse_limits(text: str, groups: Sequence[str]) -> Dict[str, int]:
+    """``"40"`` -> 40 for every group; ``"training=40,data=20"`` -> those, 50 for the others."""
+    if "=" not in text:
+        limits = {g: int(text) for g in groups}
+    else:
+        limits = {g: 50 for g in groups}
+        for part in text.split(","):
+            name, _, value = part.partition("=")
+            if name.strip() not in GROUPS:
+                raise ValueError(f"unknown group {name.strip()!r}")
+            limits[name.strip()] = int(value)
+    if any(v < 1 for v in limits.values()):
+        raise ValueError("every limit must be >= 1")
+    return limits
+
+
 def _terminated(signum, frame) -> None:
     raise SystemExit(f"stopped by signal {signum}")
 
@@ -604,7 +620,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", default=",".join(GROUPS), help="groups: " + ", ".join(GROUPS))
-    parser.add_argument("--limit", type=int, default=50, help="mutants per group (a seeded draw)")
+    parser.add_argument("--limit", default="50",
+                        help="mutants per group (a seeded draw): N for every group, or GROUP=N,... (others 50)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", default="mutation_report.md", help="Markdown report (default: ./%(default)s)")
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
@@ -619,9 +636,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return write_report(json.loads(Path(args.render).read_text(encoding="utf-8")), Path(args.report))
     args.modules = [g.strip() for g in args.modules.split(",") if g.strip()]
     unknown = [g for g in args.modules if g not in GROUPS]
-    if unknown or args.limit < 1:
-        parser.error(f"unknown group(s) {unknown}; known: {', '.join(GROUPS)}" if unknown else "--limit must be >= 1")
-    chosen = {g: select(g, args.limit, args.seed) for g in args.modules}
+    if unknown:
+        parser.error(f"unknown group(s) {unknown}; known: {', '.join(GROUPS)}")
+    try:
+        limits = parse_limits(args.limit, args.modules)
+    except ValueError as exc:
+        parser.error(f"--limit: {exc}")
+    chosen = {g: select(g, limits[g], args.seed) for g in args.modules}
     if args.list:
         for group, (mutants, total) in chosen.items():
             print(f"{group}: {len(mutants)} of {total} mutants")
@@ -637,14 +658,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_copy(root)
         for group, (mutants, _) in chosen.items():
             outcomes += run_group(root, group, mutants, args.fullsize, args.rooms, lambda line: print(line, flush=True))
-    totals = {g: total for g, (_, total) in chosen.items()}
-    minutes = (time.perf_counter() - started) / 60
-    record = {"args": vars(args), "totals": totals, "minutes": minutes,
+            record = save_record(args, chosen, outcomes, started)  # after each group: a stopped run keeps its report
+    return write_report(record, Path(args.report))
+
+
+def save_record(args: argparse.Namespace, chosen: Dict[str, Tuple[List[Mutant], int]], outcomes: List[Outcome],
+                started: float) -> Dict:
+    """Write the run's record (``REPORT.json``) and the report of the groups done so far; return the record."""
+    done = {o.mutant.group for o in outcomes}
+    record = {"args": {**vars(args), "modules": [g for g in args.modules if g in done]},
+              "totals": {g: total for g, (_, total) in chosen.items() if g in done},
+              "minutes": (time.perf_counter() - started) / 60,
               "outcomes": [{**dataclasses.asdict(o.mutant), "status": o.status, "seconds": o.seconds}
                            for o in outcomes]}
     Path(args.report).with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n",
                                                       encoding="utf-8")
-    return write_report(record, Path(args.report))
+    args_view = argparse.Namespace(**record["args"])
+    Path(args.report).write_text(report(outcomes, record["totals"], args_view, record["minutes"]), encoding="utf-8")
+    return record
 
 
 def write_report(record: Dict, path: Path) -> int:
