@@ -154,6 +154,8 @@ def test_onnx_export_writes_both_graphs_at_the_default_opset_with_the_config(onn
             assert dims[0].dim_param == "batch", (name, tensor.name)
             if name.startswith("text"):
                 assert dims[1].dim_param == "length"
+        (output,) = graph.graph.output
+        assert output.type.tensor_type.shape.dim[0].dim_param == "batch", name
     assert "(opset 17)" in result.summary() and result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
     assert any(note.startswith("onnxruntime check passed: max abs diff") for note in result.notes)
 
@@ -227,3 +229,17 @@ def test_an_existing_output_is_refused_before_the_model_is_read(tmp_path, fmt):
     with pytest.raises(OutputExistsError):  # refusing is the default
         direct(str(tmp_path / "no-model-here"), str(out))
     assert (out.read_bytes() if fmt == "paddle" else (out / "keep.txt").read_bytes()) == b"keep"
+
+
+def test_the_paddle_file_gets_its_suffix_and_an_unknown_layout_is_refused(tiny_dir, tmp_path):
+    from ernievil2torch.export import export_paddle
+
+    result = export_paddle(str(tiny_dir), str(tmp_path / "weights"))
+    assert result.out == tmp_path / "weights.pdparams" and result.out.is_file()
+    assert not (tmp_path / "weights").exists() and "official layout" in result.summary()
+    kept = export_paddle(str(tiny_dir), str(tmp_path / "named.pdparams"), layout="paddlenlp")
+    assert kept.out == tmp_path / "named.pdparams" and "paddlenlp layout" in kept.summary()
+    with pytest.raises(InputError, match="--layout must be one of"):
+        export_paddle(str(tiny_dir), str(tmp_path / "other"), layout="onnx")
+    assert not (tmp_path / "other.pdparams").exists()
+

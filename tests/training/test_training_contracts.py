@@ -316,15 +316,22 @@ def shapes_settings(shapes, out: Path, **overrides) -> FinetuneSettings:
     return FinetuneSettings(**values)
 
 
-def test_an_epoch_is_a_pass_over_the_pairs_whatever_the_accumulation(shapes, tmp_path):
+def test_an_epoch_is_a_pass_over_the_pairs_whatever_the_accumulation(shapes, tmp_path, monkeypatch):
     """40 pairs, 8 a micro-batch, 2 micro-batches a step: an epoch is 5 micro-batches -> 2 whole steps (the
     incomplete one is dropped), logged at epochs 0.5 and 1. Without ``eval_at_start`` the only validation is the
     one at the last step."""
+    from ernievil2torch.runtime.distributed import DistributedContext
     from ernievil2torch.training import run_finetune
 
+    closed = []
+    original_close = DistributedContext.close
+    monkeypatch.setattr(DistributedContext, "close", lambda self: closed.append(1) or original_close(self))
     result = run_finetune(shapes_settings(shapes, tmp_path / "run", grad_accum=2, epochs=1, val=shapes.val,
                                           val_images=shapes.val_images))
-    assert result.steps == 2
+    assert result.steps == 2 and closed == [1]  # the run closes the process group it set up
+    with pytest.raises(InputError, match="40 training pairs do not fill one step of 8 pairs x 1 process"):
+        run_finetune(shapes_settings(shapes, tmp_path / "too-few", grad_accum=6))  # 5 micro-batches < 6
+    assert not (tmp_path / "too-few").exists()
     records = MetricsLog(tmp_path / "run").records()
     assert [r["epoch"] for r in records if "loss" in r] == [0.5, 1.0]
     assert [r["step"] for r in records if "validation" in r] == [2]
@@ -415,3 +422,16 @@ def test_a_log_record_is_its_windows_mean_loss_and_training_speed(shapes, tmp_pa
         assert (record["grad_norm"], record["lr"]) == (window[-1][1], window[-1][2])
         assert record["items_per_s"] == pytest.approx(2 * 8 / 4.0)
     assert records[0]["loss"] != records[1]["loss"]
+
+
+def test_the_summary_names_the_first_five_skipped_images_and_counts_all():
+    from ernievil2torch.training import FinetuneResult
+
+    result = FinetuneResult(Path("out"), 7, Path("out/final"), skipped_images=[(f"{i}.png", "bad") for i in range(7)])
+    text = result.summary()
+    assert text.startswith("fine-tuned 7 steps; final model: out/final")
+    assert "7 unreadable training image(s) skipped" in text
+    assert all(f"{i}.png: bad" in text for i in range(5)) and "5.png" not in text and "6.png" not in text
+    resumed = FinetuneResult(Path("o"), 9, Path("o/final"), Path("o/best"), 4, 61.25, resumed_from=3).summary()
+    assert "(resumed at step 3)" in resumed and "best validation mean recall 61.25 at step 4: o/best" in resumed
+
