@@ -4,6 +4,7 @@
     .venv/bin/python scripts/mutate.py --modules training,serve --limit 30 --report /tmp/mutation.md
     .venv/bin/python scripts/mutate.py --list               # the mutants it would plant, nothing run
     .venv/bin/python scripts/mutate.py --render docs/MUTATION.json --report docs/MUTATION.md   # report again
+    .venv/bin/python scripts/mutate.py --only docs/MUTATION.json --report /tmp/recheck.md     # its survivors again
 
 Run on demand (it is not part of the suite, and it takes a while: every mutant is a pytest run). What it does:
 
@@ -445,6 +446,10 @@ def mutants_of(group: str, path: Path) -> List[Mutant]:
     return sorted(set(found), key=lambda m: (m.path, m.line, m.col, m.operator, m.replacement))
 
 
+def mutants_of_group(group: str) -> List[Mutant]:
+    return [m for path in module_files(group) for m in mutants_of(group, path)]
+
+
 def module_files(group: str) -> List[Path]:
     return sorted(p for p in (REPO / GROUPS[group]).glob("*.py") if p.name != "__init__.py")
 
@@ -653,6 +658,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="skip the second pass (survivors against the whole test rooms)")
     parser.add_argument("--fullsize", action="store_true",
                         help="run the fullsize tests too in the survivors' room pass (minutes per survivor)")
+    parser.add_argument("--only", metavar="RECORD_JSON",
+                        help="run again only the survivors of a run's record (after adding tests for them)")
     parser.add_argument("--render", metavar="RECORD_JSON",
                         help="only write the report again from a run's record (after examining survivors)")
     args = parser.parse_args(argv)
@@ -667,6 +674,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         parser.error(f"--limit: {exc}")
     chosen = {g: select(g, limits[g], args.seed) for g in args.modules}
+    if args.only:
+        earlier = json.loads(Path(args.only).read_text(encoding="utf-8"))["outcomes"]
+        wanted = {(o["path"], o["before"], o["after"]) for o in earlier if o["status"] == "survived"}
+        chosen = {g: ([m for m in mutants_of_group(g) if (m.path, m.before, m.after) in wanted], total)
+                  for g, (_, total) in chosen.items()}
+        chosen = {g: picked for g, picked in chosen.items() if picked[0]}
     if args.list:
         for group, (mutants, total) in chosen.items():
             print(f"{group}: {len(mutants)} of {total} mutants")

@@ -435,3 +435,24 @@ def test_the_summary_names_the_first_five_skipped_images_and_counts_all():
     resumed = FinetuneResult(Path("o"), 9, Path("o/final"), Path("o/best"), 4, 61.25, resumed_from=3).summary()
     assert "(resumed at step 3)" in resumed and "best validation mean recall 61.25 at step 4: o/best" in resumed
 
+
+
+def test_a_validation_whose_images_became_unreadable_is_reported_not_fatal(shapes, tmp_path):
+    """After the first step, unreadable validation images are skipped and reported; with none left the step's
+    validation has no metrics (said in a message), and the run goes on."""
+    import shutil
+
+    from ernievil2torch.training import TrainingEvents, run_finetune
+
+    val_images = tmp_path / "val"
+    shutil.copytree(shapes.val_images, val_images)
+    for image in (val_images / "images").iterdir():
+        image.write_bytes(b"\x89PNG\r\n\x1a\n gone bad after the start")
+    messages = []
+    result = run_finetune(shapes_settings(shapes, tmp_path / "run", val=shapes.val, val_images=val_images,
+                                          max_steps=1), TrainingEvents(on_message=messages.append))
+    assert result.steps == 1 and result.best_step is None and result.last_validation is None
+    assert any(m.startswith("step 1: validation skipped 20 unreadable item(s)") for m in messages), messages
+    assert "step 1: validation has no readable pair left: no metrics" in messages
+    (record,) = [r for r in MetricsLog(tmp_path / "run").records() if "validation" in r]
+    assert record["validation"]["mean_recall"] is None and len(record["validation"]["skipped_images"]) == 20
