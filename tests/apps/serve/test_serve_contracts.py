@@ -47,18 +47,20 @@ def test_a_batch_waits_at_most_max_wait_and_holds_at_most_max_batch():
         with ThreadPoolExecutor(1) as pool:
             batcher = MicroBatcher(run, pool, max_batch=3, max_wait_s=0.3)
             await batcher.start()
-            started = time.perf_counter()
-            first = asyncio.ensure_future(batcher.submit(["a"]))
-            await asyncio.sleep(0.05)
-            second = asyncio.ensure_future(batcher.submit(["b"]))  # within the wait: same batch
-            assert await asyncio.wait_for(first, 5) == ["a"] and await asyncio.wait_for(second, 5) == ["b"]
-            waited = time.perf_counter() - started
-            assert await asyncio.wait_for(batcher.submit(["c", "d", "e", "f", "g"]), 5) == ["c", "d", "e", "f", "g"]
-            stats = batcher.stats.as_dict()
-            await batcher.stop()
-        return waited, stats
+            try:  # a failed check must not leave the collector running: asyncio.run could not end
+                started = time.perf_counter()
+                first = asyncio.ensure_future(batcher.submit(["a"]))
+                await asyncio.sleep(0.05)
+                second = asyncio.ensure_future(batcher.submit(["b"]))  # within the wait: same batch
+                results = [await asyncio.wait_for(first, 5), await asyncio.wait_for(second, 5)]
+                waited = time.perf_counter() - started
+                results.append(await asyncio.wait_for(batcher.submit(["c", "d", "e", "f", "g"]), 5))
+                return results, waited, batcher.stats.as_dict()
+            finally:
+                await batcher.stop()
 
-    waited, stats = asyncio.run(scenario())
+    results, waited, stats = asyncio.run(scenario())
+    assert results == [["a"], ["b"], ["c", "d", "e", "f", "g"]]
     assert batches[0] == ["a", "b"] and 0.25 <= waited  # a lone item waits for company up to max_wait_s
     assert [len(b) for b in batches[1:]] == [3, 2] and stats["batches"] == 3 and stats["largest_batch"] == 3
 
@@ -83,9 +85,11 @@ def test_a_batch_function_returning_the_wrong_count_fails_its_callers():
         with ThreadPoolExecutor(1) as pool:
             batcher = MicroBatcher(lambda items: items[:-1], pool, max_batch=4, max_wait_s=0.01)
             await batcher.start()
-            with pytest.raises(RuntimeError, match="returned 1 results for 2 items"):
-                await asyncio.wait_for(batcher.submit(["a", "b"]), 5)
-            await batcher.stop()
+            try:
+                with pytest.raises(RuntimeError, match="returned 1 results for 2 items"):
+                    await asyncio.wait_for(batcher.submit(["a", "b"]), 5)
+            finally:
+                await batcher.stop()
 
     asyncio.run(scenario())
 
@@ -321,3 +325,4 @@ def test_a_declared_oversized_body_is_drained_within_bounds_or_not_read_at_all()
     assert (status, read, taken) == (413, [], 0)  # over 4x: answered at once
     status, read, taken = call_body_limit(10, chunks, [("content-length", "40"), ("expect", "100-continue")])
     assert (status, read, taken) == (413, [], 0)
+
