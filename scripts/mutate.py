@@ -107,7 +107,8 @@ FAST_TESTS: Dict[str, Dict[str, List[str]]] = {
               _TT + "cli_reports_bad_input_in_one_line"],
     },
     "serve": {
-        "security.py": [_S + "test_serve_auth.py", _S + "test_serve.py::test_bind_policy", _S + "test_serve_parts.py"],
+        "security.py": [_S + "test_serve_auth.py", _S + "test_serve.py::test_bind_policy",
+                        _S + "test_serve.py::test_host_header_check_only_on_loopback_binds", _S + "test_serve_parts.py"],
         "server.py": [_S + "test_serve_parts.py", _S + "test_serve_contracts.py", *_SERVE_PROCESSES],
         "*": [_S + "test_serve_contracts.py", _S + "test_serve_auth.py", _S + "test_serve_parts.py",
               *_SERVE_IN_PROCESS],

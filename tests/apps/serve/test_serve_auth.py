@@ -130,3 +130,15 @@ def test_a_token_a_client_cannot_send_in_a_header_is_refused_at_startup(token):
     check_bind("0.0.0.0", TOKEN)
     check_bind("0.0.0.0", "!" * 16)  # the edges of the visible range
     check_bind("127.0.0.1", "~" * 16)
+
+
+def test_host_header_names_are_read_with_and_without_a_port():
+    """``Host`` is ``name[:port]``; an IPv6 literal keeps its brackets (``[::1]:8000`` names ``[::1]``; a bare ``::1`` is no valid Host)."""
+    from ernievil2torch.apps.serve.security import LOOPBACK_HOST_NAMES, host_allowed
+
+    for header in ("localhost", "LOCALHOST:8000", "127.0.0.1:1", "[::1]", "[::1]:8000", " [::1]:65535 "):
+        assert host_allowed(header, LOOPBACK_HOST_NAMES), header
+    for header in ("evil.example", "evil.example:8000", "[::2]:8000", "[::1", "::1", "localhost.evil.example:80",
+                   "127.0.0.2:8000", ""):
+        assert not host_allowed(header, LOOPBACK_HOST_NAMES), header
+    assert host_allowed("anything:1", None)
