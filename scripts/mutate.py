@@ -584,8 +584,8 @@ def plant_and_run(root: Path, mutant: Mutant, tests: Sequence[str], timeout: flo
 
 # ---- report ----------------------------------------------------------------------------------------------------------
 def table(outcomes: List[Outcome], totals: Dict[str, int]) -> List[str]:
-    rows = ["| module | mutants | killed (fast tests) | killed (rooms) | timeouts | survived (explained) | kill rate |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| module | mutants | killed (fast tests) | killed (rooms) | timeouts | survived (explained) | kill rate "
+            "| score |", "|---|---|---|---|---|---|---|---|"]
     by_module: Dict[str, List[Outcome]] = {}
     for outcome in outcomes:
         by_module.setdefault(outcome.mutant.path, []).append(outcome)
@@ -597,8 +597,10 @@ def table(outcomes: List[Outcome], totals: Dict[str, int]) -> List[str]:
         count = {s: sum(o.status == s for o in items) for s in ("killed", "killed by room", "timeout", "survived")}
         rate = 100.0 * (len(items) - count["survived"]) / len(items)
         explained = sum(o.status == "survived" and o.explanation is not None for o in items)
+        relevant = len(items) - explained
+        score = 100.0 * (len(items) - count["survived"]) / relevant if relevant else 100.0
         return (f"| {name} | {len(items)} | {count['killed']} | {count['killed by room']} | {count['timeout']} | "
-                f"{count['survived']} ({explained}) | {rate:.1f} % |")
+                f"{count['survived']} ({explained}) | {rate:.1f} % | {score:.1f} % |")
 
     for group, items in groups.items():
         for module in sorted({o.mutant.path for o in items}):
@@ -613,6 +615,8 @@ def report(outcomes: List[Outcome], totals: Dict[str, int], args: argparse.Names
              f"`python scripts/mutate.py --modules {','.join(args.modules)} --limit {args.limit} --seed {args.seed}"
              f"{' --fullsize' if args.fullsize else ''}{'' if args.rooms else ' --no-rooms'}`: {len(outcomes)} mutants, {minutes:.0f} min.", ""]
     lines += table(outcomes, totals)
+    lines += ["", "Kill rate: killed (timeouts included) / mutants. Score: killed / (mutants - survivors explained as "
+              "equivalent below), the usual mutation score."]
     survivors = [o for o in outcomes if o.status == "survived"]
     lines += ["", f"## Survivors ({len(survivors)})", ""]
     for outcome in survivors:
