@@ -154,8 +154,9 @@ def test_onnx_export_writes_both_graphs_at_the_default_opset_with_the_config(onn
             assert dims[0].dim_param == "batch", (name, tensor.name)
             if name.startswith("text"):
                 assert dims[1].dim_param == "length"
-        (output,) = graph.graph.output
-        assert output.type.tensor_type.shape.dim[0].dim_param == "batch", name
+        (output,) = graph.graph.output  # [batch, hidden]: axis 0 is the batch, axis 1 is not
+        out_dims = output.type.tensor_type.shape.dim
+        assert out_dims[0].dim_param == "batch" and out_dims[1].dim_param != "batch", name
     assert "(opset 17)" in result.summary() and result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
     assert any(note.startswith("onnxruntime check passed: max abs diff") for note in result.notes)
 
