@@ -121,7 +121,8 @@ FAST_TESTS: Dict[str, Dict[str, List[str]]] = {
         "stream.py": ["tests/data/test_data_contracts.py", "tests/data/test_data_readers.py", _T + "test_training_contracts.py",
                       _TT + "pair_order_is_seeded_split_by_rank_and_resumable"],
         "image_root.py": ["tests/data/test_data_readers.py", _S + "test_serve_parts.py", *_SERVE_IN_PROCESS],
-        "inputs.py": ["tests/data/test_data_readers.py", "tests/apps/test_embed.py"],
+        "inputs.py": ["tests/data/test_data_contracts.py", "tests/data/test_data_readers.py",
+                      "tests/apps/test_embed.py"],
         "demo.py": ["tests/data/test_data_contracts.py", "tests/data/test_data_readers.py", "tests/cli/test_cli.py"],
         "*": ["tests/data/test_data_contracts.py", "tests/data/test_data_readers.py", "tests/apps/test_retrieval.py",
               _T + "test_training_contracts.py"],
@@ -195,6 +196,8 @@ EXPLAINED: Dict[Tuple[str, str, str], str] = {
         "a colour channel one step off: the same colour to anyone reading the picture (purple is not in the demo)",
     ("ernievil2torch/data/demo.py", '"红色": (220, 30, 30), "蓝色": (30, 60, 220), "绿色": (30, 170, 60), "黄色": (235, 205, 20),',
      "*"): "a colour channel one step off: the same colour to anyone reading the picture",
+    ("ernievil2torch/data/coco_cn.py", "if start < len(raw):", "if start <= len(raw):"):
+        "adds an empty piece after a lone CR that ends the file: a blank line at the end, which is skipped",
     ("ernievil2torch/training/checkpoints.py", "for old in list_checkpoints(out)[:-max(1, keep_last)]:",
      "for old in list_checkpoints(out)[:-max(0, keep_last)]:"):
         "keep_last >= 1 is enforced by FinetuneSettings.check, so max(0, k) == max(1, k)",

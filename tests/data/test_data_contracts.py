@@ -61,3 +61,23 @@ def test_the_demo_images_are_the_captioned_shapes_in_their_colours():
         centre = tuple(int(v) for v in pixels[pixels.shape[0] // 2 + 15, pixels.shape[1] // 2])
         assert centre == colour, caption
         assert tuple(pixels[0, 0]) == (255, 255, 255)
+
+
+def test_text_tables_need_their_columns_and_keep_row_ids(tmp_path):
+    """.csv/.tsv: a header row naming ``field`` (and ``id_field`` when given) is required; an empty cell is a failed
+    item that keeps its row id."""
+    from ernievil2torch.data.inputs import list_texts
+
+    table = tmp_path / "t.csv"
+    table.write_text("key,caption\na,一只猫\nb,\nc,一只狗\n", encoding="utf-8")
+    items = list_texts(str(table), field="caption", id_field="key")
+    assert [(i.id, i.error) for i in items] == [("a", None), ("b", "empty text"), ("c", None)]
+    assert [i.id for i in list_texts(str(table), field="caption")] == ["0", "1", "2"]
+    with pytest.raises(InputError, match=r"no column 'text' \(columns: \['key', 'caption'\]\)"):
+        list_texts(str(table))
+    with pytest.raises(InputError, match="no column 'id'"):
+        list_texts(str(table), field="caption", id_field="id")
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(InputError, match="no column 'text'"):
+        list_texts(str(empty))
