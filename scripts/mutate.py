@@ -4,7 +4,9 @@
     .venv/bin/python scripts/mutate.py --modules training,serve --limit 30 --report /tmp/mutation.md
     .venv/bin/python scripts/mutate.py --list               # the mutants it would plant, nothing run
     .venv/bin/python scripts/mutate.py --render docs/MUTATION.json --report docs/MUTATION.md   # report again
-    .venv/bin/python scripts/mutate.py --only docs/MUTATION.json --report /tmp/recheck.md     # its survivors again
+    .venv/bin/python scripts/mutate.py --only docs/MUTATION.json --report docs/MUTATION_RECHECK.md  # survivors again
+    .venv/bin/python scripts/mutate.py --render docs/MUTATION.json --recheck docs/MUTATION_RECHECK.json \
+        --report docs/MUTATION.md                                        # mark the survivors the recheck killed
 
 Run on demand (it is not part of the suite, and it takes a while: every mutant is a pytest run). What it does:
 
@@ -613,7 +615,9 @@ def table(outcomes: List[Outcome], totals: Dict[str, int]) -> List[str]:
     return rows
 
 
-def report(outcomes: List[Outcome], totals: Dict[str, int], args: argparse.Namespace, minutes: float) -> str:
+def report(outcomes: List[Outcome], totals: Dict[str, int], args: argparse.Namespace, minutes: float,
+           rechecked_kills: frozenset = frozenset()) -> str:
+    """The Markdown report; ``rechecked_kills``: (path, before, after) of survivors a later ``--only`` run killed."""
     lines = ["# Mutation report", "",
              f"`python scripts/mutate.py --modules {','.join(args.modules)} --limit {args.limit} --seed {args.seed}"
              f"{' --fullsize' if args.fullsize else ''}{'' if args.rooms else ' --no-rooms'}`: {len(outcomes)} mutants, {minutes:.0f} min.", ""]
@@ -624,12 +628,15 @@ def report(outcomes: List[Outcome], totals: Dict[str, int], args: argparse.Names
     lines += ["", f"## Survivors ({len(survivors)})", ""]
     for outcome in survivors:
         m = outcome.mutant
-        why = outcome.explanation or "**not explained**"
+        key = (m.path, m.before, m.after)
+        why = outcome.explanation or ("**killed in the recheck** by a test written for it (`--only`)"
+                                      if key in rechecked_kills else "**not explained**")
         lines.append(f"- `{m.where}` ({m.operator}): `{m.before.strip()}` -> `{m.after.strip()}`: {why}")
     timeouts = [o for o in outcomes if o.status == "timeout"]
     if timeouts:
         lines += ["", "## Timed out (counted as killed)", ""]
-        lines += [f"- `{o.mutant.where}` ({o.mutant.operator}): `{o.mutant.after.strip()}`" for o in timeouts]
+        lines += [f"- `{o.mutant.where}` ({o.mutant.operator}): `{o.mutant.before.strip()}` -> "
+                  f"`{o.mutant.after.strip()}`" for o in timeouts]
     return "\n".join(lines) + "\n"
 
 
@@ -670,9 +677,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="run again only the survivors of a run's record (after adding tests for them)")
     parser.add_argument("--render", metavar="RECORD_JSON",
                         help="only write the report again from a run's record (after examining survivors)")
+    parser.add_argument("--recheck", metavar="RECHECK_JSON",
+                        help="with --render: mark the survivors that this --only run's record killed")
     args = parser.parse_args(argv)
     if args.render:
-        return write_report(json.loads(Path(args.render).read_text(encoding="utf-8")), Path(args.report))
+        recheck = json.loads(Path(args.recheck).read_text(encoding="utf-8")) if args.recheck else None
+        return write_report(json.loads(Path(args.render).read_text(encoding="utf-8")), Path(args.report), recheck)
     args.modules = [g.strip() for g in args.modules.split(",") if g.strip()]
     unknown = [g for g in args.modules if g not in GROUPS]
     if unknown:
@@ -723,13 +733,16 @@ def save_record(args: argparse.Namespace, chosen: Dict[str, Tuple[List[Mutant], 
     return record
 
 
-def write_report(record: Dict, path: Path) -> int:
+def write_report(record: Dict, path: Path, recheck: Optional[Dict] = None) -> int:
     """Write the Markdown report of a run's record (also to re-render it: ``--render RECORD.json`` after more
-    survivors were examined in :data:`EXPLAINED`) and print the table."""
+    survivors were examined in :data:`EXPLAINED`, with ``--recheck RECHECK.json``: the record of an ``--only`` run
+    whose kills are marked) and print the table."""
     args = argparse.Namespace(**record["args"])
     outcomes = [Outcome(Mutant(**{k: v for k, v in o.items() if k not in ("status", "seconds")}), o["status"],
                         o["seconds"]) for o in record["outcomes"]]
-    path.write_text(report(outcomes, record["totals"], args, record["minutes"]), encoding="utf-8")
+    kills = frozenset((o["path"], o["before"], o["after"]) for o in (recheck or {}).get("outcomes", [])
+                      if o["status"] != "survived")
+    path.write_text(report(outcomes, record["totals"], args, record["minutes"], kills), encoding="utf-8")
     print()
     print("\n".join(table(outcomes, record["totals"])))
     print(f"\nreport: {path} (record: {path.with_suffix('.json')})")
