@@ -180,8 +180,8 @@ EXPLAINED: Dict[Tuple[str, str, str], str] = {
      '"data_position": self.order(1, 0).position(step * self.settings.grad_accum).to_dict()}'):
         "PairBatches.position does not depend on the sampler's start",
     ("ernievil2torch/apps/serve/middleware.py", 'if scope["type"] != "http":', "if False:"):
-        "SecurityHeaders on a lifespan scope: it has no path and its messages are not http.response.start, so the "
-        "wrapper passes them through unchanged (the app has no websocket route)",
+        "the pass-through of non-HTTP scopes: the only other scope is the lifespan, which has no path, no headers "
+        "and no http.* messages, so the wrappers (SecurityHeaders, BodyLimit) leave it unchanged anyway",
     ("ernievil2torch/apps/serve/routes.py", "signature = inspect.signature(handler, eval_str=True)",
      "signature = inspect.signature(handler, eval_str=False)"):
         "FastAPI evaluates string annotations itself, in the handler's module (functools.wraps keeps it)",
