@@ -624,6 +624,11 @@ def report(outcomes: List[Outcome], totals: Dict[str, int], args: argparse.Names
     lines += table(outcomes, totals)
     lines += ["", "Kill rate: killed (timeouts included) / mutants. Score: killed / (mutants - survivors explained as "
               "equivalent below), the usual mutation score."]
+    if rechecked_kills:
+        after = [dataclasses.replace(o, status="killed") if o.status == "survived" and
+                 (o.mutant.path, o.mutant.before, o.mutant.after) in rechecked_kills else o for o in outcomes]
+        lines += ["", "The same mutants after the recheck (`--only`: the survivors run again once tests were written "
+                  "for them; those it killed count as killed here):", ""] + table(after, totals)
     survivors = [o for o in outcomes if o.status == "survived"]
     lines += ["", f"## Survivors ({len(survivors)})", ""]
     for outcome in survivors:
