@@ -85,7 +85,8 @@ class FinetuneSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"--{name} must be a positive integer, got {value!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
             raise InputError(f"--max_steps must be a positive integer, got {self.max_steps!r}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise InputError(f"--warmup_steps must be >= 0, got {self.warmup_steps!r}")

@@ -69,7 +69,12 @@ class MicroBatcher(Generic[T, R]):
     async def stop(self) -> None:
         """Stop collecting; callers still waiting get :class:`asyncio.CancelledError`."""
         if self._task is not None:
-            self._task.cancel()
+            # Cancel until the collector has ended: a cancellation can be lost (on Python < 3.12, asyncio.wait_for
+            # may return an item that arrived together with it and drop it, CPython gh-86296), and the collector
+            # would then wait on the queue forever, and stop() with it (seen with results nobody awaited).
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.05)
             try:
                 await self._task
             except asyncio.CancelledError:

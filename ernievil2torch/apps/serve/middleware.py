@@ -5,13 +5,13 @@ Order (outermost first, see :func:`.app.create_app`): CORS (only when asked for)
 """
 from __future__ import annotations
 
-from typing import FrozenSet, Iterable, Optional, Tuple
+from typing import FrozenSet, Iterable, List, Optional, Tuple
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .security import host_allowed, token_matches
+from .security import host_allowed, request_authorized
 
 #: Paths under this prefix are the API (token-protected when a token is set).
 API_PREFIX = "/v1/"
@@ -22,6 +22,11 @@ def _header(scope: Scope, name: bytes) -> Optional[str]:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def _headers(scope: Scope, name: bytes) -> List[str]:
+    """Every value of header ``name`` (lower case), in the order sent."""
+    return [value.decode("latin-1") for key, value in scope.get("headers", ()) if key == name]
 
 
 def error_response(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
@@ -75,14 +80,15 @@ class HostCheck:
 
 
 class BearerAuth:
-    """Requires ``Authorization: Bearer <token>`` on every API path (401 otherwise)."""
+    """Requires exactly one ``Authorization: Bearer <token>`` header on every API path (401 otherwise; a token in
+    the query string does not count)."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app, self.token = app, token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope.get("path", "").startswith(API_PREFIX) and scope.get("method") != "OPTIONS"
-                and not token_matches(_header(scope, b"authorization"), self.token)):
+                and not request_authorized(_headers(scope, b"authorization"), self.token)):
             return await error_response(401, "missing or wrong bearer token: send 'Authorization: Bearer TOKEN'",
                                         {"WWW-Authenticate": "Bearer"})(scope, receive, send)
         await self.app(scope, receive, send)

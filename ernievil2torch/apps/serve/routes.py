@@ -27,7 +27,7 @@ from .engine import Answer, Query as EngineQuery, SearchEngine
 from .inputs import check_text, decode_image_upload, upload_name
 from .limits import ServeLimits
 from .schemas import EmbeddingsOut, SearchOut, TextsIn, search_hits
-from .security import token_matches
+from .security import request_authorized
 from .settings import ServiceSettings
 
 Q_DESCRIPTION = "the query text, e.g. 一只猫"
@@ -79,7 +79,7 @@ async def healthz(request: Request, engine: SearchEngine = Depends(get_engine),
                   image_batcher: MicroBatcher = Depends(get_image_batcher)) -> Dict[str, Any]:
     """Liveness; with a token set, the details only for a caller that sends it."""
     status: Dict[str, Any] = {"status": "ok", "auth_required": settings.token is not None}
-    if settings.token is None or token_matches(request.headers.get("authorization"), settings.token):
+    if settings.token is None or request_authorized(request.headers.getlist("authorization"), settings.token):
         status.update(engine.describe())
         status["batching"] = {"text": text_batcher.stats.as_dict(), "image": image_batcher.stats.as_dict(),
                               "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import FrozenSet, Optional
+from typing import FrozenSet, Optional, Sequence
 
 from ...errors import InputError
 
@@ -30,10 +30,14 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: Optional[str]) -> None:
-    """Refuse (InputError, before anything is loaded) a non-loopback ``host`` without a token, or a weak token."""
+    """Refuse (InputError, before anything is loaded) a non-loopback ``host`` without a token, a weak token, or one
+    with characters a client cannot send in a header (anything but visible ASCII)."""
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         raise InputError(f"--token must be at least {MIN_TOKEN_LENGTH} characters (e.g. `python -c \"import "
                          "secrets; print(secrets.token_urlsafe(24))\"`)")
+    if token is not None and not all("!" <= char <= "~" for char in token):
+        raise InputError("--token must be visible ASCII characters only (no spaces, no accents): an HTTP client "
+                         "cannot send anything else in an Authorization header reliably")
     if not is_loopback(host) and not token:
         raise InputError(f"refusing to listen on {host}: that makes the API reachable from other machines. Pass "
                          "--token TOKEN (every API call must then send 'Authorization: Bearer TOKEN'), or keep "
@@ -53,8 +57,16 @@ def host_allowed(host_header: str, allowed: Optional[FrozenSet[str]]) -> bool:
 
 
 def token_matches(authorization: Optional[str], token: str) -> bool:
-    """Whether an ``Authorization`` header is ``Bearer <token>`` (constant-time comparison)."""
+    """Whether an ``Authorization`` header is ``Bearer <token>`` (scheme in any case, constant-time comparison of
+    the whole token: an empty, shorter, longer or otherwise different one never matches)."""
     if not authorization:
         return False
     scheme, _, given = authorization.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def request_authorized(authorizations: Sequence[str], token: str) -> bool:
+    """Whether a request's ``Authorization`` headers (every one it sent, in order) carry the token: exactly one
+    header, and it matches (:func:`token_matches`). Two or more are refused even if one matches: ``Authorization``
+    is not a list header (RFC 9110), and a proxy in front could act on another one than we checked."""
+    return len(authorizations) == 1 and token_matches(authorizations[0], token)

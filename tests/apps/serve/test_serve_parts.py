@@ -130,7 +130,7 @@ def test_image_handlers_alone():
 
 def test_healthz_handler_alone():
     engine, text, image = FakeEngine(), FakeBatcher(), FakeBatcher()
-    request = SimpleNamespace(headers={})
+    request = SimpleNamespace(headers=Headers({}))
     status = run(routes.healthz(request, engine=engine, settings=ServiceSettings(), text_batcher=text,
                                 image_batcher=image))
     assert status["status"] == "ok" and status["auth_required"] is False and status["gallery_size"] == 2
@@ -138,7 +138,7 @@ def test_healthz_handler_alone():
     guarded = ServiceSettings(token="t" * 16)
     status = run(routes.healthz(request, engine=engine, settings=guarded, text_batcher=text, image_batcher=image))
     assert status == {"status": "ok", "auth_required": True}
-    request = SimpleNamespace(headers={"authorization": "Bearer " + "t" * 16})
+    request = SimpleNamespace(headers=Headers({"authorization": "Bearer " + "t" * 16}))
     status = run(routes.healthz(request, engine=engine, settings=guarded, text_batcher=text, image_batcher=image))
     assert status["gallery_size"] == 2
 
