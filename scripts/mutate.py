@@ -84,10 +84,17 @@ FAST_TESTS: Dict[str, Dict[str, List[str]]] = {
                     _TT + "an_unreadable_image_mid_run_is_skipped_and_reported",
                     _TT + "checkpoints_are_model_directories_with_trainer_state",
                     "tests/data/test_data_readers.py::test_pair_batches_positions_are_stream_positions"],
+        "grad_cache.py": [_T + "test_grad_cache.py"],
+        "lora.py": [_T + "test_lora.py", _TT + "a_killed_run_resumed_ends_with_the_weights_of_an_uninterrupted_run"],
+        "disk.py": [_T + "test_disk.py"],
+        "checkpoints.py": [_T + "test_disk.py", _T + "test_training_contracts.py", _T + "test_lora.py",
+                           _TT + "checkpoints_are_model_directories_with_trainer_state",
+                           _TT + "a_killed_run_resumed_ends_with_the_weights_of_an_uninterrupted_run"],
         "settings.py": [_T + "test_training_contracts.py", _TT + "signature_lists_every_setting_with_its_default_and_type",
                         _TT + "an_unknown_option_is_refused_before_any_work",
                         _TT + "resume_refuses_changed_settings", "tests/test_docs.py"],
         "trainer.py": [_T + "test_training_contracts.py", _T + "test_freeze.py", _T + "test_optim.py",
+                       _T + "test_grad_cache.py", _T + "test_disk.py",
                        _TT + "records_and_messages_go_to_the_hooks_never_to_the_terminal",
                        _TT + "checkpoints_are_model_directories_with_trainer_state",
                        _TT + "resume_refuses_changed_settings", _TT + "freezing_a_tower_keeps_it_fixed",
@@ -117,6 +124,11 @@ FAST_TESTS: Dict[str, Dict[str, List[str]]] = {
     },
     "export": {
         "paddle.py": ["tests/export/test_export_contracts.py", "tests/export/test_paddle_export.py"],
+        "openvino.py": ["tests/export/test_export.py", "-k", "openvino or registry or extra"],
+        "probes.py": ["tests/export/test_export_contracts.py", "tests/export/test_export.py", "-k",
+                      "onnx or openvino"],
+        "files.py": ["tests/export/test_export_contracts.py", "tests/export/test_export.py", "-k", "onnx or openvino"],
+        "open_clip.py": ["tests/export/test_open_clip.py", "tests/export/test_clip_benchmark.py"],
         "*": ["tests/export/test_export_contracts.py", "tests/export/test_export.py", "tests/cli/test_cli.py", "-k", "export or test_hf or onnx or registry"],
     },
     "data": {
@@ -484,16 +496,18 @@ def copy_tree(dst: Path) -> None:
 
 def environment(root: Path) -> Dict[str, str]:
     """The tests' environment in the copy: its package first on the path, no bytecode, one thread, the shared
-    data and the PaddleNLP oracle of the real checkout (the copy has neither beside it), and the suite's required
+    data, the PaddleNLP oracle and the open_clip interpreter of the real checkout (the copy has none of them beside
+    it), and the suite's required
     mode, in which a skip is a failure: a test that could not run never lets a mutant survive unnoticed (the
     unmutated baseline would fail first)."""
     env = dict(os.environ)
     env.update(PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONHASHSEED="0", ERNIEVIL2_REQUIRE_ORACLES="1")
     env.setdefault("ERNIEVIL2_SHARED_DATA", str(REPO.parent / "shared" / "data"))
-    oracle = REPO / ".venv-paddlenlp" / "bin" / "python"
-    if oracle.exists():
-        env.setdefault("ERNIEVIL2_ORACLE_PYTHON", str(oracle))
+    for variable, venv in (("ERNIEVIL2_ORACLE_PYTHON", ".venv-paddlenlp"), ("ERNIEVIL2_OPENCLIP_PYTHON", ".venv-openclip")):
+        interpreter = REPO / venv / "bin" / "python"
+        if interpreter.exists():
+            env.setdefault(variable, str(interpreter))
     return env
 
 
