@@ -117,3 +117,58 @@ def test_the_plan_is_what_a_run_writes(shapes, tmp_path, lora):
     print(f"\nplan {plan.summary()}; written: checkpoint {checkpoint} B, final {final} B")
     assert plan.checkpoint <= checkpoint <= plan.checkpoint + 64 * 1024
     assert plan.model <= final <= plan.model + 64 * 1024
+
+
+# ---- the arithmetic of the checks, at their boundaries ---------------------------------------------------------------
+def test_estimated_bytes_counts_the_copied_files_that_exist(tmp_path):
+    from ernievil2torch.training.disk import OVERHEAD_BYTES, OVERHEAD_FRACTION, estimated_bytes
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_bytes(b"x" * 1000)
+    assert estimated_bytes(0) == OVERHEAD_BYTES
+    assert estimated_bytes(5000, [None, vocab, tmp_path / "absent.txt"]) == \
+        int(6000 * (1 + OVERHEAD_FRACTION)) + OVERHEAD_BYTES
+
+
+def test_exactly_enough_free_space_is_enough(tmp_path, monkeypatch):
+    """The contract is "``needed`` bytes free": equal passes, one byte less is refused."""
+    import shutil as shutil_module
+
+    from ernievil2torch.errors import DiskSpaceError
+    from ernievil2torch.training import disk
+
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    disk.check_free_space(tmp_path / "not" / "yet", 1000, "a checkpoint")
+    with pytest.raises(DiskSpaceError, match="not enough disk space for a checkpoint"):
+        disk.check_free_space(tmp_path, 1001, "a checkpoint")
+
+
+def test_a_write_error_is_a_full_disk_only_when_what_remains_does_not_fit(tmp_path, monkeypatch):
+    """``out_of_space_is_clear``: with ``needed`` bytes to write and ``written`` already written, a write error
+    is a :class:`DiskSpaceError` when less than ``needed - written`` (plus the slack) is free, else it stays what
+    it was."""
+    import shutil as shutil_module
+
+    from ernievil2torch.errors import DiskSpaceError
+    from ernievil2torch.training import disk
+
+    (tmp_path / "part").write_bytes(b"x" * 1_000_000)
+    needed = 10_000_000
+    usage = shutil_module.disk_usage(tmp_path)
+    for free, full in ((needed - 1_000_000, True), (needed - 1_000_000 + disk.OVERHEAD_BYTES, False)):
+        monkeypatch.setattr(disk.shutil, "disk_usage", lambda path, free=free: usage._replace(free=free))
+        expected = DiskSpaceError if full else OSError
+        with pytest.raises(expected) as raised:
+            with disk.out_of_space_is_clear(tmp_path, needed, "a checkpoint"):
+                raise OSError(28, "No space left on device")
+        assert isinstance(raised.value, DiskSpaceError) == full
+
+
+def test_a_chunk_size_below_one_is_refused():
+    from ernievil2torch.training.grad_cache import chunk_slices
+
+    assert chunk_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    for chunk in (0, -1):
+        with pytest.raises(ValueError, match="chunk size must be >= 1"):
+            chunk_slices(10, chunk)
