@@ -196,6 +196,7 @@ def test_checkpoints_keep_the_newest_and_only_complete_ones_count(tmp_path, smal
     for step, keep in ((2, 2), (4, 2), (10, 2), (12, 2)):
         save_checkpoint(tmp_path, step, small_model, None, "src", {"step": step}, keep)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000010", "step-00000012"]
+    assert latest_checkpoint(tmp_path).name == "step-00000012"  # the newest of several: what --resume continues
     save_checkpoint(tmp_path, 13, small_model, None, "src", {"step": 13}, 1)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000013"]
     assert load_trainer_state(latest_checkpoint(tmp_path)) == {"step": 13}
