@@ -273,3 +273,15 @@ def test_adapters_start_from_the_run_seed(shapes, tmp_path):
     a, b, c = initial(1, "a"), initial(1, "bb"), initial(2, "c")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_the_lora_flags_accept_their_whole_documented_range():
+    """Any positive alpha (a fraction too; default 2 x rank), dropout in [0, 1); the edges just outside refused."""
+    assert lora_spec(4, None, 0.0, "qkv", None).alpha == 8.0
+    assert lora_spec(4, 0.5, 0.0, "qkv", None).alpha == 0.5
+    assert lora_spec(1, 1e-3, 0.999, "qkv", None).dropout == 0.999
+    for alpha, dropout, message in ((-1.0, 0.0, "--lora_alpha must be positive"), (True, 0.0, "--lora_alpha"),
+                                    (4.0, 1.0, r"--lora_dropout must be in \[0, 1\)"),
+                                    (4.0, -0.1, "--lora_dropout")):
+        with pytest.raises(InputError, match=message):
+            lora_spec(4, alpha, dropout, "qkv", None)
