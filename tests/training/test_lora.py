@@ -285,3 +285,21 @@ def test_the_lora_flags_accept_their_whole_documented_range():
                                     (4.0, -0.1, "--lora_dropout")):
         with pytest.raises(InputError, match=message):
             lora_spec(4, alpha, dropout, "qkv", None)
+
+
+def test_a_lora_checkpoint_checks_the_disk_first_and_writes_nothing_when_it_lacks_room(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from ernievil2torch.errors import DiskSpaceError
+    from ernievil2torch.training import disk
+    from ernievil2torch.training.checkpoints import write_trainable
+
+    model = adapted_tiny()
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(DiskSpaceError, match="not enough disk space for checkpoint step-00000002/"):
+        write_trainable(tmp_path / "step-00000002", model, {"step": 2})
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    files = sorted(p.name for p in write_trainable(tmp_path / "step-00000002", model, {"step": 2}).iterdir())
+    assert files == sorted([TRAINABLE_NAME, "trainer_state.pt"])
