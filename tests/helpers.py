@@ -14,6 +14,7 @@ in required mode any other skip is turned into a failure too.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -22,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn, Optional, Sequence, Union
+from typing import Iterator, NoReturn, Optional, Sequence, Union
 
 import pytest
 
@@ -179,3 +180,17 @@ def can_mount_tmpfs() -> bool:
         if mounted:
             subprocess.run(["umount", where], capture_output=True)
     return mounted
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` inside the block and restored after it: the tiny test models run
+    fastest on one thread, and on a shared 2-core machine two threads are much slower and less steady."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

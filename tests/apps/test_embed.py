@@ -22,6 +22,8 @@ from ernievil2torch.errors import InputError
 from ernievil2torch.processing.image import ErnieViL2ImageProcessor
 from ernievil2torch.processing.tokenizer import ErnieViL2Tokenizer
 
+from helpers import torch_threads
+
 ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 1000
 SMALL = 60  # images for the torchrun and resume runs
@@ -29,10 +31,8 @@ SMALL = 60  # images for the torchrun and resume runs
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machine: one thread is faster and steadier than two
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 #: A small vocab (ids = line numbers) covering the test texts.

@@ -25,7 +25,7 @@ from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.storage.embeddings import read_embed_output
 from ernievil2torch.training import FinetuneSettings, TrainingEvents, finetune, run_finetune
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, torch_threads
 from shapes import shapes_setup
 from wds import write_folder, write_shards
 
@@ -51,10 +51,8 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def test_the_reader_indexes_every_sample_without_reading_images(setup):

@@ -19,6 +19,7 @@ from ernievil2torch.training.lora import (ADAPTER_DIR, TRAINABLE_NAME, add_adapt
                                           parse_targets)
 from ernievil2torch.verify.parity import synthetic_inputs
 from ernievil2torch.verify.synthetic import random_state
+from helpers import torch_threads
 from shapes import shapes_setup
 
 MERGE_ATOL_FP32 = 1e-5
@@ -27,10 +28,8 @@ MERGE_ATOL_FP32 = 1e-5
 @pytest.fixture
 def single_thread():
     """The tiny model trains fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

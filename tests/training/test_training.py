@@ -29,7 +29,7 @@ from ernievil2torch.training.augment import TrainAugmentation
 from ernievil2torch.training.checkpoints import latest_checkpoint, load_trainer_state
 from ernievil2torch.training.data import PairBatches, load_pairs
 from ernievil2torch.training.optim import decayed_parameter_names, warmup_cosine
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, torch_threads
 from shapes import random_shape_image, shapes_config, shapes_setup
 
 WORKER = REPO_ROOT / "tests" / "workers" / "ddp_gradients.py"
@@ -53,10 +53,8 @@ def quick(setup, out, **overrides):
 @pytest.fixture
 def single_thread():
     """The tiny model trains fastest on one thread (and a busy machine makes two threads much slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 # ---- global negatives: 2 processes x 4 == 1 process x 8 ---------------------------------------------------------

@@ -22,6 +22,7 @@ from ernievil2torch.training.data import CollatePairs, PairBatches, PairDataset,
 from ernievil2torch.training.settings import FinetuneSettings
 from ernievil2torch.training.trainer import Trainer, step_seed
 from ernievil2torch.training.validation import Validation
+from helpers import torch_threads
 from shapes import shapes_config
 
 
@@ -296,10 +297,8 @@ def test_validation_record_is_the_logged_summary():
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """The tiny model runs fastest on one thread (two threads on a busy machine are much slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

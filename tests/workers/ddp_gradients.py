@@ -10,30 +10,22 @@ step is DistributedDataParallel(ContrastiveObjective(model)) with features gathe
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ernievil2torch.config import tiny_config
 from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.training import ContrastiveObjective
-from ernievil2torch.runtime.distributed import init_distributed_device
-from ernievil2torch.verify.parity import synthetic_inputs
 from ernievil2torch.verify.synthetic import random_state
+from gradient_setup import start
 
 GLOBAL_BATCH = 8
 
 
 def main(out: Path) -> None:
-    torch.set_num_threads(1)
-    group = init_distributed_device("cpu")
-    config = tiny_config()
-    no_dropout = {"hidden_dropout": 0.0, "attention_dropout": 0.0}
-    config = dataclasses.replace(config, text=dataclasses.replace(config.text, **no_dropout))
-    inputs = synthetic_inputs(config, seed=8, images=GLOBAL_BATCH, lengths=(8, 30, 5, 17, 12, 3, 25, 9))
+    group, config, inputs = start(GLOBAL_BATCH, lengths=(8, 30, 5, 17, 12, 3, 25, 9))
     share = GLOBAL_BATCH // group.world_size
     rows = slice(group.rank * share, (group.rank + 1) * share)
     ids = torch.from_numpy(inputs.input_ids[rows])

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import require_module
+from helpers import require_module, torch_threads
 import torch
 
 fastapi = require_module("fastapi")
@@ -48,10 +48,8 @@ BASE = "http://127.0.0.1:8000"
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
