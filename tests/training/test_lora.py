@@ -302,3 +302,15 @@ def test_a_lora_checkpoint_checks_the_disk_first_and_writes_nothing_when_it_lack
     monkeypatch.undo()
     files = sorted(p.name for p in write_trainable(tmp_path / "step-00000002", model, {"step": 2}).iterdir())
     assert files == sorted([TRAINABLE_NAME, "trainer_state.pt"])
+
+
+def test_a_rank_equal_to_the_smallest_layer_side_is_the_largest_allowed():
+    from ernievil2torch.training.lora import check_rank
+
+    config = tiny_config()
+    for tower in ("vision", "text"):
+        cfg = getattr(config, tower)
+        smallest = min(cfg.hidden_size, cfg.intermediate_size)
+        check_rank(lora_spec(smallest, None, 0.0, f"{tower}.qkv", None), config)
+        with pytest.raises(InputError, match=f"at most {smallest}"):
+            check_rank(lora_spec(smallest + 1, None, 0.0, f"{tower}.qkv", None), config)
