@@ -2,7 +2,9 @@
 the previous checkpoint intact; after space is freed, --resume finishes the run."""
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,19 @@ def test_a_chunk_size_below_one_is_refused():
     for chunk in (0, -1):
         with pytest.raises(ValueError, match="chunk size must be >= 1"):
             chunk_slices(10, chunk)
+
+
+@pytest.mark.mounts
+def test_under_torchrun_a_full_disk_stops_every_process_with_the_same_error(shapes, small_disk):
+    """Only the main process writes; the others learn of its DiskSpaceError at the barrier after the write and stop
+    with it, instead of waiting forever for a process that has stopped."""
+    out = small_disk / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "ernievil2torch.finetune", str(shapes.model), str(shapes.train), str(out), "--images",
+           str(shapes.train_images), "--batch_size", "4", "--max_steps", "3", "--save_every", "1", "--lr", "1e-3",
+           "--num_workers", "0", "--progress", "false", "--gradient_checkpointing", "false", "--keep_last", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    assert proc.stderr.count("not enough disk space for checkpoint step-00000002/") >= 2, proc.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000001"]
