@@ -3,6 +3,7 @@ checks, the pairs' order and the skip of an unreadable image, the collated batch
 the step seeds and the precision choice. ``test_training.py`` runs the trainer end to end."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -353,6 +354,36 @@ def test_accumulated_gradients_are_the_mean_over_the_micro_batches(shapes, tmp_p
     for name, p in trainer.model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(accumulated[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_processes_synchronise_gradients_on_the_last_micro_batch_of_a_step_only(shapes, tmp_path):
+    """With ``grad_accum`` micro-batches, DDP's all-reduce runs once a step, on the last one (the others run under
+    ``no_sync``): fewer exchanges, and the same mean gradient. Recorded on a stand-in for the DDP wrapper."""
+    trainer = Trainer(shapes_settings(shapes, tmp_path / "run", grad_accum=3, max_steps=2))
+    trainer.prepare()
+    synced = []
+
+    class RecordingDdp:
+        def __init__(self, module):
+            self.module, self.sync = module, True
+
+        @contextlib.contextmanager
+        def no_sync(self):
+            self.sync = False
+            try:
+                yield
+            finally:
+                self.sync = True
+
+        def __call__(self, *inputs):
+            synced.append(self.sync)
+            return self.module(*inputs)
+
+    trainer.step_module = RecordingDdp(trainer.objective)
+    batches = iter(trainer.loader())
+    for step in range(2):
+        trainer.optimizer_step(step, batches)
+    assert synced == [False, False, True] * 2
 
 
 def test_each_unreadable_image_is_reported_once(tmp_path):
