@@ -9,9 +9,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ..config import model_path
+from ..config.hub import parse_hub_id
 from ..errors import InputError
 from .result import ExportResult
 
@@ -79,5 +81,8 @@ def export_model(format: str, model_dir: str, out: str, overwrite: bool = False,
     chosen = exporter(format)
     module, _, name = chosen.target.partition(":")
     function = getattr(importlib.import_module(module), name)
-    folder = str(model_path(model_dir))  # a Hub id: exporters read its snapshot folder like any directory
+    # A Hub id: exporters read its snapshot folder like any directory. Anything else goes to the exporter as given,
+    # so it checks the output first and reports a missing model directory itself.
+    is_hub = not Path(model_dir).exists() and parse_hub_id(str(model_dir)) is not None
+    folder = str(model_path(model_dir)) if is_hub else model_dir
     return function(folder, out, overwrite=overwrite, **{k: v for k, v in options.items() if k in chosen.options})

@@ -69,12 +69,16 @@ def test_hf_configs_are_stock_apart_from_the_towers_own_values():
 
 
 def test_the_registry_names_each_format_its_options_and_its_extra():
-    assert list(EXPORTERS) == ["hf", "onnx", "paddle"]
+    assert list(EXPORTERS) == ["hf", "onnx", "openvino", "paddle", "open_clip"]
     assert EXPORTERS["hf"].options == ("vocab",) and EXPORTERS["hf"].extra is None and not EXPORTERS["hf"].requires
     assert EXPORTERS["onnx"].options == ("opset",) and EXPORTERS["onnx"].extra == "export"
     assert EXPORTERS["onnx"].requires == ("onnx",)
     assert EXPORTERS["paddle"].options == ("layout",) and EXPORTERS["paddle"].extra is None
-    with pytest.raises(InputError, match="unknown export format 'tflite'; formats: hf, onnx, paddle"):
+    assert EXPORTERS["openvino"].options == () and EXPORTERS["openvino"].extra == "openvino"
+    assert EXPORTERS["openvino"].requires == ("openvino",)
+    assert EXPORTERS["open_clip"].options == ("vocab", "hub_id") and EXPORTERS["open_clip"].extra is None
+    with pytest.raises(InputError, match="unknown export format 'tflite'; formats: hf, onnx, openvino, paddle, "
+                                         "open_clip"):
         exporter("tflite")
 
 
@@ -207,15 +211,15 @@ def test_the_onnx_check_fails_an_export_beyond_its_tolerance(tiny_dir, tmp_path,
         assert export_onnx(str(tiny_dir), str(out)).max_abs_diff == pytest.approx(offset, rel=0.1)
 
 
-@pytest.mark.parametrize("fmt", ["hf", "onnx", "paddle"])
+@pytest.mark.parametrize("fmt", ["hf", "onnx", "paddle", "openvino", "open_clip"])
 def test_an_existing_output_is_refused_before_the_model_is_read(tmp_path, fmt):
     """The output check comes first (no model loaded for a command that cannot write its output): an existing OUT
     with a model path that does not even exist is refused for the OUT."""
     from ernievil2torch.errors import OutputExistsError
     from ernievil2torch.export import export_model
 
-    if fmt == "onnx":
-        require_module("onnx")
+    if fmt in ("onnx", "openvino"):
+        require_module(fmt)
     out = tmp_path / ("out.pdparams" if fmt == "paddle" else "out")
     if fmt == "paddle":
         out.write_bytes(b"keep")
@@ -224,9 +228,11 @@ def test_an_existing_output_is_refused_before_the_model_is_read(tmp_path, fmt):
         (out / "keep.txt").write_text("keep")
     with pytest.raises(OutputExistsError):
         export_model(fmt, str(tmp_path / "no-model-here"), str(out))
-    from ernievil2torch.export import export_hf, export_onnx, export_paddle
+    from ernievil2torch.export import export_hf, export_onnx, export_openvino, export_paddle
+    from ernievil2torch.export.open_clip import export_open_clip
 
-    direct = {"hf": export_hf, "onnx": export_onnx, "paddle": export_paddle}[fmt]
+    direct = {"hf": export_hf, "onnx": export_onnx, "paddle": export_paddle, "openvino": export_openvino,
+              "open_clip": export_open_clip}[fmt]
     with pytest.raises(OutputExistsError):  # refusing is the default
         direct(str(tmp_path / "no-model-here"), str(out))
     assert (out.read_bytes() if fmt == "paddle" else (out / "keep.txt").read_bytes()) == b"keep"
