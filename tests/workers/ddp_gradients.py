@@ -16,25 +16,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.training import ContrastiveObjective
-from ernievil2torch.verify.synthetic import random_state
 
 GLOBAL_BATCH = 8
 
 
 def main(out: Path) -> None:
-    from gradient_setup import start  # this folder is on the path when run; test_docs reads the constants
+    from gradient_setup import seeded_model, start  # this folder is on the path when run; test_docs reads the constants
 
-    group, config, inputs = start(GLOBAL_BATCH, lengths=(8, 30, 5, 17, 12, 3, 25, 9))
-    share = GLOBAL_BATCH // group.world_size
-    rows = slice(group.rank * share, (group.rank + 1) * share)
+    group, config, inputs, rows = start(GLOBAL_BATCH, lengths=(8, 30, 5, 17, 12, 3, 25, 9))
     ids = torch.from_numpy(inputs.input_ids[rows])
     arrays = {}
     for dtype in (torch.float64, torch.float32):
-        model = ErnieViL2(config)
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(config, 8, unit_gain=True).items()})
-        model.to(dtype).train()
+        model = seeded_model(config, dtype)
         step = ContrastiveObjective(model)
         if group.distributed:
             from torch.nn.parallel import DistributedDataParallel

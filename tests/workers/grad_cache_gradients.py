@@ -17,27 +17,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.training import ContrastiveObjective
 from ernievil2torch.training.grad_cache import grad_cache_backward
-from ernievil2torch.verify.synthetic import random_state
 
 GLOBAL_BATCH = 16
 CHUNK = 4
 
 
 def main(out: Path) -> None:
-    from gradient_setup import start  # this folder is on the path when run; test_docs reads the constants
+    from gradient_setup import seeded_model, start  # this folder is on the path when run; test_docs reads the constants
 
-    group, config, inputs = start(GLOBAL_BATCH, lengths=(8, 30, 5, 17, 12, 3, 25, 9) * 2)
-    share = GLOBAL_BATCH // group.world_size
-    rows = slice(group.rank * share, (group.rank + 1) * share)
+    group, config, inputs, rows = start(GLOBAL_BATCH, lengths=(8, 30, 5, 17, 12, 3, 25, 9) * 2)
     ids = torch.from_numpy(inputs.input_ids[rows])
     arrays = {}
     for dtype in (torch.float64, torch.float32):
-        model = ErnieViL2(config)
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state(config, 8, unit_gain=True).items()})
-        model.to(dtype).train()
+        model = seeded_model(config, dtype)
         objective = ContrastiveObjective(model)
         pixels = torch.from_numpy(inputs.pixel_values[rows]).to(dtype)
         if group.distributed:
