@@ -10,6 +10,7 @@ the capability).
 """
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,18 @@ from ernievil2torch.verify.synthetic import layout_state, random_model, write_sy
 from helpers import REQUIRE_ENV, can_mount_tmpfs, oracles_required
 
 CONFIGS = {"tiny": tiny_config, "base": base_config}
+
+
+def pytest_configure(config):
+    """Give the processes the tests start Ctrl-C as a terminal delivers it.
+
+    A shell starts a background job with SIGINT ignored (``cmd &`` without job control, ``nohup``), and children
+    inherit an ignored signal through exec: then a test's SIGINT reaches a server that ignores it, and the "Ctrl-C
+    exits 130" contracts fail for the way pytest was launched, not for the code. Restoring Python's own handler here
+    makes every child start with SIGINT at its default.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _skip_reason(longrepr) -> str:
