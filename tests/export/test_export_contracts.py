@@ -250,3 +250,15 @@ def test_the_paddle_file_gets_its_suffix_and_an_unknown_layout_is_refused(tiny_d
         export_paddle(str(tiny_dir), str(tmp_path / "other"), layout="onnx")
     assert not (tmp_path / "other.pdparams").exists()
 
+
+
+@pytest.mark.parametrize("hub_id", ["org/name@v1", "hf-hub:org/name", "org/name:latest", "name", "a/b/c"])
+def test_the_open_clip_package_takes_a_plain_hub_id_only(tiny_dir, tmp_path, hub_id):
+    """--hub_id is what open_clip's ``hf-hub:`` will be given and the package's config names: ORG/NAME alone. A
+    revision (``@``), a prefix (``:``) or a path is refused by the library function too, before anything is
+    written."""
+    from ernievil2torch.export.open_clip import export_open_clip
+
+    with pytest.raises(InputError, match="--hub_id must be a Hub model id ORG/NAME"):
+        export_open_clip(str(tiny_dir), str(tmp_path / "package"), hub_id=hub_id)
+    assert not (tmp_path / "package").exists()

@@ -105,13 +105,29 @@ def test_a_write_that_still_runs_out_of_space_leaves_no_half_checkpoint(shapes, 
 
 
 @pytest.mark.parametrize("lora", [None, 4])
-def test_the_plan_is_what_a_run_writes(shapes, tmp_path, lora):
+def test_the_plan_is_what_a_run_writes(shapes, tmp_path, lora, monkeypatch):
     """plan_outputs (the sizes the README states for the full-size model) against the bytes a tiny run wrote:
-    a checkpoint and final/ each within 64 KB above the plan (headers, vocab, JSON), never below."""
+    a checkpoint and final/ each within 64 KB above the plan (headers, vocab, JSON), never below. The free-space
+    check before each output asks for no less than it writes and at most 1 % + 1 MB more (a LoRA run's merged
+    final/ counts the adapter beside it once, not the base weights twice)."""
+    from ernievil2torch.training import checkpoints as checkpoints_module
     from ernievil2torch.training.disk import plan_outputs
     from ernievil2torch.training.lora import lora_spec
 
+    asked = {}
+    check = checkpoints_module.check_free_space
+
+    def recording_check(directory, needed, what):
+        asked[what] = needed
+        check(directory, needed, what)
+
+    monkeypatch.setattr(checkpoints_module, "check_free_space", recording_check)
     run(shapes, tmp_path / "run", max_steps=1, lora_rank=lora)
+    written = {f"{FINAL_DIR}/": folder_bytes(tmp_path / "run" / FINAL_DIR)}
+    written.update({f"checkpoint {p.name}/": folder_bytes(p) for p in list_checkpoints(tmp_path / "run")})
+    assert set(written) <= set(asked), (asked, written)
+    for what, size in written.items():
+        assert size <= asked[what] <= size * 1.01 + (1 << 20) + 4096, (what, size, asked[what])
     plan = plan_outputs(ErnieViL2.from_pretrained(shapes.model).config, keep_last=1,
                         lora=lora_spec(lora, None, 0.0, "qkv,out_proj,fc1,fc2", None) if lora else None)
     checkpoint = folder_bytes(list_checkpoints(tmp_path / "run")[-1])
