@@ -183,15 +183,6 @@ def test_a_write_error_is_a_full_disk_only_when_what_remains_does_not_fit(tmp_pa
         assert isinstance(raised.value, DiskSpaceError) == full
 
 
-def test_a_chunk_size_below_one_is_refused():
-    from ernievil2torch.training.grad_cache import chunk_slices
-
-    assert chunk_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
-    for chunk in (0, -1):
-        with pytest.raises(ValueError, match="chunk size must be >= 1"):
-            chunk_slices(10, chunk)
-
-
 @pytest.mark.mounts
 def test_under_torchrun_a_full_disk_stops_every_process_with_the_same_error(shapes, small_disk):
     """Only the main process writes; the others learn of its DiskSpaceError at the barrier after the write and stop

@@ -86,8 +86,9 @@ def worst_relative(cache: Dict[str, Optional[torch.Tensor]], plain: Dict[str, Op
 def test_chunks_cover_the_batch_and_the_last_may_be_smaller():
     assert chunk_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
     assert chunk_slices(4, 8) == [slice(0, 4)]
-    with pytest.raises(ValueError):
-        chunk_slices(4, 0)
+    for chunk in (0, -1):  # refused by its own check, with a message, not by range()'s
+        with pytest.raises(ValueError, match="chunk size must be >= 1"):
+            chunk_slices(4, chunk)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
