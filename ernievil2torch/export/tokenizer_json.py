@@ -15,10 +15,11 @@ normalizer, in the official order (clean, lower-case, NFD, strip marks):
   2. ``Replace``: tab, newline, return and every ``Zs`` to a space;
   3. ``Replace``: a capital sigma in Python's final-sigma context (after a cased letter, not before one, skipping
      case-ignorable characters) to ``ς``; both classes are probed from ``str.lower`` itself;
-  4. ``Replace``: delete every ``Mn`` mark (the accent stripping; the marks inside decomposed letters go in 6-8);
-  5. ``Replace``, one per form: the 43 characters whose stripped NFD is two or three characters (Indic vowel signs
-     and letters, musical symbols) to that form, and the few two-byte spacing/enclosing marks (U+0488, U+0489)
-     to a placeholder;
+  4. ``Replace``: delete every ``Mn`` mark (the accent stripping; the marks inside precomposed letters go with
+     their letter's form in steps 5 and 7);
+  5. ``Replace``, one per form: the characters whose stripped NFD is two or three characters (43 in Unicode 14:
+     Indic vowel signs and letters, musical symbols) to that form, and the two-byte spacing or enclosing marks
+     (U+0488, U+0489) to their placeholders of step 6;
   6-8. three ``Precompiled`` character maps (SentencePiece's format, :mod:`.charsmap`), one pass each: (6) every
      spacing or enclosing mark (``Mc``, ``Me`` and the few other characters that extend a grapheme cluster) to a
      placeholder of its own (a supplementary private-use character, which step 1 removed from the text); (7)
@@ -28,8 +29,8 @@ normalizer, in the official order (clean, lower-case, NFD, strip marks):
      the cluster is under 6 bytes, so ``"A"`` + U+20DD would come out ``"a"``, the mark lost. With the marks out
      of the way no cluster in step 7 holds two characters, a cluster in step 6 starts with a mark only at the
      start of the text (two marks of 3+ bytes: the per-character path), and one in step 8 starts with a 4-byte
-     placeholder (likewise). ``tokenizers`` mis-tracks offsets when this normalizer lengthens a text (and then
-     panics in a later step), so the longer forms are step 5's;
+     placeholder (likewise). ``tokenizers`` mis-tracks the offsets of what follows when this normalizer
+     lengthens a character, so the longer forms are step 5's;
   9. ``NFD``: by now only Hangul syllables change (to their jamo, an algorithm fixed since Unicode 2.0). Every
      other character is already in Python's NFD, which no later Unicode version changes (normalization
      stability); a character the library's tables lack is left alone, as it should be.
@@ -41,8 +42,8 @@ model: greedy longest-match-first WordPiece over the vocab (``##`` continuations
 ``[UNK]``), and ``[CLS] ... [SEP]`` around every text (token type 0: the model has no token types).
 
 The one rule not reproduced is Python's canonical reordering across characters: NFD sorts a run of combining
-characters by combining class, and 25 combining characters are not ``Mn`` (a few ``Mc`` signs and musical
-symbols), so two of them could come out in another order. A word holding a character the vocab lacks is
+characters by combining class, and a few combining characters are not ``Mn`` (25 in Unicode 14: ``Mc`` signs
+and musical symbols), so two of them could come out in another order. A word holding a character the vocab lacks is
 ``[UNK]`` in any order, so only a vocab holding one of them could see it: :func:`tokenizer_json` refuses such a
 vocab (the released vocab holds none).
 """
@@ -212,8 +213,9 @@ def tokenizer_json(vocab: Dict[str, int]) -> dict:
         raise InputError(f"the vocab lacks {missing}: not an ERNIE vocab")
     held = {ch for token in vocab for ch in token} & set(tables().reordered)
     if held:
-        raise InputError(f"the vocab holds the combining character(s) {sorted(held)!r}, which Python's NFD may "
-                         "reorder; tokenizer.json cannot reproduce that order")
+        names = ", ".join(f"U+{ord(ch):04X}" for ch in sorted(held))
+        raise InputError(f"the vocab holds the combining character(s) {names}, which Python's NFD may reorder "
+                         "among themselves: the package's tokenizer.json cannot reproduce that order")
     specials = [t for t in (PAD_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN, UNK_TOKEN) if t in vocab]
     added = [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": True} for t in sorted(specials, key=vocab.__getitem__)]

@@ -69,7 +69,8 @@ def fuzz_texts(n: int = FUZZ_TEXTS, seed: int = 17) -> list:
     rng = random.Random(seed)
     marks = "\u0301\u0308\u20dd\u0488\u0903\u0bbe\uff9e\U0001f3fb\u0e33\U0001d165\u302e"
     draws = [lambda: rng.randint(0, 0x10FFFF), lambda: rng.randint(0, 0xFFFF), lambda: rng.randint(0x2A000, 0x2FFFF),
-             lambda: rng.randint(0x20, 0x24F), lambda: ord(rng.choice(marks)), lambda: ord(rng.choice("AΣÉǅİ가Ａ "))]
+             lambda: rng.randint(0x20, 0x24F), lambda: ord(rng.choice(marks)),
+             lambda: ord(rng.choice("AΣÉǅİ가Ａ "))]
 
     def code_point() -> str:
         while True:

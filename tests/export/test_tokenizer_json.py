@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 
 import pytest
 
@@ -56,7 +57,8 @@ def test_the_hard_cases_give_our_words(real):
         "A\u20dd É\u0903 Ａ\u0488\u0489",  # a mapped letter and a spacing/enclosing mark: one grapheme cluster
         "\u0488\u0489abc", "\u20dd\u0488x", "É\u0489 ǅ\u0488",  # marks at the start, two-byte marks
         "cafe\u0301 \u0301x \u0345Σ",  # marks of their own (Mn): dropped; U+0345 is case-ignorable
-        "İstanbul ǅemal ß ẞ", "한국어 가\u11a8", "\u0b94\u0bcb \U0001d160 \U00011938",  # special casing, Hangul, expansions
+        "İstanbul ǅemal ß ẞ", "한국어 가\u11a8",  # special casing, Hangul
+        "\u0b94\u0bcb \U0001d160 \U00011938",  # longer forms (U+11938, Unicode 13, is not in tokenizers' NFD tables)
         "\U0002b820\U0002b91f\U0002b920 \uf900\U0002f800", "a\u2028b\u2029c\u00a0d\u3000e",  # CJK E, separators
         "\U000e0001x\U000f0000y\ue000z\u200bw", "[CLS] [sep]",  # tags, private use, format chars, specials
     ]
@@ -80,7 +82,8 @@ def test_the_tables_come_from_python_unicodedata():
     assert 0x3000 in t.to_space and 0x2028 not in t.to_space  # Zs to space; U+2028 (Zl) is the charmap's
     assert t.charmap["\u2028"] == " " and t.charmap["Σ"] == "σ" and t.charmap["\uf900"] == "豈"
     assert "\u0301" not in t.charmap and 0x0301 in t.marks and "\u20dd" in t.marks_out
-    assert len(t.reordered) == 25
+    assert {"\U0001d165", "\U0001d16d", "\u302e"} <= set(t.reordered)  # non-Mn, combining class above 0
+    assert all(unicodedata.category(ch) != "Mn" and unicodedata.combining(ch) for ch in t.reordered)
 
 
 def test_a_vocab_that_holds_a_reorderable_mark_is_refused_before_any_work(model_folder, tmp_path):
