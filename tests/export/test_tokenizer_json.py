@@ -50,6 +50,14 @@ def test_every_bmp_character_and_a_sample_of_the_others_give_our_words(real):
     assert not wrong, wrong[:20]
 
 
+def test_a_mapped_letter_before_any_bmp_character_gives_our_words(real):
+    """"É" (two bytes, mapped to "e") then any character: the pairs a per-grapheme lookup under 6 bytes could merge."""
+    _, tok = real
+    wrong = [hex(cp) for cp in range(0x10000) if not 0xD800 <= cp <= 0xDFFF
+             and _words(tok, "É" + chr(cp)) != basic_tokenize("É" + chr(cp))]
+    assert not wrong, wrong[:20]
+
+
 def test_the_hard_cases_give_our_words(real):
     _, tok = real
     cases = [
