@@ -8,7 +8,11 @@ The package is one directory, apart from our converted one:
 * ``open_clip_model.safetensors``: every weight under open_clip's names (safetensors only, no pickle);
 * ``config.json``: the text tower as a stock ``BertModel`` config (open_clip's HF text encoder knows BERT, not
   ERNIE: ERNIE 3.0's text tower is a BERT with no token-type embedding, so the export adds an all-zero token-type
-  row), and the tokenizer files (``vocab.txt``, ``tokenizer_config.json``: a ``BertTokenizer``).
+  row);
+* the tokenizer: ``tokenizer.json`` (:mod:`.tokenizer_json`: the official rules as explicit tables, so it gives
+  our ids on every text, where HF's ``BertTokenizer`` follows the Rust crates' Unicode tables),
+  ``tokenizer_config.json`` (a ``PreTrainedTokenizerFast`` that reads ``[CLS]`` inside a text as text, as the
+  official tokenizer does) and ``special_tokens_map.json``.
 
 Mapping (checked against open_clip itself by ``tests/export/test_open_clip.py``): the image tower is open_clip's
 ``VisionTransformer`` (QuickGELU, LayerNorm eps from our config via ``norm_kwargs``, ``ln_pre``, class-token pool
@@ -35,11 +39,13 @@ from ..constants import DEFAULT_MAX_LENGTH, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_
 from ..conversion.layouts import Layout, layer_rules, linear, norm, rules, to_layout
 from ..conversion.ops import COPY
 from ..errors import InputError
+from ..processing.vocab import check_special_tokens, load_vocab
 from ..storage.atomic import atomic_directory
 from ..storage.model_dir import read_model_dir
 from ..storage.outputs import check_output_dir
-from .hf import HF_ERNIE, write_hf_vocab
+from .hf import HF_ERNIE
 from .result import ExportResult
+from .tokenizer_json import tokenizer_json
 
 PathLike = Union[str, Path]
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -124,12 +130,29 @@ def open_clip_state(config: ErnieViL2Config, state: Dict[str, np.ndarray]) -> Di
     return out
 
 
-def _split_special_tokens(path: Path) -> None:
-    """Make the HF tokenizer read ``[CLS]``, ``[SEP]`` ... inside a text as text, as the official tokenizer does
-    (``[``, ``cls``, ``]``), instead of as the special token."""
-    settings = json.loads(path.read_text(encoding="utf-8"))
-    settings["split_special_tokens"] = True
-    path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                  "mask_token": "[MASK]"}
+
+
+def tokenizer_files(vocab_file: PathLike, context_length: int = DEFAULT_MAX_LENGTH) -> Dict[str, str]:
+    """File name -> text of ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``: what
+    ``transformers.AutoTokenizer`` (and so open_clip's ``HFTokenizer``) loads. :class:`InputError` for a vocab the
+    tokenizer cannot serve (see :func:`~ernievil2torch.export.tokenizer_json.tokenizer_json`).
+
+    ``split_special_tokens``: a literal ``[CLS]`` inside a text is text (``[``, ``cl``, ``##s``, ``]``), as in the
+    official tokenizer, not the special token.
+    """
+    vocab = load_vocab(vocab_file)
+    check_special_tokens(vocab, vocab_file)
+    spec = tokenizer_json(vocab)
+    specials = {name: token for name, token in SPECIAL_TOKENS.items() if token in vocab}
+    settings = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context_length,
+                "padding_side": "right", "truncation_side": "right",
+                "model_input_names": ["input_ids", "attention_mask"], "clean_up_tokenization_spaces": False,
+                "split_special_tokens": True, **specials}
+    return {"tokenizer.json": json.dumps(spec, ensure_ascii=False) + "\n",
+            "tokenizer_config.json": json.dumps(settings, indent=2) + "\n",
+            "special_tokens_map.json": json.dumps(specials, indent=2) + "\n"}
 
 
 def export_open_clip(model_dir: PathLike, out_dir: PathLike, vocab: Optional[PathLike] = None,
@@ -153,6 +176,7 @@ def export_open_clip(model_dir: PathLike, out_dir: PathLike, vocab: Optional[Pat
     vocab_path = Path(vocab) if vocab else Path(model_dir) / VOCAB_NAME
     if not vocab_path.is_file():
         raise InputError(f"no vocab file at {vocab_path}: open_clip needs the tokenizer (pass --vocab)")
+    tokenizer = tokenizer_files(vocab_path)
     config, tensors = read_model_dir(model_dir)
     state = open_clip_state(config, {k: v.float().numpy() for k, v in tensors.items()})
     name = hub_id or str(Path(out_dir).expanduser().resolve())
@@ -162,8 +186,8 @@ def export_open_clip(model_dir: PathLike, out_dir: PathLike, vocab: Optional[Pat
         (tmp / "config.json").write_text(json.dumps(bert_config(config), indent=2) + "\n", encoding="utf-8")
         save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp / OPEN_CLIP_WEIGHTS),
                   metadata={"format": "pt"})
-        write_hf_vocab(vocab_path, tmp)
-        _split_special_tokens(tmp / "tokenizer_config.json")
+        for file_name, text in tokenizer.items():
+            (tmp / file_name).write_text(text, encoding="utf-8")
     how = (f"open_clip.create_model_and_transforms('hf-hub:{hub_id}') once uploaded or cached, or 'local-dir:{out_dir}'"
            if hub_id else f"open_clip.create_model_and_transforms('local-dir:{out_dir}') (the package names its "
                           "own path: move it and re-export, or export with --hub_id for hf-hub:)")

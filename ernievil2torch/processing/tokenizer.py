@@ -46,7 +46,7 @@ from ..constants import (CLS_TOKEN, DEFAULT_MAX_LENGTH, MASK_TOKEN, MAX_TEXT_POS
 from ..errors import InputError
 from .vocab import check_special_tokens, load_vocab, resolve_vocab
 
-__all__ = ["ErnieViL2Tokenizer", "basic_tokenize"]
+__all__ = ["ErnieViL2Tokenizer", "basic_tokenize", "clean_char", "split_char"]
 
 MAX_INPUT_CHARS_PER_WORD = 100
 
@@ -72,6 +72,29 @@ def _is_ascii_punct(cp: int) -> bool:
     return False
 
 
+def clean_char(char: str) -> str:
+    """Pass 1 (step 1 of the module docstring) on one character: ``""`` if it is dropped, ``" "`` if it is
+    whitespace, else the character. Uncached; exporters build their own tables from it (``tokenizer.json``)."""
+    cat = unicodedata.category(char)
+    if char in "\t\n\r" or cat == "Zs":
+        return " "
+    if char == "\0" or char == "\ufffd" or cat[0] == "C":
+        return ""
+    return char
+
+
+def split_char(char: str) -> str:
+    """Pass 2 on one character of lower-cased NFD text: ``""`` for a dropped mark (``Mn``), ``" c "`` for
+    punctuation or a CJK ideograph (a word of its own), else the character. Uncached."""
+    cat = unicodedata.category(char)
+    if cat == "Mn":
+        return ""
+    cp = ord(char)
+    if _is_ascii_punct(cp) or cat[0] == "P" or _is_cjk(cp):
+        return " " + char + " "
+    return char
+
+
 class _CleanTable(dict):
     """``str.translate`` table of pass 1: drop ``C*`` (but \\t \\n \\r), U+0000 and U+FFFD; whitespace to ``' '``.
 
@@ -80,14 +103,7 @@ class _CleanTable(dict):
     """
 
     def __missing__(self, cp: int):
-        char = chr(cp)
-        cat = unicodedata.category(char)
-        if char in "\t\n\r" or cat == "Zs":
-            value = " "
-        elif cp == 0 or cp == 0xFFFD or cat[0] == "C":
-            value = None  # delete
-        else:
-            value = char
+        value = clean_char(chr(cp)) or None  # None: delete
         self[cp] = value
         return value
 
@@ -102,14 +118,7 @@ class _SplitTable(dict):
     """
 
     def __missing__(self, cp: int):
-        char = chr(cp)
-        cat = unicodedata.category(char)
-        if cat == "Mn":
-            value = None
-        elif _is_ascii_punct(cp) or cat[0] == "P" or _is_cjk(cp):
-            value = " " + char + " "
-        else:
-            value = char
+        value = split_char(chr(cp)) or None  # None: delete
         self[cp] = value
         return value
 

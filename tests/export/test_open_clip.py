@@ -10,8 +10,8 @@ import importlib
 import importlib.util
 import json
 import os
+import random
 import subprocess
-import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +32,13 @@ from hub_cache import HubCache
 HUB_ID = "ernie-test/ernie-vil-2.0-open-clip"
 #: Image and text features of open_clip vs ours (max abs, full size, every parameter random, padded texts).
 FEATURE_ATOL = 1e-5
-#: Of the tokenizer suite's corpus: how many texts open_clip's cleaning leaves unchanged, and how many of those get
-#: other ids than ours (all on characters whose Unicode tables differ between HF tokenizers and Python).
+#: Of the tokenizer suite's corpus: how many texts open_clip's cleaning leaves unchanged (all of them get our ids).
 TOKENIZER_CORPUS = 3000
 TOKENIZER_UNCHANGED = 2209
-TOKENIZER_DIFFERENT = 91
+#: Random texts of code points from every plane (assigned, unassigned, private use; no lone surrogates, which no
+#: Rust string holds), and how many of them open_clip's cleaning leaves unchanged.
+FUZZ_TEXTS = 2000
+FUZZ_UNCHANGED = 839
 #: Of REALISTIC_CAPTIONS, how many open_clip's text cleaning rewrites (ftfy: full-width punctuation and curly
 #: quotes to ASCII), and how many token ids that changes in all (measured with ftfy 6.3.1, the real vocab).
 FTFY_CHANGED_CAPTIONS = 25
@@ -57,7 +59,26 @@ def _make_corpus(vocab):
     spec = importlib.util.spec_from_file_location("tokenizer_suite", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.make_corpus(vocab), module._CJK
+    return module.make_corpus(vocab)
+
+
+def fuzz_texts(n: int = FUZZ_TEXTS, seed: int = 17) -> list:
+    """Texts of 1-24 random code points: uniform over all planes (mostly unassigned or private use), the BMP, the
+    CJK extensions around U+2B820 (where BERT's and HF's Chinese blocks differ), and marks after letters (where a
+    character map that works per grapheme cluster could lose a mark). No lone surrogates."""
+    rng = random.Random(seed)
+    marks = "\u0301\u0308\u20dd\u0488\u0903\u0bbe\uff9e\U0001f3fb\u0e33\U0001d165\u302e"
+    draws = [lambda: rng.randint(0, 0x10FFFF), lambda: rng.randint(0, 0xFFFF), lambda: rng.randint(0x2A000, 0x2FFFF),
+             lambda: rng.randint(0x20, 0x24F), lambda: ord(rng.choice(marks)),
+             lambda: ord(rng.choice("AΣÉǅİ가Ａ "))]
+
+    def code_point() -> str:
+        while True:
+            cp = rng.choice(draws)()
+            if not 0xD800 <= cp <= 0xDFFF:
+                return chr(cp)
+
+    return ["".join(code_point() for _ in range(rng.randint(1, 24))) for _ in range(n)]
 
 
 def run_open_clip(mode: str, spec: str, inputs: Path, out: Path, cache: Path = None) -> None:
@@ -82,7 +103,8 @@ def real_vocab_package(model_folder, tmp_path_factory):
 def test_the_package_is_what_open_clip_reads(real_vocab_package):
     files = sorted(p.name for p in real_vocab_package.iterdir())
     assert files == ["config.json", "open_clip_config.json", "open_clip_model.safetensors", "special_tokens_map.json",
-                     "tokenizer_config.json", "vocab.txt"]
+                     "tokenizer.json", "tokenizer_config.json"]
+    assert json.loads((real_vocab_package / "tokenizer_config.json").read_text())["split_special_tokens"] is True
     config = json.loads((real_vocab_package / "open_clip_config.json").read_text())
     text = config["model_cfg"]["text_cfg"]
     assert text["hf_model_name"] == text["hf_tokenizer_name"] == str(real_vocab_package.resolve())
@@ -93,39 +115,49 @@ def test_the_package_is_what_open_clip_reads(real_vocab_package):
 
 def test_open_clip_tokens_equal_ours_where_its_cleaning_leaves_the_text(real_vocab_package, tmp_path):
     ours = ErnieViL2Tokenizer(shared_file("vocab.txt"))
-    corpus, ours_cjk = _make_corpus(ours.vocab)
-    texts = corpus + REALISTIC_CAPTIONS
+    corpus = _make_corpus(ours.vocab)
+    fuzz = fuzz_texts()
+    long_texts = ["一只猫" * 30, "a photo of " * 20, "x" * 101 + " 猫" * 50, "Ünïcödé " * 40 + "，。"]
+    texts = corpus + fuzz + long_texts + REALISTIC_CAPTIONS
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     run_open_clip("tokenize", f"local-dir:{real_vocab_package}", tmp_path / "texts.json", tmp_path / "ids.json")
     result = json.loads((tmp_path / "ids.json").read_text())
-    assert (result["class"], result["context_length"]) == ("HFTokenizer", DEFAULT_MAX_LENGTH)
+    assert (result["class"], result["backend"], result["context_length"]) == ("HFTokenizer", "TokenizersBackend",
+                                                                              DEFAULT_MAX_LENGTH)
     records = result["records"]
     assert not [r for r in records if "error" in r]
     expected = ours(texts, max_length=DEFAULT_MAX_LENGTH, padding="max_length")["input_ids"].tolist()
+    short = ours(texts, max_length=result["short_context"], padding="max_length")["input_ids"].tolist()
 
-    # HF's BertNormalizer treats as Chinese U+2B920.. where BERT's (and ERNIE's) code says U+2B820.., and its
-    # Unicode tables are newer than Python's: texts with such characters are the only ones allowed to differ.
-    hf_cjk = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
-              (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+    # The package's tokenizer alone gives our ids on every text a Rust string can hold (not lone surrogates).
+    surrogates = [i for i, text in enumerate(texts) if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)]
+    assert [i for i, r in enumerate(records) if "raw_error" in r] == surrogates
+    raw_differ = [texts[i] for i, r in enumerate(records) if "raw_ids" in r and r["raw_ids"] != expected[i]]
+    assert not raw_differ, raw_differ[:10]
 
-    def within(ch, ranges):
-        return any(low <= ord(ch) <= high for low, high in ranges)
+    # Through open_clip (its cleaning first): our ids wherever the cleaning leaves the text as it is.
+    def unchanged(indices):
+        return [i for i in indices if records[i]["cleaned"] == texts[i]]
 
-    def tables_differ(text):
-        return any(unicodedata.category(ch) in ("Cn", "Co", "Cs") or within(ch, ours_cjk) != within(ch, hf_cjk)
-                   or (ord(ch) > 0xFFFF and unicodedata.category(ch) == "Mn") for ch in text)
+    in_corpus = unchanged(range(len(corpus)))
+    in_fuzz = unchanged(range(len(corpus), len(corpus) + len(fuzz)))
+    differ = [texts[i] for i in in_corpus + in_fuzz if records[i]["ids"] != expected[i]]
+    print(f"tokenizer: {len(in_corpus)} of {len(corpus)} suite texts and {len(in_fuzz)} of {len(fuzz)} random "
+          f"texts unchanged by open_clip's cleaning; {len(differ)} of those differ from our ids")
+    assert not differ, differ[:10]
+    assert (len(corpus), len(in_corpus), len(fuzz), len(in_fuzz)) == (TOKENIZER_CORPUS, TOKENIZER_UNCHANGED,
+                                                                      FUZZ_TEXTS, FUZZ_UNCHANGED)
+    specials = [i for i in in_corpus if any(t in texts[i] for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"))]
+    assert len(specials) > 100 and all(records[i]["ids"] == expected[i] for i in specials)
 
-    unchanged = [i for i, r in enumerate(records[:len(corpus)]) if r["cleaned"] == texts[i]]
-    differ = [i for i in unchanged if records[i]["ids"] != expected[i]]
-    unexplained = [texts[i] for i in differ if not tables_differ(texts[i])]
-    print(f"tokenizer: {len(unchanged)} of {len(corpus)} suite texts unchanged by open_clip's cleaning; "
-          f"{len(unchanged) - len(differ)} give our ids exactly, {len(differ)} differ, all on code points whose "
-          "Unicode tables differ")
-    assert not unexplained, unexplained[:10]
-    assert (len(corpus), len(unchanged), len(differ)) == (TOKENIZER_CORPUS, TOKENIZER_UNCHANGED, TOKENIZER_DIFFERENT)
-    assert all(records[i]["ids"] == expected[i] for i in unchanged if "[CLS]" in texts[i] or "[SEP]" in texts[i])
+    # Over-long texts: open_clip truncates as we do, [CLS] + the first context - 2 pieces + [SEP], at both lengths.
+    cut = [i for i in unchanged(range(len(texts))) if len(ours.encode(texts[i])) > DEFAULT_MAX_LENGTH - 2]
+    assert len(cut) >= len(long_texts) and all(records[i]["ids"] == expected[i] for i in cut)
+    assert all(records[i]["ids"][-1] == ours.sep_token_id and ours.pad_token_id not in records[i]["ids"]
+               for i in cut)
+    assert all(records[i]["ids_short"] == short[i] for i in unchanged(range(len(texts))))
 
-    captions = range(len(corpus), len(texts))
+    captions = range(len(texts) - len(REALISTIC_CAPTIONS), len(texts))
     rewritten = [i for i in captions if records[i]["cleaned"] != texts[i]]
     changed_ids = sum(sum(a != b for a, b in zip(expected[i], records[i]["ids"])) for i in captions)
     print(f"ftfy: {len(rewritten)} of {len(REALISTIC_CAPTIONS)} realistic captions rewritten, {changed_ids} token "

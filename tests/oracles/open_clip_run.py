@@ -1,7 +1,9 @@
 """Runs in .venv-openclip (open-clip-torch 3.x, no ernievil2torch): open_clip's own code on an exported package.
 
-    python open_clip_run.py tokenize SPEC texts.json out.json   ids of open_clip.get_tokenizer(SPEC) per text, and
-                                                                 what open_clip's cleaning makes of each text
+    python open_clip_run.py tokenize SPEC texts.json out.json   ids of open_clip.get_tokenizer(SPEC) per text (at
+                                                                 its context length and at SHORT_CONTEXT), of its
+                                                                 HF tokenizer alone (no cleaning), and what
+                                                                 open_clip's cleaning makes of each text
     python open_clip_run.py features SPEC inputs.npz out.npz    open_clip.create_model_and_transforms(SPEC):
                                                                  encode_image(pixels), encode_text(input_ids),
                                                                  logit_scale, and its preprocess of each image file
@@ -20,17 +22,30 @@ from open_clip.tokenizer import _clean_whitespace  # noqa: E402  (HFTokenizer's 
 from PIL import Image  # noqa: E402
 
 
+#: A second context length: how open_clip truncates a text longer than it (``tok(texts, context_length=...)``).
+SHORT_CONTEXT = 16
+
+
 def tokenize(spec, texts_path, out_path):
     texts = json.loads(open(texts_path, encoding="utf-8").read())
     tok = open_clip.get_tokenizer(spec)
     records = []
     for text in texts:
+        record = {}
         try:
-            cleaned = _clean_whitespace(text)
-            records.append({"cleaned": cleaned, "ids": tok([text])[0].tolist()})
+            record["cleaned"] = _clean_whitespace(text)
+            record["ids"] = tok([text])[0].tolist()
+            record["ids_short"] = tok([text], context_length=SHORT_CONTEXT)[0].tolist()
         except Exception as exc:  # one text open_clip cannot take: recorded, not fatal
-            records.append({"error": f"{type(exc).__name__}: {exc}"})
-    out = {"class": type(tok).__name__, "context_length": tok.context_length,
+            record["error"] = f"{type(exc).__name__}: {exc}"
+        try:  # the package's tokenizer itself (transformers.AutoTokenizer), without open_clip's cleaning
+            record["raw_ids"] = tok.tokenizer(text, max_length=tok.context_length, padding="max_length",
+                                              truncation=True)["input_ids"]
+        except Exception as exc:
+            record["raw_error"] = f"{type(exc).__name__}: {exc}"
+        records.append(record)
+    out = {"class": type(tok).__name__, "backend": type(tok.tokenizer).__name__, "context_length": tok.context_length,
+           "short_context": SHORT_CONTEXT,
            "versions": {"open_clip": open_clip.__version__, "torch": torch.__version__}, "records": records}
     open(out_path, "w", encoding="utf-8").write(json.dumps(out, ensure_ascii=True))
 
