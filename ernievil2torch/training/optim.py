@@ -35,8 +35,13 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, ob
             {"params": [p for name, p in trainable if name not in decayed], "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999),
-                   eps: float = 1e-8) -> torch.optim.AdamW:
+#: AdamW's moment decay rates and epsilon: the defaults of ``finetune`` (FinetuneSettings reads them from here).
+ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(ADAM_BETA1, ADAM_BETA2),
+                   eps: float = ADAM_EPS) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups`: weight decay on Linear and Conv weights only."""
     return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
 
 

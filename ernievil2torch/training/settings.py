@@ -14,6 +14,7 @@ from ..config import parse_hub_id
 from ..constants import DEFAULT_MAX_LENGTH, PRECISIONS, TOWERS
 from ..errors import InputError
 from .lora import DEFAULT_LORA_TARGETS, LoraSpec, lora_spec
+from .optim import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,9 @@ class FinetuneSettings:
     warmup_steps: int = 100
     weight_decay: float = 0.001
     max_grad_norm: float = 1.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
+    adam_beta1: float = ADAM_BETA1
+    adam_beta2: float = ADAM_BETA2
+    adam_eps: float = ADAM_EPS
     max_length: int = DEFAULT_MAX_LENGTH
     seed: int = 1
     precision: str = "auto"
