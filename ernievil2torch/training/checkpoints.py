@@ -134,12 +134,27 @@ def latest_checkpoint(out: Path) -> Optional[Path]:
     return checkpoints[-1] if checkpoints else None
 
 
+#: The layout of ``trainer_state.pt`` this version writes and reads (its ``"format"`` entry). A change to what a
+#: resume needs from it raises the number, so a run is never resumed from a state it would misread.
+TRAINER_STATE_FORMAT = 1
+
+
 def load_trainer_state(checkpoint: Path) -> Dict[str, Any]:
-    """The trainer state of a checkpoint (no pickled code is run: ``weights_only=True``)."""
+    """The trainer state of a checkpoint (no pickled code is run: ``weights_only=True``).
+
+    Raises :class:`CheckpointError` for a damaged or foreign file, and for a state of another
+    :data:`TRAINER_STATE_FORMAT` (written by another version of the trainer)."""
+    path = Path(checkpoint) / TRAINER_STATE_NAME
     try:
-        return torch.load(Path(checkpoint) / TRAINER_STATE_NAME, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file
-        raise CheckpointError(f"{checkpoint / TRAINER_STATE_NAME}: cannot read the trainer state ({exc})") from None
+        raise CheckpointError(f"{path}: cannot read the trainer state ({exc})") from None
+    found = state.get("format") if isinstance(state, dict) else None
+    if found != TRAINER_STATE_FORMAT:
+        raise CheckpointError(f"{path}: trainer state format {found!r}, this version resumes format "
+                              f"{TRAINER_STATE_FORMAT} only: resume with the version that wrote it, or start a new "
+                              "run from the checkpoint's weights (a plain converted directory)")
+    return state
 
 
 class MetricsLog:

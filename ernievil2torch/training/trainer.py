@@ -33,7 +33,8 @@ from ..pretrained import load_pretrained
 from ..processing.vocab import resolve_vocab
 from ..runtime.distributed import DistributedContext, init_distributed_device
 from ..runtime.progress import bar_cleared, progress_bar
-from .checkpoints import MetricsLog, load_trainer_state, save_best, save_checkpoint, save_final
+from .checkpoints import (TRAINER_STATE_FORMAT, MetricsLog, load_trainer_state, save_best, save_checkpoint,
+                          save_final)
 from .data import Batch, CollatePairs, PairBatches, PairDataset, load_pairs
 from .distributed import ContrastiveObjective
 from .grad_cache import grad_cache_backward
@@ -270,7 +271,8 @@ class Trainer:
         return result
 
     def trainer_state(self, step: int) -> Dict[str, Any]:
-        return {"format": 1, "step": step, "total_steps": self.total_steps, "optimizer": self.optimizer.state_dict(),
+        return {"format": TRAINER_STATE_FORMAT, "step": step, "total_steps": self.total_steps,
+                "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "best_step": self.best[0],
                 "best_mean_recall": self.best[1], "skipped": [list(item) for item in self.skipped],
                 "rng": {"seed": self.settings.seed, "torch": torch.get_rng_state()},

@@ -196,12 +196,12 @@ def small_model():
 
 def test_checkpoints_keep_the_newest_and_only_complete_ones_count(tmp_path, small_model):
     for step, keep in ((2, 2), (4, 2), (10, 2), (12, 2)):
-        save_checkpoint(tmp_path, step, small_model, None, "src", {"step": step}, keep)
+        save_checkpoint(tmp_path, step, small_model, None, "src", {"format": 1, "step": step}, keep)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000010", "step-00000012"]
     assert latest_checkpoint(tmp_path).name == "step-00000012"  # the newest of several: what --resume continues
-    save_checkpoint(tmp_path, 13, small_model, None, "src", {"step": 13}, 1)
+    save_checkpoint(tmp_path, 13, small_model, None, "src", {"format": 1, "step": 13}, 1)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000013"]
-    assert load_trainer_state(latest_checkpoint(tmp_path)) == {"step": 13}
+    assert load_trainer_state(latest_checkpoint(tmp_path)) == {"format": 1, "step": 13}
     incomplete = tmp_path / CHECKPOINTS_DIR / "step-00000099"  # a kill before the trainer state was written
     incomplete.mkdir()
     for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -212,7 +212,7 @@ def test_checkpoints_keep_the_newest_and_only_complete_ones_count(tmp_path, smal
 
 
 def test_the_trainer_state_loads_no_pickled_code(tmp_path, small_model):
-    path = write_model(tmp_path / "ck", small_model, None, "src", 1, {TRAINER_STATE_NAME: {"step": 1},
+    path = write_model(tmp_path / "ck", small_model, None, "src", 1, {TRAINER_STATE_NAME: {"format": 1, "step": 1},
                                                                       "extra.json": {"a": [1, 2]}})
     assert json.loads((path / "extra.json").read_text()) == {"a": [1, 2]}
     torch.save({"step": 1, "payload": Path("/etc")}, path / TRAINER_STATE_NAME)  # a class, not plain values
@@ -221,6 +221,22 @@ def test_the_trainer_state_loads_no_pickled_code(tmp_path, small_model):
     (path / TRAINER_STATE_NAME).write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot read the trainer state"):
         load_trainer_state(path)
+
+
+def test_a_trainer_state_of_another_format_is_refused_by_name(tmp_path, small_model):
+    """A resume reads only the trainer-state layout this version writes: another format, or none (a state from
+    before the field), is a CheckpointError naming both formats, never a silent misreading."""
+    from ernievil2torch.training.checkpoints import TRAINER_STATE_FORMAT
+
+    path = write_model(tmp_path / "ck", small_model, None, "src", 1,
+                       {TRAINER_STATE_NAME: {"format": TRAINER_STATE_FORMAT, "step": 1}})
+    assert load_trainer_state(path)["step"] == 1
+    for state, found in (({"format": TRAINER_STATE_FORMAT + 1, "step": 1}, TRAINER_STATE_FORMAT + 1),
+                         ({"step": 1}, None)):
+        torch.save(state, path / TRAINER_STATE_NAME)
+        with pytest.raises(CheckpointError, match=f"trainer state format {found!r}, this version resumes format "
+                                                  f"{TRAINER_STATE_FORMAT} only"):
+            load_trainer_state(path)
 
 
 def test_metrics_log_appends_truncates_and_skips_a_cut_line(tmp_path):
