@@ -33,6 +33,16 @@ def settings(tmp_path: Path, **overrides) -> FinetuneSettings:
                                **overrides})
 
 
+def test_the_gradient_cache_takes_the_default_accumulation_only(tmp_path):
+    """--grad_cache_chunk makes the whole batch one batch of negatives: with --grad_accum at its default (1) it is
+    accepted, any other accumulation is refused."""
+    settings(tmp_path, grad_cache_chunk=4).check()
+    settings(tmp_path, grad_cache_chunk=4, grad_accum=1).check()
+    for accum in (2, 3):
+        with pytest.raises(InputError, match="--grad_cache_chunk with --grad_accum"):
+            settings(tmp_path, grad_cache_chunk=4, grad_accum=accum).check()
+
+
 POSITIVE = ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "log_every", "keep_last",
             "eval_batch_size", "max_steps")
 
