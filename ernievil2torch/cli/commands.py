@@ -23,7 +23,7 @@ from .arguments import Command
 from .checks import (COSINE, DEVICE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FOLDER_OR_ABSENT, FRACTION,
                      HUB_ID, MAX_LENGTH, MODEL_NAME, NEW_FILE, NON_NEGATIVE, PATH_OR_PATTERN, PORT, POSITIVE, between,
                      needs_extra, one_of, one_of_any_case)
-from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, NO_OUTPUT, RESUMABLE_OUTPUT,
+from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, INDEX_RESUMABLE, NO_OUTPUT, RESUMABLE_OUTPUT,
                       SERVICE_STOPPED)
 
 CONSOLE_SUMMARY = ("ERNIE-ViL 2.0 in PyTorch: convert, check, compare, classify, embed, search, evaluate, fine-tune, "
@@ -221,6 +221,36 @@ def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: 
                 fast_decode=fast_decode)
 
 
+def index(model: str, folders: List[str], db: Optional[str] = None, uri: Optional[str] = None,
+          token: Optional[str] = None, reindex: bool = False, batch_size: int = 16, num_workers: int = 2,
+          dtype: str = "float32", device: Optional[str] = None, progress: bool = True):
+    """Index photo folders into Milvus for `serve --db`: incremental, crash-safe, embedded or on a server.
+
+    One row per photo file (JPEG, PNG, WebP, HEIC/HEIF): a stable id, its path, size, mtime, content hash, width
+    and height, EXIF capture time, the model's name and hash, and its normalised embedding. A second run embeds
+    only new and changed files, re-points moved ones, removes deleted ones; files that cannot be read are listed
+    and retried only when they change. Killed at any moment, the next run finishes the job.
+
+    Args:
+        model: a directory written by convert.py.
+        folders: the photo folders, comma-separated (a,b); each is followed recursively.
+        db: the embedded database, a folder named NAME.db (Milvus Lite; made on first use; one process at a time).
+        uri: a Milvus server instead of --db: http://HOST:19530 (Milvus, or `milvus-lite server`).
+        token: the server's token (user:password or an API key), for --uri.
+        reindex: rebuild an index made with another model with this one (searches keep using the old index until
+            the new one is complete).
+        batch_size: images per model call.
+        num_workers: threads reading and decoding photos.
+        dtype: float32 (default), float16 or bfloat16 compute.
+        device: cpu / cuda (default: cuda if available).
+        progress: show a progress bar (images/s and ETA).
+    """
+    from ..apps.index import index_photos
+
+    return index_photos(model, folders, db=db, uri=uri, token=token, reindex=reindex, batch_size=batch_size,
+                        num_workers=num_workers, dtype=dtype, device=device, progress=progress)
+
+
 def _print_banner(banner) -> None:
     """The service's startup lines: notices (a synthetic model) on stderr, then where it listens."""
     if banner.notices:
@@ -319,6 +349,10 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
              "max_batch": POSITIVE, "max_wait_ms": NON_NEGATIVE, "decode_workers": POSITIVE, "dtype": DTYPE,
              "device": DEVICE, "vocab": FILE,
              "log_level": one_of("critical", "error", "warning", "info", "debug", "trace")}),
+    Command("index", index, "follow photo folders in a Milvus index for serve --db: incremental, crash-safe",
+            INDEX_RESUMABLE, {"model": FOLDER, "batch_size": POSITIVE, "num_workers": POSITIVE, "dtype": DTYPE,
+                              "device": DEVICE},
+            ),
     Command("dedup", dedup, "groups of near-duplicate images in an embed output", ATOMIC_OUTPUT,
             {"embeddings": FOLDER, "threshold": COSINE, "images": FOLDER, "chunk_size": POSITIVE,
              "examples": NON_NEGATIVE}),

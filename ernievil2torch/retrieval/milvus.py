@@ -19,6 +19,7 @@ or ``IVF_FLAT`` (``nlist``; searched with ``nprobe``), the approximate ones chos
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -44,6 +45,19 @@ WRITE_BATCH = 2_000
 #: Rows per page when reading every row's metadata.
 READ_BATCH = 4_000
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _IteratorNoise(logging.Filter):
+    """Drops the two log records every paged read makes on Milvus Lite, which lacks the ``AllocTimestamp`` call
+    pymilvus's query iterator tries first (it then falls back to a client-side timestamp, correctly)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "mvccTs" not in message and "Method not implemented" not in message
+
+
+for _name in ("pymilvus", "pymilvus.client.iterator.query_iterator", "grpc._server"):
+    logging.getLogger(_name).addFilter(_IteratorNoise())
 
 
 class DatabaseBusyError(InputError):
@@ -92,7 +106,8 @@ def _embedded_lock_free(path: str) -> bool:
         os.close(fd)
 
 
-def _open_in_this_process(path: str) -> bool:
+def open_here(path: str) -> bool:
+    """Whether this process serves the embedded database folder ``path`` already."""
     try:
         from milvus_lite.server_manager import server_manager_instance
     except ImportError:
@@ -110,7 +125,7 @@ def connect(uri: str, token: Optional[str] = None) -> Any:
     except ImportError as exc:
         raise InputError(f"the Milvus back end needs pymilvus and milvus-lite ({exc}); "
                          "pip install 'ernievil2torch[search]'") from None
-    if is_embedded(uri) and not _open_in_this_process(uri) and not _embedded_lock_free(uri):
+    if is_embedded(uri) and not open_here(uri) and not _embedded_lock_free(uri):
         raise DatabaseBusyError(
             f"{uri} is open in another process (Milvus Lite lets one process own a database folder): stop it, or "
             "serve the folder with `milvus-lite server --data-dir ... --host 127.0.0.1` and pass --uri to every command")
@@ -118,6 +133,18 @@ def connect(uri: str, token: Optional[str] = None) -> Any:
         return MilvusClient(uri=uri, token=token or "", timeout=30)
     except Exception as exc:  # pymilvus raises its own MilvusException family, and grpc errors for a dead server
         raise InputError(f"cannot open Milvus at {uri}: {exc}") from None
+
+
+def release(uri: str) -> None:
+    """Close this process's embedded server of ``uri`` (a ``.db`` path), letting another process open the folder;
+    nothing for a server address or a folder this process has not opened."""
+    if not is_embedded(uri):
+        return
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return
+    server_manager_instance.release_server(os.path.abspath(uri))
 
 
 def filter_expression(where: Optional[MetadataFilter]) -> str:
