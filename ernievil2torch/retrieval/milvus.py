@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..storage.embeddings import first_non_finite_row
-from .backends import BackendHit, Contains, MetadataFilter, Range, StoredVector, UnknownIdError
+from .rows import BackendHit, Contains, MetadataFilter, Range, StoredVector, UnknownIdError
 
 #: Longest stable id (bytes of UTF-8) a row may have.
 MAX_ID_LENGTH = 256

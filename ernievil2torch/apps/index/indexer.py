@@ -133,6 +133,7 @@ def index_photos(model: str, folders: Sequence[str], db: Optional[str] = None, u
     if batch_size < 1 or num_workers < 1:
         raise InputError("batch_size and num_workers must be positive")
     target_uri = check_uri(db if db is not None else uri)
+    _check_compute(dtype, device)
     model_dir = Path(model)
     if not model_dir.is_dir():
         raise InputError(f"model {model!r} is not a directory written by convert.py")
@@ -344,6 +345,18 @@ class _Run:
         register_heif()
         place = pick_device(self.device, local_rank=0)
         self.pretrained = load_pretrained(self.model_dir, dtype=torch_dtype(self.dtype), device=place)
+
+
+def _check_compute(dtype: str, device: Optional[str]) -> None:
+    """A dtype name and a device this machine has, refused before any work."""
+    from ...modeling.dtypes import torch_dtype
+    from ...runtime.distributed import check_device, pick_device
+
+    torch_dtype(dtype)
+    try:
+        check_device(str(pick_device(device, local_rank=0)))
+    except InputError as exc:
+        raise InputError(f"device: {exc}") from None
 
 
 def _model_dim(model_dir: Path) -> int:
