@@ -173,20 +173,23 @@ export.__doc__ = (export.__doc__ or "").replace(
                                   for e in EXPORTERS.values()))
 
 
-def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: int = 8000,
+def serve(model: str, gallery: Optional[str] = None, images: Optional[str] = None, host: str = "127.0.0.1",
+          port: int = 8000,
           token: Optional[str] = None, cors_origins: Optional[List[str]] = None, max_upload_mb: float = 20,
           max_pixels: int = 40_000_000, max_files: int = 16, max_texts: int = 64, max_text_chars: int = 1000,
           max_k: int = 1000, max_batch: int = 32, max_wait_ms: float = 5.0, decode_workers: int = 2,
           dtype: str = "float32", device: Optional[str] = None, vocab: Optional[str] = None,
-          faiss: Optional[bool] = None, log_level: str = "info", fast_decode: bool = False) -> None:
-    """Search your own photos: an HTTP API (OpenAPI at /docs) and a web page (/) over an `embed` output.
+          faiss: Optional[bool] = None, log_level: str = "info", fast_decode: bool = False, db: Optional[str] = None,
+          uri: Optional[str] = None, db_token: Optional[str] = None, thumbnails: Optional[str] = None) -> None:
+    """Search your own photos: an HTTP API (OpenAPI at /docs) and a web page (/) over an `embed` output, or over a
+    photo library that `ernievil2 index` keeps in Milvus (--db or --uri).
 
     Listens on 127.0.0.1 only, unless --host says otherwise; any other host needs --token (or the
     ERNIEVIL2_SERVE_TOKEN environment variable), and every API call must then send 'Authorization: Bearer TOKEN'.
 
     Args:
         model: a directory written by convert.py or its Hub id (ORG/NAME; with vocab.txt, or pass --vocab).
-        gallery: an `ernievil2 embed` output folder of images (embeddings.npy + ids.txt).
+        gallery: an `ernievil2 embed` output folder of images (embeddings.npy + ids.txt); or use --db/--uri.
         images: the folder given to `ernievil2 embed` (gallery ids are paths relative to it); only files inside it
             are served.
         host: address to listen on (default 127.0.0.1, this machine only).
@@ -209,6 +212,12 @@ def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: 
         log_level: uvicorn's log level (critical, error, warning, info, debug, trace).
         fast_decode: decode uploaded JPEGs at a reduced scale (faster on large photos; pixels slightly differ from
             the official pipeline's).
+        db: a photo library made by `ernievil2 index --db` (a Milvus Lite folder NAME.db; this service then owns
+            it: to index while serving, use a database server and --uri for both).
+        uri: a photo library on a Milvus server (http://HOST:19530), e.g. `milvus-lite server` or Milvus.
+        db_token: the Milvus server's token, for --uri.
+        thumbnails: where result thumbnails are cached (default: DB.thumbs beside --db, else
+            ~/.cache/ernievil2torch/thumbs).
     """
     from ..apps.serve import ServeLimits
     from ..apps.serve import serve as run_service
@@ -218,7 +227,7 @@ def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: 
     run_service(model, gallery, images, host=host, port=port, token=token, cors_origins=cors_origins or (),
                 limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms, decode_workers=decode_workers,
                 dtype=dtype, device=device, vocab=vocab, faiss=faiss, log_level=log_level, on_ready=_print_banner,
-                fast_decode=fast_decode)
+                fast_decode=fast_decode, db=db, uri=uri, db_token=db_token, thumbnails=thumbnails)
 
 
 def index(model: str, folders: List[str], db: Optional[str] = None, uri: Optional[str] = None,

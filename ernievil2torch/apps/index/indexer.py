@@ -170,7 +170,7 @@ class _Run:
         self.device = device
         self.progress = progress
         self.pretrained: Any = None
-        self.dim = _model_dim(model_dir)
+        self.dim = model_dim(model_dir)
         self.store = catalog.rows(collection, self.dim)
         self.broken = catalog.failures(collection)
         self.report = IndexReport(catalog.uri, collection, model_dir.name)
@@ -359,7 +359,7 @@ def _check_compute(dtype: str, device: Optional[str]) -> None:
         raise InputError(f"device: {exc}") from None
 
 
-def _model_dim(model_dir: Path) -> int:
+def model_dim(model_dir: Path) -> int:
     """The embedding size the model makes (read from its config, without loading weights)."""
     from ...config import ErnieViL2Config
 
