@@ -231,7 +231,7 @@ def serve(model: str, gallery: Optional[str] = None, images: Optional[str] = Non
 
 
 def index(model: str, folders: List[str], db: Optional[str] = None, uri: Optional[str] = None,
-          token: Optional[str] = None, reindex: bool = False, batch_size: int = 16, num_workers: int = 2,
+          db_token: Optional[str] = None, reindex: bool = False, batch_size: int = 16, num_workers: int = 2,
           dtype: str = "float32", device: Optional[str] = None, progress: bool = True):
     """Index photo folders into Milvus for `serve --db`: incremental, crash-safe, embedded or on a server.
 
@@ -245,7 +245,7 @@ def index(model: str, folders: List[str], db: Optional[str] = None, uri: Optiona
         folders: the photo folders, comma-separated (a,b); each is followed recursively.
         db: the embedded database, a folder named NAME.db (Milvus Lite; made on first use; one process at a time).
         uri: a Milvus server instead of --db: http://HOST:19530 (Milvus, or `milvus-lite server`).
-        token: the server's token (user:password or an API key), for --uri.
+        db_token: the Milvus server's token (user:password or an API key), for --uri (as `serve --db_token`).
         reindex: rebuild an index made with another model with this one (searches keep using the old index until
             the new one is complete).
         batch_size: images per model call.
@@ -256,7 +256,7 @@ def index(model: str, folders: List[str], db: Optional[str] = None, uri: Optiona
     """
     from ..apps.index import index_photos
 
-    return index_photos(model, folders, db=db, uri=uri, token=token, reindex=reindex, batch_size=batch_size,
+    return index_photos(model, folders, db=db, uri=uri, token=db_token, reindex=reindex, batch_size=batch_size,
                         num_workers=num_workers, dtype=dtype, device=device, progress=progress)
 
 
