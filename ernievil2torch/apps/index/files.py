@@ -62,14 +62,17 @@ def photo_id(root: str, path: str) -> str:
     return hashlib.sha256(f"{root}\x00{path}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def scan(roots: Sequence[Path]) -> Iterator[PhotoFile]:
+def scan(roots: Sequence[Path], skip: Sequence[Path] = ()) -> Iterator[PhotoFile]:
     """Every photo file (by extension, any case) under each root, sorted by path; symlinks are not followed (a
-    link could lead out of the root or into a loop), hidden folders (``.name``) are skipped."""
+    link could lead out of the root or into a loop), hidden folders (``.name``) and the folders in ``skip`` (the
+    database and its thumbnail cache, when they sit inside a photo folder) are skipped."""
+    skipped = {os.path.realpath(path) for path in skip}
     for root in roots:
         base = str(root)
         found = []
         for folder, subfolders, names in os.walk(base, followlinks=False):
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")
+                                   and os.path.realpath(os.path.join(folder, name)) not in skipped)
             for name in names:
                 if name.startswith(".") or os.path.splitext(name)[1].lower() not in PHOTO_EXTENSIONS:
                     continue

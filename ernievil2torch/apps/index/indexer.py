@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ...errors import InputError
-from ...retrieval.milvus import check_uri
+from ...retrieval.milvus import check_uri, is_embedded
 from ...runtime.progress import progress_bar
 from .catalog import Catalog
 from .crash import crash_point
@@ -180,7 +180,8 @@ class _Run:
     # ---- planning ----------------------------------------------------------------------------------------------
     def execute(self, roots: Sequence[Path]) -> IndexReport:
         report = self.report
-        files = [item for item in scan(roots)]
+        private = [Path(self.catalog.uri), Path(f"{self.catalog.uri}.thumbs")] if is_embedded(self.catalog.uri) else []
+        files = list(scan(roots, skip=private))
         rows = dict(self.store.rows())
         failures = dict(self.broken.rows())
         live = {item.id: item for item in files}

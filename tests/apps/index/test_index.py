@@ -102,6 +102,16 @@ def test_incremental_runs_embed_only_what_changed(model_folder, tmp_path, calls)
     assert paths["2023/trip/a.jpg"] in first_ids  # ids are stable
 
 
+def test_a_database_inside_the_photo_folder_is_not_indexed(model_folder, tmp_path):
+    root = tmp_path / "photos"
+    write(root / "x.jpg", photo_bytes(12))
+    write(root / "photos.db.thumbs" / "ab" / "thumb.jpg", photo_bytes(13))  # what serve --db caches there
+    report = run(model_folder("tiny", 0), root, str(root / "photos.db"))
+    write(root / "photos.db" / "planted.jpg", photo_bytes(14))
+    again = run(model_folder("tiny", 0), root, str(root / "photos.db"))
+    assert (report.added, report.rows, again.added, again.unchanged) == (1, 1, 0, 1)
+
+
 def test_moved_file_keeps_its_vector_without_a_model_call(model_folder, tmp_path, calls):
     model = model_folder("tiny", 0)
     root = tmp_path / "photos"
