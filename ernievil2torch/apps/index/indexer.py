@@ -197,7 +197,7 @@ class _Run:
                 continue
             failure = failures.get(item.id)
             if failure is not None and (failure.get("size"), failure.get("mtime_ns")) == (item.size, item.mtime_ns):
-                report.failed.append((str(item.absolute), str(failure.get("reason"))))
+                report.failed.append((str(item.absolute), f"{failure.get('reason')} (unchanged since: not retried)"))
                 continue
             if failure is not None:
                 retried_failures.append(item.id)

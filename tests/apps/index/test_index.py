@@ -76,7 +76,7 @@ def test_incremental_runs_embed_only_what_changed(model_folder, tmp_path, calls)
 
     again = run(model, root, db)
     assert (again.unchanged, again.embedded, calls["images"], calls["calls"]) == (7, 0, 0, 0)
-    assert len(again.failed) == 1  # listed again, not retried: it did not change
+    assert len(again.failed) == 1 and again.failed[0][1].endswith("(unchanged since: not retried)")
     assert set(index_rows(db)[1]) == first_ids
 
     os.utime(root / "g.jpeg", ns=(1, 1_800_000_000_000_000_000))  # touched: same bytes
