@@ -67,5 +67,6 @@ def index_rows(db: str) -> Tuple[str, Dict[str, dict], Dict[str, np.ndarray]]:
     finally:
         client.close()
         release(db)
+    assert len({row["id"] for row in rows}) == len(rows), "duplicate rows under one id"
     return (active, {row["id"]: row["metadata"] for row in rows},
             {row["id"]: np.asarray(row["vector"], np.float32) for row in rows})
