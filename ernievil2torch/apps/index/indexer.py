@@ -269,9 +269,12 @@ class _Run:
         bar = progress_bar(len(groups), "index", self.progress, unit="img")
         try:
             with ThreadPoolExecutor(self.num_workers) as pool:
-                for start in range(0, len(groups), self.batch_size):
-                    batch = groups[start:start + self.batch_size]
-                    decoded = list(pool.map(self._decode, batch))
+                batches = [groups[start:start + self.batch_size] for start in range(0, len(groups), self.batch_size)]
+                ahead = [pool.submit(self._decode, group) for group in batches[0]] if batches else []
+                for number, batch in enumerate(batches):
+                    decoded = [future.result() for future in ahead]
+                    if number + 1 < len(batches):  # the next batch decodes while this one is in the model
+                        ahead = [pool.submit(self._decode, group) for group in batches[number + 1]]
                     good = [(group, crop, facts) for group, (crop, facts, error) in zip(batch, decoded)
                             if error is None]
                     for group, (_, _, error) in zip(batch, decoded):
