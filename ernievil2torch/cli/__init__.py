@@ -20,12 +20,12 @@ from .help import render_help
 from .commands import (COMMANDS, CONSOLE_SUMMARY, classify, convert, dedup, export, logit_check, performance_check,
                        serve)
 from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR,
-                      EXIT_INTERRUPTED, NO_OUTPUT, RESUMABLE_OUTPUT, SERVICE_STOPPED, CommandInterrupted,
+                      EXIT_INTERRUPTED, INDEX_RESUMABLE, NO_OUTPUT, RESUMABLE_OUTPUT, SERVICE_STOPPED, CommandInterrupted,
                       leaves_on_interrupt)
 from .runner import render_result, run_command
 
 __all__ = ["ATOMIC_OUTPUT", "CHECKPOINTED_OUTPUT", "COMMANDS", "Command", "CommandInterrupted", "EXIT_BAD_INPUT",
-           "EXIT_CHECK_FAILED", "EXIT_INTERNAL_ERROR", "EXIT_INTERRUPTED", "NO_OUTPUT", "RESUMABLE_OUTPUT",
+           "EXIT_CHECK_FAILED", "EXIT_INTERNAL_ERROR", "EXIT_INTERRUPTED", "INDEX_RESUMABLE", "NO_OUTPUT", "RESUMABLE_OUTPUT",
            "SERVICE_STOPPED", "classify", "commands", "convert", "dedup", "export", "leaves_on_interrupt",
            "logit_check", "main", "main_embed", "main_finetune", "parse_arguments", "parse_bool",
            "performance_check", "render_help", "render_result", "run_command", "serve"]

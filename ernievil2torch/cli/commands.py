@@ -23,7 +23,7 @@ from .arguments import Command
 from .checks import (COSINE, DEVICE, DTYPE, DTYPE_OR_KEEP, FILE, FILE_OR_FOLDER, FOLDER, FOLDER_OR_ABSENT, FRACTION,
                      HUB_ID, MAX_LENGTH, MODEL_NAME, NEW_FILE, NON_NEGATIVE, PATH_OR_PATTERN, PORT, POSITIVE, between,
                      needs_extra, one_of, one_of_any_case)
-from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, NO_OUTPUT, RESUMABLE_OUTPUT,
+from .outcome import (ATOMIC_OUTPUT, CHECKPOINTED_OUTPUT, INDEX_RESUMABLE, NO_OUTPUT, RESUMABLE_OUTPUT,
                       SERVICE_STOPPED)
 
 CONSOLE_SUMMARY = ("ERNIE-ViL 2.0 in PyTorch: convert, check, compare, classify, embed, search, evaluate, fine-tune, "
@@ -173,20 +173,23 @@ export.__doc__ = (export.__doc__ or "").replace(
                                   for e in EXPORTERS.values()))
 
 
-def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: int = 8000,
+def serve(model: str, gallery: Optional[str] = None, images: Optional[str] = None, host: str = "127.0.0.1",
+          port: int = 8000,
           token: Optional[str] = None, cors_origins: Optional[List[str]] = None, max_upload_mb: float = 20,
           max_pixels: int = 40_000_000, max_files: int = 16, max_texts: int = 64, max_text_chars: int = 1000,
           max_k: int = 1000, max_batch: int = 32, max_wait_ms: float = 5.0, decode_workers: int = 2,
           dtype: str = "float32", device: Optional[str] = None, vocab: Optional[str] = None,
-          faiss: Optional[bool] = None, log_level: str = "info", fast_decode: bool = False) -> None:
-    """Search your own photos: an HTTP API (OpenAPI at /docs) and a web page (/) over an `embed` output.
+          faiss: Optional[bool] = None, log_level: str = "info", fast_decode: bool = False, db: Optional[str] = None,
+          uri: Optional[str] = None, db_token: Optional[str] = None, thumbnails: Optional[str] = None) -> None:
+    """Search your own photos: an HTTP API (OpenAPI at /docs) and a web page (/) over an `embed` output, or over a
+    photo library that `ernievil2 index` keeps in Milvus (--db or --uri).
 
     Listens on 127.0.0.1 only, unless --host says otherwise; any other host needs --token (or the
     ERNIEVIL2_SERVE_TOKEN environment variable), and every API call must then send 'Authorization: Bearer TOKEN'.
 
     Args:
         model: a directory written by convert.py or its Hub id (ORG/NAME; with vocab.txt, or pass --vocab).
-        gallery: an `ernievil2 embed` output folder of images (embeddings.npy + ids.txt).
+        gallery: an `ernievil2 embed` output folder of images (embeddings.npy + ids.txt); or use --db/--uri.
         images: the folder given to `ernievil2 embed` (gallery ids are paths relative to it); only files inside it
             are served.
         host: address to listen on (default 127.0.0.1, this machine only).
@@ -209,6 +212,12 @@ def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: 
         log_level: uvicorn's log level (critical, error, warning, info, debug, trace).
         fast_decode: decode uploaded JPEGs at a reduced scale (faster on large photos; pixels slightly differ from
             the official pipeline's).
+        db: a photo library made by `ernievil2 index --db` (a Milvus Lite folder NAME.db; this service then owns
+            it: to index while serving, use a database server and --uri for both).
+        uri: a photo library on a Milvus server (http://HOST:19530), e.g. `milvus-lite server` or Milvus.
+        db_token: the Milvus server's token, for --uri.
+        thumbnails: where result thumbnails are cached (default: DB.thumbs beside --db, else
+            ~/.cache/ernievil2torch/thumbs).
     """
     from ..apps.serve import ServeLimits
     from ..apps.serve import serve as run_service
@@ -218,7 +227,38 @@ def serve(model: str, gallery: str, images: str, host: str = "127.0.0.1", port: 
     run_service(model, gallery, images, host=host, port=port, token=token, cors_origins=cors_origins or (),
                 limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms, decode_workers=decode_workers,
                 dtype=dtype, device=device, vocab=vocab, faiss=faiss, log_level=log_level, on_ready=_print_banner,
-                fast_decode=fast_decode)
+                fast_decode=fast_decode, db=db, uri=uri, db_token=db_token, thumbnails=thumbnails)
+
+
+def index(model: str, folders: List[str], db: Optional[str] = None, uri: Optional[str] = None,
+          db_token: Optional[str] = None, reindex: bool = False, batch_size: int = 16, num_workers: int = 2,
+          dtype: str = "float32", device: Optional[str] = None, progress: bool = True):
+    """Index photo folders into Milvus for `serve --db`: incremental, crash-safe, embedded or on a server.
+
+    One row per photo file (JPEG, PNG, WebP, HEIC/HEIF): a stable id, its path, size, mtime, content hash, width
+    and height, EXIF capture time, the model's name and hash, and its normalised embedding. A second run embeds
+    only new and changed files, re-points moved ones, removes deleted ones; files that cannot be read are listed
+    and retried only when they change. Killed at any moment, the next run finishes the job.
+
+    Args:
+        model: a directory written by convert.py.
+        folders: the photo folders, comma-separated (a,b); each is followed recursively. The index follows exactly
+            these: rows of files outside them (a folder left out this time) are removed.
+        db: the embedded database, a folder named NAME.db (Milvus Lite; made on first use; one process at a time).
+        uri: a Milvus server instead of --db: http://HOST:19530 (Milvus, or `milvus-lite server`).
+        db_token: the Milvus server's token (user:password or an API key), for --uri (as `serve --db_token`).
+        reindex: rebuild an index made with another model with this one (searches keep using the old index until
+            the new one is complete).
+        batch_size: images per model call.
+        num_workers: threads reading and decoding photos.
+        dtype: float32 (default), float16 or bfloat16 compute.
+        device: cpu / cuda (default: cuda if available).
+        progress: show a progress bar (images/s and ETA).
+    """
+    from ..apps.index import index_photos
+
+    return index_photos(model, folders, db=db, uri=uri, token=db_token, reindex=reindex, batch_size=batch_size,
+                        num_workers=num_workers, dtype=dtype, device=device, progress=progress)
 
 
 def _print_banner(banner) -> None:
@@ -319,6 +359,10 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
              "max_batch": POSITIVE, "max_wait_ms": NON_NEGATIVE, "decode_workers": POSITIVE, "dtype": DTYPE,
              "device": DEVICE, "vocab": FILE,
              "log_level": one_of("critical", "error", "warning", "info", "debug", "trace")}),
+    Command("index", index, "follow photo folders in a Milvus index for serve --db: incremental, crash-safe",
+            INDEX_RESUMABLE, {"model": FOLDER, "batch_size": POSITIVE, "num_workers": POSITIVE, "dtype": DTYPE,
+                              "device": DEVICE},
+            ),
     Command("dedup", dedup, "groups of near-duplicate images in an embed output", ATOMIC_OUTPUT,
             {"embeddings": FOLDER, "threshold": COSINE, "images": FOLDER, "chunk_size": POSITIVE,
              "examples": NON_NEGATIVE}),

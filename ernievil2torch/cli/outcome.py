@@ -28,6 +28,8 @@ RESUMABLE_OUTPUT = "interrupted; finished shards are kept in OUT: run the same c
 CHECKPOINTED_OUTPUT = ("interrupted; the checkpoints written so far are complete: run the same command with --resume "
                        "to continue exactly")
 SERVICE_STOPPED = "stopped (the service writes no files)"
+INDEX_RESUMABLE = ("interrupted; every row written so far is complete: run the same command again to finish the "
+                   "index (nothing is embedded twice)")
 
 
 class CommandInterrupted(Exception):

@@ -5,8 +5,9 @@ A back end holds rows of ``dim`` float32 numbers, each under a caller-chosen str
 other rows does not renumber it) and with a metadata mapping (JSON-like values). :meth:`SearchBackend.search`
 ranks rows by inner product with each query (the cosine, when both sides are L2-normalised), best first (among
 equal scores the order is the back end's own; the in-memory one without FAISS puts rows added earlier first). A
-metadata filter keeps only rows whose metadata has every given key equal to the given value, before ranking;
-``offset`` skips that many of the best (paging).
+metadata filter keeps only rows whose metadata passes every given key before ranking: equal to a plain value,
+inside a :class:`Range` (dates, sizes), or a list holding a :class:`Contains` value (a photo's folder and the
+folders above it); ``offset`` skips that many of the best (paging).
 
 The web service talks to this protocol only, so a vector database is one more implementation registered in
 :data:`BACKENDS`, not a change to the service. ``BackendContract`` in ``tests/retrieval/test_backends.py`` is the
@@ -14,41 +15,20 @@ contract any implementation must pass.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from ..errors import InputError
 from ..storage.embeddings import first_non_finite_row
+from .rows import BackendHit, Contains, MetadataFilter, Range, StoredVector, UnknownIdError, passes
 from .topk import build_faiss_index, faiss_available, search_embeddings
 
-#: ``where`` of :meth:`SearchBackend.search`: metadata key -> the value a row's metadata must hold there.
-MetadataFilter = Mapping[str, Any]
+__all__ = ["BACKENDS", "BackendHit", "Contains", "FAISS_MIN_ROWS", "InMemoryBackend", "MetadataFilter", "Range",
+           "SearchBackend", "StoredVector", "UnknownIdError", "backend_factory", "create_backend", "passes"]
+
 #: In-memory back ends with at least this many rows search with FAISS (when installed and not switched off).
 FAISS_MIN_ROWS = 50_000
-
-
-class UnknownIdError(InputError):
-    """An id the back end does not hold (:meth:`SearchBackend.fetch`)."""
-
-
-@dataclass(frozen=True)
-class BackendHit:
-    """One search result: the row's stable id, its score (inner product with the query) and its metadata."""
-
-    id: str
-    score: float
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StoredVector:
-    """One row as stored: its id, its vector [dim] (float32) and its metadata."""
-
-    id: str
-    vector: np.ndarray
-    metadata: Mapping[str, Any]
 
 
 @runtime_checkable
@@ -218,16 +198,22 @@ class InMemoryBackend:
         return bool(self.use_faiss) and len(self._ids) > 0
 
     def _passing(self, where: MetadataFilter) -> np.ndarray:
-        items = list(where.items())
-        return np.asarray([position for position, entry in enumerate(self._metadata)
-                           if all(key in entry and entry[key] == value for key, value in items)], np.int64)
+        return np.asarray([position for position, entry in enumerate(self._metadata) if passes(entry, where)],
+                          np.int64)
 
     def _hit(self, position: int, score: float) -> BackendHit:
         return BackendHit(self._ids[position], score, self._metadata[position])
 
 
+def _milvus(dim: int, **options: Any) -> SearchBackend:
+    """:class:`~ernievil2torch.retrieval.milvus.MilvusBackend` (imported here: pymilvus is an optional extra)."""
+    from .milvus import MilvusBackend
+
+    return MilvusBackend(dim, **options)
+
+
 #: Back-end names -> ``factory(dim, **options)``; a vector database registers here.
-BACKENDS: Dict[str, Callable[..., SearchBackend]] = {"memory": InMemoryBackend}
+BACKENDS: Dict[str, Callable[..., SearchBackend]] = {"memory": InMemoryBackend, "milvus": _milvus}
 
 
 def backend_factory(name: str) -> Callable[..., SearchBackend]:
@@ -242,7 +228,8 @@ def backend_factory(name: str) -> Callable[..., SearchBackend]:
 def create_backend(name: str, dim: int, **options: Any) -> SearchBackend:
     """A new, empty back end of kind ``name`` (one of :data:`BACKENDS`) for ``dim``-long vectors.
 
-    ``options`` go to that back end (``memory``: ``use_faiss``). Raises
+    ``options`` go to that back end (``memory``: ``use_faiss``; ``milvus``: ``uri``, ``token``, ``collection``,
+    ``index_type``...). Raises
     :class:`~ernievil2torch.errors.InputError` for an unknown name or options the back end does not take.
     """
     factory = backend_factory(name)

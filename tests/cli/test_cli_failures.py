@@ -348,6 +348,26 @@ def interrupt_serve(tmp_path, small_model, images, interrupt):
     return ["serve", small_model, "--gallery", gallery, "--images", photos, "--port", "0"], check
 
 
+def interrupt_index(tmp_path, small_model, images, interrupt):
+    require_module("pymilvus")
+    require_module("milvus_lite")
+    from ernievil2torch.apps.index import index_photos, indexer
+
+    (tmp_path / "photos").mkdir()
+    for path in images:
+        Image.open(path).save(tmp_path / "photos" / path.name)
+    interrupt.patch(indexer._Run, "_embed", calls=1)  # the first batch of two written, Ctrl-C in the second
+
+    def check() -> None:
+        interrupt.monkeypatch.undo()
+        again = index_photos(str(small_model), [str(tmp_path / "photos")], db=str(tmp_path / "photos.db"),
+                             batch_size=2, progress=False)
+        assert (again.unchanged, again.added, again.embedded, again.rows) == (2, 1, 1, 3), again.summary()
+
+    return ["index", small_model, tmp_path / "photos", "--db", tmp_path / "photos.db", "--batch_size", "2",
+            "--progress", "False"], check
+
+
 def interrupt_dedup(tmp_path, small_model, images, interrupt):
     from ernievil2torch.apps import dedup
 
@@ -388,7 +408,7 @@ def interrupt_finetune(tmp_path, small_model, images, interrupt):
 MESSAGES = {"convert": cli.ATOMIC_OUTPUT, "check": cli.ATOMIC_OUTPUT, "similarity": cli.ATOMIC_OUTPUT,
             "classify": cli.NO_OUTPUT, "embed": cli.RESUMABLE_OUTPUT, "search": cli.ATOMIC_OUTPUT,
             "eval": cli.ATOMIC_OUTPUT, "export": cli.ATOMIC_OUTPUT, "finetune": cli.CHECKPOINTED_OUTPUT,
-            "serve": cli.SERVICE_STOPPED, "dedup": cli.ATOMIC_OUTPUT}
+            "serve": cli.SERVICE_STOPPED, "dedup": cli.ATOMIC_OUTPUT, "index": cli.INDEX_RESUMABLE}
 # ... and the interruptions that check it: (subcommand, a function that prepares the run, interrupts it and
 # returns (argv, a check of what was left)).
 INTERRUPTIONS: List[Tuple[str, Callable]] = [
@@ -396,6 +416,7 @@ INTERRUPTIONS: List[Tuple[str, Callable]] = [
     ("similarity", interrupt_similarity), ("classify", interrupt_classify), ("embed", interrupt_embed),
     ("search", interrupt_search), ("eval", interrupt_eval), ("export", interrupt_export),
     ("finetune", interrupt_finetune), ("serve", interrupt_serve), ("dedup", interrupt_dedup),
+    ("index", interrupt_index),
 ]
 
 

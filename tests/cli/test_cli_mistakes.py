@@ -237,6 +237,20 @@ MISTAKES: List[Tuple[str, str]] = [
     ("serve model --gallery gallery --images images --faiss perhaps", "--faiss: expected true/false"),
     ("serve model --gallery gallery", "missing IMAGES"),
     ("serve model --gallery gallery --images images --device tpu", "--device: must be cpu, cuda, cuda:N or mps"),
+    # index
+    ("index model images", "give the database as --db PATH.db (embedded) or --uri"),
+    ("index model images --db photos.db --uri http://127.0.0.1:19530", "one of them"),
+    ("index model images --db photos.sqlite", "the embedded database is a folder whose name ends in .db"),
+    ("index model images --uri ftp://host:1", "expected http://HOST:PORT"),
+    ("index model images,missing_dir --db photos.db", "photo folder 'missing_dir' is not a folder"),
+    ("index model images,images --db photos.db", "the photo folders overlap"),
+    ("index model images --db photos.db --batch_size 0", "--batch_size: must be > 0"),
+    ("index model images --db photos.db --num_workers 0", "--num_workers: must be > 0"),
+    ("index model images --db photos.db --dtype fp64", "--dtype: dtype must be one of"),
+    ("index model images --db photos.db --device tpu", "--device: must be cpu, cuda, cuda:N or mps"),
+    ("index model images --db photos.db --reindex maybe", "--reindex: expected true/false"),
+    ("index missing_dir images --db photos.db", "--model: missing_dir is not a folder"),
+    ("index model images --db photos.db", "model has no config.json: give a directory written by convert.py"),
     # dedup
     ("dedup gallery --threshold 1.5", "--threshold: must be in [-1, 1], not 1.5"),
     ("dedup gallery --threshold -2", "--threshold: must be in [-1, 1]"),
@@ -302,13 +316,14 @@ def test_the_value_lists_are_read_from_their_tables():
 def test_every_device_flag_has_the_device_check():
     with_device = [name for name, command in COMMANDS.items()
                    if any(p.name == "device" for p in command.parameters())]
-    assert set(with_device) >= {"embed", "eval", "finetune", "serve"}
+    assert set(with_device) >= {"embed", "eval", "finetune", "serve", "index"}
     assert all(COMMANDS[name].checks.get("device") is checks.DEVICE for name in with_device)
 
 
 @pytest.mark.parametrize("name,argv", [("embed", "images model out"), ("eval", "model data.tsv"),
                                        ("finetune", "model data.tsv out"),
-                                       ("serve", "model --gallery gallery --images images")])
+                                       ("serve", "model --gallery gallery --images images"),
+                                       ("index", "model images --db photos.db")])
 def test_a_device_this_machine_lacks_is_one_error_before_any_work(name, argv, place, tripwires, tmp_path,
                                                                    monkeypatch, capsys):
     import torch

@@ -13,8 +13,8 @@ import pytest
 
 from ernievil2torch.data.image_root import ImageLookupError, ImageRoot
 from ernievil2torch.errors import InputError
-from ernievil2torch.retrieval.backends import (BACKENDS, BackendHit, InMemoryBackend, SearchBackend, UnknownIdError,
-                                               backend_factory, create_backend)
+from ernievil2torch.retrieval.backends import (BACKENDS, BackendHit, Contains, InMemoryBackend, Range, SearchBackend,
+                                               UnknownIdError, backend_factory, create_backend)
 from ernievil2torch.retrieval.topk import faiss_available
 
 DIM = 16
@@ -106,6 +106,21 @@ class BackendContract:
         assert backend.search(query, k=5, where={"album": "nope"}) == [[]]
         assert backend.search(query, k=5, where={"missing_key": 1}) == [[]]
 
+    def test_range_and_contains_filters(self, make):
+        backend = make(DIM)
+        rows = unit_rows(30, seed=8)
+        meta = [{"n": i, "folders": ["", f"d{i % 3}", f"d{i % 3}/e{i % 2}"], "flag": i % 4 == 0} for i in range(30)]
+        backend.add(rows, [f"r{i}" for i in range(30)], meta)
+        query = unit_rows(1, seed=9)
+        for where, keep in (({"n": Range(5, 9)}, lambda i: 5 <= i <= 9), ({"n": Range(high=3)}, lambda i: i <= 3),
+                            ({"folders": Contains("d1")}, lambda i: i % 3 == 1),
+                            ({"folders": Contains("d2/e0"), "n": Range(low=10)}, lambda i: i % 6 == 2 and i >= 10),
+                            ({"flag": True}, lambda i: i % 4 == 0), ({"n": Contains(1)}, lambda i: False),
+                            ({"folders": Range(0, 1)}, lambda i: False)):
+            chosen = [i for i in range(30) if keep(i)]
+            expected = brute_force(query, rows[chosen], [f"r{i}" for i in chosen], 30)[0][0] if chosen else []
+            assert [h.id for h in backend.search(query, k=30, where=where)[0]] == expected, where
+
     def test_ids_are_stable_across_remove(self, filled):
         backend, rows, ids = filled
         assert backend.remove(["r3", "r10", "never-added"]) == 2
@@ -195,11 +210,13 @@ def test_in_memory_picks_faiss_for_large_collections(monkeypatch):
 
 
 def test_factory_picks_by_name_and_refuses_unknown_ones():
-    assert set(BACKENDS) >= {"memory"}
+    assert set(BACKENDS) >= {"memory", "milvus"}
     backend = create_backend("memory", 8, use_faiss=False)
     assert isinstance(backend, InMemoryBackend) and backend.dim == 8 and backend.count() == 0
-    with pytest.raises(InputError, match="unknown search back end 'milvus'; known: memory"):
-        create_backend("milvus", 8)
+    with pytest.raises(InputError, match="unknown search back end 'qdrant'; known: memory, milvus"):
+        create_backend("qdrant", 8)
+    with pytest.raises(InputError, match="search back end 'milvus'.*uri"):
+        create_backend("milvus", 8)  # a database must be named
     assert backend_factory("memory") is InMemoryBackend
     with pytest.raises(InputError, match="unknown search back end 'Memory'"):
         backend_factory("Memory")

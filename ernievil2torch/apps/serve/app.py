@@ -34,6 +34,8 @@ from .dependencies import install_state, lifespan
 from .engine import SearchEngine
 from .error_handlers import install_error_handlers
 from .middleware import BearerAuth, BodyLimit, HostCheck, SecurityHeaders
+from .library import PhotoLibrary
+from .library_routes import library_router
 from .routes import api_router, page_router
 from .settings import ServiceSettings
 
@@ -52,7 +54,10 @@ def create_app(engine: SearchEngine, settings: ServiceSettings = ServiceSettings
     install_state(app, engine, settings)
     install_error_handlers(app)
     app.include_router(page_router())
-    app.include_router(api_router(settings.limits))
+    library = isinstance(getattr(engine, "gallery", None), PhotoLibrary)
+    app.include_router(api_router(settings.limits, searches=not library))
+    if library:
+        app.include_router(library_router(settings.limits))
     add_security_scheme(app, settings.token is not None)
     add_middleware(app, settings)
     return app

@@ -21,9 +21,10 @@ from .limits import ServeLimits
 from .settings import ServiceSettings
 
 
-def read_page() -> str:
-    """The search page (``static/index.html``, shipped inside the package)."""
-    return resources.files(__package__).joinpath("static", "index.html").read_text(encoding="utf-8")
+def read_page(name: str = "index.html") -> str:
+    """A page shipped inside the package: ``static/index.html`` (a gallery) or ``static/library.html`` (a photo
+    library)."""
+    return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
 
 
 def install_state(app: FastAPI, engine: SearchEngine, settings: ServiceSettings) -> None:
@@ -34,7 +35,7 @@ def install_state(app: FastAPI, engine: SearchEngine, settings: ServiceSettings)
     app.state.batchers = {"text": MicroBatcher(engine.text_batch, None, settings.max_batch, wait_s, name="text"),
                           "image": MicroBatcher(engine.image_batch, None, settings.max_batch, wait_s, name="image")}
     app.state.executors = {}
-    app.state.page = read_page()
+    app.state.page = read_page("library.html" if hasattr(getattr(engine, "gallery", None), "thumbnail") else "index.html")
 
 
 @contextlib.asynccontextmanager

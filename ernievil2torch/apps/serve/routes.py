@@ -149,11 +149,14 @@ def page_router() -> APIRouter:
     return router
 
 
-def api_router(limits: ServeLimits) -> APIRouter:
-    """The ``/v1`` routes, their bounded parameters declared under ``limits``."""
+def api_router(limits: ServeLimits, searches: bool = True) -> APIRouter:
+    """The ``/v1`` routes, their bounded parameters declared under ``limits``; without ``searches`` only the
+    embedding routes (a photo library brings its own search routes: :mod:`.library_routes`)."""
     router = APIRouter()
     router.add_api_route("/v1/embed/text", embed_text, methods=["POST"], response_model=EmbeddingsOut)
     router.add_api_route("/v1/embed/image", embed_image, methods=["POST"], response_model=EmbeddingsOut)
+    if not searches:
+        return router
     router.add_api_route("/v1/search", with_limits(search_text, limits), methods=["GET"], response_model=SearchOut)
     router.add_api_route("/v1/search/image", with_limits(search_image, limits), methods=["POST"],
                          response_model=SearchOut)

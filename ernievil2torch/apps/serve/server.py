@@ -84,12 +84,44 @@ class ServiceBanner:
         return "\n".join(self.notices + [self.ready_line])
 
 
-def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", port: int = 8000,
+def _searchable(model_dir: str, gallery: Optional[str], images: Optional[str], faiss: Optional[bool], backend: str,
+                db: Optional[str], uri: Optional[str], db_token: Optional[str], thumbnails: Optional[str]):
+    """The gallery (``embed`` output) or photo library (Milvus) the service searches; InputError for a wrong mix."""
+    library = db if db is not None else uri
+    if db is not None and uri is not None:
+        raise InputError("give the photo library as --db PATH.db or --uri http://HOST:PORT, not both")
+    if library is None:
+        if gallery is None:
+            raise InputError("missing GALLERY: give an embed output (GALLERY IMAGES) or a photo library (--db/--uri)")
+        if images is None:
+            raise InputError("missing IMAGES: the folder given to `ernievil2 embed` (gallery ids are paths in it)")
+        return Gallery.load(gallery, images, use_faiss=faiss, backend=backend)
+    if gallery is not None or images is not None:
+        raise InputError("--db/--uri serve a photo library: GALLERY and IMAGES belong to the other form")
+    from pathlib import Path
+
+    from ...retrieval.milvus import check_uri, is_embedded
+    from ..index.indexer import model_dim
+    from .library import PhotoLibrary
+
+    target = check_uri(library)
+    if not Path(model_dir).is_dir():
+        raise InputError(f"model {model_dir!r}: serving a photo library needs the model's directory (its hash is "
+                         "checked against the index)")
+    if thumbnails is None:
+        thumbnails = (f"{target}.thumbs" if is_embedded(target)
+                      else str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ernievil2torch" / "thumbs"))
+    return PhotoLibrary.open(target, Path(model_dir), model_dim(Path(model_dir)), Path(thumbnails), db_token)
+
+
+def serve(model_dir: str, gallery: Optional[str] = None, images: Optional[str] = None, host: str = "127.0.0.1",
+          port: int = 8000,
           token: Optional[str] = None, cors_origins: Sequence[str] = (), limits: Optional[ServeLimits] = None,
           max_batch: int = 32, max_wait_ms: float = 5.0, decode_workers: int = 2, dtype: str = "float32",
           device: Optional[str] = None, vocab: Optional[str] = None, faiss: Optional[bool] = None,
           max_length: int = DEFAULT_MAX_LENGTH, log_level: str = "info", backend: str = "memory",
-          fast_decode: bool = False,
+          fast_decode: bool = False, db: Optional[str] = None, uri: Optional[str] = None,
+          db_token: Optional[str] = None, thumbnails: Optional[str] = None,
           on_ready: Optional[Callable[[ServiceBanner], None]] = None) -> None:
     """Serve text->image and image->image search over an ``embed`` output until interrupted.
 
@@ -100,6 +132,12 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
     a token, for an unknown ``backend`` or ``device`` (``None``: the GPU when CUDA is available, else the CPU) and for a gallery that is not a valid ``embed`` output of images, and
     for a gallery the model cannot serve. See
     :class:`~.settings.ServiceSettings` and :class:`~.limits.ServeLimits`.
+
+    Two forms: ``gallery`` + ``images`` (an ``embed`` output, exact search in memory), or a photo library that
+    ``ernievil2 index`` keeps in Milvus: ``db`` (an embedded Milvus Lite folder; this process then owns it) or
+    ``uri`` (a Milvus server, ``db_token`` its token), with thumbnails cached in ``thumbnails`` (default: the
+    folder ``DB.thumbs`` beside an embedded database, else ``~/.cache/ernievil2torch/thumbs``). A library indexed
+    with another model, or with no index yet, is refused before the model loads.
     """
     token = token or os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)
@@ -121,7 +159,8 @@ def serve(model_dir: str, gallery: str, images: str, host: str = "127.0.0.1", po
     from .engine import SearchEngine
 
     limits = limits or ServeLimits()
-    searchable = Gallery.load(gallery, images, use_faiss=faiss, backend=backend)  # refused before the model loads
+    searchable = _searchable(model_dir, gallery, images, faiss, backend, db, uri, db_token, thumbnails)
+    # (a bad gallery or library is refused above, before the model loads)
     pretrained = load_pretrained(model_dir, dtype=torch_dtype(dtype), device=place, vocab=vocab)
     engine = SearchEngine(pretrained, searchable, limits, max_length, fast_decode=fast_decode)
     settings = ServiceSettings(limits=limits, token=token, cors_origins=tuple(cors_origins),

@@ -240,5 +240,5 @@ def test_serve_refuses_an_unknown_backend_before_loading_anything(tmp_path, monk
     from ernievil2torch.apps.serve import server
 
     monkeypatch.setattr(server, "load_pretrained", lambda *args, **kwargs: pytest.fail("the model was loaded"))
-    with pytest.raises(InputError, match="unknown search back end 'milvus'; known: memory"):
-        server.serve(str(tmp_path), str(tmp_path), str(tmp_path), backend="milvus")
+    with pytest.raises(InputError, match="unknown search back end 'qdrant'; known: memory, milvus"):
+        server.serve(str(tmp_path), str(tmp_path), str(tmp_path), backend="qdrant")

@@ -1,0 +1,107 @@
+"""Where an index lives in Milvus: one collection of photo rows per model, the alias searches go through, and the
+list of files that could not be read.
+
+* ``photos_<model hash>``: a row per file (id, normalised embedding, metadata). A model's rows never share a
+  collection with another model's, so embeddings are never mixed.
+* The alias ``photos`` names the collection searches use (the service searches the alias, so a re-index becomes
+  visible at the moment the alias moves, complete). ``index`` with another model is refused unless ``--reindex``:
+  then the new model's collection is filled (resumably: it is an ordinary incremental run into that collection)
+  and the alias is moved only when it is complete; the old collection is then dropped.
+* ``photos_<model hash>_failed``: the files that could not be read, with the reason, size and mtime (a 2-d
+  placeholder vector: Milvus collections need one), retried only when the file changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from ...errors import InputError
+from ...retrieval.milvus import MilvusBackend, connect, is_embedded, open_here, release
+
+#: The alias every search uses.
+ALIAS = "photos"
+#: The vector index of photo rows (chosen by benchmarks/milvus_ann.py: recall@10 >= 0.99 against exact search).
+INDEX_TYPE = "HNSW"
+HASH_DIGITS = 16
+
+
+class ModelMismatchError(InputError):
+    """The index was built with another model (its embeddings cannot be compared with this model's)."""
+
+
+def collection_for(model_hash: str) -> str:
+    """The collection that holds ``model_hash``'s rows."""
+    return f"{ALIAS}_{model_hash[:HASH_DIGITS]}"
+
+
+@dataclass
+class Catalog:
+    """The database of one index: its client and the collection searches use now (None: no index yet)."""
+
+    uri: str
+    client: Any
+    active: Optional[str]
+    owns_server: bool = False
+
+    @classmethod
+    def open(cls, uri: str, token: Optional[str] = None) -> "Catalog":
+        """Connect; an embedded database this process did not have open is closed again by :meth:`close`."""
+        opened_before = is_embedded(uri) and open_here(uri)
+        client = connect(uri, token)
+        return cls(uri, client, active_collection(client), owns_server=is_embedded(uri) and not opened_before)
+
+    def close(self) -> None:
+        """Close the client, and the embedded database when this catalog opened it (the folder is free again)."""
+        self.client.close()
+        if self.owns_server:
+            release(self.uri)
+
+    def check_model(self, model_hash: str, reindex: bool) -> str:
+        """The collection this run writes: this model's. :class:`ModelMismatchError` when the index belongs to
+        another model and ``reindex`` is off."""
+        target = collection_for(model_hash)
+        if self.active is not None and self.active != target and not reindex:
+            raise ModelMismatchError(
+                f"{self.uri} was indexed with another model (collection {self.active}; this model's would be "
+                f"{target}): its embeddings cannot be compared with this model's. Run with --reindex to rebuild it "
+                "with this model (the old index keeps answering searches until the new one is complete)")
+        return target
+
+    def rows(self, collection: str, dim: int) -> MilvusBackend:
+        return MilvusBackend(dim, self.uri, collection=collection, index_type=INDEX_TYPE, client=self.client)
+
+    def failures(self, collection: str) -> MilvusBackend:
+        return MilvusBackend(2, self.uri, collection=f"{collection}_failed", client=self.client)
+
+    def publish(self, collection: str) -> Optional[str]:
+        """Point the alias at ``collection`` (complete now); returns the collection it pointed at before."""
+        previous = self.active
+        if previous is None:
+            self.client.create_alias(collection, ALIAS)
+        elif previous != collection:
+            self.client.alter_alias(collection, ALIAS)
+        self.active = collection
+        return previous if previous != collection else None
+
+    def drop(self, collection: str) -> None:
+        """Drop a collection and its list of failures (after the alias left it)."""
+        for name in (collection, f"{collection}_failed"):
+            if self.client.has_collection(name):
+                self.client.drop_collection(name)
+
+
+def active_collection(client: Any) -> Optional[str]:
+    """The collection the alias names, or None when there is no index yet."""
+    aliases = client.list_aliases().get("aliases", [])
+    if ALIAS not in aliases:
+        return None
+    return str(client.describe_alias(ALIAS)["collection_name"])
+
+
+def index_info(client: Any) -> Dict[str, Any]:
+    """The active collection and its row count (for ``/healthz`` and summaries)."""
+    active = active_collection(client)
+    if active is None:
+        return {"collection": None, "rows": 0}
+    count = client.query(active, filter="", output_fields=["count(*)"], consistency_level="Strong")
+    return {"collection": active, "rows": int(count[0]["count(*)"])}

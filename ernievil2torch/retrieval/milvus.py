@@ -1,0 +1,388 @@
+"""A :class:`~ernievil2torch.retrieval.backends.SearchBackend` on Milvus: embedded (Milvus Lite, a local ``.db``
+data directory) or a Milvus server (``http://HOST:19530`` plus a token), through the same pymilvus client code.
+
+* **Embedded** (``uri`` a path ending in ``.db``): pymilvus hands the path to ``milvus-lite``, which opens the data
+  directory in this process and serves it on a gRPC port it picks at random on ``127.0.0.1`` only (checked by
+  ``tests/retrieval/test_milvus.py``). Milvus Lite lets one process own a data directory (a ``flock`` on its
+  ``LOCK`` file): a second process is refused with :class:`DatabaseBusyError` before anything else happens.
+* **Server** (``uri`` ``http://`` / ``https://``): Milvus Standalone or Distributed, or ``milvus-lite server``.
+
+One collection holds the rows: ``id`` (VARCHAR primary key, the caller's stable id), ``vector`` (FLOAT_VECTOR,
+searched by inner product) and ``metadata`` (JSON). Filters become Milvus boolean expressions over JSON paths; keys
+must be plain identifiers and values JSON scalars (nothing from a caller is pasted into an expression unchecked).
+Reads use Strong consistency, so a search sees every write that returned before it.
+
+``index_type`` picks the vector index: ``FLAT`` (exact), ``HNSW`` (``M``, ``efConstruction``; searched with ``ef``)
+or ``IVF_FLAT`` (``nlist``; searched with ``nprobe``), the approximate ones chosen by measurement in
+``benchmarks/milvus_ann.py``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+from ..storage.embeddings import first_non_finite_row
+from .rows import BackendHit, Contains, MetadataFilter, Range, StoredVector, UnknownIdError
+
+#: Longest stable id (bytes of UTF-8) a row may have.
+MAX_ID_LENGTH = 256
+#: Index types this back end builds, with their build parameters and the search parameter that trades speed for recall.
+INDEX_TYPES: Dict[str, Tuple[Dict[str, int], Dict[str, int]]] = {
+    "FLAT": ({}, {}),
+    "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
+    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 32}),
+}
+#: A filtered search whose filter keeps at most this many rows is answered exactly (their vectors read back and
+#: ranked here): Milvus Lite's HNSW with a selective filter misses most neighbours (recall@10 ~0.2-0.5 at 1% of
+#: rows, benchmarks/milvus_ann.md), and Milvus itself switches to brute force on such filters too. The bound is
+#: Milvus's largest query window.
+EXACT_FILTER_ROWS = 16_384
+#: Rows per insert/upsert call (keeps every gRPC message far below Milvus's 64 MiB limit at 768-d).
+WRITE_BATCH = 2_000
+#: Rows per page when reading every row's metadata.
+READ_BATCH = 4_000
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _IteratorNoise(logging.Filter):
+    """Drops the two log records every paged read makes on Milvus Lite, which lacks the ``AllocTimestamp`` call
+    pymilvus's query iterator tries first (it then falls back to a client-side timestamp, correctly)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "mvccTs" not in message and "Method not implemented" not in message
+
+
+for _name in ("pymilvus", "pymilvus.client.iterator.query_iterator", "grpc._server"):
+    logging.getLogger(_name).addFilter(_IteratorNoise())
+
+
+class DatabaseBusyError(InputError):
+    """The embedded database's data directory is held by another process (Milvus Lite allows one)."""
+
+
+def is_embedded(uri: str) -> bool:
+    """Whether ``uri`` names an embedded Milvus Lite database (a local path ending in ``.db``)."""
+    return "://" not in uri
+
+
+def check_uri(uri: str) -> str:
+    """``uri`` checked before any work: a local ``NAME.db`` path whose parent folder exists and that is not a
+    regular file, or an ``http(s)://HOST:PORT`` address. Returns the path made absolute (embedded) or ``uri``."""
+    if not isinstance(uri, str) or not uri:
+        raise InputError("the database must be a path ending in .db or an http://HOST:PORT address")
+    if not is_embedded(uri):
+        if not re.match(r"^https?://[^/\s]+(:\d+)?/?$", uri):
+            raise InputError(f"--uri {uri!r}: expected http://HOST:PORT (or https://)")
+        return uri
+    path = Path(uri).expanduser().absolute()
+    if path.suffix != ".db":
+        raise InputError(f"--db {uri!r}: the embedded database is a folder whose name ends in .db, e.g. photos.db")
+    if not path.parent.is_dir():
+        raise InputError(f"--db {uri!r}: folder {path.parent} does not exist")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--db {uri!r}: exists and is not a Milvus Lite data folder")
+    return str(path)
+
+
+def _embedded_lock_free(path: str) -> bool:
+    """Whether no other process holds Milvus Lite's lock on data folder ``path`` (a folder not made yet is free)."""
+    lock = Path(path) / "LOCK"
+    if not lock.exists():
+        return True
+    import fcntl
+
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def open_here(path: str) -> bool:
+    """Whether this process serves the embedded database folder ``path`` already."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return False
+    return os.path.abspath(path) in getattr(server_manager_instance, "_servers", {})
+
+
+def connect(uri: str, token: Optional[str] = None) -> Any:
+    """A ``pymilvus.MilvusClient`` for ``uri`` (see :func:`check_uri`); :class:`DatabaseBusyError` when another
+    process owns the embedded data folder, :class:`InputError` when pymilvus (or milvus-lite) is missing or a
+    server does not answer."""
+    uri = check_uri(uri)
+    try:
+        from pymilvus import MilvusClient
+    except ImportError as exc:
+        raise InputError(f"the Milvus back end needs pymilvus and milvus-lite ({exc}); "
+                         "pip install 'ernievil2torch[search]'") from None
+    if is_embedded(uri) and not open_here(uri) and not _embedded_lock_free(uri):
+        raise DatabaseBusyError(
+            f"{uri} is open in another process (Milvus Lite lets one process own a database folder): stop it, or "
+            "serve the folder with `milvus-lite server --data-dir ... --host 127.0.0.1` and pass --uri to every command")
+    try:
+        return MilvusClient(uri=uri, token=token or "", timeout=30)
+    except Exception as exc:  # pymilvus raises its own MilvusException family, and grpc errors for a dead server
+        raise InputError(f"cannot open Milvus at {uri}: {exc}") from None
+
+
+def release(uri: str) -> None:
+    """Close this process's embedded server of ``uri`` (a ``.db`` path), letting another process open the folder;
+    nothing for a server address or a folder this process has not opened."""
+    if not is_embedded(uri):
+        return
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return
+    server_manager_instance.release_server(os.path.abspath(uri))
+
+
+def filter_expression(where: Optional[MetadataFilter]) -> str:
+    """The Milvus boolean expression for a metadata filter ('' for none); :class:`InputError` for a key that is not
+    an identifier or a value that is not a JSON scalar."""
+    if where is None:
+        return ""
+    if not isinstance(where, Mapping):
+        raise InputError(f"where must be a mapping of metadata key -> value, got {type(where).__name__}")
+    parts = []
+    for key, wanted in where.items():
+        if not isinstance(key, str) or not _KEY.match(key):
+            raise InputError(f"filter key {key!r} must be an identifier (letters, digits, _)")
+        field = f'metadata["{key}"]'
+        if isinstance(wanted, Range):
+            bounds = [f"{field} >= {_number(wanted.low)}" if wanted.low is not None else "",
+                      f"{field} <= {_number(wanted.high)}" if wanted.high is not None else ""]
+            bounds = [b for b in bounds if b] or [f"exists {field}"]
+            parts.append("(" + " and ".join(bounds) + ")")
+        elif isinstance(wanted, Contains):
+            parts.append(f"json_contains({field}, {_literal(wanted.value)})")
+        else:
+            parts.append(f"{field} == {_literal(wanted)}")
+    return " and ".join(parts)
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"a range bound must be a finite number, got {value!r}")
+    return repr(value)
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return _number(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    raise InputError(f"a filter value must be a string, number or boolean, got {type(value).__name__}")
+
+
+class MilvusBackend:
+    """Rows in one Milvus collection (made on first use; an existing one must have the same ``dim``).
+
+    Beyond the protocol: :meth:`upsert` (insert or replace by id, what an indexer that may be re-run needs),
+    :meth:`rows` (every row's id and metadata, paged) and :meth:`get_many`.
+    """
+
+    def __init__(self, dim: int, uri: str, token: Optional[str] = None, collection: str = "vectors",
+                 index_type: str = "FLAT", index_params: Optional[Mapping[str, int]] = None,
+                 search_params: Optional[Mapping[str, int]] = None, client: Any = None) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise InputError(f"dim must be a positive integer, got {dim!r}")
+        if index_type not in INDEX_TYPES:
+            raise InputError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
+        if not _KEY.match(collection or ""):
+            raise InputError(f"collection name {collection!r} must be an identifier (letters, digits, _)")
+        build, search = INDEX_TYPES[index_type]
+        self._dim = dim
+        self.uri = uri
+        self.collection = collection
+        self.index_type = index_type
+        self.index_params = {**build, **(index_params or {})}
+        self.search_params = {**search, **(search_params or {})}
+        self.client = client if client is not None else connect(uri, token)
+        self._ensure_collection()
+
+    # ---- the protocol ------------------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def name(self) -> str:
+        return f"milvus-{self.index_type.lower()}"
+
+    def count(self) -> int:
+        result = self.client.query(self.collection, filter="", output_fields=["count(*)"],
+                                   consistency_level="Strong")
+        return int(result[0]["count(*)"])
+
+    def add(self, vectors: np.ndarray, ids: Sequence[str],
+            metadata: Optional[Sequence[Mapping[str, Any]]] = None) -> None:
+        rows = self._rows(vectors, ids, metadata)
+        taken = self._held([row["id"] for row in rows])
+        if taken:
+            raise InputError(f"{len(taken)} ids are already held (first: {taken[0]!r}); remove them first")
+        for start in range(0, len(rows), WRITE_BATCH):
+            self.client.insert(self.collection, rows[start:start + WRITE_BATCH])
+
+    def upsert(self, vectors: np.ndarray, ids: Sequence[str],
+               metadata: Optional[Sequence[Mapping[str, Any]]] = None) -> None:
+        """Insert the rows, replacing any held under the same ids (each row replaced whole, atomically)."""
+        rows = self._rows(vectors, ids, metadata)
+        for start in range(0, len(rows), WRITE_BATCH):
+            self.client.upsert(self.collection, rows[start:start + WRITE_BATCH])
+
+    def remove(self, ids: Sequence[str]) -> int:
+        held = self._held(list(dict.fromkeys(ids)))
+        for start in range(0, len(held), WRITE_BATCH):
+            self.client.delete(self.collection, ids=held[start:start + WRITE_BATCH])
+        return len(held)
+
+    def search(self, queries: np.ndarray, k: int, where: Optional[MetadataFilter] = None,
+               offset: int = 0) -> List[List[BackendHit]]:
+        queries = self._checked_vectors(queries, "queries")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+            raise InputError(f"offset must be a non-negative integer, got {offset!r}")
+        expression = filter_expression(where)
+        if queries.shape[0] == 0:
+            return []
+        if expression and self.index_type != "FLAT":
+            passing = self.client.query(self.collection, filter=expression, output_fields=["count(*)"],
+                                        consistency_level="Strong")
+            if int(passing[0]["count(*)"]) <= EXACT_FILTER_ROWS:
+                return self._exact(queries, int(k), int(offset), expression)
+        results = self.client.search(
+            self.collection, data=queries.tolist(), limit=int(k), offset=int(offset), filter=expression,
+            output_fields=["metadata"], consistency_level="Strong",
+            search_params={"metric_type": "IP", "params": dict(self.search_params)})
+        return [[BackendHit(str(hit["id"]), float(hit["distance"]), hit["entity"].get("metadata") or {})
+                 for hit in hits] for hits in results]
+
+    def fetch(self, id: str) -> StoredVector:
+        found = self.get_many([id], with_vectors=True)
+        if not found:
+            raise UnknownIdError(f"no row with id {id!r}")
+        return found[0]
+
+    def _exact(self, queries: np.ndarray, k: int, offset: int, expression: str) -> List[List[BackendHit]]:
+        """Exact ranking of the (few) rows passing ``expression``: score descending, ties by id."""
+        rows = self.client.query(self.collection, filter=expression, output_fields=["vector", "metadata"],
+                                 limit=EXACT_FILTER_ROWS, consistency_level="Strong")
+        rows = sorted((dict(row) for row in rows), key=lambda row: str(row["id"]))  # pymilvus's list type: copy
+        if not rows:
+            return [[] for _ in range(queries.shape[0])]
+        matrix = np.asarray([row["vector"] for row in rows], np.float32)
+        scores = queries @ matrix.T
+        out = []
+        for line in scores:
+            order = np.argsort(-line, kind="stable")[offset:offset + k]
+            out.append([BackendHit(str(rows[j]["id"]), float(line[j]), rows[j].get("metadata") or {}) for j in order])
+        return out
+
+    # ---- beyond the protocol -----------------------------------------------------------------------------------
+    def get_many(self, ids: Sequence[str], with_vectors: bool = True) -> List[StoredVector]:
+        """The rows of ``ids`` that are held (in no particular order); vectors empty unless ``with_vectors``."""
+        fields = ["vector", "metadata"] if with_vectors else ["metadata"]
+        out: List[StoredVector] = []
+        ids = [item for item in ids if isinstance(item, str)]
+        for start in range(0, len(ids), READ_BATCH):
+            for row in self.client.get(self.collection, ids=ids[start:start + READ_BATCH], output_fields=fields,
+                                       consistency_level="Strong"):
+                vector = np.asarray(row["vector"], np.float32) if with_vectors else np.zeros(0, np.float32)
+                out.append(StoredVector(str(row["id"]), vector, row.get("metadata") or {}))
+        return out
+
+    def rows(self, where: Optional[MetadataFilter] = None) -> Iterator[Tuple[str, Mapping[str, Any]]]:
+        """Every row's ``(id, metadata)`` passing ``where``, read ``READ_BATCH`` at a time (no vectors)."""
+        iterator = self.client.query_iterator(self.collection, batch_size=READ_BATCH, filter=filter_expression(where),
+                                              output_fields=["metadata"], consistency_level="Strong")
+        try:
+            while True:
+                page = iterator.next()
+                if not page:
+                    return
+                for row in page:
+                    yield str(row["id"]), row.get("metadata") or {}
+        finally:
+            iterator.close()
+
+    def drop(self) -> None:
+        """Delete the whole collection."""
+        self.client.drop_collection(self.collection)
+
+    # ---- helpers -----------------------------------------------------------------------------------------------
+    def _ensure_collection(self) -> None:
+        from pymilvus import DataType
+
+        if self.client.has_collection(self.collection):
+            described = self.client.describe_collection(self.collection)
+            dims = [int(f.get("params", {}).get("dim", 0)) for f in described["fields"] if f["name"] == "vector"]
+            if dims != [self._dim]:
+                raise InputError(f"collection {self.collection!r} at {self.uri} holds {dims[0] if dims else '?'}-d "
+                                 f"vectors, not {self._dim}-d ones")
+            self.client.load_collection(self.collection)
+            return
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dim)
+        schema.add_field("metadata", DataType.JSON)
+        index = self.client.prepare_index_params()
+        index.add_index("vector", index_type=self.index_type, metric_type="IP", params=dict(self.index_params))
+        self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
+
+    def _held(self, ids: List[str]) -> List[str]:
+        held = {row.id for row in self.get_many(ids, with_vectors=False)}
+        return [item for item in ids if item in held]
+
+    def _rows(self, vectors: np.ndarray, ids: Sequence[str],
+              metadata: Optional[Sequence[Mapping[str, Any]]]) -> List[Dict[str, Any]]:
+        array = self._checked_vectors(vectors, "vectors")
+        ids = list(ids)
+        if len(ids) != array.shape[0]:
+            raise InputError(f"{array.shape[0]} vectors but {len(ids)} ids")
+        for index, item in enumerate(ids):
+            if not isinstance(item, str):
+                raise InputError(f"ids[{index}] must be a string, got {type(item).__name__}")
+            if not item or len(item.encode("utf-8")) > MAX_ID_LENGTH:
+                raise InputError(f"ids[{index}] must be 1..{MAX_ID_LENGTH} bytes of UTF-8")
+        if len(set(ids)) != len(ids):
+            raise InputError("ids must be unique within one call")
+        if metadata is None:
+            metadata = [{} for _ in ids]
+        elif len(metadata) != len(ids):
+            raise InputError(f"{len(ids)} ids but {len(metadata)} metadata entries")
+        for index, entry in enumerate(metadata):
+            if not isinstance(entry, Mapping):
+                raise InputError(f"metadata[{index}] must be a mapping, got {type(entry).__name__}")
+        return [{"id": item, "vector": row.tolist(), "metadata": dict(entry)}
+                for item, row, entry in zip(ids, array, metadata)]
+
+    def _checked_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
+        array = np.asarray(vectors)
+        if array.ndim != 2 or array.shape[1] != self._dim:
+            raise InputError(f"{what} must be [N, {self._dim}], got shape {array.shape}")
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise InputError(f"{what} must be numbers, got {array.dtype}")
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        bad = first_non_finite_row(array)
+        if bad is not None:
+            raise InputError(f"{what} hold NaN or infinity (first in row {bad})")
+        return array

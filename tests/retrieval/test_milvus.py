@@ -1,0 +1,125 @@
+"""The Milvus back end (``ernievil2torch.retrieval.milvus``) passes the back-end contract, embedded (Milvus Lite in
+this process) with an exact and an approximate index, and keeps to what it promises beyond the contract: filters
+as checked expressions, upsert, paged rows, loopback-only port, one owner per data folder."""
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from helpers import require_module
+
+require_module("pymilvus")
+require_module("milvus_lite")
+
+from ernievil2torch.errors import InputError  # noqa: E402
+from ernievil2torch.retrieval.backends import BACKENDS, Contains, InMemoryBackend, Range, create_backend  # noqa: E402
+from ernievil2torch.retrieval.milvus import (DatabaseBusyError, MilvusBackend, check_uri,  # noqa: E402
+                                             filter_expression)
+
+from test_backends import DIM, BackendContract, unit_rows  # noqa: E402
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    """One embedded database for the module (each test makes its own collections in it)."""
+    return str(tmp_path_factory.mktemp("milvus") / "contract.db")
+
+
+class TestMilvusBackend(BackendContract):
+    @pytest.fixture(params=["FLAT", "HNSW"])
+    def make(self, request, database):
+        return lambda dim: create_backend("milvus", dim, uri=database, collection=f"c{next(_names)}",
+                                          index_type=request.param)
+
+
+def test_registered_and_named(database):
+    assert "milvus" in BACKENDS
+    backend = create_backend("milvus", DIM, uri=database, collection="named", index_type="HNSW")
+    assert backend.name == "milvus-hnsw" and isinstance(backend, MilvusBackend)
+    with pytest.raises(InputError, match="index_type"):
+        create_backend("milvus", DIM, uri=database, index_type="PQ")
+    with pytest.raises(InputError, match="4-d"):
+        create_backend("milvus", 4, uri=database, collection="named")  # an existing collection keeps its dim
+
+
+@pytest.mark.parametrize("where", [
+    {"album": "b", "n": Range(10, 20)}, {"n": Range(high=5)}, {"n": Range(low=35)}, {"tags": Contains("t3")},
+    {"tags": Contains("t3"), "album": "a"}, {"album": 'a" or 1 == 1'}, {"flag": True}, {"flag": False},
+])
+def test_filters_agree_with_the_in_memory_back_end(database, where):
+    rows = unit_rows(40, seed=11)
+    ids = [f"r{i}" for i in range(40)]
+    meta = [{"album": "ab"[i % 2], "n": i, "tags": [f"t{i % 5}", "all"], "flag": i % 3 == 0} for i in range(40)]
+    milvus = create_backend("milvus", DIM, uri=database, collection=f"f{next(_names)}")
+    memory = InMemoryBackend(DIM, use_faiss=False)
+    for backend in (milvus, memory):
+        backend.add(rows, ids, meta)
+    query = unit_rows(2, seed=12)
+    assert ([[h.id for h in row] for row in milvus.search(query, k=40, where=where)]
+            == [[h.id for h in row] for row in memory.search(query, k=40, where=where)])
+
+
+@pytest.mark.parametrize("where, message", [
+    ({"a b": 1}, "identifier"), ({'x"]': 1}, "identifier"), ({"n": [1]}, "string, number or boolean"),
+    ({"n": Range(float("nan"))}, "finite"), ({"n": Range("1")}, "finite")])
+def test_hostile_filters_are_refused(where, message):
+    with pytest.raises(InputError, match=message):
+        filter_expression(where)
+
+
+def test_expression_quotes_strings():
+    assert filter_expression({"p": 'x" or "1'}) == 'metadata["p"] == "x\\" or \\"1"'
+    assert filter_expression({"t": Range(1, 2)}) == '(metadata["t"] >= 1 and metadata["t"] <= 2)'
+
+
+def test_upsert_replaces_and_rows_pages(database, monkeypatch):
+    import ernievil2torch.retrieval.milvus as milvus
+
+    monkeypatch.setattr(milvus, "READ_BATCH", 7)
+    backend = create_backend("milvus", DIM, uri=database, collection=f"u{next(_names)}")
+    rows = unit_rows(20, seed=13)
+    backend.upsert(rows, [f"r{i}" for i in range(20)], [{"n": i} for i in range(20)])
+    backend.upsert(rows[:2][::-1], ["r0", "r1"], [{"n": 100}, {"n": 101}])
+    assert backend.count() == 20
+    assert np.array_equal(backend.fetch("r0").vector, rows[1]) and backend.fetch("r1").metadata == {"n": 101}
+    seen = dict(backend.rows())
+    assert len(seen) == 20 and seen["r5"] == {"n": 5}
+    assert sorted(dict(backend.rows({"n": Range(100)}))) == ["r0", "r1"]
+
+
+def test_uri_checks(tmp_path):
+    assert check_uri("http://127.0.0.1:19530") == "http://127.0.0.1:19530"
+    for bad, message in ((str(tmp_path / "x.sqlite"), "ends in .db"), (str(tmp_path / "no" / "x.db"), "does not exist"),
+                         ("ftp://host", "http://HOST:PORT"), ("", "path ending")):
+        with pytest.raises(InputError, match=message):
+            check_uri(bad)
+    (tmp_path / "file.db").write_text("not a folder")
+    with pytest.raises(InputError, match="not a Milvus Lite"):
+        check_uri(str(tmp_path / "file.db"))
+
+
+def test_embedded_port_is_loopback_only_and_one_process_owns_the_folder(tmp_path):
+    """The embedded server listens on 127.0.0.1 only; a second process is refused with a clear error."""
+    import psutil
+
+    path = str(tmp_path / "own.db")
+    backend = create_backend("milvus", DIM, uri=path, collection="owned")
+    backend.add(unit_rows(2), ["a", "b"])
+    listening = [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening and all(address.ip in ("127.0.0.1", "::ffff:127.0.0.1") for address in listening), listening
+    script = textwrap.dedent(f"""
+        from ernievil2torch.retrieval.milvus import DatabaseBusyError, connect
+        try:
+            connect({path!r})
+        except DatabaseBusyError as exc:
+            print("BUSY", exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "BUSY" in out.stdout and "another process" in out.stdout, out.stdout + out.stderr
+    assert issubclass(DatabaseBusyError, InputError)
