@@ -20,6 +20,7 @@ from ...config import model_path
 from ...constants import DEFAULT_MAX_LENGTH, EMBED_KINDS
 from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
+from ...modeling.kernel_choice import kernel_record, resolve_kernels
 from ...pretrained import load_pretrained
 from ...data.inputs import Item, list_images, list_texts
 from ...data.webdataset import WebDatasetReader, is_webdataset, shard_items
@@ -171,14 +172,16 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
     if not items:
         raise InputError(f"no {kind} inputs found in {inputs!r}")
     shard_dir = out_dir / SHARD_DIR
+    kernels = resolve_kernels()  # recorded: a resume must compute with the same kernels
     model_folder = model_path(model_dir)  # a Hub id: its snapshot (the commit it resolved to) marks the run
     fingerprint = run_fingerprint(items, kind=kind, model_dir=str(model_folder.resolve()), dtype=dtype,
                                   normalize=normalize, shard_size=shard_size,
                                   max_length=max_length if kind == "text" else None,
-                                  **({"fast_decode": True} if fast_decode else {}))  # absent: runs made before it
+                                  **({"fast_decode": True} if fast_decode else {}),  # absent: runs made before it
+                                  **kernel_record(kernels, compute_dtype))
     if not overwrite:
         check_run_record(out_dir, fingerprint, START_OVER)  # a different run in OUT: refused before the model loads
-    loaded = load_pretrained(model_folder, dtype=compute_dtype, device=context.device, vocab=vocab)
+    loaded = load_pretrained(model_folder, dtype=compute_dtype, device=context.device, vocab=vocab, kernels=kernels)
     tokenizer = loaded.require_tokenizer() if kind == "text" else None
     model = loaded.model
     context.barrier()  # every process has its model before OUT is touched
