@@ -418,7 +418,8 @@ NOT_FIGURES: Dict[str, List[str]] = {
     R: [HTTP_CLASSES, HTTP_STATUSES, r"ERNIE-ViL 2\.0", r"numpy-[12]", r"protocol-0", r"\(exit 0\)",
         r"2-channel"],
 }
-SEALED = ["BENCHMARKS.md", "benchmarks/serve_load.md", "benchmarks/photo_decode.md", "benchmarks/finetune_modes.md"]
+SEALED = ["BENCHMARKS.md", "benchmarks/serve_load.md", "benchmarks/photo_decode.md", "benchmarks/finetune_modes.md",
+          "benchmarks/kernels.md"]
 
 
 @dataclass(frozen=True)

@@ -141,9 +141,10 @@ def _fp32(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -
 
 
 def chosen_kernel(x: torch.Tensor) -> str:
-    """The kernel the active choice gives tensors of ``x``'s dtype and device (``reference`` off the CPU and under
-    CPU autocast, whose casts the reference ops carry)."""
-    if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):  # autocast picks the dtype of its own ops
+    """The kernel the active choice gives tensors of ``x``'s dtype and device: ``reference`` off the CPU, under CPU
+    autocast (whose casts the reference ops carry) and while ``torch.compile`` / ``torch.export`` trace (the
+    compiler makes its own kernel choices from the reference graph)."""
+    if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
         return REFERENCE_KERNEL
     return active_kernels().for_dtype(x.dtype)
 

@@ -258,3 +258,18 @@ def test_from_pretrained_takes_the_resolved_choice(tmp_path, monkeypatch):
     assert ErnieViL2.from_pretrained(tmp_path / "m", kernels="reference").kernels == REFERENCE
     with pytest.raises(TypeError):
         model.use_kernels("onednn")
+
+
+def test_autocast_and_compiler_tracing_take_the_reference(onednn_calls, monkeypatch):
+    """CPU autocast casts inside the reference ops, and a compiler traces the reference graph: neither may meet a
+    chosen kernel (oneDNN's fp32 op would silently skip autocast's bf16)."""
+    model = _model()
+    pixels, ids = _inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = _features(model, REFERENCE, pixels, ids)
+        got = _features(model, ONEDNN, pixels, ids)
+    assert not onednn_calls
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with kernels.kernel_scope(ONEDNN):
+        assert kernels.chosen_kernel(pixels) == "reference"
