@@ -216,6 +216,48 @@ def resolve_kernels(spec: str = "auto") -> KernelChoice:
     return measurement.choice
 
 
+@dataclass
+class KernelReport:
+    """This machine's kernels and where they come from (``source``: ``environment``, ``cache`` or ``measured``)."""
+
+    choice: KernelChoice
+    source: str
+    machine: str
+    cache: Path
+    measurement: Optional[KernelMeasurement] = None
+
+    def summary(self) -> str:
+        where = {"environment": f"${ENV_VAR}", "cache": f"cached in {self.cache}",
+                 "measured": f"measured now, cached in {self.cache}"}[self.source]
+        lines = [f"machine: {self.machine}", f"{self.choice.summary()} ({where})",
+                 f"set {ENV_VAR}={self.choice.spec()} elsewhere to compute with the same kernels"]
+        if self.measurement is not None:
+            lines.insert(1, self.measurement.summary())
+        return "\n".join(lines)
+
+
+def kernel_report(measure: bool = False) -> KernelReport:
+    """Show this machine's CPU inference kernels: the choice every command uses and where it comes from.
+
+    The choice is made once per machine by timing the candidate kernels on the model's GEMM shapes and cached
+    under the user's cache folder; the ERNIEVIL2_KERNELS environment variable overrides it (reference, or pairs
+    such as float32=onednn,bfloat16=fp32).
+
+    Args:
+        measure: time the candidates again now and replace this machine's cached choice (a few seconds; run it
+            on a quiet machine, a loaded one may choose otherwise).
+    """
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env and env.lower() != "auto" and not measure:
+        return KernelReport(resolve_kernels(), "environment", machine_key(), cache_path())
+    cached = None if measure else cached_kernels()
+    if cached is not None:
+        return KernelReport(cached, "cache", machine_key(), cache_path())
+    measurement = measure_kernels()
+    store_kernels(measurement)
+    return KernelReport(measurement.choice, "measured", machine_key(), cache_path(), measurement)
+
+
 def kernel_record(choice: KernelChoice, dtype: torch.dtype) -> Dict[str, str]:
     """The run-record entry of a resumable command computing in ``dtype`` with ``choice``: ``{"kernels":
     "DTYPE=KERNEL"}`` (the ``ERNIEVIL2_KERNELS`` spelling, so a refused resume shows what to set), or nothing for
@@ -229,5 +271,5 @@ def kernel_record(choice: KernelChoice, dtype: torch.dtype) -> Dict[str, str]:
     return {"kernels": f"{DTYPE_FIELDS[dtype]}={kernel}"}
 
 
-__all__ = ["kernel_record", "ENV_VAR", "KernelMeasurement", "cache_path", "cached_kernels", "machine_key", "measure_kernels",
+__all__ = ["KernelReport", "kernel_report", "kernel_record", "ENV_VAR", "KernelMeasurement", "cache_path", "cached_kernels", "machine_key", "measure_kernels",
            "model_gemms", "parse_kernels", "resolve_kernels", "store_kernels", "REFERENCE"]

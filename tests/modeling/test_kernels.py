@@ -273,3 +273,21 @@ def test_autocast_and_compiler_tracing_take_the_reference(onednn_calls, monkeypa
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     with kernels.kernel_scope(ONEDNN):
         assert kernels.chosen_kernel(pixels) == "reference"
+
+
+def test_kernel_report_names_the_source(tmp_path, monkeypatch):
+    """``ernievil2 kernels``: the variable, else the cache, else (or with measure) a fresh measurement, cached."""
+    from ernievil2torch.modeling.kernel_choice import kernel_report
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv(KERNELS_ENV, "fp32=onednn")
+    report = kernel_report()
+    assert report.source == "environment" and report.choice == ONEDNN and KERNELS_ENV in report.summary()
+    real = kernel_choice.measure_kernels
+    monkeypatch.setattr(kernel_choice, "measure_kernels", lambda: real(TINY_GEMMS, rounds=1, repeats=1))
+    measured = kernel_report(measure=True)  # --measure ignores the variable and rewrites the cache
+    assert measured.source == "measured" and "GFLOP/s" in measured.summary() and cache_path().is_file()
+    monkeypatch.delenv(KERNELS_ENV)
+    again = kernel_report()
+    assert again.source == "cache" and again.choice == measured.choice
+    assert f"{KERNELS_ENV}={again.choice.spec()}" in again.summary()
