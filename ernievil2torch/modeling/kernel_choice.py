@@ -18,7 +18,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -258,7 +258,7 @@ def kernel_report(measure: bool = False) -> KernelReport:
     return KernelReport(measurement.choice, "measured", machine_key(), cache_path(), measurement)
 
 
-def kernel_record(choice: KernelChoice, dtype: torch.dtype) -> Dict[str, str]:
+def kernel_record(choice: KernelChoice, dtype: torch.dtype, device: Union[str, torch.device] = "cpu") -> Dict[str, str]:
     """The run-record entry of a resumable command computing in ``dtype`` with ``choice``: ``{"kernels":
     "DTYPE=KERNEL"}`` (the ``ERNIEVIL2_KERNELS`` spelling, so a refused resume shows what to set), or nothing for
     the reference kernel, so that records written before the choice existed still match the same computation.
@@ -266,7 +266,7 @@ def kernel_record(choice: KernelChoice, dtype: torch.dtype) -> Dict[str, str]:
     A resume whose choice differs is refused like any other changed setting: features or validation scores
     computed half with one kernel and half with another would no longer be one run's."""
     kernel = choice.for_dtype(dtype)
-    if kernel == REFERENCE_KERNEL:
+    if kernel == REFERENCE_KERNEL or torch.device(device).type != "cpu":  # the choice is for CPU inference only
         return {}
     return {"kernels": f"{DTYPE_FIELDS[dtype]}={kernel}"}
 

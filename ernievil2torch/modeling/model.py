@@ -142,7 +142,9 @@ class ErnieViL2(nn.Module):
         as ``"float32=onednn"``, a :class:`KernelChoice`, or None for the reference kernels.
         """
         dtype = optional_torch_dtype(dtype)
-        choice = resolve_kernels(kernels) if isinstance(kernels, str) else (kernels or REFERENCE)
+        on_cpu = device is None or torch.device(device).type == "cpu"  # the choice is for CPU inference only
+        choice = resolve_kernels(kernels) if isinstance(kernels, str) and on_cpu else (
+            kernels if isinstance(kernels, KernelChoice) else REFERENCE)
         config, state = read_model_dir(model_path(path), device=device)
         with torch.device("meta"):
             model = cls(config)
