@@ -107,12 +107,15 @@ class BenchmarkReport:
         lowest = min(float(x) for cell in cells for x in re.findall(r"min cosine ([0-9.]+)", cell))
         return f"{math.floor(lowest * 1e4) / 1e4:.4f}"
 
-    def gemm_ratio(self) -> str:
-        """The best bf16 GEMM GFLOP/s over the best fp32 one, one decimal."""
+    def gemm_ratio(self) -> Optional[str]:
+        """The best bf16 GEMM GFLOP/s over the best fp32 one, one decimal; None when the run measured no bf16 GEMM
+        (a CPU without bf16 instructions)."""
         gemms = self.table("GEMM")
-        best = {p: max(float(r["GFLOP/s [min-max]"].split()[0].replace(",", "")) for (name,), r in gemms.items()
-                       if name.startswith(f"GEMM {p} ")) for p in ("fp32", "bf16")}
-        return f"{best['bf16'] / best['fp32']:.1f}"
+        rates = {p: [float(r["GFLOP/s [min-max]"].split()[0].replace(",", "")) for (name,), r in gemms.items()
+                     if name.startswith(f"GEMM {p} ")] for p in ("fp32", "bf16")}
+        if not rates["bf16"]:
+            return None
+        return f"{max(rates['bf16']) / max(rates['fp32']):.1f}"
 
     def targets(self) -> Dict[str, Tuple[str, str]]:
         """The targets table: {target text: (figure, verdict)}."""
@@ -136,6 +139,25 @@ class BenchmarkReport:
         """The first line of the GPU section."""
         heading = "\n## GPU\n\n"
         return self.text[self.text.index(heading) + len(heading):].splitlines()[0]
+
+
+def bf16_sentence(report: BenchmarkReport, c: Tuple[str, str, str, str]) -> List[str]:
+    """The ceiling shares of fp32 and, where the CPU has bf16 instructions, of bf16 (else why there is no bf16
+    ceiling), and the bf16 cosine."""
+    ratio = report.gemm_ratio()
+    if ratio is None:
+        return [f"runs at {c[0]} % (image) and {c[1]} % (text) of the fp32 GEMM ceiling measured in the same rounds. "
+                "That CPU has no bf16",
+                "instructions: bf16 there keeps bf16 weights and runs its GEMMs in fp32 (the measured kernel choice), "
+                "so no bf16 ceiling",
+                f"was measured. bf16 features have cosine ≥ {report.bf16_min_cosine()} to fp32; the fp32 fast paths "
+                "keep the fidelity bounds below."]
+    return [f"runs at {c[0]} % (image) and {c[1]} % (text) of the fp32 GEMM ceiling measured in the same rounds; the "
+            "fastest bf16",
+            f"path at {c[2]} % and {c[3]} % of the bf16 one (the bf16 GEMM ceiling is {ratio}× the fp32 one on that",
+            f"machine). bf16 features have cosine ≥ {report.bf16_min_cosine()} to fp32; the fp32 fast paths keep the "
+            "fidelity bounds",
+            "below."]
 
 
 def render(benchmarks_md: Optional[str] = None) -> str:
@@ -162,13 +184,7 @@ def render(benchmarks_md: Optional[str] = None) -> str:
         f"{t[4]} | {t[5]} | {t[6]} | {t[7]} (BertModel) |", "",
         "Counting the FLOPs the code executes (the last block of each tower computes only the class/[CLS] row), "
         "ours fp32",
-        f"runs at {c[0]} % (image) and {c[1]} % (text) of the fp32 GEMM ceiling measured in the same rounds; the "
-        "fastest bf16",
-        f"path at {c[2]} % and {c[3]} % of the bf16 one (the bf16 GEMM ceiling is {report.gemm_ratio()}× the fp32 "
-        "one on that",
-        f"machine). bf16 features have cosine ≥ {report.bf16_min_cosine()} to fp32; the fp32 fast paths keep the "
-        "fidelity bounds",
-        "below.", "",
+        *bf16_sentence(report, c), "",
         "Targets reported MISSED in that run:", "",
         report.missed_targets(), "",
         f"GPU (`benchmarks/gpu.py`): {report.gpu_status()}.",

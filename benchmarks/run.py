@@ -3,7 +3,9 @@
 Measures, in one process and in alternating rounds (``benchlib.run_rounds``), on the same inputs and — for every
 implementation of this architecture — the same random full-size weights:
 
-* ours: fp32 eager, bf16 eager and bf16 + ``torch.compile`` (inductor, freezing), when oneDNN supports bf16;
+* ours, with this machine's kernel choice (``ernievil2torch.modeling.kernel_choice``): fp32 eager, bf16 eager and
+  bf16 + ``torch.compile`` (inductor, freezing) when oneDNN supports bf16; without native bf16, bf16 eager where
+  the choice runs its GEMMs in fp32;
 * the project's Paddle reference (``ernievil2torch.verify.paddle_reference``), in process;
 * PaddleNLP 2.8.1's ``ErnieViLModel`` (Baidu's code) in a worker process under the PaddleNLP interpreter
   (``benchmarks/paddlenlp_worker.py``), its text LayerNorm epsilon set to the official 1e-5;
@@ -62,6 +64,7 @@ from subprocess_runs import conversion_section, embed_section, frontends_section
 
 from ernievil2torch.config import ErnieViL2Config, base_config, tiny_config
 from ernievil2torch.modeling import ErnieViL2
+from ernievil2torch.modeling.kernel_choice import resolve_kernels
 from ernievil2torch.verify.synthetic import layout_state, random_state
 
 
@@ -138,9 +141,10 @@ class Section:
 
 
 def our_model(cfg: ErnieViL2Config, state: Dict[str, np.ndarray], dtype: torch.dtype = torch.float32) -> ErnieViL2:
+    """Ours as a user's loading gives it: eval mode, this machine's kernel choice (``resolve_kernels``)."""
     model = ErnieViL2(cfg)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    return model.eval().to(dtype=dtype)
+    return model.eval().to(dtype=dtype).use_kernels(resolve_kernels())
 
 
 def make_bench(args: argparse.Namespace) -> Bench:
@@ -179,11 +183,19 @@ def ours_group(bench: Bench) -> Section:
     fp32, pixels, ids = bench.fp32, bench.pixels, bench.ids
     out.cases += [bench.image_case("ours fp32", lambda: fp32.encode_image(pixels), "fp32"),
                   bench.text_case("ours fp32", lambda: fp32.encode_text(ids), "fp32")]
-    if not cpu_bf16_supported():
+    kernels = resolve_kernels()
+    out.notes.append(f"ours run this machine's kernel choice ({kernels.summary()}; "
+                     "`ernievil2torch.modeling.kernel_choice`, details in benchmarks/kernels.md)")
+    native = cpu_bf16_supported()
+    if not native and kernels.bfloat16 == "reference":
         out.notes.append("bf16 not measured: oneDNN reports no bf16 support on this CPU")
         return out
     variants = [("ours bf16", our_model(bench.cfg, bench.state, torch.bfloat16))]
-    problem = "skipped (--no-compile)" if bench.args.no_compile else inductor_problem()
+    if not native:
+        out.notes.append("this CPU has no bf16 instructions: 'ours bf16' keeps bf16 weights and activations and "
+                         "runs its GEMMs in fp32 (the measured kernel choice); no bf16 GEMM ceiling, no compile")
+    problem = ("skipped (--no-compile)" if bench.args.no_compile else inductor_problem() if native
+               else "no native bf16 on this CPU")
     if problem:
         out.notes.append(f"torch.compile not measured: {problem}")
     else:

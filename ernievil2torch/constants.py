@@ -71,3 +71,10 @@ TOWERS: Tuple[str, ...] = ("vision", "text")
 PROTOCOLS: Tuple[str, ...] = ("grouped", "pairs")
 #: What ``embed`` encodes (``--kind``).
 EMBED_KINDS: Tuple[str, ...] = ("image", "text")
+
+#: Environment variable naming the CPU inference kernels (``reference``, or ``DTYPE=KERNEL,...``; ``auto`` or unset:
+#: this machine's measured choice). See :mod:`ernievil2torch.modeling.kernel_choice`.
+KERNELS_ENV = "ERNIEVIL2_KERNELS"
+#: Added to the refusal of a resume whose settings differ: how to continue with the kernels a run was started with.
+KERNELS_RESUME_ADVICE = (f"(a 'kernels' difference: this machine now chooses other kernels; set {KERNELS_ENV} to "
+                         "the recorded value, or to 'reference' where none is recorded, to continue)")

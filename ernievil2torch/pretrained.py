@@ -17,6 +17,7 @@ from .constants import VOCAB_NAME
 from .errors import InputError
 from .modeling import ErnieViL2
 from .modeling.dtypes import DTypeLike, optional_torch_dtype
+from .modeling.kernels import KernelChoice
 from .processing import ErnieViL2ImageProcessor, ErnieViL2Processor, ErnieViL2Tokenizer
 from .processing.vocab import resolve_vocab
 
@@ -71,7 +72,8 @@ def create_model(name: PathLike, *, dtype: DTypeLike = None,
 
 def load_pretrained(path: PathLike, *, dtype: DTypeLike = None,
                     device: Union[str, torch.device, None] = None, vocab: Optional[PathLike] = None,
-                    compile: bool = False, resample: str = "official") -> Pretrained:
+                    compile: bool = False, resample: str = "official",
+                    kernels: Union[str, KernelChoice, None] = "auto") -> Pretrained:
     """Load a converted directory with :meth:`ErnieViL2.from_pretrained` plus its front ends.
 
     Args:
@@ -85,6 +87,8 @@ def load_pretrained(path: PathLike, *, dtype: DTypeLike = None,
         vocab: a vocab file to use instead of ``<path>/vocab.txt``; an explicit one must exist.
         compile: ``torch.compile`` both towers.
         resample: the image processor's mode (``"official"`` or ``"paddlenlp"``).
+        kernels: the CPU inference kernels, as :meth:`ErnieViL2.from_pretrained` takes them (default: this
+            machine's measured choice or ``$ERNIEVIL2_KERNELS``).
 
     Raises :class:`~ernievil2torch.errors.CheckpointError` for a damaged directory and :class:`InputError` for a
     ``vocab`` that does not exist or holds token ids the model's word embedding does not have.
@@ -94,7 +98,7 @@ def load_pretrained(path: PathLike, *, dtype: DTypeLike = None,
     tokenizer: Optional[ErnieViL2Tokenizer] = None
     if vocab is not None or (folder / VOCAB_NAME).is_file():
         tokenizer = ErnieViL2Tokenizer(resolve_vocab(folder, vocab))
-    model = ErnieViL2.from_pretrained(folder, dtype=compute_dtype, device=device, compile=compile)
+    model = ErnieViL2.from_pretrained(folder, dtype=compute_dtype, device=device, compile=compile, kernels=kernels)
     rows = model.config.text.vocab_size
     largest = max(tokenizer.vocab.values()) if tokenizer is not None else -1
     if largest >= rows:

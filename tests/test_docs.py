@@ -420,7 +420,8 @@ NOT_FIGURES: Dict[str, List[str]] = {
         r"2-channel"],
 }
 SEALED = ["BENCHMARKS.md", "benchmarks/serve_load.md", "benchmarks/photo_decode.md", "benchmarks/finetune_modes.md",
-          "benchmarks/index_throughput.md", "benchmarks/milvus_ann.md"]
+          "benchmarks/index_throughput.md", "benchmarks/milvus_ann.md", "benchmarks/kernels.md",
+          "benchmarks/op_profile.md"]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..constants import MASK_BIAS
+from .kernels import REFERENCE_KERNEL, chosen_kernel, linear, scaled_addmm
 
 
 def attention_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -57,6 +58,20 @@ def plain_linear(module: nn.Module) -> bool:
     layer from ``peft``) exposes its base weight as ``weight`` but adds to the output: the fast paths that read
     weights directly must then call the module instead, or the adapter would silently do nothing."""
     return type(module) is nn.Linear
+
+
+def project(module: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor] = None,
+            bias: Optional[torch.Tensor] = None, gelu: bool = False) -> torch.Tensor:
+    """``module(x)`` (then the exact GELU when ``gelu``), or ``F.linear`` on a view (``weight``, ``bias``) of a
+    plain ``module``'s weight, with the active inference kernel (:mod:`.kernels`) where one applies: an inference
+    call on a plain ``nn.Linear`` whose chosen kernel is not the reference. Everything else runs exactly as before
+    the kernel choice existed: autograd, LoRA-wrapped layers and the reference kernel."""
+    view = weight is not None
+    if plain_linear(module) and chosen_kernel(x) != REFERENCE_KERNEL and not _autograd_path(
+            x, module.weight.requires_grad):
+        return linear(module, x, weight if view else module.weight, bias if view else module.bias, gelu)
+    out = F.linear(x, weight, bias) if view else module(x)
+    return F.gelu(out) if gelu else out
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -106,22 +121,22 @@ class SelfAttention(nn.Module):
         heads, head_dim = self.num_heads, self.head_dim
         dropout_p = self.attention_dropout if self.training else 0.0
         if not first_token_only:
-            qkv = self.qkv(x).view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+            qkv = project(self.qkv, x).view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)
-            return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
+            return project(self.out_proj, out.transpose(1, 2).reshape(batch, length, dim))
         if plain_linear(self.qkv):
             # Rows [0, dim) of the fused weight are q, rows [dim, 3 dim) are k|v: contiguous views, no copies.
             weight, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, 0], weight[:dim], bias[:dim])
-            kv = F.linear(x, weight[dim:], bias[dim:])
+            q = project(self.qkv, x[:, 0], weight[:dim], bias[:dim])
+            kv = project(self.qkv, x, weight[dim:], bias[dim:])
         else:
-            qkv = self.qkv(x)
+            qkv = project(self.qkv, x)
             q, kv = qkv[:, 0, :dim], qkv[..., dim:]
         q = q.reshape(batch, heads, 1, head_dim)
         k, v = kv.reshape(batch, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)  # [B, H, 1, hd]
-        return self.out_proj(out.reshape(batch, 1, dim))
+        return project(self.out_proj, out.reshape(batch, 1, dim))
 
 
 class MLP(nn.Module):
@@ -137,7 +152,9 @@ class MLP(nn.Module):
         if (self.activation is quick_gelu and x.dtype != torch.float32 and plain_linear(self.fc1)
                 and plain_linear(self.fc2) and not _autograd_path(x, self.fc1.weight.requires_grad)):
             return self._half_quick_gelu(x)
-        return self.fc2(self.activation(self.fc1(x)))
+        if self.activation is F.gelu:  # exact GELU: a kernel may fuse it into fc1 (oneDNN's post-op)
+            return project(self.fc2, project(self.fc1, x, gelu=True))
+        return project(self.fc2, self.activation(project(self.fc1, x)))
 
     def _half_quick_gelu(self, x: torch.Tensor) -> torch.Tensor:
         """The QuickGELU MLP with its two scalings done by the GEMMs: ``h * sigmoid(s h) = silu(s h) / s``, so
@@ -149,9 +166,9 @@ class MLP(nn.Module):
         """
         s = QUICK_GELU_SLOPE
         rows = x.reshape(-1, x.shape[-1])
-        hidden = torch.addmm(self.fc1.bias, rows, self.fc1.weight.t(), beta=s, alpha=s)
+        hidden = scaled_addmm(self.fc1.bias, rows, self.fc1.weight, beta=s, alpha=s)
         F.silu(hidden, inplace=True)
-        out = torch.addmm(self.fc2.bias, hidden, self.fc2.weight.t(), alpha=1.0 / s)
+        out = scaled_addmm(self.fc2.bias, hidden, self.fc2.weight, beta=1.0, alpha=1.0 / s)
         return out.view(*x.shape[:-1], out.shape[-1])
 
 

@@ -13,6 +13,8 @@ from ..config import ErnieViL2Config, base_config, model_path
 from ..errors import CheckpointError
 from ..storage.model_dir import read_model_dir, write_model_dir
 from .dtypes import DTypeLike, optional_torch_dtype
+from .kernel_choice import resolve_kernels
+from .kernels import REFERENCE, KernelChoice, kernel_scope
 from .loss import contrastive_loss
 from .text import TextEncoder
 from .vision import VisionEncoder
@@ -43,6 +45,18 @@ class ErnieViL2(nn.Module):
         self.text = TextEncoder(self.config.text)
         # The stored value is log(scale) (Paddle's `temperature_b` / `temperature`); absent in some checkpoints.
         self.temperature = nn.Parameter(torch.zeros(1)) if self.config.has_temperature else None
+        #: The CPU linear kernels :meth:`encode_image` / :meth:`encode_text` run at inference (see
+        #: :mod:`~ernievil2torch.modeling.kernels`); the reference kernels unless set by :meth:`use_kernels`.
+        self.kernels: KernelChoice = REFERENCE
+
+    def use_kernels(self, choice: KernelChoice) -> "ErnieViL2":
+        """Run inference with ``choice`` (a :class:`KernelChoice`, e.g. from
+        :func:`~ernievil2torch.modeling.kernel_choice.resolve_kernels`); training paths are unaffected. Returns
+        ``self``."""
+        if not isinstance(choice, KernelChoice):
+            raise TypeError(f"use_kernels takes a KernelChoice, got {type(choice).__name__}")
+        self.kernels = choice
+        return self
 
     @property
     def logit_scale(self) -> Optional[torch.Tensor]:
@@ -59,7 +73,8 @@ class ErnieViL2(nn.Module):
 
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Image features [B, 768]: the class token after norm_post."""
-        features = self.vision(pixel_values.to(self.device))
+        with kernel_scope(self.kernels):
+            features = self.vision(pixel_values.to(self.device))
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
@@ -67,7 +82,8 @@ class ErnieViL2(nn.Module):
         """Text features [B, 768]: ``tanh(pooler([CLS]))``; the mask defaults to ``input_ids != 0``."""
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
-        features = self.text(input_ids.to(self.device), attention_mask)
+        with kernel_scope(self.kernels):
+            features = self.text(input_ids.to(self.device), attention_mask)
         return F.normalize(features, dim=-1) if normalize else features
 
     def score(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -112,7 +128,8 @@ class ErnieViL2(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], dtype: DTypeLike = None,
-                        device: Union[str, torch.device, None] = None, compile: bool = False) -> "ErnieViL2":
+                        device: Union[str, torch.device, None] = None, compile: bool = False,
+                        kernels: Union[str, KernelChoice, None] = "auto") -> "ErnieViL2":
         """Load a converted directory (safetensors only, no pickle) and return the model in eval mode.
 
         ``path`` is resolved by :func:`~ernievil2torch.config.resolve_model`: a local directory, or a Hugging Face
@@ -120,8 +137,14 @@ class ErnieViL2(nn.Module):
         refused with :class:`InputError` (``pretrained.create_model(name)`` builds one with random weights).
         ``dtype`` (``torch.bfloat16`` or any name :func:`~ernievil2torch.config.canonical_dtype` accepts, such as
         ``"bf16"``; checked before anything is read) casts every weight at load time; inputs are cast by the towers. ``compile=True`` calls :meth:`compile` with default options.
+        ``kernels``: the CPU inference kernels (:meth:`use_kernels`): ``"auto"`` (this machine's measured choice,
+        or ``ERNIEVIL2_KERNELS``; see :func:`~ernievil2torch.modeling.kernel_choice.resolve_kernels`), a spec such
+        as ``"float32=onednn"``, a :class:`KernelChoice`, or None for the reference kernels.
         """
         dtype = optional_torch_dtype(dtype)
+        on_cpu = device is None or torch.device(device).type == "cpu"  # the choice is for CPU inference only
+        choice = resolve_kernels(kernels) if isinstance(kernels, str) and on_cpu else (
+            kernels if isinstance(kernels, KernelChoice) else REFERENCE)
         config, state = read_model_dir(model_path(path), device=device)
         with torch.device("meta"):
             model = cls(config)
@@ -137,4 +160,5 @@ class ErnieViL2(nn.Module):
         if dtype is not None:
             model.to(dtype=dtype)
         model.eval()
+        model.use_kernels(choice)
         return model.compile() if compile else model

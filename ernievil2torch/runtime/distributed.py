@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 
 from ..errors import InputError
+from ..modeling.kernel_choice import parse_kernels, resolve_kernels
+from ..modeling.kernels import KernelChoice
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,17 @@ class DistributedContext:
         """Destroy the process group if :func:`init_distributed_device` created it."""
         if self.created_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def first_resolved_kernels(context: DistributedContext) -> KernelChoice:
+    """This machine's kernel choice (:func:`~ernievil2torch.modeling.kernel_choice.resolve_kernels`), the same in
+    every process: rank 0 resolves it (measuring once when nothing is cached) and sends it to the others, so ranks
+    that would each measure on a busy machine never compute with different kernels."""
+    if not context.distributed:
+        return resolve_kernels()
+    spec = [resolve_kernels().spec() if context.is_main else None]
+    dist.broadcast_object_list(spec, src=0)
+    return parse_kernels(spec[0])
 
 
 def _environment_int(name: str, default: int) -> int:

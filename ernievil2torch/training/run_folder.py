@@ -22,16 +22,22 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
+import torch
+
+from ..constants import KERNELS_RESUME_ADVICE
 from ..errors import InputError
+from ..modeling.kernel_choice import kernel_record
+from ..modeling.kernels import REFERENCE, KernelChoice
 from ..storage.outputs import check_output_dir
 from ..storage.run_record import check_run_record, read_run_record, run_record_path, write_run_record
 from .checkpoints import MetricsLog, latest_checkpoint
 from .settings import FinetuneSettings
 
 #: Advice of the refusal to resume a run with other settings.
-START_OVER = "resume with the original settings, or use a new output directory (or --overwrite) to start over"
+START_OVER = ("resume with the original settings, or use a new output directory (or --overwrite) to start over "
+              + KERNELS_RESUME_ADVICE)
 
 
 def run_inputs(settings: FinetuneSettings) -> List[Optional[str]]:
@@ -39,7 +45,7 @@ def run_inputs(settings: FinetuneSettings) -> List[Optional[str]]:
     return [settings.model, settings.train, settings.images, settings.val, settings.val_images, settings.vocab]
 
 
-def check_run_folder(settings: FinetuneSettings, world_size: int) -> Optional[Path]:
+def check_run_folder(settings: FinetuneSettings, world_size: int, kernels: KernelChoice = REFERENCE) -> Optional[Path]:
     """Check that the run may use ``settings.out``; return the checkpoint a ``--resume`` continues from (``None``:
     a fresh start, also for ``--resume`` before the first checkpoint). Reads only.
 
@@ -55,12 +61,19 @@ def check_run_folder(settings: FinetuneSettings, world_size: int) -> Optional[Pa
         return None
     if read_run_record(out) is None:
         raise InputError(f"{out} holds no fine-tuning run ({run_record_path(out).name} missing): nothing to resume")
-    check_run_record(out, settings.run_record(world_size), START_OVER)
+    check_run_record(out, run_record(settings, world_size, kernels), START_OVER)
     return latest_checkpoint(out)
 
 
+def run_record(settings: FinetuneSettings, world_size: int, kernels: KernelChoice) -> Dict[str, Any]:
+    """``OUT/run.json`` of the run: :meth:`FinetuneSettings.run_record` plus the CPU inference kernel of the fp32
+    model (:func:`~ernievil2torch.modeling.kernel_choice.kernel_record`; the validation passes run it, the
+    training steps never do). ``kernels``: the run's choice, ``REFERENCE`` on an accelerator."""
+    return {**settings.run_record(world_size), **kernel_record(kernels, torch.float32)}
+
+
 def start_run_folder(settings: FinetuneSettings, world_size: int, log: MetricsLog,
-                     resumed_step: Optional[int]) -> None:
+                     resumed_step: Optional[int], kernels: KernelChoice = REFERENCE) -> None:
     """Write ``OUT`` for the run (main process only): delete it first with ``--overwrite``; on a fresh start write
     ``run.json`` and empty the metrics log; on a resume at ``resumed_step`` drop the log records written after that
     step (by the run that was then killed) and note the resume."""
@@ -70,7 +83,7 @@ def start_run_folder(settings: FinetuneSettings, world_size: int, log: MetricsLo
     out.mkdir(parents=True, exist_ok=True)
     if resumed_step is None:
         log.truncate_after(-1)
-        write_run_record(out, settings.run_record(world_size))
+        write_run_record(out, run_record(settings, world_size, kernels))
     else:
         log.truncate_after(resumed_step)
         log.write({"step": resumed_step, "event": "resumed"})

@@ -31,7 +31,8 @@ from ..errors import DiskSpaceError, InputError
 from ..modeling import ErnieViL2
 from ..pretrained import load_pretrained
 from ..processing.vocab import resolve_vocab
-from ..runtime.distributed import DistributedContext, init_distributed_device
+from ..modeling.kernels import REFERENCE
+from ..runtime.distributed import DistributedContext, first_resolved_kernels, init_distributed_device
 from ..runtime.progress import bar_cleared, progress_bar
 from .checkpoints import (TRAINER_STATE_FORMAT, MetricsLog, load_trainer_state, save_best, save_checkpoint,
                           save_final)
@@ -74,7 +75,9 @@ class Trainer:
         schedule; only then start OUT. Bad input raises :class:`InputError` / :class:`OutputExistsError` before
         anything is written."""
         s = self.settings
-        checkpoint = check_run_folder(s, self.group.world_size)
+        # The CPU inference kernels, the same in every process; recorded, so a resume never mixes kernels.
+        self.kernels = first_resolved_kernels(self.group) if self.group.device.type == "cpu" else REFERENCE
+        checkpoint = check_run_folder(s, self.group.world_size, self.kernels)
         self.lora = s.lora()
         if self.lora is not None:
             check_rank(self.lora, self._model_config())
@@ -82,14 +85,14 @@ class Trainer:
         self.train_data = load_pairs(s.train, s.images, "training", s.data_format)
         self.val_data = (load_pairs(s.val, s.val_images, "validation", s.val_data_format, images_flag="--val_images")
                          if s.val else None)
-        loaded = load_pretrained(s.model, dtype=torch.float32, vocab=s.vocab)
+        loaded = load_pretrained(s.model, dtype=torch.float32, vocab=s.vocab, kernels=self.kernels)
         self.tokenizer = loaded.require_tokenizer()
         self.vocab_file = resolve_vocab(loaded.path, s.vocab)
         model = loaded.model
         self.start_step, trainer_state = 0, None
         if checkpoint is not None:
             if self.lora is None:
-                model = ErnieViL2.from_pretrained(checkpoint, dtype=torch.float32)
+                model = ErnieViL2.from_pretrained(checkpoint, dtype=torch.float32, kernels=self.kernels)
             trainer_state = load_trainer_state(checkpoint)
             self.start_step = int(trainer_state["step"])
         self.model = trainable_model(model, self.group.device, s.gradient_checkpointing, s.freeze)
@@ -142,7 +145,7 @@ class Trainer:
         """Only now, with every input checked, is the output folder touched (by the main process)."""
         if self.group.is_main:
             start_run_folder(self.settings, self.group.world_size, self.log,
-                             None if trainer_state is None else self.start_step)
+                             None if trainer_state is None else self.start_step, self.kernels)
         self.group.barrier()
 
     # ---- reporting --------------------------------------------------------------------------------------------

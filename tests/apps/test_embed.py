@@ -308,3 +308,25 @@ def test_embed_fast_decode_is_the_fast_processor_and_is_part_of_the_run(model, m
     with pytest.raises(InputError, match="fast_decode applies only to --kind image"):
         embed(str(large_jpegs), str(model_dir), str(tmp_path / "t"), kind="text", fast_decode=True, progress=False)
     assert not (tmp_path / "t").exists()
+
+
+def test_embed_records_its_kernels_and_never_mixes_them(model_dir, few_images, tmp_path, monkeypatch):
+    """A non-reference kernel of the run's dtype is part of run.json; a resume computing with other kernels is
+    refused (before the model loads), and the features agree with the reference kernels' within 1e-5."""
+    from ernievil2torch.constants import KERNELS_ENV
+    from ernievil2torch.storage.run_record import read_run_record
+
+    reference = tmp_path / "reference"
+    embed(str(few_images), str(model_dir), str(reference), num_workers=0, progress=False)
+    assert "kernels" not in read_run_record(reference)  # the reference kernel: records as before the choice
+    monkeypatch.setenv(KERNELS_ENV, "float32=onednn")
+    out = tmp_path / "onednn"
+    embed(str(few_images), str(model_dir), str(out), num_workers=0, progress=False)
+    assert read_run_record(out)["kernels"] == "float32=onednn"
+    np.testing.assert_allclose(read_embed_output(out).embeddings, read_embed_output(reference).embeddings,
+                               atol=1e-5, rtol=0)
+    monkeypatch.setenv(KERNELS_ENV, "reference")
+    with pytest.raises(InputError, match=f"holds a different run .*kernels.*set {KERNELS_ENV}"):
+        embed(str(few_images), str(model_dir), str(out), num_workers=0, progress=False)
+    monkeypatch.setenv(KERNELS_ENV, "bfloat16=fp32")  # another dtype's kernel does not change an fp32 run
+    embed(str(few_images), str(model_dir), str(reference), num_workers=0, progress=False)

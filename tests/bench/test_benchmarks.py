@@ -114,6 +114,21 @@ def test_photo_decode_quick_runs_its_report_path():
     assert "- feature cosine: min " in text and "ISA flags:" in text
 
 
+def test_kernels_quick_runs_its_report_path():
+    text = run("kernels.py", "--quick").stdout
+    for row in ("| float32 | reference |", "| float32 | onednn |", "| bfloat16 | fp32 |", "| float16 | fp32 |",
+                "| image | SDPA |", "| text | math |", "| 1 |"):
+        assert row in text, row
+    assert "ISA flags:" in text and "linear kernels: float32 " in text
+
+
+def test_op_profile_quick_profiles_both_sides():
+    text = run("op_profile.py", "--quick").stdout
+    for section in ("## image: ours fp32", "## image: ONNX Runtime", "## text: ours fp32", "## text: ONNX Runtime"):
+        assert section in text, section
+    assert "`aten::addmm`" in text and "`MatMul`" in text
+
+
 def test_gpu_py_smoke_runs_every_path_on_the_cpu(tmp_path: Path):
     out = tmp_path / "gpu.md"
     run("gpu.py", "--smoke", "--no-compile", "--markdown", str(out))
@@ -139,7 +154,7 @@ def test_finetune_modes_quick_writes_a_sealed_report(tmp_path: Path):
 
 def test_importing_the_scripts_runs_nothing():
     for name in ("benchlib", "cases", "chart", "environment", "paddlenlp_client", "report", "repo", "subprocess_runs",
-                 "readme_speed", "gpu", "serve_load", "photo_decode", "finetune_modes"):
+                 "readme_speed", "gpu", "serve_load", "photo_decode", "finetune_modes", "kernels", "op_profile"):
         load(name)
     run_py = load("run")
     assert callable(run_py.main) and callable(run_py.parse_args)

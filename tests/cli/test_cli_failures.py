@@ -404,11 +404,28 @@ def interrupt_finetune(tmp_path, small_model, images, interrupt):
             "--val_images", setup.val_images, "--max_steps", "6", "--batch_size", "4", "--save_every", "2",
             "--keep_last", "2", "--eval_every", "100", "--num_workers", "0", "--progress", "False"], check
 
+def interrupt_kernels(tmp_path, small_model, images, interrupt):
+    """Ctrl-C as the new choice is about to be written: no cache file, no partial one."""
+    from ernievil2torch.modeling import kernel_choice
+
+    interrupt.monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    real = kernel_choice.measure_kernels
+    interrupt.monkeypatch.setattr(kernel_choice, "measure_kernels",
+                                  lambda: real([(4, 8, 16, False)], rounds=1, repeats=1))
+    interrupt.patch(kernel_choice, "atomic_write_bytes", after_call=False)
+
+    def check() -> None:
+        assert listing(tmp_path) in ([], ["ernievil2torch"])
+
+    return ["kernels", "--measure"], check
+
+
 # What each subcommand prints after Ctrl-C ...
 MESSAGES = {"convert": cli.ATOMIC_OUTPUT, "check": cli.ATOMIC_OUTPUT, "similarity": cli.ATOMIC_OUTPUT,
             "classify": cli.NO_OUTPUT, "embed": cli.RESUMABLE_OUTPUT, "search": cli.ATOMIC_OUTPUT,
             "eval": cli.ATOMIC_OUTPUT, "export": cli.ATOMIC_OUTPUT, "finetune": cli.CHECKPOINTED_OUTPUT,
-            "serve": cli.SERVICE_STOPPED, "dedup": cli.ATOMIC_OUTPUT, "index": cli.INDEX_RESUMABLE}
+            "serve": cli.SERVICE_STOPPED, "dedup": cli.ATOMIC_OUTPUT, "index": cli.INDEX_RESUMABLE,
+            "kernels": cli.ATOMIC_OUTPUT}
 # ... and the interruptions that check it: (subcommand, a function that prepares the run, interrupts it and
 # returns (argv, a check of what was left)).
 INTERRUPTIONS: List[Tuple[str, Callable]] = [
@@ -417,6 +434,7 @@ INTERRUPTIONS: List[Tuple[str, Callable]] = [
     ("search", interrupt_search), ("eval", interrupt_eval), ("export", interrupt_export),
     ("finetune", interrupt_finetune), ("serve", interrupt_serve), ("dedup", interrupt_dedup),
     ("index", interrupt_index),
+    ("kernels", interrupt_kernels),
 ]
 
 

@@ -260,6 +260,10 @@ MISTAKES: List[Tuple[str, str]] = [
     ("dedup gallery --images missing_dir", "--images: missing_dir is not a folder"),
     ("dedup gallery --faiss 2", "--faiss: expected true/false"),
     ("dedup gallery --threshold", "--threshold needs a value"),
+    # kernels
+    ("kernels --measure maybe", "--measure: expected true/false"),
+    ("kernels --mesure", "unknown flag --mesure"),
+    ("kernels extra", "MEASURE: expected true/false"),
     # the console itself
     ("embedd images model out", "unknown command 'embedd'"),
 ]

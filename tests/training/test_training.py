@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from ernievil2torch.constants import CHECKPOINTS_DIR, METRICS_LOG_NAME, TRAINER_STATE_NAME
+from ernievil2torch.constants import CHECKPOINTS_DIR, KERNELS_ENV, METRICS_LOG_NAME, TRAINER_STATE_NAME
 from ernievil2torch.data.stream import StreamPosition
 from ernievil2torch.errors import InputError, OutputExistsError
 from ernievil2torch.modeling import ErnieViL2
@@ -192,10 +192,14 @@ def test_a_killed_run_resumed_ends_with_the_weights_of_an_uninterrupted_run(shap
     assert [r["loss"] for r in log if "loss" in r] == [r["loss"] for r in straight_log if "loss" in r]
 
 
-def test_resume_refuses_changed_settings(shapes, tmp_path, single_thread):
+def test_resume_refuses_changed_settings(shapes, tmp_path, single_thread, monkeypatch):
     quick(shapes, tmp_path / "run", save_every=2)
     with pytest.raises(InputError, match="lr"):
         quick(shapes, tmp_path / "run", lr=5e-4, resume=True)
+    monkeypatch.setenv(KERNELS_ENV, "float32=onednn")  # validation would compute with other kernels
+    with pytest.raises(InputError, match=f"kernels: None -> 'float32=onednn'.*set {KERNELS_ENV}"):
+        quick(shapes, tmp_path / "run", resume=True)
+    monkeypatch.setenv(KERNELS_ENV, "reference")
     result = quick(shapes, tmp_path / "run", resume=True, num_workers=1)  # a free setting may change
     assert result.steps == 4 and result.resumed_from == 4
 

@@ -20,10 +20,12 @@ from ...config import model_path
 from ...constants import DEFAULT_MAX_LENGTH, EMBED_KINDS
 from ...errors import InputError
 from ...modeling.dtypes import torch_dtype
+from ...modeling.kernel_choice import kernel_record
+from ...modeling.kernels import REFERENCE
 from ...pretrained import load_pretrained
 from ...data.inputs import Item, list_images, list_texts
 from ...data.webdataset import WebDatasetReader, is_webdataset, shard_items
-from ...runtime.distributed import init_distributed_device
+from ...runtime.distributed import first_resolved_kernels, init_distributed_device
 from ...runtime.encoding import feature_dim, group_batches, run_batch
 from ...runtime.progress import progress_bar
 from ...storage.embeddings import EMBEDDINGS_FILE, FAILURES_FILE
@@ -171,14 +173,17 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
     if not items:
         raise InputError(f"no {kind} inputs found in {inputs!r}")
     shard_dir = out_dir / SHARD_DIR
+    # The CPU inference kernels, the same in every process; recorded: a resume must compute with the same kernels.
+    kernels = first_resolved_kernels(context) if context.device.type == "cpu" else REFERENCE
     model_folder = model_path(model_dir)  # a Hub id: its snapshot (the commit it resolved to) marks the run
     fingerprint = run_fingerprint(items, kind=kind, model_dir=str(model_folder.resolve()), dtype=dtype,
                                   normalize=normalize, shard_size=shard_size,
                                   max_length=max_length if kind == "text" else None,
-                                  **({"fast_decode": True} if fast_decode else {}))  # absent: runs made before it
+                                  **({"fast_decode": True} if fast_decode else {}),  # absent: runs made before it
+                                  **kernel_record(kernels, compute_dtype, context.device))
     if not overwrite:
         check_run_record(out_dir, fingerprint, START_OVER)  # a different run in OUT: refused before the model loads
-    loaded = load_pretrained(model_folder, dtype=compute_dtype, device=context.device, vocab=vocab)
+    loaded = load_pretrained(model_folder, dtype=compute_dtype, device=context.device, vocab=vocab, kernels=kernels)
     tokenizer = loaded.require_tokenizer() if kind == "text" else None
     model = loaded.model
     context.barrier()  # every process has its model before OUT is touched

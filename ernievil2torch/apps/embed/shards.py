@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ...constants import KERNELS_RESUME_ADVICE
 from ...errors import ErnieViL2Error, InputError, OutputExistsError
 from ...storage.atomic import atomic_save_npy, atomic_write_bytes
 from ...storage.embeddings import MANIFEST_FILE, write_embed_output
@@ -42,7 +43,7 @@ def run_fingerprint(items: Sequence[Item], **settings: Any) -> Dict[str, Any]:
 
 
 #: Advice of the refusal to continue a folder that holds a different run.
-START_OVER = "use another --out, or pass --overwrite to delete it and start over"
+START_OVER = f"use another --out, or pass --overwrite to delete it and start over {KERNELS_RESUME_ADVICE}"
 
 
 def claim_output(out_dir: Path, fingerprint: Dict[str, Any]) -> None:
