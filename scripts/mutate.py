@@ -216,6 +216,15 @@ EXPLAINED: Dict[Tuple[str, str, str], str] = {
      "*"): "a colour channel one step off: the same colour to anyone reading the picture",
     ("ernievil2torch/data/coco_cn.py", "if start < len(raw):", "if start <= len(raw):"):
         "adds an empty piece after a lone CR that ends the file: a blank line at the end, which is skipped",
+    ("ernievil2torch/apps/serve/batching.py", "await asyncio.wait({self._task}, timeout=0.05)", "*"):
+        "how often stop() re-sends a lost cancellation: a polling interval, not an outcome",
+    ("ernievil2torch/apps/serve/dependencies.py", "pool.shutdown(wait=True, cancel_futures=True)",
+     "pool.shutdown(wait=False, cancel_futures=True)"):
+        "the batchers have stopped before the pools shut down, so no job is left to wait for; and Python joins "
+        "executor threads at exit either way",
+    ("ernievil2torch/apps/serve/routes.py", "k: int = Query(10, ge=1, description=K_DESCRIPTION),", "*"):
+        "the handler's own declaration of k is replaced when the route is registered (with_limits puts "
+        "LIMITED_PARAMETERS' bounded one in the signature FastAPI reads), so it never reaches a request",
     ("ernievil2torch/training/lora.py", "target.mkdir(parents=True, exist_ok=True)",
      "target.mkdir(parents=True, exist_ok=False)"):
         "save_adapter's only caller writes into the new temporary folder of atomic_directory, where the adapter "

@@ -326,3 +326,10 @@ def test_a_declared_oversized_body_is_drained_within_bounds_or_not_read_at_all()
     status, read, taken = call_body_limit(10, chunks, [("content-length", "40"), ("expect", "100-continue")])
     assert (status, read, taken) == (413, [], 0)
 
+
+
+def test_a_streamed_oversized_body_is_drained_too():
+    """Without a Content-Length the limit trips while the body streams in; the rest (within 4x) is still read and
+    dropped before the 413, so a client that sends its whole body before reading gets the answer, not a reset."""
+    status, read, taken = call_body_limit(10, [b"x" * 10] * 4)
+    assert (status, read, taken) == (413, [], 4)  # over at the second chunk, the last two drained

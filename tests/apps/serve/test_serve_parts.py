@@ -218,6 +218,9 @@ def test_limit_bound_parameters_are_declared_per_app():
             k, = [p for p in schema["paths"]["/v1/search"]["get"]["parameters"] if p["name"] == "k"]
             q, = [p for p in schema["paths"]["/v1/search"]["get"]["parameters"] if p["name"] == "q"]
             assert k["schema"]["maximum"] == limits.max_k and q["schema"]["maxLength"] == limits.max_text_chars
+            # the gallery image route is documented as what it answers: 200 with an image, not JSON
+            answers = schema["paths"]["/v1/images/{row}"]["get"]["responses"]
+            assert list(answers["200"]["content"]) == ["image/*"] and "201" not in answers
             assert client.get(f"/v1/search?q=a&k={limits.max_k + 1}").status_code == 422
             assert client.get(f"/v1/search?q=a&k={limits.max_k}").json()["k"] == limits.max_k
 
