@@ -138,6 +138,14 @@ def test_the_plan_is_what_a_run_writes(shapes, tmp_path, lora, monkeypatch):
 
 
 # ---- the arithmetic of the checks, at their boundaries ---------------------------------------------------------------
+def test_tensor_bytes_counts_every_tensor_once_at_any_depth():
+    from ernievil2torch.training.disk import tensor_bytes
+
+    t = torch.zeros(10, dtype=torch.float32)  # 40 bytes
+    assert tensor_bytes([t]) == 40 and tensor_bytes([{"a": t}]) == 40 and tensor_bytes([{"a": {"b": t}}]) == 40
+    assert tensor_bytes([[t, (t, "text", 3)], {"x": [t]}, None]) == 120
+
+
 def test_estimated_bytes_counts_the_copied_files_that_exist(tmp_path):
     from ernievil2torch.training.disk import OVERHEAD_BYTES, OVERHEAD_FRACTION, estimated_bytes
 

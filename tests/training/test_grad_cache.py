@@ -86,6 +86,7 @@ def worst_relative(cache: Dict[str, Optional[torch.Tensor]], plain: Dict[str, Op
 def test_chunks_cover_the_batch_and_the_last_may_be_smaller():
     assert chunk_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
     assert chunk_slices(4, 8) == [slice(0, 4)]
+    assert chunk_slices(3, 1) == [slice(0, 1), slice(1, 2), slice(2, 3)]  # one pair at a time is the smallest chunk
     for chunk in (0, -1):  # refused by its own check, with a message, not by range()'s
         with pytest.raises(ValueError, match="chunk size must be >= 1"):
             chunk_slices(4, chunk)
