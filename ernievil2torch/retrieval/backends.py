@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import numpy as np
 
 from ..errors import InputError
-from ..storage.embeddings import first_non_finite_row
-from .rows import BackendHit, Contains, MetadataFilter, Range, StoredVector, UnknownIdError, passes
+from .rows import (BackendHit, Contains, MetadataFilter, Range, StoredVector, UnknownIdError, check_page, checked_rows,
+                   checked_vectors, passes)
 from .topk import build_faiss_index, faiss_available, search_embeddings
 
 __all__ = ["BACKENDS", "BackendHit", "Contains", "FAISS_MIN_ROWS", "InMemoryBackend", "MetadataFilter", "Range",
@@ -109,29 +109,14 @@ class InMemoryBackend:
 
     def add(self, vectors: np.ndarray, ids: Sequence[str],
             metadata: Optional[Sequence[Mapping[str, Any]]] = None) -> None:
-        rows = self._checked_vectors(vectors, "vectors")
-        ids = list(ids)
-        if len(ids) != rows.shape[0]:
-            raise InputError(f"{rows.shape[0]} vectors but {len(ids)} ids")
-        for index, item in enumerate(ids):
-            if not isinstance(item, str):
-                raise InputError(f"ids[{index}] must be a string, got {type(item).__name__}")
-        if len(set(ids)) != len(ids):
-            raise InputError("ids must be unique within one add()")
+        rows, ids, metadata = checked_rows(vectors, ids, metadata, self._dim)
         taken = [item for item in ids if item in self._positions]
         if taken:
             raise InputError(f"{len(taken)} ids are already held (first: {taken[0]!r}); remove them first")
-        if metadata is None:
-            metadata = [{} for _ in ids]
-        elif len(metadata) != len(ids):
-            raise InputError(f"{len(ids)} ids but {len(metadata)} metadata entries")
-        for index, entry in enumerate(metadata):
-            if not isinstance(entry, Mapping):
-                raise InputError(f"metadata[{index}] must be a mapping, got {type(entry).__name__}")
         start = len(self._ids)
         self._vectors = rows if start == 0 else np.concatenate([self._vectors, rows])
         self._ids += ids
-        self._metadata += [dict(entry) for entry in metadata]
+        self._metadata += metadata
         self._positions.update((item, start + offset) for offset, item in enumerate(ids))
         if self._index is not None:
             self._index.add(rows)
@@ -153,11 +138,8 @@ class InMemoryBackend:
 
     def search(self, queries: np.ndarray, k: int, where: Optional[MetadataFilter] = None,
                offset: int = 0) -> List[List[BackendHit]]:
-        queries = self._checked_vectors(queries, "queries")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
-        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
-            raise InputError(f"offset must be a non-negative integer, got {offset!r}")
+        queries = checked_vectors(queries, self._dim, "queries")
+        check_page(k, offset)
         if where is not None and not isinstance(where, Mapping):
             raise InputError(f"where must be a mapping of metadata key -> value, got {type(where).__name__}")
         candidates = self._passing(where) if where else None
@@ -180,18 +162,6 @@ class InMemoryBackend:
         return StoredVector(id, self._vectors[position].copy(), self._metadata[position])
 
     # ---- helpers -----------------------------------------------------------------------------------------------
-    def _checked_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
-        array = np.asarray(vectors)
-        if array.ndim != 2 or array.shape[1] != self._dim:
-            raise InputError(f"{what} must be [N, {self._dim}], got shape {array.shape}")
-        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-            raise InputError(f"{what} must be numbers, got {array.dtype}")
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        bad = first_non_finite_row(array)
-        if bad is not None:
-            raise InputError(f"{what} hold NaN or infinity (first in row {bad})")
-        return array
-
     def _wants_faiss(self) -> bool:
         if self.use_faiss is None:
             return len(self._ids) >= FAISS_MIN_ROWS and faiss_available()

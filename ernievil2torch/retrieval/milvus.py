@@ -29,8 +29,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..storage.embeddings import first_non_finite_row
-from .rows import BackendHit, Contains, MetadataFilter, Range, StoredVector, UnknownIdError
+from .rows import (BackendHit, Contains, MetadataFilter, Range, StoredVector, UnknownIdError, check_page, checked_rows,
+                   checked_vectors)
 
 #: Longest stable id (bytes of UTF-8) a row may have.
 MAX_ID_LENGTH = 256
@@ -256,11 +256,8 @@ class MilvusBackend:
 
     def search(self, queries: np.ndarray, k: int, where: Optional[MetadataFilter] = None,
                offset: int = 0) -> List[List[BackendHit]]:
-        queries = self._checked_vectors(queries, "queries")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
-        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
-            raise InputError(f"offset must be a non-negative integer, got {offset!r}")
+        queries = checked_vectors(queries, self._dim, "queries")
+        check_page(k, offset)
         expression = filter_expression(where)
         if queries.shape[0] == 0:
             return []
@@ -354,35 +351,9 @@ class MilvusBackend:
 
     def _rows(self, vectors: np.ndarray, ids: Sequence[str],
               metadata: Optional[Sequence[Mapping[str, Any]]]) -> List[Dict[str, Any]]:
-        array = self._checked_vectors(vectors, "vectors")
-        ids = list(ids)
-        if len(ids) != array.shape[0]:
-            raise InputError(f"{array.shape[0]} vectors but {len(ids)} ids")
+        array, ids, metadata = checked_rows(vectors, ids, metadata, self._dim)
         for index, item in enumerate(ids):
-            if not isinstance(item, str):
-                raise InputError(f"ids[{index}] must be a string, got {type(item).__name__}")
             if not item or len(item.encode("utf-8")) > MAX_ID_LENGTH:
                 raise InputError(f"ids[{index}] must be 1..{MAX_ID_LENGTH} bytes of UTF-8")
-        if len(set(ids)) != len(ids):
-            raise InputError("ids must be unique within one call")
-        if metadata is None:
-            metadata = [{} for _ in ids]
-        elif len(metadata) != len(ids):
-            raise InputError(f"{len(ids)} ids but {len(metadata)} metadata entries")
-        for index, entry in enumerate(metadata):
-            if not isinstance(entry, Mapping):
-                raise InputError(f"metadata[{index}] must be a mapping, got {type(entry).__name__}")
-        return [{"id": item, "vector": row.tolist(), "metadata": dict(entry)}
+        return [{"id": item, "vector": row.tolist(), "metadata": entry}
                 for item, row, entry in zip(ids, array, metadata)]
-
-    def _checked_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
-        array = np.asarray(vectors)
-        if array.ndim != 2 or array.shape[1] != self._dim:
-            raise InputError(f"{what} must be [N, {self._dim}], got shape {array.shape}")
-        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-            raise InputError(f"{what} must be numbers, got {array.dtype}")
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        bad = first_non_finite_row(array)
-        if bad is not None:
-            raise InputError(f"{what} hold NaN or infinity (first in row {bad})")
-        return array

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InputError
+from ..storage.embeddings import first_non_finite_row
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,50 @@ class StoredVector:
     id: str
     vector: np.ndarray
     metadata: Mapping[str, Any]
+
+
+# ---- the argument checks every back end makes (one wording of each error, whatever stores the rows) ---------------
+def checked_vectors(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
+    """``vectors`` as a C-contiguous float32 [N, dim] array; :class:`InputError` for another shape, non-numbers,
+    NaN or infinity (naming the first such row)."""
+    array = np.asarray(vectors)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise InputError(f"{what} must be [N, {dim}], got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise InputError(f"{what} must be numbers, got {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    bad = first_non_finite_row(array)
+    if bad is not None:
+        raise InputError(f"{what} hold NaN or infinity (first in row {bad})")
+    return array
+
+
+def checked_rows(vectors: np.ndarray, ids: Sequence[str], metadata: Optional[Sequence[Mapping[str, Any]]],
+                 dim: int) -> Tuple[np.ndarray, List[str], List[dict]]:
+    """The rows of an add: checked vectors, ids that are unique strings (one per vector) and one metadata mapping
+    per id (empty ones when ``metadata`` is None), each copied into a plain dict."""
+    array = checked_vectors(vectors, dim, "vectors")
+    ids = list(ids)
+    if len(ids) != array.shape[0]:
+        raise InputError(f"{array.shape[0]} vectors but {len(ids)} ids")
+    for index, item in enumerate(ids):
+        if not isinstance(item, str):
+            raise InputError(f"ids[{index}] must be a string, got {type(item).__name__}")
+    if len(set(ids)) != len(ids):
+        raise InputError("ids must be unique within one call")
+    if metadata is None:
+        metadata = [{} for _ in ids]
+    elif len(metadata) != len(ids):
+        raise InputError(f"{len(ids)} ids but {len(metadata)} metadata entries")
+    for index, entry in enumerate(metadata):
+        if not isinstance(entry, Mapping):
+            raise InputError(f"metadata[{index}] must be a mapping, got {type(entry).__name__}")
+    return array, ids, [dict(entry) for entry in metadata]
+
+
+def check_page(k: Any, offset: Any) -> None:
+    """:class:`InputError` unless ``k`` is a positive integer and ``offset`` a non-negative one."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise InputError(f"offset must be a non-negative integer, got {offset!r}")
