@@ -437,6 +437,8 @@ def test_checkpoints_are_model_directories_with_trainer_state(shapes, tmp_path, 
     assert (checkpoints[-1] / TRAINER_STATE_NAME).is_file()
     best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
     assert best["step"] == result.best_step and best["validation"]["mean_recall"] == result.best_mean_recall
+    # the last checkpoint carries the best so far to a resume: that step and its recall
+    assert (state["best_step"], state["best_mean_recall"]) == (result.best_step, result.best_mean_recall)
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS_LOG_NAME).read_text().splitlines()]
     losses = [r for r in records if "loss" in r]
     assert [r["step"] for r in losses] == list(range(1, 7)) and all(np.isfinite(r["loss"]) for r in losses)
