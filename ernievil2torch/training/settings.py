@@ -78,6 +78,11 @@ class FinetuneSettings:
                       "eval_batch_size", "num_workers", "device", "overwrite", "resume", "progress",
                       "gradient_checkpointing")
 
+    def pairs_per_step(self, world_size: int) -> int:
+        """The pairs one optimizer step consumes (what ``items_per_s`` counts): ``batch_size`` per process x
+        ``world_size`` processes x ``grad_accum`` micro-batches."""
+        return self.batch_size * world_size * self.grad_accum
+
     def check(self) -> None:
         """:class:`InputError` for values no run can use."""
         positive = ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "log_every",

@@ -336,7 +336,7 @@ class Trainer:
         self.train_mode()
         bar = self.bar = progress_bar(self.total_steps, "finetune", s.progress and self.group.is_main, unit="step")
         bar.update(step)
-        pairs_per_step = s.batch_size * self.group.world_size * s.grad_accum
+        pairs_per_step = s.pairs_per_step(self.group.world_size)
         batches = iter(self.loader())
         window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         while step < self.total_steps:

@@ -43,6 +43,12 @@ def test_the_gradient_cache_takes_the_default_accumulation_only(tmp_path):
             settings(tmp_path, grad_cache_chunk=4, grad_accum=accum).check()
 
 
+def test_a_step_consumes_the_global_batch_times_the_accumulation(tmp_path):
+    """items_per_s and the progress bar count pairs: per process x processes x micro-batches per step."""
+    assert settings(tmp_path, batch_size=8).pairs_per_step(1) == 8
+    assert settings(tmp_path, batch_size=8, grad_accum=3).pairs_per_step(2) == 48
+
+
 POSITIVE = ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "log_every", "keep_last",
             "eval_batch_size", "max_steps")
 
