@@ -225,6 +225,9 @@ EXPLAINED: Dict[Tuple[str, str, str], str] = {
     ("ernievil2torch/apps/serve/routes.py", "k: int = Query(10, ge=1, description=K_DESCRIPTION),", "*"):
         "the handler's own declaration of k is replaced when the route is registered (with_limits puts "
         "LIMITED_PARAMETERS' bounded one in the signature FastAPI reads), so it never reaches a request",
+    ("ernievil2torch/training/trainer.py", "lr = self.scheduler.get_last_lr()[0]",
+     "lr = self.scheduler.get_last_lr()[1]"):
+        "the learning rate of the other AdamW group: both groups follow the one schedule, so the two are equal",
     ("ernievil2torch/training/model_setup.py", 'assert missing == ["temperature"] and not unexpected, (missing, unexpected)',
      "*"): "an internal assertion that holds for every model of the class (the copy differs by the temperature "
            "only): weakening or changing it alters no outcome",
