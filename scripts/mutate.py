@@ -234,6 +234,16 @@ EXPLAINED: Dict[Tuple[str, str, str], str] = {
     ("ernievil2torch/export/charsmap.py", "_MAX_OFFSET = 1 << 21  # offsets at or above this need the scaled form; a map this size never gets near it", "*"):
         _CHARSMAP_GUARD,
     ("ernievil2torch/export/charsmap.py", "if offset >= _MAX_OFFSET:", "*"): _CHARSMAP_GUARD,
+    ("ernievil2torch/export/onnx.py", "want_t = model.encode_text(probe.input_ids, probe.attention_mask)",
+     "want_t = model.encode_text(probe.input_ids, probe.attention_mask).detach()"):
+        "inside torch.no_grad(): detach() changes nothing",
+    ("ernievil2torch/export/onnx.py", "want_i = model.encode_image(probe.pixel_values)",
+     "want_i = model.encode_image(probe.pixel_values).detach()"):
+        "inside torch.no_grad(): detach() changes nothing",
+    ("ernievil2torch/export/open_clip.py", '"custom_text": True,', '"custom_text": False,'):
+        "open_clip builds a CustomTextCLIP for every text tower with an hf_model_name whatever this flag says "
+        "(factory.py: custom_text = model_cfg.pop('custom_text', False) or ... or is_hf_text_model); written for "
+        "readers of the config",
     ("ernievil2torch/training/model_setup.py", 'assert missing == ["temperature"] and not unexpected, (missing, unexpected)',
      "*"): "an internal assertion that holds for every model of the class (the copy differs by the temperature "
            "only): weakening or changing it alters no outcome",
