@@ -58,6 +58,27 @@ def test_a_mapped_letter_before_any_bmp_character_gives_our_words(real):
     assert not wrong, wrong[:20]
 
 
+def test_a_mapped_letter_before_any_astral_grapheme_extender_gives_our_words(real):
+    """A mapped one-byte letter ("A") then an extender beyond the BMP (emoji skin tones U+1F3FB-U+1F3FF, the
+    marks of the other planes): five bytes, a pair the per-grapheme lookup would take whole, which the BMP sweeps
+    above cannot reach."""
+    _, tok = real
+    extenders = [cp for cp in range(0x10000, 0x110000)
+                 if unicodedata.category(chr(cp)) in ("Mc", "Me", "Mn")] + list(range(0x1F3FB, 0x1F400))
+    wrong = [hex(cp) for cp in extenders for letter in "AÉ"
+             if _words(tok, letter + chr(cp)) != basic_tokenize(letter + chr(cp))]
+    assert not wrong, wrong[:20]
+
+
+def test_special_tokens_have_token_type_zero(real):
+    """The exported BERT has one token-type row (ERNIE-ViL has no segments): every id, [CLS] and [SEP] included,
+    must get type 0, or a Hugging Face caller passing token_type_ids would index past it."""
+    _, tok = real
+    encoding = tok.encode("一只猫，在草地上。")
+    assert encoding.tokens[0] == "[CLS]" and encoding.tokens[-1] == "[SEP]"
+    assert set(encoding.type_ids) == {0}
+
+
 def test_the_hard_cases_give_our_words(real):
     _, tok = real
     cases = [
