@@ -262,3 +262,23 @@ def test_the_open_clip_package_takes_a_plain_hub_id_only(tiny_dir, tmp_path, hub
     with pytest.raises(InputError, match="--hub_id must be a Hub model id ORG/NAME"):
         export_open_clip(str(tiny_dir), str(tmp_path / "package"), hub_id=hub_id)
     assert not (tmp_path / "package").exists()
+
+
+def test_the_export_checks_probe_padding_and_other_lengths_than_the_trace():
+    """The ONNX and OpenVINO checks must see what a traced graph can get wrong: padded rows (the mask), another
+    batch size and another length than the trace. The probes are what trace_and_check_batches documents."""
+    from ernievil2torch.config import tiny_config
+    from ernievil2torch.export.probes import trace_and_check_batches
+
+    config = tiny_config()
+    traced, checks = trace_and_check_batches(config)
+    length = min(16, config.text.max_position_embeddings)
+    assert traced.input_ids.shape == (2, length) and traced.attention_mask[0].all()
+    assert traced.attention_mask[1].tolist() == [1] * (length // 2) + [0] * (length - length // 2)
+    checks = list(checks)
+    assert [c.input_ids.shape for c in checks] == [(1, length + 3), (3, length + 3)]
+    for check in checks:
+        last_ids, last_mask = check.input_ids[-1], check.attention_mask[-1]
+        assert last_mask.tolist() == [1] * 5 + [0] * (length - 2)
+        assert (last_ids[5:] == config.text.pad_token_id).all() and (last_ids[:5] >= 3).all()
+        assert check.attention_mask[:-1].all() and check.pixel_values.shape[0] == check.input_ids.shape[0]
