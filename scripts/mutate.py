@@ -244,6 +244,10 @@ EXPLAINED: Dict[Tuple[str, str, str], str] = {
         "open_clip builds a CustomTextCLIP for every text tower with an hf_model_name whatever this flag says "
         "(factory.py: custom_text = model_cfg.pop('custom_text', False) or ... or is_hf_text_model); written for "
         "readers of the config",
+    ("ernievil2torch/export/open_clip.py",
+     'return {"tokenizer.json": json.dumps(spec, ensure_ascii=False) + "\\n",',
+     'return {"tokenizer.json": json.dumps(spec, ensure_ascii=True) + "\\n",'):
+        "how the JSON text spells non-ASCII characters (escaped or as UTF-8): the tokenizer it parses to is the same",
     ("ernievil2torch/training/model_setup.py", 'assert missing == ["temperature"] and not unexpected, (missing, unexpected)',
      "*"): "an internal assertion that holds for every model of the class (the copy differs by the temperature "
            "only): weakening or changing it alters no outcome",

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import ErnieViL2Error
 from ..modeling import ErnieViL2
+from ..retrieval.metrics import cosine_rows
 from ..storage.atomic import atomic_directory
 from ..storage.outputs import check_output_dir
 from .onnx import OnnxImageEncoder, OnnxTextEncoder
@@ -32,11 +33,6 @@ TEXT_IR, IMAGE_IR = "text_encoder.xml", "image_encoder.xml"
 def default_precision(core) -> str:
     """The CPU plugin's default ``INFERENCE_PRECISION_HINT`` on this machine: ``"f32"``, ``"bf16"`` or ``"f16"``."""
     return core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
-
-
-def _row_cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    got, want = got.astype(np.float64), want.astype(np.float64)
-    return (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
 
 
 def _check(core, paths: Tuple[Path, Path], model: ErnieViL2, probes: List[ProbeBatch], hint: Optional[str]
@@ -53,7 +49,7 @@ def _check(core, paths: Tuple[Path, Path], model: ErnieViL2, probes: List[ProbeB
         got_i = image([probe.pixel_values.numpy()])[0]
         for got, want in ((got_t, want_t), (got_i, want_i)):
             diffs.append(float(np.abs(got - want).max()))
-            cosines.append(float(_row_cosines(got, want).min()))
+            cosines.append(float(cosine_rows(got, want).min()))
     return max(diffs), min(cosines)
 
 

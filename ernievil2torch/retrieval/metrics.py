@@ -135,3 +135,10 @@ def format_table(metrics: Dict[str, Any]) -> str:
         lines.append(f"| {name:<10} | {m['R@1']:6.2f} | {m['R@5']:6.2f} | {m['R@10']:6.2f} | "
                      f"{m['mean_recall']:10.2f} |")
     return "\n".join(lines)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The cosine of each row of ``a`` with the same row of ``b`` (in float64): how close two runs' features are,
+    whatever their norms."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a64 * b64).sum(-1) / (np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1))

@@ -13,6 +13,7 @@ import torch
 
 from ..config import ErnieViL2Config
 from ..modeling import ErnieViL2
+from ..retrieval.metrics import cosine_rows
 
 # The project's fidelity bounds (fp32, CPU); the tests assert the same numbers.
 FEATURE_ATOL = 1e-5
@@ -48,11 +49,6 @@ def run_torch(model: ErnieViL2, inputs: ParityInputs) -> Dict[str, Optional[np.n
     return {"image_features": out.image_embeds.float().numpy(), "text_features": out.text_embeds.float().numpy(),
             "logits_per_image": out.logits_per_image.float().numpy(),
             "logit_scale": None if scale is None else scale.detach().float().numpy()}
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return (a64 * b64).sum(-1) / (np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1))
 
 
 @dataclass

@@ -239,3 +239,12 @@ def test_evaluate_fast_decode_encodes_with_the_fast_processor(model_dir, dataset
         features[fast] = np.load(saved)["image_embeds"]
         np.testing.assert_allclose(features[fast], want, atol=1e-6, rtol=0)
     assert not np.allclose(features[False], features[True], atol=1e-6)
+
+
+def test_cosine_rows_is_the_cosine_of_each_row_pair_whatever_the_norms():
+    from ernievil2torch.retrieval.metrics import cosine_rows
+
+    a = np.array([[3.0, 4.0], [1.0, 0.0], [2.0, 2.0]], np.float32)
+    b = np.array([[6.0, 8.0], [0.0, 5.0], [-1.0, -1.0]], np.float32)
+    assert np.allclose(cosine_rows(a, b), [1.0, 0.0, -1.0], atol=1e-12)
+    assert cosine_rows(a, b).dtype == np.float64
