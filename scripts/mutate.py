@@ -825,7 +825,11 @@ def write_report(record: Dict, path: Path, recheck: Optional[Dict] = None) -> in
                         o["seconds"]) for o in record["outcomes"]]
     kills = frozenset((o["path"], o["before"], o["after"]) for o in (recheck or {}).get("outcomes", [])
                       if o["status"] != "survived")
-    path.write_text(report(outcomes, record["totals"], args, record["minutes"], kills), encoding="utf-8")
+    text = report(outcomes, record["totals"], args, record["minutes"], kills)
+    if record.get("note"):  # how the record came to be, when not by one uninterrupted run
+        head, _, rest = text.partition("\n\n| module")
+        text = f"{head}\n\nRecord: {record['note']}.\n\n| module{rest}"
+    path.write_text(text, encoding="utf-8")
     print()
     print("\n".join(table(outcomes, record["totals"])))
     print(f"\nreport: {path} (record: {path.with_suffix('.json')})")
