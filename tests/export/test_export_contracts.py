@@ -264,7 +264,7 @@ def test_the_open_clip_package_takes_a_plain_hub_id_only(tiny_dir, tmp_path, hub
     assert not (tmp_path / "package").exists()
 
 
-def test_the_export_checks_probe_padding_and_other_lengths_than_the_trace():
+def test_the_onnx_and_openvino_checks_probe_padding_and_other_lengths_than_the_trace():
     """The ONNX and OpenVINO checks must see what a traced graph can get wrong: padded rows (the mask), another
     batch size and another length than the trace. The probes are what trace_and_check_batches documents."""
     from ernievil2torch.config import tiny_config
