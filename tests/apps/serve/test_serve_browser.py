@@ -104,7 +104,7 @@ def test_search_page_in_chromium(browser, server, tmp_path):
     _assert_page_font_draws_chinese(page)
     shot = tmp_path / "serve_page.png"
     page.screenshot(path=str(shot))
-    _publish_screenshot(shot)
+    publish_screenshot(shot)
 
     # image -> image: pick a gallery file with the file input
     query_id = "cat.jpg" if "cat.jpg" in ids else ids[0]
@@ -183,9 +183,10 @@ def test_api_docs_work_offline(browser, server):
     page.close()
 
 
-def _publish_screenshot(shot: Path) -> None:
-    """Copy the screenshot to $ERNIEVIL2_SCREENSHOT (relative to the repo), as a small palette PNG."""
-    target = os.environ.get("ERNIEVIL2_SCREENSHOT")
+def publish_screenshot(shot: Path, variable: str = "ERNIEVIL2_SCREENSHOT") -> None:
+    """Copy the screenshot to the path in the environment variable ``variable`` (relative to the repo), as a small
+    palette PNG; nothing when it is unset."""
+    target = os.environ.get(variable)
     if not target:
         return
     from PIL import Image

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sys
 import urllib.parse
 import urllib.request
@@ -19,8 +18,9 @@ require_module("pymilvus")
 require_module("milvus_lite")
 require_module("pillow_heif")
 
-from serve_helpers import REPO, ServerProcess, tiny_model_dir, write_gallery_images  # noqa: E402
-from test_serve_browser import CHROMIUM_ARGS, browser, _assert_page_font_draws_chinese  # noqa: E402,F401
+from serve_helpers import ServerProcess, tiny_model_dir, write_gallery_images  # noqa: E402
+from test_serve_browser import (CHROMIUM_ARGS, browser, _assert_page_font_draws_chinese,  # noqa: E402,F401
+                                publish_screenshot)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "index"))
 from photo_library import photo_bytes, write  # noqa: E402
@@ -87,7 +87,7 @@ def test_library_page_in_chromium(browser, library, tmp_path):
     _assert_page_font_draws_chinese(page)
     shot = tmp_path / "library_page.png"
     page.screenshot(path=str(shot))
-    _publish(shot)
+    publish_screenshot(shot, "ERNIEVIL2_SCREENSHOT_LIBRARY")
     images = [url for url in requested if "/v1/photos/" in url or "/v1/thumbs/" in url]
     assert images and all("/v1/thumbs/" in url for url in images)  # the grid never loads a full photo
 
@@ -133,13 +133,3 @@ def test_library_page_in_chromium(browser, library, tmp_path):
     page.close()
     assert not errors, errors
 
-
-def _publish(shot: Path) -> None:
-    target = os.environ.get("ERNIEVIL2_SCREENSHOT_LIBRARY")
-    if not target:
-        return
-    from PIL import Image
-
-    path = Path(target) if Path(target).is_absolute() else REPO / target
-    with Image.open(shot) as image:
-        image.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
