@@ -47,8 +47,15 @@ class DistributedContext:
             dist.barrier()
 
     def close(self) -> None:
-        """Destroy the process group if :func:`init_distributed_device` created it."""
+        """Destroy the process group if :func:`init_distributed_device` created it, after a barrier.
+
+        Call it once every object holding the group (a ``DistributedDataParallel`` module and its reducer) has been
+        released: gloo work still referenced at interpreter exit is destroyed during finalization, which aborts the
+        process (SIGABRT, "terminate called without an active exception") after a run that did all its work. The
+        barrier keeps a fast process from tearing down its connections while a slower one still uses them. Only
+        on the success path: a process that failed must not wait in a barrier for peers that may never come."""
         if self.created_group and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 

@@ -8,6 +8,7 @@ hooks for the per-step records and messages (:class:`~ernievil2torch.training.re
 from __future__ import annotations
 
 import dataclasses
+import gc
 import inspect
 import typing
 from typing import Any, Optional
@@ -25,7 +26,10 @@ def run_finetune(settings: FinetuneSettings, events: Optional[TrainingEvents] = 
     trainer = Trainer(settings, events)
     trainer.prepare()
     result = trainer.run()
-    trainer.group.close()
+    group = trainer.group
+    del trainer  # the DDP module holds the process group: released while the interpreter is whole (see close)
+    gc.collect()
+    group.close()
     return result
 
 

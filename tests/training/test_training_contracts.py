@@ -519,3 +519,36 @@ def test_a_validation_whose_images_became_unreadable_is_reported_not_fatal(shape
     assert "step 1: validation has no readable pair left: no metrics" in messages
     (record,) = [r for r in MetricsLog(tmp_path / "run").records() if "validation" in r]
     assert record["validation"]["mean_recall"] is None and len(record["validation"]["skipped_images"]) == 20
+
+
+
+def test_a_run_releases_its_trainer_before_it_closes_the_process_group(monkeypatch):
+    """run_finetune's contract: the trainer (under torchrun, its DDP module holds the process group and gloo's
+    pending work) is freed before the group is destroyed, so nothing of the group is left for interpreter
+    finalization, which aborts a process that did all its work (SIGABRT at exit, seen in CI)."""
+    import weakref
+
+    from ernievil2torch.training import entry
+
+    made = []
+    alive_at_close = []
+
+    class Group:
+        def close(self):
+            alive_at_close.append(made[0]() is not None)
+
+    class FakeTrainer:
+        def __init__(self, settings, events):
+            self.group = Group()
+            self.me = self  # a cycle, as objects holding hooks can form: freed only by the garbage collector
+            made.append(weakref.ref(self))
+
+        def prepare(self):
+            pass
+
+        def run(self):
+            return "result"
+
+    monkeypatch.setattr(entry, "Trainer", FakeTrainer)
+    assert entry.run_finetune(None) == "result"
+    assert alive_at_close == [False]
