@@ -288,3 +288,21 @@ def test_the_cache_with_lora_adapters_gives_the_plain_adapter_gradients():
     plain, cache = results
     assert len(plain) > 1 and all(g is not None for g in plain.values())
     assert worst_relative(cache, plain) <= BOUNDS[torch.float64]
+
+
+def test_the_random_state_on_a_gpu_restores_its_cuda_generator_too(monkeypatch):
+    """The replay's dropout masks come from the CUDA generator on a GPU: RandomState must put that one back as well
+    as the CPU's (faked here, as CI has no GPU: the calls and their arguments are the contract)."""
+    from ernievil2torch.training.grad_cache import RandomState
+
+    generator = {"cuda:1": torch.tensor([1, 2, 3], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: generator[str(device)].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: generator.__setitem__(str(device), state))
+    state = RandomState(torch.device("cuda", 1))
+    generator["cuda:1"] = torch.tensor([9, 9, 9], dtype=torch.uint8)  # dropout drew from it
+    cpu_before = torch.get_rng_state()
+    torch.rand(3)
+    state.restore()
+    assert generator["cuda:1"].tolist() == [1, 2, 3]
+    assert torch.equal(torch.get_rng_state(), cpu_before)
+    assert RandomState(torch.device("cpu")).cuda is None  # a CPU run never touches CUDA
