@@ -11,12 +11,12 @@ import torch
 
 from ernievil2torch.config import tiny_config
 from ernievil2torch.constants import CHECKPOINTS_DIR, FINAL_DIR, METRICS_LOG_NAME
-from ernievil2torch.errors import InputError
+from ernievil2torch.errors import CheckpointError, InputError
 from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.training import FinetuneSettings, Trainer, finetune
 from ernievil2torch.training.checkpoints import list_checkpoints
-from ernievil2torch.training.lora import (ADAPTER_DIR, TRAINABLE_NAME, add_adapters, lora_spec, merged_state_dict,
-                                          parse_targets)
+from ernievil2torch.training.lora import (ADAPTER_DIR, TRAINABLE_NAME, add_adapters, load_trainable_state, lora_spec,
+                                          merged_state_dict, parse_targets, trainable_state)
 from ernievil2torch.verify.parity import synthetic_inputs
 from ernievil2torch.verify.synthetic import random_state
 from helpers import torch_threads
@@ -314,3 +314,19 @@ def test_a_rank_equal_to_the_smallest_layer_side_is_the_largest_allowed():
         check_rank(lora_spec(smallest, None, 0.0, f"{tower}.qkv", None), config)
         with pytest.raises(InputError, match=f"at most {smallest}"):
             check_rank(lora_spec(smallest + 1, None, 0.0, f"{tower}.qkv", None), config)
+
+
+def test_a_checkpoint_with_other_adapters_is_refused_and_its_own_loads(tmp_path):
+    """--resume reads the adapters a checkpoint holds: they must be exactly the run's (a checkpoint of a run with
+    fewer target layers would leave the others at their fresh draw without a word); the run's own load back."""
+    from safetensors.torch import save_file
+
+    saved = adapted_tiny(targets="qkv,out_proj,fc1,fc2,text.pooler")
+    state = trainable_state(saved)
+    save_file(state, str(tmp_path / "all.safetensors"))
+    save_file({k: v for k, v in state.items() if ".fc2." not in k}, str(tmp_path / "fewer.safetensors"))
+    fresh = adapted_tiny(targets="qkv,out_proj,fc1,fc2,text.pooler")
+    with pytest.raises(CheckpointError, match="do not match the run's adapters"):
+        load_trainable_state(fresh, tmp_path / "fewer.safetensors")
+    load_trainable_state(fresh, tmp_path / "all.safetensors")
+    assert all(torch.equal(tensor, trainable_state(fresh)[name]) for name, tensor in state.items())
