@@ -168,6 +168,14 @@ _BARRIER = ("a barrier between processes: a no-op in one process, and under torc
 _ONNX_SAMPLE = ("the sample inputs the ONNX graphs are traced with or checked on (dynamic axes: another seed, size "
                 "or padded row traces the same graph and checks it as well)")
 _WARNING_FILTER = "hides a deprecation FutureWarning of torch; the computation is the same"
+#: The same for a line whose text appears elsewhere in its module with another meaning: keyed by (module path,
+#: 1-based line number, the line before and after, stripped), so the reason holds for that occurrence only and
+#: stops matching (the survivor shows as not explained again) as soon as the module's lines move.
+EXPLAINED_AT: Dict[Tuple[str, int, str, str], str] = {
+    ("ernievil2torch/training/trainer.py", 270, "self.train_mode()", "pass"):
+        "run_validation's restore of train mode just before the DiskSpaceError of save_best is raised again: that "
+        "error ends the run, and run() sets train mode first thing, so the mode it was left in is seen by nobody",
+}
 EXPLAINED: Dict[Tuple[str, str, str], str] = {
     ("ernievil2torch/training/data.py", "if position // self.per_epoch != epoch:",
      "if position * self.per_epoch != epoch:"):
@@ -268,6 +276,8 @@ EXPLAINED: Dict[Tuple[str, str, str], str] = {
      'record = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),',
      'record = {"step": step, "epoch": round(step / self.steps_per_epoch, 5),'):
         "the decimals of the logged epoch (a display value; no contract fixes four)",
+    ("ernievil2torch/training/trainer.py", "return float(loss.detach())", "return float(loss)"):
+        "float() of a one-element tensor reads the same value with or without autograd's history",
     ("ernievil2torch/training/checkpoints.py", "for old in list_checkpoints(out)[:-max(1, keep_last)]:",
      "for old in list_checkpoints(out)[:-max(0, keep_last)]:"):
         "keep_last >= 1 is enforced by FinetuneSettings.check, so max(0, k) == max(1, k)",
@@ -596,9 +606,12 @@ class Outcome:
 
     @property
     def explanation(self) -> Optional[str]:
-        """Why this mutant survives without a test failing (:data:`EXPLAINED`), if it has been examined."""
+        """Why this mutant survives without a test failing (:data:`EXPLAINED_AT`, then :data:`EXPLAINED`), if it
+        has been examined."""
         m = self.mutant
-        return EXPLAINED.get((m.path, m.before.strip(), m.after.strip()), EXPLAINED.get((m.path, m.before.strip(), "*")))
+        before, after = m.before.strip(), m.after.strip()
+        return (EXPLAINED_AT.get((m.path, m.line, before, after)) or EXPLAINED.get((m.path, before, after))
+                or EXPLAINED.get((m.path, before, "*")))
 
 
 def fast_tests(mutant: Mutant) -> List[str]:
