@@ -139,11 +139,7 @@ def index_photos(model: str, folders: Sequence[str], db: Optional[str] = None, u
         collection = catalog.check_model(fingerprint, reindex)  # a mismatch is refused before the model loads
         run = _Run(catalog, collection, model_dir, fingerprint, batch_size, num_workers, dtype, device, progress)
         report = run.execute(roots)
-        previous = catalog.publish(collection)
-        if previous is not None:
-            crash_point("reindex-before-drop")
-            catalog.drop(previous)
-            report.reindexed_from = previous
+        report.reindexed_from = catalog.switch_to(collection)
         report.rows = run.store.count()
     finally:
         catalog.close()
