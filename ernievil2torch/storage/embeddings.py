@@ -207,6 +207,8 @@ def write_embed_output(out_dir: Union[str, os.PathLike], parts: Iterable[np.ndar
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     total = len(ids)
+    if records is not None and len(records) != total:
+        raise ValueError(f"{len(records)} file records but {total} ids")
     tmp = out / f".{EMBEDDINGS_FILE}.tmp-{os.getpid()}.npy"
     joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total, dim))
     row = 0
@@ -225,8 +227,6 @@ def write_embed_output(out_dir: Union[str, os.PathLike], parts: Iterable[np.ndar
     atomic_write_bytes(out / FAILURES_FILE, "".join(f"{_one_line(i)}\t{_one_line(r)}\n"
                                                     for i, r in failures).encode("utf-8"))
     if records is not None:
-        if len(records) != total:
-            raise ValueError(f"{len(records)} file records but {total} ids")
         tmp_files = out / f".{FILES_FILE}.tmp-{os.getpid()}"
         with open(tmp_files, "w", encoding="utf-8") as handle:  # streamed: millions of rows are never one string
             for record in records:
