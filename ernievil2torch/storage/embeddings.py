@@ -6,8 +6,8 @@ dtype, the model's name and hash, ...), ``failed.tsv`` (id <TAB> reason per skip
 ``i``: the facts of row ``i``'s image file, or ``null``: what ``index --from_embeddings`` loads, read by
 :func:`read_file_records`; outputs made before it have none and read as before). :func:`write_embed_output` is the
 one writer of those files and :func:`read_embed_output` the one reader: the service's gallery, ``dedup`` and
-``search`` all call it, so every one of them refuses the same broken folders with the same messages. :func:`read_embeddings_npy` gives
-a bare ``.npy`` array the same array checks.
+``search`` all call it, so every one of them refuses the same broken folders with the same messages.
+:func:`read_embeddings_npy` gives a bare ``.npy`` array the same array checks.
 """
 from __future__ import annotations
 

@@ -90,7 +90,8 @@ def load_embeddings(model: str, embeddings: str, db: Optional[str] = None, uri: 
     and why a re-run finishes an interrupted load."""
     started = time.perf_counter()
     if (db is None) == (uri is None):
-        raise InputError("give the database as --db PATH.db (embedded) or --uri http://HOST:PORT (a server), one of them")
+        raise InputError("give the database as --db PATH.db (embedded) or --uri http://HOST:PORT (a server), "
+                         "one of them")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError("batch_size must be a positive integer")
     target_uri = check_uri(db if db is not None else uri)
