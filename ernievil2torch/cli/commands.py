@@ -248,8 +248,9 @@ def index(model: str, folders: Optional[List[str]] = None, db: Optional[str] = N
 
     Args:
         model: a directory written by convert.py.
-        folders: the photo folders, comma-separated (a,b); each is followed recursively. The index follows exactly
-            these: rows of files outside them (a folder left out this time) are removed.
+        folders: the photo folders, comma-separated (a,b), usually given by position (index MODEL FOLDERS); each
+            is followed recursively. The index follows exactly these: rows of files outside them (a folder left out
+            this time) are removed.
         db: the embedded database, a folder named NAME.db (Milvus Lite; made on first use; one process at a time).
         uri: a Milvus server instead of --db: http://HOST:19530 (Milvus, or `milvus-lite server`).
         db_token: the Milvus server's token (user:password or an API key), for --uri (as `serve --db_token`).
