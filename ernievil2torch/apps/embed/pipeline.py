@@ -133,7 +133,10 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
 
     Runs as one process, or under ``torchrun --nproc_per_node N`` (each rank encodes its shards, rank 0 joins
     them). Re-running the same command after a crash keeps finished shards. Items that cannot be read are
-    skipped and listed in OUT/failed.tsv; the command fails only when nothing succeeded.
+    skipped and listed in OUT/failed.tsv; the command fails only when nothing succeeded. The model's name and hash
+    (OUT/manifest.json) and, for image files, each row's file facts (OUT/files.jsonl: root, path, size, mtime,
+    SHA-256, width/height, EXIF time) are recorded, so that `ernievil2 index MODEL --from_embeddings OUT` can load
+    the output as index rows.
 
     Args:
         inputs: for images a folder, a glob ('imgs/**/*.jpg', quoted), a list file (.txt, one path a line)
