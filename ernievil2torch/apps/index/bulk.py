@@ -134,6 +134,10 @@ def read_bulk_source(folder: Path, fingerprint: str, dim: int) -> Tuple[EmbedOut
     if manifest.get("count") != output.count:
         raise InputError(f"{folder}: {MANIFEST_FILE} counts {manifest.get('count')} rows but embeddings.npy holds "
                          f"{output.count} (a join that did not finish): run the same embed command again")
+    if manifest.get("model_hash") and not manifest.get("files"):
+        raise InputError(f"{folder} records no image files (its inputs were not files on disk, e.g. webdataset "
+                         "shards): an index row names a file, so only an embed of a folder, a glob or a list of "
+                         "image files can be loaded")
     if not manifest.get("model_hash") or not manifest.get("files"):
         raise InputError(f"{folder} was made by an older `ernievil2 embed` that did not record the model's hash and "
                          f"each file's facts, which the index needs; {RE_EMBED}")

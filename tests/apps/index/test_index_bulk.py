@@ -138,6 +138,11 @@ def _older(out, manifest):
     (out / "files.jsonl").unlink()
 
 
+def _no_files(out, manifest):  # what an embed of webdataset shards writes
+    del manifest["files"]
+    (out / "files.jsonl").unlink()
+
+
 def _other_model(out, manifest):
     manifest["model_hash"] = "0" * 64
 
@@ -161,6 +166,7 @@ def _damaged_record(out, manifest):
 @pytest.mark.parametrize("change, message", [
     (_text, "holds text embeddings"),
     (_older, "older `ernievil2 embed`"),
+    (_no_files, "records no image files"),
     (_other_model, "made by another model"),
     (_unjoined, "unfinished `ernievil2 embed` run"),
     (_join_cut_short, "a join that did not finish"),
