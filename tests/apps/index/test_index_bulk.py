@@ -1,6 +1,7 @@
 """``ernievil2 index MODEL --from_embeddings OUT`` (``ernievil2torch.apps.index.bulk``): an ``embed`` output loaded
 as exactly the rows a folder run writes, after which a folder run embeds nothing; files changed since embed are
-skipped and listed; every refusal comes before any write; a load killed with SIGKILL is finished by a re-run."""
+skipped and listed; every refusal comes before any write; a load killed with SIGKILL is finished by a re-run; the
+``--uri`` path into a separate server process."""
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ require_module("milvus_lite")
 require_module("pillow_heif")
 
 from photo_library import index_rows, make_library, photo_bytes, write  # noqa: E402
+from test_index_server import milvus_server  # noqa: E402,F401  (the fixture: a separate milvus-lite server)
 
 from ernievil2torch.apps.embed import embed  # noqa: E402
 from ernievil2torch.apps.index import ModelMismatchError, index_photos, load_embeddings  # noqa: E402
@@ -210,3 +212,12 @@ def test_a_load_killed_mid_way_is_finished_by_a_re_run(built, tmp_path):
     report = load(built, db, batch_size=2)
     assert (report.present, report.loaded) == (4, PHOTOS - 4)  # what the killed run wrote is not written again
     assert_rows_equal(index_rows(str(db)), built["reference"])
+
+
+def test_the_uri_path_loads_into_a_separate_server_process(built, milvus_server, calls):
+    uri, _, _ = milvus_server
+    report = load_embeddings(str(built["model"]), str(built["out"]), uri=uri, progress=False)
+    assert (report.loaded, report.rows) == (PHOTOS, PHOTOS)
+    assert_rows_equal(index_rows(uri), built["reference"])
+    again = index_photos(str(built["model"]), [str(built["root"])], uri=uri, progress=False)
+    assert calls["images"] == 0 and (again.unchanged, again.embedded) == (PHOTOS, 0)
