@@ -74,7 +74,7 @@ def child(tmp: str, batch: int) -> None:
         report = load_embeddings(str(base / "model"), str(base / "out"), db=str(base / "photos.db"),
                                  batch_size=batch, progress=False)
         runs[name] = {"loaded": report.loaded, "present": report.present, "skipped": len(report.skipped),
-                      "seconds": report.seconds}
+                      "seconds": report.seconds, "write_seconds": report.write_seconds}
     runs["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(runs))
 
@@ -121,8 +121,11 @@ def main(argv: Sequence[str] = None) -> None:
         f"never run) with one file record per row, loaded into a fresh embedded Milvus Lite database in batches of "
         f"{args.batch} rows (HNSW index).", "",
         "| what | rate |", "|---|---|",
-        f"| first load (checks, model hash, lstat of every file, upserts, alias) | "
-        f"{first['loaded'] / first['seconds']:.0f} rows/s ({first['seconds']:.1f} s) |",
+        f"| first load, the whole command (checks, model hash, lstat of every file, upserts, alias, closing "
+        f"the database) | {first['loaded'] / first['seconds']:.0f} rows/s ({first['seconds']:.1f} s) |",
+        f"| first load, reading and writing rows only (without opening and closing Milvus Lite, which "
+        f"persists the segments and builds their index when it closes) | "
+        f"{first['loaded'] / first['write_seconds']:.0f} rows/s ({first['write_seconds']:.1f} s) |",
         f"| the same load again (every row present: nothing written) | "
         f"{again['present'] / again['seconds']:.0f} rows/s ({again['seconds']:.1f} s) |",
         f"| peak resident memory of the loading process (Milvus Lite runs in it) | {result['peak_mib']:.0f} MiB |",
