@@ -230,9 +230,10 @@ def serve(model: str, gallery: Optional[str] = None, images: Optional[str] = Non
                 fast_decode=fast_decode, db=db, uri=uri, db_token=db_token, thumbnails=thumbnails)
 
 
-def index(model: str, folders: List[str], db: Optional[str] = None, uri: Optional[str] = None,
-          db_token: Optional[str] = None, reindex: bool = False, batch_size: int = 16, num_workers: int = 2,
-          dtype: str = "float32", device: Optional[str] = None, progress: bool = True):
+def index(model: str, folders: Optional[List[str]] = None, db: Optional[str] = None, uri: Optional[str] = None,
+          db_token: Optional[str] = None, reindex: bool = False, batch_size: Optional[int] = None,
+          num_workers: int = 2, dtype: str = "float32", device: Optional[str] = None, progress: bool = True,
+          from_embeddings: Optional[str] = None):
     """Index photo folders into Milvus for `serve --db`: incremental, crash-safe, embedded or on a server.
 
     One row per photo file (JPEG, PNG, WebP, HEIC/HEIF): a stable id, its path, size, mtime, content hash, width
@@ -240,25 +241,51 @@ def index(model: str, folders: List[str], db: Optional[str] = None, uri: Optiona
     only new and changed files, re-points moved ones, removes deleted ones; files that cannot be read are listed
     and retried only when they change. Killed at any moment, the next run finishes the job.
 
+    With --from_embeddings OUT instead of folders: load an `ernievil2 embed` output of images (e.g. made under
+    torchrun on many machines) as the same rows, without the model, in batches, resumably; refused before any
+    write when it was made by another model, holds texts, or predates embed recording the files. Files changed
+    since embed ran are skipped and listed: the next folder run embeds them.
+
     Args:
         model: a directory written by convert.py.
-        folders: the photo folders, comma-separated (a,b); each is followed recursively. The index follows exactly
-            these: rows of files outside them (a folder left out this time) are removed.
+        folders: the photo folders, comma-separated (a,b), usually given by position (index MODEL FOLDERS); each
+            is followed recursively. The index follows exactly these: rows of files outside them (a folder left out
+            this time) are removed.
         db: the embedded database, a folder named NAME.db (Milvus Lite; made on first use; one process at a time).
         uri: a Milvus server instead of --db: http://HOST:19530 (Milvus, or `milvus-lite server`).
         db_token: the Milvus server's token (user:password or an API key), for --uri (as `serve --db_token`).
         reindex: rebuild an index made with another model with this one (searches keep using the old index until
             the new one is complete).
-        batch_size: images per model call.
+        batch_size: images per model call (default 16); with --from_embeddings, rows per write (default 1024).
         num_workers: threads reading and decoding photos.
         dtype: float32 (default), float16 or bfloat16 compute.
         device: cpu / cuda (default: cuda if available).
         progress: show a progress bar (images/s and ETA).
+        from_embeddings: an `ernievil2 embed --kind image` output made with MODEL, to load instead of folders.
     """
+    if from_embeddings is not None:
+        from ..apps.index import load_embeddings
+
+        return load_embeddings(model, from_embeddings, db=db, uri=uri, token=db_token, reindex=reindex,
+                               **({"batch_size": batch_size} if batch_size is not None else {}), progress=progress)
     from ..apps.index import index_photos
 
-    return index_photos(model, folders, db=db, uri=uri, token=db_token, reindex=reindex, batch_size=batch_size,
-                        num_workers=num_workers, dtype=dtype, device=device, progress=progress)
+    return index_photos(model, folders or [], db=db, uri=uri, token=db_token, reindex=reindex,
+                        **({"batch_size": batch_size} if batch_size is not None else {}), num_workers=num_workers,
+                        dtype=dtype, device=device, progress=progress)
+
+
+def _index_source(values: Mapping[str, Any], given: AbstractSet[str]) -> Optional[str]:
+    """``index``: photo folders or --from_embeddings, one of them; the model's compute options only with folders."""
+    if "from_embeddings" not in given:
+        return None if values.get("folders") else "give the photo folders to index, or --from_embeddings OUT"
+    if values.get("folders"):
+        return "give photo folders or --from_embeddings OUT, not both"
+    needless = [name for name in ("num_workers", "dtype", "device") if name in given]
+    if needless:
+        return (f"--{needless[0]} does not apply to --from_embeddings (the vectors are loaded as embed computed "
+                "them; no model runs)")
+    return None
 
 
 def _print_banner(banner) -> None:
@@ -364,8 +391,8 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
              "log_level": one_of("critical", "error", "warning", "info", "debug", "trace")}),
     Command("index", index, "follow photo folders in a Milvus index for serve --db: incremental, crash-safe",
             INDEX_RESUMABLE, {"model": FOLDER, "batch_size": POSITIVE, "num_workers": POSITIVE, "dtype": DTYPE,
-                              "device": DEVICE},
-            ),
+                              "device": DEVICE, "from_embeddings": FOLDER},
+            types={"batch_size": int}, rules=(_index_source,)),
     Command("dedup", dedup, "groups of near-duplicate images in an embed output", ATOMIC_OUTPUT,
             {"embeddings": FOLDER, "threshold": COSINE, "images": FOLDER, "chunk_size": POSITIVE,
              "examples": NON_NEGATIVE}),

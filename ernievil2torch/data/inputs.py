@@ -17,6 +17,9 @@ from ..errors import InputError
 from .records import iter_jsonl
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}
+#: Listed in image folders besides :data:`IMAGE_EXTENSIONS`: the HEIC/HEIF photos phones write (decoded when
+#: pillow-heif is installed, else listed as failed). Not served or read from webdataset shards.
+PHONE_PHOTO_EXTENSIONS = {".heic", ".heif"}
 TEXT_LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 
 
@@ -44,7 +47,8 @@ def list_images(inputs: Union[str, Sequence[str]]) -> List[Item]:
     spec = str(inputs)
     path = Path(spec)
     if path.is_dir():
-        files = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+        wanted = IMAGE_EXTENSIONS | PHONE_PHOTO_EXTENSIONS
+        files = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted),
                        key=lambda p: p.relative_to(path).as_posix())
         return [Item(p.relative_to(path).as_posix(), str(p)) for p in files]
     if path.is_file() and path.suffix.lower() in TEXT_LIST_EXTENSIONS:

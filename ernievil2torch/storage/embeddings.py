@@ -2,10 +2,12 @@
 
 An *embed output* is a folder holding ``embeddings.npy`` (a 2-D float array [N, D], one row per item) and
 ``ids.txt`` (one id per line, line ``i`` naming row ``i``), optionally with ``manifest.json`` (kind, counts, dim,
-dtype, ...) and ``failed.tsv`` (id <TAB> reason per skipped item). :func:`write_embed_output` is the one writer of
-those files and :func:`read_embed_output` the one reader: the service's gallery, ``dedup`` and ``search`` all call
-it, so every one of them refuses the same broken folders with the same messages. :func:`read_embeddings_npy` gives
-a bare ``.npy`` array the same array checks.
+dtype, the model's name and hash, ...), ``failed.tsv`` (id <TAB> reason per skipped item) and ``files.jsonl`` (line
+``i``: the facts of row ``i``'s image file, or ``null``: what ``index --from_embeddings`` loads, read by
+:func:`read_file_records`; outputs made before it have none and read as before). :func:`write_embed_output` is the
+one writer of those files and :func:`read_embed_output` the one reader: the service's gallery, ``dedup`` and
+``search`` all call it, so every one of them refuses the same broken folders with the same messages.
+:func:`read_embeddings_npy` gives a bare ``.npy`` array the same array checks.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ EMBEDDINGS_FILE = "embeddings.npy"
 IDS_FILE = "ids.txt"
 MANIFEST_FILE = "manifest.json"
 FAILURES_FILE = "failed.tsv"
+FILES_FILE = "files.jsonl"
 #: The first bytes of every ``.npy`` file.
 NPY_MAGIC = b"\x93NUMPY"
 #: What an embed output can hold (its manifest's ``kind``).
@@ -101,6 +104,33 @@ def read_embed_output(folder: Union[str, os.PathLike], mmap: bool = False, check
     return EmbedOutput(path, embeddings, ids, manifest)
 
 
+def read_file_records(output: EmbedOutput) -> Optional[List[Optional[Dict[str, Any]]]]:
+    """The per-row file facts of an embed output (``files.jsonl``: one JSON object or ``null`` per row, in row
+    order), or None when its manifest names no such file (an output made before embed recorded them, a text or a
+    webdataset output). :class:`~ernievil2torch.errors.InputError` when the manifest names the file but it is
+    missing, a line is not a JSON object or ``null``, or the number of lines is not the number of rows (a join
+    that did not finish)."""
+    if output.manifest is None or not output.manifest.get("files"):
+        return None
+    path = output.folder / FILES_FILE
+    if not path.is_file():
+        raise InputError(f"{output.folder}: {MANIFEST_FILE} names {FILES_FILE} but it is missing")
+    records: List[Optional[Dict[str, Any]]] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise InputError(f"{path} line {number} is not JSON") from None
+            if record is not None and not isinstance(record, dict):
+                raise InputError(f"{path} line {number} is not a JSON object or null")
+            records.append(record)
+    if len(records) != output.count:
+        raise InputError(f"{output.folder}: {output.count} embeddings but {len(records)} lines in {FILES_FILE} "
+                         "(a join that did not finish: re-run the same embed command)")
+    return records
+
+
 def read_embeddings_npy(file: Union[str, os.PathLike], mmap: bool = False, check_finite: bool = True) -> np.ndarray:
     """A bare ``.npy`` file of embeddings [N, D], with the array checks of :func:`read_embed_output`: an
     :class:`~ernievil2torch.errors.InputError` when it does not exist, is not a readable ``.npy`` array, is not 2-D
@@ -161,20 +191,24 @@ def _one_line(text: str) -> str:
 
 def write_embed_output(out_dir: Union[str, os.PathLike], parts: Iterable[np.ndarray], ids: Sequence[str],
                        failures: Sequence[Tuple[str, str]], kind: str, dim: int, dtype,
+                       records: Optional[Sequence[Optional[Dict[str, Any]]]] = None,
                        **manifest_fields: Any) -> Dict[str, Any]:
     """Write the final files of an embed output into ``out_dir`` and return the manifest written.
 
     ``parts`` are [n_i, dim] blocks, in row order, whose rows add up to ``len(ids)``; they are streamed into
     ``embeddings.npy`` through a memory map (nothing is held whole) and stored as ``dtype``. ``ids[i]`` names row
     ``i`` (``ids.txt``); ``failures`` are ``(id, reason)`` of the skipped items (``failed.tsv``). Tabs and line
-    breaks in ids and reasons become spaces, so every line is one record. ``manifest.json`` holds ``kind``,
-    ``count``, ``failed``, ``dim``, ``dtype``, the three file names, ``manifest_fields`` (e.g. ``normalized``,
+    breaks in ids and reasons become spaces, so every line is one record. ``records``, when given, are the file
+    facts of each row (``files.jsonl``, one JSON value a line, named in the manifest as ``files``). ``manifest.json``
+    holds ``kind``, ``count``, ``failed``, ``dim``, ``dtype``, the file names, ``manifest_fields`` (e.g. ``normalized``,
     ``model_dir``, ``shards``) and ``created``; it is written last. Each file is replaced atomically.
     """
     out = Path(out_dir)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     total = len(ids)
+    if records is not None and len(records) != total:
+        raise ValueError(f"{len(records)} file records but {total} ids")
     tmp = out / f".{EMBEDDINGS_FILE}.tmp-{os.getpid()}.npy"
     joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total, dim))
     row = 0
@@ -192,9 +226,18 @@ def write_embed_output(out_dir: Union[str, os.PathLike], parts: Iterable[np.ndar
     atomic_write_bytes(out / IDS_FILE, "".join(_one_line(i) + "\n" for i in ids).encode("utf-8"))
     atomic_write_bytes(out / FAILURES_FILE, "".join(f"{_one_line(i)}\t{_one_line(r)}\n"
                                                     for i, r in failures).encode("utf-8"))
+    if records is not None:
+        tmp_files = out / f".{FILES_FILE}.tmp-{os.getpid()}"
+        with open(tmp_files, "w", encoding="utf-8") as handle:  # streamed: millions of rows are never one string
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_files, out / FILES_FILE)
     manifest = {"kind": kind, "count": total, "failed": len(failures), "dim": dim, "dtype": np.dtype(dtype).name,
                 **{k: v for k, v in manifest_fields.items() if k != "shards"},
                 "embeddings": EMBEDDINGS_FILE, "ids": IDS_FILE, "failures": FAILURES_FILE,
+                **({"files": FILES_FILE} if records is not None else {}),
                 **({"shards": manifest_fields["shards"]} if "shards" in manifest_fields else {}),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_bytes(out / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))

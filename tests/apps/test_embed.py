@@ -16,6 +16,7 @@ from PIL import Image
 
 from ernievil2torch import ErnieViL2
 from ernievil2torch.apps.embed import embed
+from ernievil2torch.apps.index.model_hash import model_fingerprint
 from ernievil2torch.storage.embeddings import read_embed_output
 from ernievil2torch.data.inputs import list_images, list_texts
 from ernievil2torch.errors import InputError
@@ -181,6 +182,15 @@ def test_torchrun_two_ranks_equals_one_process(model_dir, image_dir, tmp_path):
     assert np.array_equal(one, two)
     metas = [json.loads(p.read_text()) for p in sorted((tmp_path / "two" / "shards").glob("*.json"))]
     assert len(metas) == 4
+    # what `index --from_embeddings` needs came through the ranks' shards: the same records and model hash
+    files_one, files_two = ((tmp_path / name / "files.jsonl").read_text() for name in ("one", "two"))
+    records = [json.loads(line) for line in files_two.splitlines()]
+    assert files_one == files_two and len(records) == SMALL - 1 and all(m["files"] for m in metas)
+    first = Path(ids_two[0])  # a list file names files: each is its own folder's
+    assert (records[0]["root"], records[0]["path"]) == (str(first.parent.resolve()), first.name)
+    assert (records[0]["size"], len(records[0]["sha256"])) == (first.stat().st_size, 64)
+    hashes = {json.loads((tmp_path / name / "manifest.json").read_text())["model_hash"] for name in ("one", "two")}
+    assert hashes == {model_fingerprint(model_dir)}
 
 
 SLOW_RUN = """
@@ -188,6 +198,7 @@ import sys, time, torch
 torch.set_num_threads(1)
 from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.apps.embed import embed
+from ernievil2torch.apps.index.model_hash import model_fingerprint
 original = ErnieViL2.encode_image
 def slow(self, *a, **k):
     time.sleep(0.3)

@@ -251,6 +251,12 @@ MISTAKES: List[Tuple[str, str]] = [
     ("index model images --db photos.db --reindex maybe", "--reindex: expected true/false"),
     ("index missing_dir images --db photos.db", "--model: missing_dir is not a folder"),
     ("index model images --db photos.db", "model has no config.json: give a directory written by convert.py"),
+    ("index model --db photos.db", "give the photo folders to index, or --from_embeddings OUT"),
+    ("index model images --from_embeddings gallery --db photos.db", "or --from_embeddings OUT, not both"),
+    ("index model --from_embeddings gallery --db photos.db --dtype float16", "--dtype does not apply to"),
+    ("index model --from_embeddings missing_dir --db photos.db", "--from_embeddings: missing_dir is not a folder"),
+    ("index model --from_embeddings gallery --db photos.db --batch_size 0", "--batch_size: must be > 0"),
+    ("index model --from_embeddings gallery --db photos.db", "model has no config.json"),
     # dedup
     ("dedup gallery --threshold 1.5", "--threshold: must be in [-1, 1], not 1.5"),
     ("dedup gallery --threshold -2", "--threshold: must be in [-1, 1]"),

@@ -15,7 +15,7 @@ from ernievil2torch.apps.retrieval.commands import search
 from ernievil2torch.apps.serve.gallery import Gallery
 from ernievil2torch.errors import InputError
 from ernievil2torch.storage.embeddings import (EmbedOutput, read_embed_output, read_embeddings_npy,
-                                               write_embed_output)
+                                               read_file_records, write_embed_output)
 
 
 def is_embed_output(folder: Path) -> bool:
@@ -202,3 +202,28 @@ def test_search_refuses_sides_of_different_dimensions(tmp_path):
                                              "the same model"):
             search(str(queries), str(gallery), str(tmp_path / "hits.tsv"))
     assert not (tmp_path / "hits.tsv").exists()
+
+
+def test_file_records_are_written_with_the_output_and_older_outputs_read_as_before(tmp_path):
+    parts = [np.eye(3, dtype=np.float32)]
+    records = [{"root": "/photos", "path": "相册/a.jpg", "size": 1}, None, {"root": "/photos", "path": "b.png"}]
+    for name in ("new", "old", "short"):
+        (tmp_path / name).mkdir()
+    manifest = write_embed_output(tmp_path / "new", parts, ["a", "b", "c"], [], "image", 3, np.float32,
+                                  records=records, model_hash="f" * 64)
+    output = read_embed_output(tmp_path / "new", kind="image")
+    assert manifest["files"] == "files.jsonl" and read_file_records(output) == records
+    older = write_embed_output(tmp_path / "old", parts, ["a", "b", "c"], [], "image", 3, np.float32)
+    assert "files" not in older and read_file_records(read_embed_output(tmp_path / "old")) is None
+    lines = (tmp_path / "new" / "files.jsonl").read_text(encoding="utf-8").splitlines()
+    for damage, message in ((lines[:2], "3 embeddings but 2 lines"), (lines[:1] + ["[1]"] + lines[2:], "line 2"),
+                            (["{"] + lines[1:], "line 1 is not JSON")):
+        (tmp_path / "new" / "files.jsonl").write_text("\n".join(damage) + "\n", encoding="utf-8")
+        with pytest.raises(InputError, match=message):
+            read_file_records(output)
+    (tmp_path / "new" / "files.jsonl").unlink()
+    with pytest.raises(InputError, match="names files.jsonl but it is missing"):
+        read_file_records(output)
+    with pytest.raises(ValueError, match="2 file records but 3 ids"):
+        write_embed_output(tmp_path / "short", parts, ["a", "b", "c"], [], "image", 3, np.float32, records=records[:2])
+    assert list((tmp_path / "short").iterdir()) == []  # refused before any file is written

@@ -23,13 +23,16 @@ from ...modeling.dtypes import torch_dtype
 from ...modeling.kernel_choice import kernel_record
 from ...modeling.kernels import REFERENCE
 from ...pretrained import load_pretrained
-from ...data.inputs import Item, list_images, list_texts
+from ...data.inputs import Item, list_texts
 from ...data.webdataset import WebDatasetReader, is_webdataset, shard_items
 from ...runtime.distributed import first_resolved_kernels, init_distributed_device
 from ...runtime.encoding import feature_dim, group_batches, run_batch
 from ...runtime.progress import progress_bar
 from ...storage.embeddings import EMBEDDINGS_FILE, FAILURES_FILE
 from ...storage.run_record import check_run_record
+from ..index.files import register_heif
+from ..index.model_hash import model_fingerprint
+from .file_records import Place, RecordMaker, list_image_files
 from .shards import (SHARD_DIR, START_OVER, ShardPlan, check_embed_output, claim_output, join_shards, plan_shards,
                      run_fingerprint, write_shard)
 
@@ -77,17 +80,31 @@ class EmbedResult:
 
 def encode_shards(model, items: Sequence[Item], kind: str, plan: ShardPlan, shard_dir: Path, batch_size: int,
                   num_workers: int, tokenizer, max_length: int, normalize: bool, save_dtype, bar,
-                  fast_decode: bool = False) -> None:
-    """Encode this rank's unfinished shards and write each one as soon as its last batch is done."""
+                  fast_decode: bool = False, places: Optional[Sequence[Place]] = None) -> None:
+    """Encode this rank's unfinished shards and write each one as soon as its last batch is done; with ``places``
+    (the file of each image item, :mod:`.file_records`) each shard also records the facts of its files."""
     if not plan.todo:
         return
+    records = RecordMaker(places, num_workers) if places is not None else None
+    try:
+        _encode(model, items, kind, plan, shard_dir, batch_size, num_workers, tokenizer, max_length, normalize,
+                save_dtype, bar, fast_decode, records)
+    finally:
+        if records is not None:
+            records.close()
+
+
+def _encode(model, items: Sequence[Item], kind: str, plan: ShardPlan, shard_dir: Path, batch_size: int,
+            num_workers: int, tokenizer, max_length: int, normalize: bool, save_dtype, bar, fast_decode: bool,
+            records: Optional[RecordMaker]) -> None:
     dim = feature_dim(model, kind)
     remaining = {s: plan.bounds[s][1] - plan.bounds[s][0] for s in plan.todo}
     buffers: Dict[int, Dict[str, list]] = {s: {"idx": [], "feats": [], "failed": []} for s in plan.todo}
     groups = [range(*plan.bounds[s]) for s in plan.todo]
     for s in plan.todo:  # a shard without items (an empty .tar) is done at once: no batch will finish it
         if remaining[s] == 0:
-            write_shard(shard_dir, s, plan.bounds[s], items, [], [], [], dim, save_dtype)
+            write_shard(shard_dir, s, plan.bounds[s], items, [], [], [], dim, save_dtype,
+                        files=[] if records is not None else None)
             del buffers[s]
     for group, (idx, inputs, bad) in group_batches(items, kind, groups, batch_size, num_workers, model, tokenizer,
                                                    max_length, fast_decode):
@@ -95,13 +112,15 @@ def encode_shards(model, items: Sequence[Item], kind: str, plan: ShardPlan, shar
         buf = buffers[s]
         buf["failed"].extend(bad)
         if idx:
+            if records is not None:
+                records.submit(idx)  # hashed on threads while the model runs
             buf["feats"].append(run_batch(model, kind, inputs, normalize))
             buf["idx"].extend(idx)
         remaining[s] -= len(idx) + len(bad)
         bar.update(len(idx) + len(bad))
         if remaining[s] == 0:
             write_shard(shard_dir, s, plan.bounds[s], items, buf["idx"], buf["feats"], buf["failed"], dim,
-                        save_dtype)
+                        save_dtype, files=records.take(buf["idx"]) if records is not None else None)
             del buffers[s]
 
 
@@ -114,7 +133,10 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
 
     Runs as one process, or under ``torchrun --nproc_per_node N`` (each rank encodes its shards, rank 0 joins
     them). Re-running the same command after a crash keeps finished shards. Items that cannot be read are
-    skipped and listed in OUT/failed.tsv; the command fails only when nothing succeeded.
+    skipped and listed in OUT/failed.tsv; the command fails only when nothing succeeded. The model's name and hash
+    (OUT/manifest.json) and, for image files, each row's file facts (OUT/files.jsonl: root, path, size, mtime,
+    SHA-256, width/height, EXIF time) are recorded, so that `ernievil2 index MODEL --from_embeddings OUT` can load
+    the output as index rows.
 
     Args:
         inputs: for images a folder, a glob ('imgs/**/*.jpg', quoted), a list file (.txt, one path a line)
@@ -164,10 +186,11 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
     context = init_distributed_device(device)
 
     bounds: Optional[List[Tuple[int, int]]] = None
+    places: Optional[List[Place]] = None  # image files: recorded for `index --from_embeddings`
     if isinstance(inputs, (str, Path)) and is_webdataset(inputs):  # one embed shard per .tar shard
         items, bounds = shard_items(WebDatasetReader(inputs), kind)
     elif kind == "image":
-        items = list_images(inputs)
+        items, places = list_image_files(inputs)
     else:
         items = list_texts(inputs, field=field, id_field=id_field)
     if not items:
@@ -199,15 +222,19 @@ def embed(inputs: Union[str, Sequence[str]], model_dir: str, out: str, kind: str
     label = f"embed {kind}s" + (f" [rank {context.rank}]" if context.distributed else "")
     bar = progress_bar(total, label, progress and (context.is_main or context.distributed),
                        position=context.rank if context.distributed else 0)
+    if kind == "image":
+        register_heif()  # before the decoding workers fork: HEIC/HEIF photos decode there too
     encode_shards(model, items, kind, plan, shard_dir, batch_size, num_workers, tokenizer, max_length, normalize,
-                  save_dtype, bar, fast_decode)
+                  save_dtype, bar, fast_decode, places)
     bar.close()
 
     result = EmbedResult(kind, out_dir, context.rank, context.world_size, shards_done_now=len(plan.todo),
                          shards_skipped=len(plan.mine) - len(plan.todo))
     context.barrier()
     if context.is_main:
-        joined = join_shards(out_dir, plan.num_shards, kind, feature_dim(model, kind), save_dtype, fingerprint)
+        model_record = {"model_name": Path(model_dir).name, "model_hash": model_fingerprint(model_folder)}
+        joined = join_shards(out_dir, plan.num_shards, kind, feature_dim(model, kind), save_dtype, fingerprint,
+                             model_record)
         result.count, result.failed, result.dim = joined["count"], joined["failed"], joined["dim"]
     context.barrier()
     context.close()

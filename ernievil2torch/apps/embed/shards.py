@@ -10,7 +10,9 @@ Output directory layout (``OUT``)::
     OUT/embeddings.npy       all shards joined, input order (failed items left out)   [N_ok, dim]
     OUT/ids.txt              one id per row of embeddings.npy
     OUT/failed.tsv           id <TAB> reason, for every item that was skipped
-    OUT/manifest.json        counts, dim, dtype and the shard list (in input order)
+    OUT/files.jsonl          image files: the facts of each row's file (root, path, size, mtime, SHA-256,
+                             width/height, EXIF time), what `index --from_embeddings` loads
+    OUT/manifest.json        counts, dim, dtype, the model's name and hash, the shard list (in input order)
 
 Items are split into shards of ``shard_size`` consecutive inputs; with ``world`` processes shard ``s`` belongs to
 rank ``s % world``. A shard is the unit of resumption: a finished one is never computed again.
@@ -121,20 +123,27 @@ def shard_done(shard_dir: Path, s: int, expected_ids: List[str]) -> bool:
 
 
 def write_shard(shard_dir: Path, s: int, bounds: Tuple[int, int], items: Sequence[Item], indices: List[int],
-                feats: List[np.ndarray], failed: List[Tuple[int, str]], dim: int, save_dtype) -> None:
-    """Write shard ``s``: its features in input order (``.npy``), then its metadata (``.json``, marks it done)."""
+                feats: List[np.ndarray], failed: List[Tuple[int, str]], dim: int, save_dtype,
+                files: Optional[List[Optional[dict]]] = None) -> None:
+    """Write shard ``s``: its features in input order (``.npy``), then its metadata (``.json``, marks it done);
+    ``files`` (one record per entry of ``indices``, or None for inputs that are no files) go into the metadata."""
     order = np.argsort(np.asarray(indices, dtype=np.int64), kind="stable")
     array = np.concatenate(feats)[order] if feats else np.zeros((0, dim), np.float32)
     atomic_save_npy(shard_dir / f"{s:05d}.npy", array.astype(save_dtype))
     meta = {"shard": s, "start": bounds[0], "stop": bounds[1], "ids": [items[indices[j]].id for j in order],
             "failed": [{"index": i, "id": items[i].id, "reason": r} for i, r in sorted(failed)]}
+    if files is not None:
+        meta["files"] = [files[j] for j in order]
     atomic_write_bytes(shard_dir / f"{s:05d}.json", (json.dumps(meta, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def join_shards(out_dir: Path, num_shards: int, kind: str, dim: int, save_dtype,
-                fingerprint: Dict[str, Any]) -> Dict[str, Any]:
+def join_shards(out_dir: Path, num_shards: int, kind: str, dim: int, save_dtype, fingerprint: Dict[str, Any],
+                model_record: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Concatenate the shards (streamed through a memory map) into the embed output's final files, written by
-    :func:`~ernievil2torch.storage.embeddings.write_embed_output` (the manifest also lists the shards)."""
+    :func:`~ernievil2torch.storage.embeddings.write_embed_output` (the manifest also lists the shards and holds
+    ``model_record``: the model's name and hash). The file records are joined only when every shard has them (a
+    run resumed from shards written before embed recorded them has none: ``index --from_embeddings`` then asks
+    for a fresh run)."""
     shard_dir = out_dir / SHARD_DIR
     metas = []
     for s in range(num_shards):
@@ -147,6 +156,8 @@ def join_shards(out_dir: Path, num_shards: int, kind: str, dim: int, save_dtype,
     failed = [(f["id"], f["reason"]) for m in metas for f in m["failed"]]
     shards = [{"file": f"{SHARD_DIR}/{s:05d}.npy", "meta": f"{SHARD_DIR}/{s:05d}.json", "rows": len(m["ids"]),
                "inputs": [m["start"], m["stop"]]} for s, m in enumerate(metas)]
-    write_embed_output(out_dir, parts, ids, failed, kind, dim, save_dtype, normalized=fingerprint["normalize"],
-                       model_dir=fingerprint["model_dir"], shards=shards)
+    files = ([f for m in metas for f in m["files"]] if metas and all("files" in m for m in metas) else None)
+    write_embed_output(out_dir, parts, ids, failed, kind, dim, save_dtype, records=files,
+                       normalized=fingerprint["normalize"], model_dir=fingerprint["model_dir"],
+                       **(model_record or {}), shards=shards)
     return {"count": len(ids), "failed": len(failed), "dim": dim, "out": str(out_dir)}

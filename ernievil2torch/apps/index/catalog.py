@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 
 from ...errors import InputError
 from ...retrieval.milvus import MilvusBackend, connect, is_embedded, open_here, release
+from .crash import crash_point
 
 #: The alias every search uses.
 ALIAS = "photos"
@@ -82,6 +83,17 @@ class Catalog:
             self.client.alter_alias(collection, ALIAS)
         self.active = collection
         return previous if previous != collection else None
+
+    def switch_to(self, collection: str) -> Optional[str]:
+        """Make ``collection`` (complete now) the one searches use, then drop the collection the alias left (a
+        re-index); returns the dropped one's name, or None. Killed between the two (crash point
+        ``reindex-before-drop``), searches already use the new collection and the old one is left on disk, used by
+        nothing."""
+        previous = self.publish(collection)
+        if previous is not None:
+            crash_point("reindex-before-drop")
+            self.drop(previous)
+        return previous
 
     def drop(self, collection: str) -> None:
         """Drop a collection and its list of failures (after the alias left it)."""

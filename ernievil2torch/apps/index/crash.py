@@ -7,7 +7,8 @@ an ``index`` run; unset (always, outside tests) a crash point costs one dictiona
 * ``batch-written``: after a batch of rows was written (``:2``: mid-run, after the second batch);
 * ``before-changed-write``: a batch holding changed files is embedded, their old rows still in place;
 * ``before-removals``: every new row is written, rows of deleted and moved-away files are not yet removed;
-* ``reindex-before-drop``: ``--reindex`` moved the alias to the new collection, the old one is not yet dropped.
+* ``reindex-before-drop``: ``--reindex`` moved the alias to the new collection, the old one is not yet dropped;
+* ``bulk-batch-written``: ``--from_embeddings`` wrote a batch of rows (``:2``: after the second batch).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import signal
 from typing import Dict
 
 ENV = "ERNIEVIL2_INDEX_CRASH_AT"
-POINTS = ("batch-written", "before-changed-write", "before-removals", "reindex-before-drop")
+POINTS = ("batch-written", "before-changed-write", "before-removals", "reindex-before-drop", "bulk-batch-written")
 _passages: Dict[str, int] = {}
 
 

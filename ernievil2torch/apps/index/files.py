@@ -145,3 +145,30 @@ def by_hash(rows: Dict[str, dict]) -> Dict[str, List[str]]:
     for row_id, metadata in rows.items():
         groups.setdefault(metadata.get("sha256", ""), []).append(row_id)
     return groups
+
+
+#: The keys of a file record (:func:`file_record`): what a row says about its file, besides the model.
+RECORD_KEYS = ("root", "path", "size", "mtime_ns", "sha256", "width", "height", "taken", "taken_ts")
+
+
+def file_record(root: str, path: str) -> Dict[str, object]:
+    """What an index row says about the file at ``path`` (relative, ``/``-separated) under ``root`` (absolute,
+    resolved): :data:`RECORD_KEYS`. ``embed`` writes one per image so that ``index --from_embeddings`` can load
+    its vectors as rows equal to a folder run's. The size and mtime are read before the content, as a folder run
+    does, so a file rewritten meanwhile looks changed to the next run. Raises ``OSError`` when the file cannot be
+    read and what Pillow raises when its header cannot be parsed."""
+    full = Path(root) / path
+    stat = os.lstat(full)
+    data = full.read_bytes()
+    facts = read_facts(data)
+    return {"root": root, "path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "sha256": hashlib.sha256(data).hexdigest(), "width": facts.width, "height": facts.height,
+            "taken": facts.taken, "taken_ts": facts.taken_ts}
+
+
+def is_followed(path: str) -> bool:
+    """Whether a folder run follows a file at ``path`` (relative to its root): a photo extension and no hidden
+    part, as :func:`scan` decides (symlinks, which it skips too, are for the caller's ``lstat`` to see)."""
+    parts = path.split("/")
+    return (os.path.splitext(parts[-1])[1].lower() in PHOTO_EXTENSIONS
+            and not any(part.startswith(".") for part in parts))

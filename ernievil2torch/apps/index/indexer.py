@@ -24,7 +24,6 @@ while no service has it open; to index while searching, run the database as a se
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,12 +39,23 @@ from ...runtime.progress import progress_bar
 from .catalog import Catalog
 from .crash import crash_point
 from .files import PhotoFile, by_hash, content_hash, read_facts, register_heif, scan
+from .model_hash import model_fingerprint
 
 #: Files decoded and embedded per model call unless ``batch_size`` says otherwise.
 DEFAULT_BATCH = 16
 _FILE_KEYS = ("root", "path", "size", "mtime_ns")
 #: Photos above this many pixels are listed as failed (a decompression bomb, not a photo: 200 MP is past any camera).
 MAX_PIXELS = 200_000_000
+
+
+def row_metadata(item: PhotoFile, sha: str, facts: Dict[str, Any], model_name: str, model_hash: str) -> dict:
+    """The metadata of a photo's row (every writer of rows builds it here: a folder run and a bulk load of an
+    ``embed`` output write equal rows): where the file is, its size, mtime and content hash, ``facts`` (``width``,
+    ``height``, ``taken``, ``taken_ts``) and the model that made its vector."""
+    return {"root": item.root, "path": item.path, "folders": item.folders, "size": item.size,
+            "mtime_ns": item.mtime_ns, "sha256": sha, "width": facts.get("width"), "height": facts.get("height"),
+            "taken": facts.get("taken"), "taken_ts": facts.get("taken_ts"), "model": model_name,
+            "model_hash": model_hash}
 
 
 @dataclass
@@ -92,20 +102,6 @@ class _Group:
     source: Optional[str] = None
 
 
-def model_fingerprint(model_dir: Path) -> str:
-    """SHA-256 over the model's ``config.json`` and ``model.safetensors`` (what decides its embeddings)."""
-    digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        path = model_dir / name
-        if not path.is_file():
-            raise InputError(f"{model_dir} has no {name}: give a directory written by convert.py")
-        digest.update(name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def index_photos(model: str, folders: Sequence[str], db: Optional[str] = None, uri: Optional[str] = None,
                  token: Optional[str] = None, reindex: bool = False, batch_size: int = DEFAULT_BATCH,
                  num_workers: int = 2, dtype: str = "float32", device: Optional[str] = None,
@@ -143,11 +139,7 @@ def index_photos(model: str, folders: Sequence[str], db: Optional[str] = None, u
         collection = catalog.check_model(fingerprint, reindex)  # a mismatch is refused before the model loads
         run = _Run(catalog, collection, model_dir, fingerprint, batch_size, num_workers, dtype, device, progress)
         report = run.execute(roots)
-        previous = catalog.publish(collection)
-        if previous is not None:
-            crash_point("reindex-before-drop")
-            catalog.drop(previous)
-            report.reindexed_from = previous
+        report.reindexed_from = catalog.switch_to(collection)
         report.rows = run.store.count()
     finally:
         catalog.close()
@@ -327,10 +319,7 @@ class _Run:
         return features.float().cpu().numpy()
 
     def _metadata(self, item: PhotoFile, sha: str, facts: dict) -> dict:
-        return {"root": item.root, "path": item.path, "folders": item.folders, "size": item.size,
-                "mtime_ns": item.mtime_ns, "sha256": sha, "width": facts.get("width"), "height": facts.get("height"),
-                "taken": facts.get("taken"), "taken_ts": facts.get("taken_ts"), "model": self.model_dir.name,
-                "model_hash": self.fingerprint}
+        return row_metadata(item, sha, facts, self.model_dir.name, self.fingerprint)
 
     def _fail(self, files: List[PhotoFile], reason: str) -> None:
         for item in files:

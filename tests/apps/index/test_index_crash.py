@@ -108,5 +108,6 @@ def test_killed_reindex_keeps_the_old_index_until_the_new_one_is_complete(point,
 
 
 def test_every_crash_point_is_tested():
-    tested = {"batch-written", "before-changed-write", "before-removals", "reindex-before-drop"}
+    tested = {"batch-written", "before-changed-write", "before-removals", "reindex-before-drop",
+              "bulk-batch-written"}  # the last in test_index_bulk.py
     assert tested == set(POINTS)
