@@ -333,3 +333,46 @@ def test_a_streamed_oversized_body_is_drained_too():
     dropped before the 413, so a client that sends its whole body before reading gets the answer, not a reset."""
     status, read, taken = call_body_limit(10, [b"x" * 10] * 4)
     assert (status, read, taken) == (413, [], 4)  # over at the second chunk, the last two drained
+
+
+def test_an_unexpected_error_is_a_json_500_without_its_detail_and_its_traceback_is_logged(caplog):
+    """error_handlers' promise: anything not an input error answers 500 ``{"error": ...}`` saying only that the
+    server log has the details (a path or a secret in the message never reaches the client), and the log has them:
+    the method, the path and the traceback."""
+    import logging
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from ernievil2torch.apps.serve.error_handlers import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/v1/broken")
+    def broken():
+        raise RuntimeError("detail for the log only: /home/alice/.ssh/id_ed25519")
+
+    with caplog.at_level(logging.ERROR, logger="ernievil2torch.serve"):
+        response = TestClient(app, raise_server_exceptions=False).get("/v1/broken")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error (the server log has the details)"}
+    assert "alice" not in response.text
+    logged = [r for r in caplog.records if r.name == "ernievil2torch.serve" and r.exc_info]
+    assert len(logged) == 1 and logged[0].getMessage() == "internal error on GET /v1/broken"
+    assert "id_ed25519" in str(logged[0].exc_info[1])
+
+
+def test_a_stopped_batcher_refuses_new_items_rather_than_hold_them_forever():
+    """After stop() nothing collects any more: submit must raise at once (a queued item would wait for ever)."""
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(lambda items: items, pool)
+            await batcher.start()
+            assert await asyncio.wait_for(batcher.submit(["x"]), 5) == ["x"]
+            await batcher.stop()
+            with pytest.raises(RuntimeError, match="not running"):
+                await asyncio.wait_for(batcher.submit(["y"]), 5)
+
+    asyncio.run(scenario())
