@@ -153,7 +153,8 @@ def test_gallery_rows_are_normalised_chunk_by_chunk_and_refused_when_not_finite(
     for bad_row in (0, 2, 3, 4):
         broken = rows.copy()
         broken[bad_row, 1] = np.nan if bad_row % 2 else np.inf
-        with pytest.raises(InputError, match=f"NaN or infinity \\(first in row {bad_row}\\)"):
+        # named as the gallery's (serve's start-up error), not as some back end's vectors
+        with pytest.raises(InputError, match=f"gallery embeddings hold NaN or infinity \\(first in row {bad_row}\\)"):
             Gallery.from_embeddings(broken, list("abcde"), ImageRoot(tmp_path))
     with pytest.raises(InputError, match=r"queries must be \[Q, 2\]"):
         gallery.search(np.ones((1, 3), np.float32), 1)
@@ -376,3 +377,22 @@ def test_a_stopped_batcher_refuses_new_items_rather_than_hold_them_forever():
                 await asyncio.wait_for(batcher.submit(["y"]), 5)
 
     asyncio.run(scenario())
+
+
+def test_a_library_folder_filter_is_a_path_inside_the_library():
+    """The folder filter names a folder under the indexed roots: '..' as a part, a NUL or an over-long value is
+    refused, each alone (any one is enough); slashes around it are dropped."""
+    from datetime import date
+
+    from ernievil2torch.apps.serve.library import MAX_FOLDER_CHARS, LibraryFilter
+    from ernievil2torch.retrieval.backends import Contains, Range
+
+    assert LibraryFilter(folder="/2024/trip/").where() == {"folders": Contains("2024/trip")}
+    assert LibraryFilter(folder="x" * MAX_FOLDER_CHARS).where() == {"folders": Contains("x" * MAX_FOLDER_CHARS)}
+    assert LibraryFilter(folder="a..b").where() == {"folders": Contains("a..b")}  # '..' inside a name is a name
+    for bad in ("2024/../secret", "..", "a\x00b", "x" * (MAX_FOLDER_CHARS + 1)):
+        with pytest.raises(InputError, match="a folder path inside the library, without '..'"):
+            LibraryFilter(folder=bad).where()
+    assert LibraryFilter().where() == {}
+    day = LibraryFilter(taken_from=date(2024, 5, 1), taken_to=date(2024, 5, 1)).where()["taken_ts"]
+    assert isinstance(day, Range) and day.high - day.low == 86_399
