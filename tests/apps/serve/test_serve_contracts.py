@@ -396,3 +396,5 @@ def test_a_library_folder_filter_is_a_path_inside_the_library():
     assert LibraryFilter().where() == {}
     day = LibraryFilter(taken_from=date(2024, 5, 1), taken_to=date(2024, 5, 1)).where()["taken_ts"]
     assert isinstance(day, Range) and day.high - day.low == 86_399
+    with pytest.raises(InputError, match="taken_from is after taken_to"):
+        LibraryFilter(taken_from=date(2024, 5, 2), taken_to=date(2024, 5, 1)).where()

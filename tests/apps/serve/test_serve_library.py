@@ -73,6 +73,8 @@ def test_text_search_pages_through_the_whole_library(site):
     second = ok(client.get("/v1/search", params={"q": "一只猫", "k": 3, "offset": 3}))
     assert first["next_offset"] == 3 and second["offset"] == 3
     assert [h["id"] for h in first["results"] + second["results"]] == [h["id"] for h in everything["results"][:6]]
+    deepest = ok(client.get("/v1/search", params={"q": "一只猫", "k": 1, "offset": 16383}))  # offset + k = 16384
+    assert deepest["results"] == [] and deepest["next_offset"] is None
     hit = everything["results"][0]
     assert hit["thumb_url"] == f"/v1/thumbs/{hit['id']}" and hit["photo_url"] == f"/v1/photos/{hit['id']}"
 
@@ -135,6 +137,7 @@ def test_thumbnails_are_small_exif_free_and_made_once(site):
     ("/v1/search?q=x&folder=../..", 422, "folder"), ("/v1/search?q=x&taken_from=yesterday", 422, "taken_from"),
     ("/v1/search?q=x&taken_from=2024-01-02&taken_to=2024-01-01", 422, "after"),
     ("/v1/search?q=x&offset=-1", 422, "offset"), ("/v1/search?q=x&k=1000&offset=16000", 422, "offset + k"),
+    ("/v1/search?q=x&k=2&offset=16383", 422, "at most 16384"),
     ("/v1/search?q=x&k=0", 422, "k"), ("/v1/search?q=%20", 422, "empty"), ("/v1/images/0", 404, ""),
     ("/v1/similar/" + "a" * 100, 422, "photo_id")])
 def test_hostile_requests_get_json_4xx(site, url, status, fragment):
