@@ -120,6 +120,8 @@ FAST_TESTS: Dict[str, Dict[str, List[str]]] = {
         "security.py": [_S + "test_serve_auth.py", _S + "test_serve.py::test_bind_policy",
                         _S + "test_serve.py::test_host_header_check_only_on_loopback_binds", _S + "test_serve_parts.py"],
         "server.py": [_S + "test_serve_parts.py", _S + "test_serve_contracts.py", *_SERVE_PROCESSES],
+        **{name: [_S + "test_serve_contracts.py", _S + "test_serve_library.py"]
+           for name in ("library.py", "library_routes.py", "thumbnails.py")},
         "*": [_S + "test_serve_contracts.py", _S + "test_serve_auth.py", _S + "test_serve_parts.py",
               *_SERVE_IN_PROCESS],
     },
