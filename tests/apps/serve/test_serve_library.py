@@ -147,6 +147,18 @@ def test_hostile_requests_get_json_4xx(site, url, status, fragment):
     assert site["client"].get("/healthz").status_code == 200
 
 
+def test_the_photo_route_serves_the_photo_file_itself_with_its_image_type(site):
+    """What the grid's link opens: the indexed file's own bytes, typed by its extension (the browser shows it
+    rather than downloading it)."""
+    client = site["client"]
+    hits = ok(client.get("/v1/search", params={"q": "一只猫", "k": 20}))["results"]
+    for suffix, media_type in ((".jpg", "image/jpeg"), (".png", "image/png")):
+        hit = next(h for h in hits if h["path"].endswith(suffix))
+        response = client.get(hit["photo_url"])
+        assert response.status_code == 200 and response.headers["content-type"] == media_type
+        assert response.content == (site["photos"] / hit["path"]).read_bytes()
+
+
 def test_files_outside_the_library_and_database_files_are_never_served(site, tmp_path):
     library, client = site["library"], site["client"]
     secret = tmp_path / "secret.jpg"
