@@ -120,7 +120,7 @@ def test_library_page_in_chromium(browser, library, tmp_path):
     page.dispatch_event("#from", "change")
     page.fill("#to", "")
     page.dispatch_event("#to", "change")
-    cat = next(iter(photos.glob("相册/cat.jpg")), None) or next(photos.glob("相册/*"))
+    cat = next(iter(photos.glob("相册/cat.jpg")), None) or next(p for p in sorted(photos.glob("相册/*")) if p.is_file())
     payload = base64.b64encode(cat.read_bytes()).decode()
     transfer = page.evaluate_handle(
         "([b64, name]) => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));"
