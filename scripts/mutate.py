@@ -280,6 +280,12 @@ EXPLAINED: Dict[Tuple[str, str, str], str] = {
         "the decimals of the logged epoch (a display value; no contract fixes four)",
     ("ernievil2torch/training/trainer.py", "return float(loss.detach())", "return float(loss)"):
         "float() of a one-element tensor reads the same value with or without autograd's history",
+    **{("ernievil2torch/apps/serve/library_routes.py",
+        "k: int = Query(24, ge=1, description=K_DESCRIPTION), offset: int = OFFSET,",
+        f"k: int = Query(24, ge={bound}, description=K_DESCRIPTION), offset: int = OFFSET,"):
+       "every library route is registered through routes.with_limits, which declares k again with ge=1 and the "
+       "--max_k bound (keeping only the default 24): the handler's own bound is never what FastAPI checks"
+       for bound in (0, 2)},
     ("ernievil2torch/training/checkpoints.py", "for old in list_checkpoints(out)[:-max(1, keep_last)]:",
      "for old in list_checkpoints(out)[:-max(0, keep_last)]:"):
         "keep_last >= 1 is enforced by FinetuneSettings.check, so max(0, k) == max(1, k)",

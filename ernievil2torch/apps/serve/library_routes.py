@@ -66,8 +66,8 @@ def _library(engine: SearchEngine) -> PhotoLibrary:
 
 
 async def _search(engine: SearchEngine, vector, k: int, offset: int, filters: LibraryFilter, **named) -> PhotoSearchOut:
-    if offset + k > MAX_WINDOW:
-        raise InputError(f"offset + k must be at most {MAX_WINDOW}")
+    """One page of hits for ``vector``; the routes checked the page and the filters before any work
+    (:func:`_checked_before_work`)."""
     where = filters.where()
     loop = asyncio.get_running_loop()
     hits, = await loop.run_in_executor(None, lambda: _library(engine).search(vector[None, :], k, where, offset))
@@ -92,7 +92,7 @@ async def search_text(q: str = Query(..., min_length=1, description=Q_DESCRIPTIO
                       engine: SearchEngine = Depends(get_engine),
                       batcher: MicroBatcher = Depends(get_text_batcher)) -> PhotoSearchOut:
     """Text -> photos: the closest photos to the text by cosine (approximate: HNSW), best first, filtered."""
-    filters.where()  # a bad filter is refused before the model runs
+    _checked_before_work(k, offset, filters)
     answer, = await batcher.submit([EngineQuery(check_text(q, "q", limits))])
     return await _search(engine, answer.embedding, k, offset, filters, query=q)
 
@@ -103,7 +103,7 @@ async def search_image(file: UploadFile = File(..., description="the query image
                        decoder: Executor = Depends(get_decode_executor),
                        batcher: MicroBatcher = Depends(get_image_batcher)) -> PhotoSearchOut:
     """Image -> photos: the closest photos to an uploaded image, filtered."""
-    filters.where()
+    _checked_before_work(k, offset, filters)
     crop = await decode_image_upload(file, upload_name(None, file), engine, decoder)
     answer: Answer
     answer, = await batcher.submit([EngineQuery(crop)])
@@ -115,7 +115,7 @@ async def similar(photo_id: str = Path(..., max_length=64, description=ID_DESCRI
                   filters: LibraryFilter = Depends(_filters),
                   engine: SearchEngine = Depends(get_engine)) -> PhotoSearchOut:
     """More like this: the photos closest to a photo of the library (itself first), filtered; no model call."""
-    filters.where()
+    _checked_before_work(k, offset, filters)
     loop = asyncio.get_running_loop()
     vector = await loop.run_in_executor(None, _library(engine).vector, photo_id)
     return await _search(engine, vector, k, offset, filters, like=photo_id)
@@ -159,3 +159,11 @@ def library_router(limits: ServeLimits) -> APIRouter:
                          responses={200: {"content": {"image/*": {}}, "description": "the photo file"}})
     router.add_api_route("/v1/folders", folders, methods=["GET"], response_model=FoldersOut)
     return router
+
+
+def _checked_before_work(k: int, offset: int, filters: LibraryFilter) -> None:
+    """:class:`InputError` for a page past :data:`MAX_WINDOW` or a bad filter, raised before the model encodes the
+    query or an upload is decoded (a refused request costs no model time)."""
+    if offset + k > MAX_WINDOW:
+        raise InputError(f"offset + k must be at most {MAX_WINDOW}")
+    filters.where()

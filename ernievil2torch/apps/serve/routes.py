@@ -33,16 +33,18 @@ from .settings import ServiceSettings
 Q_DESCRIPTION = "the query text, e.g. 一只猫"
 K_DESCRIPTION = "results wanted"
 
-#: Query parameters whose bounds are limits: parameter name -> its declaration under given limits.
-LIMITED_PARAMETERS: Dict[str, Callable[[ServeLimits], Any]] = {
-    "q": lambda limits: Query(..., min_length=1, max_length=limits.max_text_chars, description=Q_DESCRIPTION),
-    "k": lambda limits: Query(10, ge=1, le=limits.max_k, description=K_DESCRIPTION),
+#: Query parameters whose bounds are limits: parameter name -> its declaration under given limits, keeping the
+#: default the handler declared (the gallery's k is 10, the photo library's 24: a page of its grid).
+LIMITED_PARAMETERS: Dict[str, Callable[[ServeLimits, Any], Any]] = {
+    "q": lambda limits, default: Query(default, min_length=1, max_length=limits.max_text_chars,
+                                       description=Q_DESCRIPTION),
+    "k": lambda limits, default: Query(default, ge=1, le=limits.max_k, description=K_DESCRIPTION),
 }
 
 
 def with_limits(handler: Callable[..., Any], limits: ServeLimits) -> Callable[..., Any]:
-    """``handler`` with the parameters of :data:`LIMITED_PARAMETERS` it has declared under ``limits`` (a wrapper
-    whose signature FastAPI reads; the call goes to ``handler`` unchanged)."""
+    """``handler`` with the parameters of :data:`LIMITED_PARAMETERS` it has declared under ``limits``, their
+    declared defaults kept (a wrapper whose signature FastAPI reads; the call goes to ``handler`` unchanged)."""
     signature = inspect.signature(handler, eval_str=True)
 
     @functools.wraps(handler)
@@ -50,8 +52,8 @@ def with_limits(handler: Callable[..., Any], limits: ServeLimits) -> Callable[..
         return await handler(*args, **kwargs)
 
     bounded.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
-        p.replace(default=LIMITED_PARAMETERS[p.name](limits)) if p.name in LIMITED_PARAMETERS else p
-        for p in signature.parameters.values()])
+        p.replace(default=LIMITED_PARAMETERS[p.name](limits, getattr(p.default, "default", p.default)))
+        if p.name in LIMITED_PARAMETERS else p for p in signature.parameters.values()])
     return bounded
 
 

@@ -73,6 +73,7 @@ def test_text_search_pages_through_the_whole_library(site):
     second = ok(client.get("/v1/search", params={"q": "一只猫", "k": 3, "offset": 3}))
     assert first["next_offset"] == 3 and second["offset"] == 3
     assert [h["id"] for h in first["results"] + second["results"]] == [h["id"] for h in everything["results"][:6]]
+    assert ok(client.get("/v1/search", params={"q": "一只猫"}))["k"] == 24  # the default page: the grid's 24
     deepest = ok(client.get("/v1/search", params={"q": "一只猫", "k": 1, "offset": 16383}))  # offset + k = 16384
     assert deepest["results"] == [] and deepest["next_offset"] is None
     hit = everything["results"][0]
@@ -141,10 +142,27 @@ def test_thumbnails_are_small_exif_free_and_made_once(site):
     ("/v1/search?q=x&k=0", 422, "k"), ("/v1/search?q=%20", 422, "empty"), ("/v1/images/0", 404, ""),
     ("/v1/similar/" + "a" * 100, 422, "photo_id")])
 def test_hostile_requests_get_json_4xx(site, url, status, fragment):
+    before = encoded(site)
     response = site["client"].get(url)
     assert response.status_code == status, response.text
     assert fragment in response.json()["error"]
-    assert site["client"].get("/healthz").status_code == 200
+    assert encoded(site) == before  # refused before any model work
+
+
+def encoded(site) -> int:
+    """The texts and images the service's model has encoded so far (its batchers' counts in /healthz)."""
+    batching = ok(site["client"].get("/healthz"))["batching"]
+    return batching["text"]["items"] + batching["image"]["items"]
+
+
+@pytest.mark.parametrize("params, fragment", [({"k": 0}, "k"), ({"k": 2, "offset": 16383}, "at most 16384"),
+                                              ({"folder": "../x"}, "folder")])
+def test_a_bad_image_search_is_refused_before_the_upload_is_encoded(site, params, fragment):
+    before = encoded(site)
+    response = site["client"].post("/v1/search/image", params=params,
+                                   files={"file": ("q.png", photo_bytes(77, "PNG"), "image/png")})
+    assert response.status_code == 422 and fragment in response.json()["error"]
+    assert encoded(site) == before
 
 
 def test_the_photo_route_serves_the_photo_file_itself_with_its_image_type(site):
