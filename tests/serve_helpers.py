@@ -31,12 +31,12 @@ from ernievil2torch.config import tiny224_config
 from ernievil2torch.conversion import convert_checkpoint
 from ernievil2torch.data.demo import demo_images
 from ernievil2torch.verify.synthetic import write_synthetic_pdparams, write_synthetic_vocab
-from helpers import SHARED_DATA_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-#: The shared demo photos, where every test looks for shared data ($ERNIEVIL2_SHARED_DATA, else ../shared/data); the
-#: gallery is complete without them (generated images), so their absence is no failure here.
-SHARED_IMAGES = Path(os.environ.get(SHARED_DATA_ENV) or REPO.parent / "shared" / "data") / "images"
+#: The shared demo photos, where every test looks for shared data ($ERNIEVIL2_SHARED_DATA, else ../shared/data;
+#: not helpers.shared_data_dir: benchmarks/serve_load.py imports this module without the tests' path); the gallery
+#: is complete without them (generated images), so their absence is no failure here.
+SHARED_IMAGES = Path(os.environ.get("ERNIEVIL2_SHARED_DATA") or REPO.parent / "shared" / "data") / "images"
 #: Chinese queries used by the tests (every character is in the synthetic vocab).
 QUERIES = ("一只猫", "一只在草地上奔跑的狗", "赛博朋克风格的城市夜景", "一个红色的圆形", "蓝色")
 
