@@ -286,6 +286,12 @@ EXPLAINED: Dict[Tuple[str, str, str], str] = {
        "every library route is registered through routes.with_limits, which declares k again with ge=1 and the "
        "--max_k bound (keeping only the default 24): the handler's own bound is never what FastAPI checks"
        for bound in (0, 2)},
+    ("ernievil2torch/apps/serve/middleware.py", "await self._drain(receive, 0)", "await self._drain(receive, 1)"):
+        "the drain bound is a courtesy: counting from one byte instead of zero reads at most one chunk less of a "
+        "body that is refused with 413 either way",
+    ("ernievil2torch/apps/serve/thumbnails.py", "QUALITY = 82", "*"):
+        "the JPEG quality of a thumbnail is a visual trade-off, outside every contract: what is promised (at most "
+        "320 px, JPEG, no EXIF, made once) holds at any quality",
     ("ernievil2torch/training/checkpoints.py", "for old in list_checkpoints(out)[:-max(1, keep_last)]:",
      "for old in list_checkpoints(out)[:-max(0, keep_last)]:"):
         "keep_last >= 1 is enforced by FinetuneSettings.check, so max(0, k) == max(1, k)",

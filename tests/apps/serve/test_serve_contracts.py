@@ -398,3 +398,24 @@ def test_a_library_folder_filter_is_a_path_inside_the_library():
     assert isinstance(day, Range) and day.high - day.low == 86_399
     with pytest.raises(InputError, match="taken_from is after taken_to"):
         LibraryFilter(taken_from=date(2024, 5, 2), taken_to=date(2024, 5, 1)).where()
+
+
+def test_a_foreign_host_is_told_which_hosts_the_service_answers_to():
+    """HostCheck's 400 names the allowed hosts (sorted), so a user behind a proxy sees what to send or to allow."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from ernievil2torch.apps.serve.middleware import HostCheck
+
+    app = FastAPI()
+
+    @app.get("/ok")
+    def fine():
+        return {"ok": True}
+
+    client = TestClient(HostCheck(app, {"localhost", "127.0.0.1"}))
+    refused = client.get("/ok", headers={"host": "evil.example"})
+    assert refused.status_code == 400
+    assert refused.json() == {"error": "unexpected Host header: this service answers only to 127.0.0.1, localhost"}
+    assert client.get("/ok", headers={"host": "localhost:8000"}).json() == {"ok": True}
+    assert TestClient(HostCheck(app, None)).get("/ok", headers={"host": "evil.example"}).status_code == 200
