@@ -292,6 +292,13 @@ EXPLAINED: Dict[Tuple[str, str, str], str] = {
     ("ernievil2torch/apps/serve/thumbnails.py", "QUALITY = 82", "*"):
         "the JPEG quality of a thumbnail is a visual trade-off, outside every contract: what is promised (at most "
         "320 px, JPEG, no EXIF, made once) holds at any quality",
+    ("ernievil2torch/export/openvino.py", 'warnings.simplefilter("ignore")  # tracer notes about Python-side shape checks',
+     "pass  # tracer notes about Python-side shape checks"):
+        "hides the tracer's warnings while OpenVINO converts; the graphs it writes are the same",
+    ("ernievil2torch/export/tokenizer_json.py", '"invert": False},', '"invert": True},'):
+        "the isolating split of single characters: with behavior Isolated, tokenizers puts the same boundaries "
+        "whether the class or its complement is the pattern (checked: the same pieces on CJK, punctuation and "
+        "Latin runs)",
     ("ernievil2torch/training/checkpoints.py", "for old in list_checkpoints(out)[:-max(1, keep_last)]:",
      "for old in list_checkpoints(out)[:-max(0, keep_last)]:"):
         "keep_last >= 1 is enforced by FinetuneSettings.check, so max(0, k) == max(1, k)",

@@ -211,6 +211,29 @@ def test_the_onnx_check_fails_an_export_beyond_its_tolerance(tiny_dir, tmp_path,
         assert export_onnx(str(tiny_dir), str(out)).max_abs_diff == pytest.approx(offset, rel=0.1)
 
 
+@pytest.mark.parametrize("diff,cosine,refusal", [(1.5e-4, 1.0, "OpenVINO \\(f32 hint\\) differs from PyTorch"),
+                                                (1e-4, 0.999, None),
+                                                (0.0, 0.9989, "feature cosine 0.998900 to PyTorch is below 0.999")])
+def test_the_openvino_check_holds_its_f32_tolerance_and_its_cosine_floor(tiny_dir, tmp_path, monkeypatch, diff,
+                                                                         cosine, refusal):
+    """The OpenVINO export's own check, as documented: the f32 hint within 1e-4 max abs diff of PyTorch and the
+    device's default hint at a feature cosine of at least 0.999; both bounds themselves pass (the measured pair is
+    stubbed here at exactly the values to test), anything beyond is refused with nothing written."""
+    require_module("openvino")
+    from ernievil2torch.errors import ErnieViL2Error
+    from ernievil2torch.export import export_openvino
+    from ernievil2torch.export import openvino as openvino_export
+
+    monkeypatch.setattr(openvino_export, "_check", lambda core, paths, model, probes, hint: (diff, cosine))
+    out = tmp_path / "ov"
+    if refusal:
+        with pytest.raises(ErnieViL2Error, match=refusal):
+            export_openvino(str(tiny_dir), str(out))
+        assert not out.exists()
+    else:
+        assert export_openvino(str(tiny_dir), str(out)).max_abs_diff == diff
+
+
 @pytest.mark.parametrize("fmt", ["hf", "onnx", "paddle", "openvino", "open_clip"])
 def test_an_existing_output_is_refused_before_the_model_is_read(tmp_path, fmt):
     """The output check comes first (no model loaded for a command that cannot write its output): an existing OUT
