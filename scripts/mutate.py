@@ -167,8 +167,6 @@ _CHARSMAP_GUARD = ("the guard against a character map too large for darts-clone'
 #: "not explained".
 _BARRIER = ("a barrier between processes: a no-op in one process, and under torchrun the next collective (the "
             "features' all_gather, DDP's all-reduce) waits for every process anyway, so no test can see it go")
-_ONNX_SAMPLE = ("the sample inputs the ONNX graphs are traced with or checked on (dynamic axes: another seed, size "
-                "or padded row traces the same graph and checks it as well)")
 _WARNING_FILTER = "hides a deprecation FutureWarning of torch; the computation is the same"
 #: The same for a line whose text appears elsewhere in its module with another meaning: keyed by (module path,
 #: 1-based line number, the line before and after, stripped), so the reason holds for that occurrence only and
@@ -192,17 +190,11 @@ EXPLAINED: Dict[Tuple[str, str, str], str] = {
     ("ernievil2torch/training/distributed.py",
      'warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)', "pass"):
         _WARNING_FILTER,
-    **{("ernievil2torch/export/onnx.py", line, "*"): _ONNX_SAMPLE for line in (
-        "gen = torch.Generator().manual_seed(0)", "length = min(16, cfg.text.max_position_embeddings)",
-        "ids = torch.randint(3, cfg.text.vocab_size, (2, length), generator=gen)", "mask[1, length // 2:] = 0",
-        "ids[1, length // 2:] = cfg.text.pad_token_id",
-        "pixels = torch.randn(2, cfg.vision.num_channels, cfg.vision.image_size, cfg.vision.image_size, generator=gen)",
-        "for batch in (1, 3):", "ids_b = torch.randint(3, cfg.text.vocab_size, (batch, length + 3), generator=gen)",
-        "mask_b[-1, 5:] = 0", "ids_b[-1, 5:] = cfg.text.pad_token_id",
-        "pix_b = torch.randn(batch, cfg.vision.num_channels, cfg.vision.image_size,")},
-    ("ernievil2torch/export/onnx.py", "want_t = model.encode_text(ids_b, mask_b)", "want_t = model.encode_text(ids_b, mask_b).detach()"):
+    ("ernievil2torch/export/onnx.py", "want_t = model.encode_text(probe.input_ids, probe.attention_mask)",
+     "want_t = model.encode_text(probe.input_ids, probe.attention_mask).detach()"):
         "inside torch.no_grad(): detach() changes nothing",
-    ("ernievil2torch/export/onnx.py", "want_i = model.encode_image(pix_b)", "want_i = model.encode_image(pix_b).detach()"):
+    ("ernievil2torch/export/onnx.py", "want_i = model.encode_image(probe.pixel_values)",
+     "want_i = model.encode_image(probe.pixel_values).detach()"):
         "inside torch.no_grad(): detach() changes nothing",
     ("ernievil2torch/training/trainer.py",
      '"data_position": self.order(0, 0).position(step * self.settings.grad_accum).to_dict()}',
