@@ -127,7 +127,8 @@ FAST_TESTS: Dict[str, Dict[str, List[str]]] = {
     },
     "export": {
         "paddle.py": ["tests/export/test_export_contracts.py", "tests/export/test_paddle_export.py"],
-        "openvino.py": ["tests/export/test_export.py", "-k", "openvino or registry or extra"],
+        "openvino.py": ["tests/export/test_export.py", "tests/export/test_export_contracts.py", "-k",
+                        "openvino or registry or extra"],
         "probes.py": ["tests/export/test_export_contracts.py", "tests/export/test_export.py", "-k",
                       "onnx or openvino"],
         "files.py": ["tests/export/test_export_contracts.py", "tests/export/test_export.py", "-k", "onnx or openvino"],
