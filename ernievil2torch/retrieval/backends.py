@@ -6,8 +6,8 @@ other rows does not renumber it) and with a metadata mapping (JSON-like values).
 ranks rows by inner product with each query (the cosine, when both sides are L2-normalised), best first (among
 equal scores the order is the back end's own; the in-memory one without FAISS puts rows added earlier first). A
 metadata filter keeps only rows whose metadata passes every given key before ranking: equal to a plain value,
-inside a :class:`Range` (dates, sizes), or a list holding a :class:`Contains` value (a photo's folder and the
-folders above it); ``offset`` skips that many of the best (paging).
+inside a :class:`Range` (dates, sizes), a list holding a :class:`Contains` value, or a folder path
+:class:`Under` a folder (a photo's folder, with its subfolders); ``offset`` skips that many of the best (paging).
 
 The web service talks to this protocol only, so a vector database is one more implementation registered in
 :data:`BACKENDS`, not a change to the service. ``BackendContract`` in ``tests/retrieval/test_backends.py`` is the
@@ -20,12 +20,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import numpy as np
 
 from ..errors import InputError
-from .rows import (BackendHit, Contains, MetadataFilter, Range, StoredVector, UnknownIdError, check_page, checked_rows,
-                   checked_vectors, passes)
+from .rows import (BackendHit, Contains, MetadataFilter, Range, StoredVector, Under, UnknownIdError, check_page,
+                   checked_rows, checked_vectors, passes)
 from .topk import build_faiss_index, faiss_available, search_embeddings
 
 __all__ = ["BACKENDS", "BackendHit", "Contains", "FAISS_MIN_ROWS", "InMemoryBackend", "MetadataFilter", "Range",
-           "SearchBackend", "StoredVector", "UnknownIdError", "backend_factory", "create_backend", "passes"]
+           "SearchBackend", "StoredVector", "Under", "UnknownIdError", "backend_factory", "create_backend", "passes"]
 
 #: In-memory back ends with at least this many rows search with FAISS (when installed and not switched off).
 FAISS_MIN_ROWS = 50_000

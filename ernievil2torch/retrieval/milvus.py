@@ -29,8 +29,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
-from .rows import (BackendHit, Contains, MetadataFilter, Range, StoredVector, UnknownIdError, check_page, checked_rows,
-                   checked_vectors)
+from .rows import (BackendHit, Contains, MetadataFilter, Range, StoredVector, Under, UnknownIdError, check_page,
+                   checked_rows, checked_vectors)
 
 #: Longest stable id (bytes of UTF-8) a row may have.
 MAX_ID_LENGTH = 256
@@ -45,6 +45,9 @@ INDEX_TYPES: Dict[str, Tuple[Dict[str, int], Dict[str, int]]] = {
 #: rows, benchmarks/milvus_ann.md), and Milvus itself switches to brute force on such filters too. The bound is
 #: Milvus's largest query window.
 EXACT_FILTER_ROWS = 16_384
+#: Types a scalar field (a typed, indexed copy of a metadata key) may have, and the longest VARCHAR (bytes of UTF-8).
+SCALAR_TYPES = ("VARCHAR", "INT64")
+MAX_SCALAR_BYTES = 4_096
 #: Rows per insert/upsert call (keeps every gRPC message far below Milvus's 64 MiB limit at 768-d).
 WRITE_BATCH = 2_000
 #: Rows per page when reading every row's metadata.
@@ -152,28 +155,62 @@ def release(uri: str) -> None:
     server_manager_instance.release_server(os.path.abspath(uri))
 
 
-def filter_expression(where: Optional[MetadataFilter]) -> str:
+def filter_expression(where: Optional[MetadataFilter], scalar_fields: Optional[Mapping[str, str]] = None) -> str:
     """The Milvus boolean expression for a metadata filter ('' for none); :class:`InputError` for a key that is not
-    an identifier or a value that is not a JSON scalar."""
+    an identifier or a value that is not a JSON scalar.
+
+    A key in ``scalar_fields`` (a typed, indexed copy of that metadata key: see :class:`MilvusBackend`) is compared
+    on its field whenever the filter value's type fits the field's (a string for VARCHAR, an integer or a
+    :class:`Range` for INT64, an :class:`Under` for VARCHAR), which a scalar index answers without reading each row's
+    JSON; any other value is compared on the JSON copy, so the result is the same either way."""
     if where is None:
         return ""
     if not isinstance(where, Mapping):
         raise InputError(f"where must be a mapping of metadata key -> value, got {type(where).__name__}")
+    typed = scalar_fields or {}
     parts = []
     for key, wanted in where.items():
         if not isinstance(key, str) or not _KEY.match(key):
             raise InputError(f"filter key {key!r} must be an identifier (letters, digits, _)")
-        field = f'metadata["{key}"]'
+        field = key if _fits(typed.get(key), wanted) else f'metadata["{key}"]'
         if isinstance(wanted, Range):
+            if field == key:
+                wanted = Range(None if wanted.low is None else math.ceil(_finite(wanted.low)),
+                               None if wanted.high is None else math.floor(_finite(wanted.high)))
             bounds = [f"{field} >= {_number(wanted.low)}" if wanted.low is not None else "",
                       f"{field} <= {_number(wanted.high)}" if wanted.high is not None else ""]
-            bounds = [b for b in bounds if b] or [f"exists {field}"]
+            bounds = [b for b in bounds if b] or ([f"{field} is not null"] if field == key else [f"exists {field}"])
             parts.append("(" + " and ".join(bounds) + ")")
         elif isinstance(wanted, Contains):
             parts.append(f"json_contains({field}, {_literal(wanted.value)})")
+        elif isinstance(wanted, Under):
+            parts.append(_under(field, wanted.folder))
         else:
             parts.append(f"{field} == {_literal(wanted)}")
     return " and ".join(parts)
+
+
+def _fits(field_type: Optional[str], wanted: Any) -> bool:
+    """Whether filter value ``wanted`` can be compared on a scalar field of ``field_type`` with the JSON result."""
+    if field_type == "VARCHAR":
+        return isinstance(wanted, (str, Under))
+    if field_type == "INT64":
+        return isinstance(wanted, Range) or (isinstance(wanted, int) and not isinstance(wanted, bool))
+    return False
+
+
+def _under(field: str, folder: str) -> str:
+    """``field`` is ``folder`` or a path inside it: a string range (every ``folder/...`` sorts from ``folder/`` up to,
+    not including, ``folder0``, ``0`` being the character after ``/``), which a scalar index answers."""
+    if not folder:
+        return f'{field} >= ""'
+    return (f"({field} == {_literal(folder)} or ({field} >= {_literal(folder + '/')} and "
+            f"{field} < {_literal(folder + '0')}))")
+
+
+def _finite(value: Any) -> float:
+    _number(value)
+    return value
 
 
 def _number(value: Any) -> str:
@@ -197,11 +234,17 @@ class MilvusBackend:
 
     Beyond the protocol: :meth:`upsert` (insert or replace by id, what an indexer that may be re-run needs),
     :meth:`rows` (every row's id and metadata, paged) and :meth:`get_many`.
+
+    ``scalar_fields`` (metadata key -> ``VARCHAR`` or ``INT64``) copies those keys of every row's metadata into
+    typed fields with a scalar (``INVERTED``) index, so filters on them cost an index lookup instead of parsing every
+    row's JSON (Milvus Lite: ~0.04 s instead of ~1.5 s per filtered query at 20k rows). A row's value there must be
+    of that type or missing/None. They are part of the collection: an existing collection without them is refused.
     """
 
     def __init__(self, dim: int, uri: str, token: Optional[str] = None, collection: str = "vectors",
                  index_type: str = "FLAT", index_params: Optional[Mapping[str, int]] = None,
-                 search_params: Optional[Mapping[str, int]] = None, client: Any = None) -> None:
+                 search_params: Optional[Mapping[str, int]] = None, client: Any = None,
+                 scalar_fields: Optional[Mapping[str, str]] = None) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise InputError(f"dim must be a positive integer, got {dim!r}")
         if index_type not in INDEX_TYPES:
@@ -209,6 +252,7 @@ class MilvusBackend:
         if not _KEY.match(collection or ""):
             raise InputError(f"collection name {collection!r} must be an identifier (letters, digits, _)")
         build, search = INDEX_TYPES[index_type]
+        self.scalar_fields = _checked_scalar_fields(scalar_fields or {})
         self._dim = dim
         self.uri = uri
         self.collection = collection
@@ -258,7 +302,7 @@ class MilvusBackend:
                offset: int = 0) -> List[List[BackendHit]]:
         queries = checked_vectors(queries, self._dim, "queries")
         check_page(k, offset)
-        expression = filter_expression(where)
+        expression = filter_expression(where, self.scalar_fields)
         if queries.shape[0] == 0:
             return []
         if expression and self.index_type != "FLAT":
@@ -309,7 +353,8 @@ class MilvusBackend:
 
     def rows(self, where: Optional[MetadataFilter] = None) -> Iterator[Tuple[str, Mapping[str, Any]]]:
         """Every row's ``(id, metadata)`` passing ``where``, read ``READ_BATCH`` at a time (no vectors)."""
-        iterator = self.client.query_iterator(self.collection, batch_size=READ_BATCH, filter=filter_expression(where),
+        expression = filter_expression(where, self.scalar_fields)
+        iterator = self.client.query_iterator(self.collection, batch_size=READ_BATCH, filter=expression,
                                               output_fields=["metadata"], consistency_level="Strong")
         try:
             while True:
@@ -335,6 +380,12 @@ class MilvusBackend:
             if dims != [self._dim]:
                 raise InputError(f"collection {self.collection!r} at {self.uri} holds {dims[0] if dims else '?'}-d "
                                  f"vectors, not {self._dim}-d ones")
+            held = {f["name"]: getattr(f["type"], "name", str(f["type"])) for f in described["fields"]}
+            missing = [f"{key} ({kind})" for key, kind in self.scalar_fields.items() if held.get(key) != kind]
+            if missing:
+                raise InputError(f"collection {self.collection!r} at {self.uri} has no indexed field "
+                                 f"{', '.join(missing)}: it was made without it (by an earlier version); rebuild it "
+                                 "(remove it and write the rows again)")
             self.client.load_collection(self.collection)
             return
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -343,6 +394,12 @@ class MilvusBackend:
         schema.add_field("metadata", DataType.JSON)
         index = self.client.prepare_index_params()
         index.add_index("vector", index_type=self.index_type, metric_type="IP", params=dict(self.index_params))
+        for key, kind in self.scalar_fields.items():
+            if kind == "VARCHAR":
+                schema.add_field(key, DataType.VARCHAR, max_length=MAX_SCALAR_BYTES, nullable=True)
+            else:
+                schema.add_field(key, DataType.INT64, nullable=True)
+            index.add_index(key, index_type="INVERTED")
         self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
 
     def _held(self, ids: List[str]) -> List[str]:
@@ -355,5 +412,38 @@ class MilvusBackend:
         for index, item in enumerate(ids):
             if not item or len(item.encode("utf-8")) > MAX_ID_LENGTH:
                 raise InputError(f"ids[{index}] must be 1..{MAX_ID_LENGTH} bytes of UTF-8")
-        return [{"id": item, "vector": row.tolist(), "metadata": entry}
-                for item, row, entry in zip(ids, array, metadata)]
+        out = []
+        for index, (item, row, entry) in enumerate(zip(ids, array, metadata)):
+            line = {"id": item, "vector": row.tolist(), "metadata": entry}
+            for key, kind in self.scalar_fields.items():
+                line[key] = _scalar(entry.get(key), kind, f"metadata[{index}][{key!r}]")
+            out.append(line)
+        return out
+
+
+def _checked_scalar_fields(fields: Mapping[str, str]) -> Dict[str, str]:
+    if not isinstance(fields, Mapping):
+        raise InputError(f"scalar_fields must map metadata keys to {' or '.join(SCALAR_TYPES)}")
+    for key, kind in fields.items():
+        if not isinstance(key, str) or not _KEY.match(key) or key in ("id", "vector", "metadata"):
+            raise InputError(f"scalar field {key!r} must be an identifier other than id, vector and metadata")
+        if kind not in SCALAR_TYPES:
+            raise InputError(f"scalar field {key!r}: type must be one of {', '.join(SCALAR_TYPES)}, got {kind!r}")
+    return dict(fields)
+
+
+def _scalar(value: Any, kind: str, where: str) -> Any:
+    """A metadata value as its scalar field holds it (None when missing); :class:`InputError` for another type."""
+    if value is None:
+        return None
+    if kind == "INT64":
+        if isinstance(value, bool) or not isinstance(value, int) or not -2 ** 63 <= value < 2 ** 63:
+            raise InputError(f"{where} must be a 64-bit integer or null, got {value!r}")
+        return value
+    try:
+        size = len(value.encode("utf-8")) if isinstance(value, str) else None
+    except UnicodeEncodeError:
+        size = None
+    if size is None or size > MAX_SCALAR_BYTES:
+        raise InputError(f"{where} must be a string of at most {MAX_SCALAR_BYTES} bytes of UTF-8 or null")
+    return value

@@ -34,8 +34,28 @@ class Contains:
         return isinstance(value, list) and self.value in value
 
 
+@dataclass(frozen=True)
+class Under:
+    """A filter value: the row's value at that key is a folder path (relative, ``/``-separated) that is ``folder``
+    itself or lies inside it (``a/b`` keeps ``a/b`` and ``a/b/c``, not ``a/bc``); ``''`` keeps every folder.
+
+    Why not :class:`Contains` over a list of ancestors: one string per row can carry a scalar index in a vector
+    database (a prefix is a range of strings), a list cannot."""
+
+    folder: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.folder, str) or self.folder != self.folder.strip("/") or "\x00" in self.folder:
+            raise InputError(f"Under: a folder path without leading or trailing '/', got {self.folder!r}")
+
+    def matches(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        return not self.folder or value == self.folder or value.startswith(self.folder + "/")
+
+
 #: ``where`` of :meth:`SearchBackend.search`: metadata key -> the value a row's metadata must hold there (a plain
-#: JSON value: equal; a :class:`Range` or :class:`Contains`: as they say).
+#: JSON value: equal; a :class:`Range`, :class:`Contains` or :class:`Under`: as they say).
 MetadataFilter = Mapping[str, Any]
 
 
@@ -45,7 +65,7 @@ def passes(entry: Mapping[str, Any], where: MetadataFilter) -> bool:
         if key not in entry:
             return False
         value = entry[key]
-        if isinstance(wanted, (Range, Contains)):
+        if isinstance(wanted, (Range, Contains, Under)):
             if not wanted.matches(value):
                 return False
         elif isinstance(value, bool) != isinstance(wanted, bool) or value != wanted:

@@ -16,7 +16,8 @@ require_module("pymilvus")
 require_module("milvus_lite")
 
 from ernievil2torch.errors import InputError  # noqa: E402
-from ernievil2torch.retrieval.backends import BACKENDS, Contains, InMemoryBackend, Range, create_backend  # noqa: E402
+from ernievil2torch.retrieval.backends import (BACKENDS, Contains, InMemoryBackend, Range, Under,  # noqa: E402
+                                              create_backend)
 from ernievil2torch.retrieval.milvus import (DatabaseBusyError, MilvusBackend, check_uri,  # noqa: E402
                                              filter_expression)
 
@@ -63,6 +64,66 @@ def test_filters_agree_with_the_in_memory_back_end(database, where):
     query = unit_rows(2, seed=12)
     assert ([[h.id for h in row] for row in milvus.search(query, k=40, where=where)]
             == [[h.id for h in row] for row in memory.search(query, k=40, where=where)])
+
+
+#: Folder names that a string range or a LIKE pattern could get wrong: a sibling sharing a prefix (``a/bc``), the
+#: character after ``/`` (``a/b0``), LIKE's wildcards, CJK, and the root ('').
+_FOLDERS = ["", "a", "a/b", "a/b/c", "a/bc", "a/b0", "a0", "a_b", "a%b", "a/b/c/d", "照片", "照片/2024", "照片2"]
+_TYPED = {"folder": "VARCHAR", "taken": "INT64"}
+
+
+@pytest.mark.parametrize("index_type", ["FLAT", "HNSW"])
+@pytest.mark.parametrize("where", [
+    {"folder": Under("a/b")}, {"folder": Under("a")}, {"folder": Under("")}, {"folder": Under("照片")},
+    {"folder": Under("a_b")}, {"folder": Under("a%b")}, {"folder": "a/b"}, {"folder": 3}, {"folder": Contains("a")},
+    {"taken": Range(3.5, 20.2)}, {"taken": Range(low=30)}, {"taken": Range()}, {"taken": 7},
+    {"taken": Range(5.2, 5.8)}, {"folder": Under("a/b"), "taken": Range(high=25), "album": "b"},
+])
+def test_typed_scalar_fields_filter_as_the_json_does(database, index_type, where):
+    """Keys copied into indexed scalar fields answer every filter exactly as the in-memory back end does, whether
+    the filter goes to the field (a fitting value) or to the JSON copy (any other), nulls and odd folder names
+    included."""
+    count = 52
+    rows, ids = unit_rows(count, seed=21), [f"r{i}" for i in range(count)]
+    meta = [{"folder": _FOLDERS[i % len(_FOLDERS)], "taken": None if i % 5 == 0 else i, "album": "ab"[i % 2]}
+            for i in range(count)]
+    meta[4].pop("taken")
+    milvus = MilvusBackend(DIM, database, collection=f"t{next(_names)}", index_type=index_type, scalar_fields=_TYPED)
+    memory = InMemoryBackend(DIM, use_faiss=False)
+    for backend in (milvus, memory):
+        backend.add(rows, ids, meta)
+    query = unit_rows(2, seed=22)
+    expected = [[h.id for h in row] for row in memory.search(query, k=count, where=where)]
+    assert [[h.id for h in row] for row in milvus.search(query, k=count, where=where)] == expected
+    assert sorted(dict(milvus.rows(where))) == sorted(set(expected[0])), where
+
+
+def test_typed_fields_use_the_field_only_for_a_fitting_value():
+    assert filter_expression({"f": Under("a/b")}, {"f": "VARCHAR"}) == '(f == "a/b" or (f >= "a/b/" and f < "a/b0"))'
+    assert filter_expression({"t": Range(1.5, 7.2)}, {"t": "INT64"}) == "(t >= 2 and t <= 7)"
+    assert filter_expression({"t": True}, {"t": "INT64"}) == 'metadata["t"] == true'
+    assert filter_expression({"f": 3}, {"f": "VARCHAR"}) == 'metadata["f"] == 3'
+    assert filter_expression({"f": Under("a")}) == '(metadata["f"] == "a" or (metadata["f"] >= "a/" and metadata["f"] < "a0"))'
+
+
+def test_typed_fields_are_checked(database):
+    for fields, message in (({"id": "VARCHAR"}, "other than id"), ({"a b": "INT64"}, "identifier"),
+                            ({"n": "FLOAT"}, "VARCHAR, INT64")):
+        with pytest.raises(InputError, match=message):
+            MilvusBackend(DIM, database, collection="never_made", scalar_fields=fields)
+    backend = MilvusBackend(DIM, database, collection=f"v{next(_names)}", scalar_fields=_TYPED)
+    for entry, message in (({"taken": 1.5}, "64-bit integer"), ({"taken": True}, "64-bit integer"),
+                           ({"folder": 3}, "string"), ({"folder": "x" * 4097}, "4096 bytes"),
+                           ({"folder": "\udcff"}, "UTF-8")):
+        with pytest.raises(InputError, match=message):
+            backend.add(unit_rows(1, seed=1), ["x"], [entry])
+    assert backend.count() == 0
+    plain = f"p{next(_names)}"
+    MilvusBackend(DIM, database, collection=plain)
+    with pytest.raises(InputError, match=r"no indexed field folder \(VARCHAR\)"):
+        MilvusBackend(DIM, database, collection=plain, scalar_fields=_TYPED)
+    with pytest.raises(InputError, match="leading or trailing"):
+        Under("/a")
 
 
 @pytest.mark.parametrize("where, message", [

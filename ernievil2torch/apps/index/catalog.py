@@ -24,6 +24,9 @@ ALIAS = "photos"
 #: The vector index of photo rows (chosen by benchmarks/milvus_ann.py: recall@10 >= 0.99 against exact search).
 INDEX_TYPE = "HNSW"
 HASH_DIGITS = 16
+#: Metadata keys the service filters on, copied into indexed scalar fields (a filtered search then costs an index
+#: lookup, not a parse of every row's JSON): the photo's folder (``Under``) and its capture time (``Range``).
+FILTER_FIELDS = {"folder": "VARCHAR", "taken_ts": "INT64"}
 
 
 class ModelMismatchError(InputError):
@@ -69,7 +72,8 @@ class Catalog:
         return target
 
     def rows(self, collection: str, dim: int) -> MilvusBackend:
-        return MilvusBackend(dim, self.uri, collection=collection, index_type=INDEX_TYPE, client=self.client)
+        return MilvusBackend(dim, self.uri, collection=collection, index_type=INDEX_TYPE, client=self.client,
+                             scalar_fields=FILTER_FIELDS)
 
     def failures(self, collection: str) -> MilvusBackend:
         return MilvusBackend(2, self.uri, collection=f"{collection}_failed", client=self.client)

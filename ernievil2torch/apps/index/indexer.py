@@ -51,9 +51,10 @@ MAX_PIXELS = 200_000_000
 def row_metadata(item: PhotoFile, sha: str, facts: Dict[str, Any], model_name: str, model_hash: str) -> dict:
     """The metadata of a photo's row (every writer of rows builds it here: a folder run and a bulk load of an
     ``embed`` output write equal rows): where the file is, its size, mtime and content hash, ``facts`` (``width``,
-    ``height``, ``taken``, ``taken_ts``) and the model that made its vector."""
-    return {"root": item.root, "path": item.path, "folders": item.folders, "size": item.size,
-            "mtime_ns": item.mtime_ns, "sha256": sha, "width": facts.get("width"), "height": facts.get("height"),
+    ``height``, ``taken``, ``taken_ts``) and the model that made its vector. ``folder`` is the folder it is in and
+    ``folders`` that folder and the ones above it (relative to the root; '' is the root itself)."""
+    return {"root": item.root, "path": item.path, "folder": item.folders[-1], "folders": item.folders,
+            "size": item.size, "mtime_ns": item.mtime_ns, "sha256": sha, "width": facts.get("width"), "height": facts.get("height"),
             "taken": facts.get("taken"), "taken_ts": facts.get("taken_ts"), "model": model_name,
             "model_hash": model_hash}
 

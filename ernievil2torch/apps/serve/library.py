@@ -21,9 +21,9 @@ import numpy as np
 
 from ...data.image_root import ImageLookupError
 from ...errors import InputError
-from ...retrieval.backends import Contains, Range, UnknownIdError
+from ...retrieval.backends import Range, Under, UnknownIdError
 from ...retrieval.milvus import MilvusBackend, connect, is_embedded
-from ..index.catalog import ALIAS, INDEX_TYPE, active_collection, collection_for
+from ..index.catalog import ALIAS, FILTER_FIELDS, INDEX_TYPE, active_collection, collection_for
 from ..index.files import PHOTO_EXTENSIONS
 from ..index.indexer import model_fingerprint
 from .thumbnails import ThumbnailCache
@@ -60,7 +60,7 @@ class LibraryFilter:
             folder = self.folder.strip("/")
             if len(folder) > MAX_FOLDER_CHARS or "\x00" in folder or ".." in folder.split("/"):
                 raise InputError("folder: a folder path inside the library, without '..'")
-            where["folders"] = Contains(folder)
+            where["folder"] = Under(folder)
         if self.taken_from is not None or self.taken_to is not None:
             if self.taken_from and self.taken_to and self.taken_from > self.taken_to:
                 raise InputError("taken_from is after taken_to")
@@ -87,7 +87,8 @@ class PhotoLibrary:
             raise InputError(f"{uri} was indexed with another model (collection {active}); serve it with that model, "
                              "or re-index with this one (`ernievil2 index ... --reindex`)")
         self.uri = uri
-        self.backend = MilvusBackend(dim, uri, collection=ALIAS, index_type=INDEX_TYPE, client=client)
+        self.backend = MilvusBackend(dim, uri, collection=ALIAS, index_type=INDEX_TYPE, client=client,
+                                     scalar_fields=FILTER_FIELDS)
         self.thumbnails = thumbnails
         self._private = [Path(uri).resolve()] if is_embedded(uri) else []
         self._private.append(thumbnails.folder.resolve())
@@ -163,7 +164,6 @@ class PhotoLibrary:
 
     @staticmethod
     def _hit(photo_id: str, score: float, metadata: Dict[str, Any]) -> LibraryHit:
-        folders = metadata.get("folders") or [""]
-        return LibraryHit(photo_id, score, str(metadata.get("path", "")), str(folders[-1]), metadata.get("taken"),
-                          metadata.get("width"), metadata.get("height"))
+        return LibraryHit(photo_id, score, str(metadata.get("path", "")), str(metadata.get("folder", "")),
+                          metadata.get("taken"), metadata.get("width"), metadata.get("height"))
 

@@ -56,7 +56,8 @@ def test_first_run_writes_one_row_per_file_with_its_facts(model_folder, tmp_path
                                "2024/f.jpg", "g.jpeg"]
     row_id, meta = by_path["2023/trip/a.jpg"]
     assert row_id == photo_id(str(root), "2023/trip/a.jpg") and meta["root"] == str(root)
-    assert meta["folders"] == ["", "2023", "2023/trip"] and (meta["width"], meta["height"]) == (40, 30)
+    assert meta["folders"] == ["", "2023", "2023/trip"] and meta["folder"] == "2023/trip"
+    assert (meta["width"], meta["height"]) == (40, 30)
     assert meta["taken"] == "2023-07-01T10:00:00" and meta["taken_ts"] == 1688205600
     assert meta["size"] == (root / "2023/trip/a.jpg").stat().st_size
     assert meta["mtime_ns"] == 1_700_000_000_000_000_000 and len(meta["sha256"]) == 64

@@ -385,11 +385,11 @@ def test_a_library_folder_filter_is_a_path_inside_the_library():
     from datetime import date
 
     from ernievil2torch.apps.serve.library import MAX_FOLDER_CHARS, LibraryFilter
-    from ernievil2torch.retrieval.backends import Contains, Range
+    from ernievil2torch.retrieval.backends import Range, Under
 
-    assert LibraryFilter(folder="/2024/trip/").where() == {"folders": Contains("2024/trip")}
-    assert LibraryFilter(folder="x" * MAX_FOLDER_CHARS).where() == {"folders": Contains("x" * MAX_FOLDER_CHARS)}
-    assert LibraryFilter(folder="a..b").where() == {"folders": Contains("a..b")}  # '..' inside a name is a name
+    assert LibraryFilter(folder="/2024/trip/").where() == {"folder": Under("2024/trip")}
+    assert LibraryFilter(folder="x" * MAX_FOLDER_CHARS).where() == {"folder": Under("x" * MAX_FOLDER_CHARS)}
+    assert LibraryFilter(folder="a..b").where() == {"folder": Under("a..b")}  # '..' inside a name is a name
     for bad in ("2024/../secret", "..", "a\x00b", "x" * (MAX_FOLDER_CHARS + 1)):
         with pytest.raises(InputError, match="a folder path inside the library, without '..'"):
             LibraryFilter(folder=bad).where()
