@@ -57,7 +57,7 @@ from chart import chart
 from environment import cpu_bf16_supported, inductor_problem, machine_info, pin_threads
 from flops import image_flops, text_flops
 from paddlenlp_client import PaddleNLPWorker, paddlenlp_version
-from report import Measured, Profile, RunFacts, from_record, render, to_record
+from report import Measured, Profile, RunFacts, from_record, quoted_companions, render, to_record
 from repo import ROOT
 from stamp import seal
 from subprocess_runs import conversion_section, embed_section, frontends_section, gpu_section
@@ -437,7 +437,8 @@ def facts_of(bench: Bench, versions: Dict[str, str], command: str) -> RunFacts:
 
 def write_report(facts: RunFacts, measured: Measured, out: str, png: str) -> None:
     """The sealed report to ``out`` and the chart to ``png``."""
-    Path(out).write_text(seal(render(facts, measured), "benchmarks/run.py", facts.command), encoding="utf-8")
+    text = render(facts, measured, quoted_companions(ROOT))
+    Path(out).write_text(seal(text, "benchmarks/run.py", facts.command), encoding="utf-8")
     log(f"wrote {out}")
     chart(png, measured.cases, int(facts.machine["threads"]))
 

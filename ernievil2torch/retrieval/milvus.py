@@ -366,6 +366,23 @@ class MilvusBackend:
         finally:
             iterator.close()
 
+    def values(self, key: str) -> Iterator[Any]:
+        """Every row's value of scalar field ``key`` (None where it has none), read ``READ_BATCH`` at a time without
+        the JSON metadata or vectors (what listing a library's folders needs)."""
+        if key not in self.scalar_fields:
+            raise InputError(f"{key!r} is not a scalar field of collection {self.collection!r}")
+        iterator = self.client.query_iterator(self.collection, batch_size=READ_BATCH, filter="",
+                                              output_fields=[key], consistency_level="Strong")
+        try:
+            while True:
+                page = iterator.next()
+                if not page:
+                    return
+                for row in page:
+                    yield row.get(key)
+        finally:
+            iterator.close()
+
     def drop(self) -> None:
         """Delete the whole collection."""
         self.client.drop_collection(self.collection)

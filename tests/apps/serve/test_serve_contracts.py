@@ -419,3 +419,30 @@ def test_a_foreign_host_is_told_which_hosts_the_service_answers_to():
     assert refused.json() == {"error": "unexpected Host header: this service answers only to 127.0.0.1, localhost"}
     assert client.get("/ok", headers={"host": "localhost:8000"}).json() == {"ok": True}
     assert TestClient(HostCheck(app, None)).get("/ok", headers={"host": "evil.example"}).status_code == 200
+
+
+def test_the_folder_list_reads_the_folder_field_once_per_period(monkeypatch):
+    """The page's folder list holds each indexed folder and those above it, sorted and capped, read from the
+    ``folder`` field (not every row's JSON) and reused for FOLDER_LIST_SECONDS, then read again."""
+    from ernievil2torch.apps.serve import library as library_module
+
+    reads = []
+
+    class Rows:
+        def values(self, key):
+            reads.append(key)
+            yield from ["2023/trip/day1", "", None, "2024", "2023/trip/day2"]
+
+    clock = [100.0]
+    monkeypatch.setattr(library_module.time, "monotonic", lambda: clock[0])
+    library = library_module.PhotoLibrary.__new__(library_module.PhotoLibrary)
+    library.backend, library._folder_list = Rows(), None
+    everything = ["2023", "2023/trip", "2023/trip/day1", "2023/trip/day2", "2024"]
+    assert library.folders() == everything and reads == ["folder"]
+    clock[0] += library_module.FOLDER_LIST_SECONDS - 1
+    assert library.folders() == everything and len(reads) == 1
+    assert library.folders(limit=2) == ["2023", "2023/trip"] and len(reads) == 2  # another cap: read again
+    clock[0] += library_module.FOLDER_LIST_SECONDS
+    library.folders(limit=2)
+    assert len(reads) == 3
+
