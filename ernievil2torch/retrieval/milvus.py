@@ -353,41 +353,35 @@ class MilvusBackend:
 
     def rows(self, where: Optional[MetadataFilter] = None) -> Iterator[Tuple[str, Mapping[str, Any]]]:
         """Every row's ``(id, metadata)`` passing ``where``, read ``READ_BATCH`` at a time (no vectors)."""
-        expression = filter_expression(where, self.scalar_fields)
-        iterator = self.client.query_iterator(self.collection, batch_size=READ_BATCH, filter=expression,
-                                              output_fields=["metadata"], consistency_level="Strong")
-        try:
-            while True:
-                page = iterator.next()
-                if not page:
-                    return
-                for row in page:
-                    yield str(row["id"]), row.get("metadata") or {}
-        finally:
-            iterator.close()
+        for row in self._paged(filter_expression(where, self.scalar_fields), "metadata"):
+            yield str(row["id"]), row.get("metadata") or {}
 
     def values(self, key: str) -> Iterator[Any]:
         """Every row's value of scalar field ``key`` (None where it has none), read ``READ_BATCH`` at a time without
         the JSON metadata or vectors (what listing a library's folders needs)."""
         if key not in self.scalar_fields:
             raise InputError(f"{key!r} is not a scalar field of collection {self.collection!r}")
-        iterator = self.client.query_iterator(self.collection, batch_size=READ_BATCH, filter="",
-                                              output_fields=[key], consistency_level="Strong")
-        try:
-            while True:
-                page = iterator.next()
-                if not page:
-                    return
-                for row in page:
-                    yield row.get(key)
-        finally:
-            iterator.close()
+        for row in self._paged("", key):
+            yield row.get(key)
 
     def drop(self) -> None:
         """Delete the whole collection."""
         self.client.drop_collection(self.collection)
 
     # ---- helpers -----------------------------------------------------------------------------------------------
+    def _paged(self, expression: str, field: str) -> Iterator[Mapping[str, Any]]:
+        """The rows passing ``expression`` with their id and ``field``, one page of ``READ_BATCH`` at a time."""
+        iterator = self.client.query_iterator(self.collection, batch_size=READ_BATCH, filter=expression,
+                                              output_fields=[field], consistency_level="Strong")
+        try:
+            while True:
+                page = iterator.next()
+                if not page:
+                    return
+                yield from page
+        finally:
+            iterator.close()
+
     def _ensure_collection(self) -> None:
         from pymilvus import DataType
 
