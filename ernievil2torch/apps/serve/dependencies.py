@@ -22,8 +22,8 @@ from .settings import ServiceSettings
 
 
 def read_page(name: str = "index.html") -> str:
-    """A page shipped inside the package: ``static/index.html`` (a gallery) or ``static/library.html`` (a photo
-    library)."""
+    """A file of the pages shipped inside the package: ``static/index.html`` (a gallery), ``static/library.html``
+    (a photo library), or what both use (``page.css``, ``page.js``)."""
     return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
 
 

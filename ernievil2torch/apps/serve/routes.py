@@ -15,14 +15,14 @@ from dataclasses import asdict
 from typing import Any, Callable, Dict, List
 
 from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...errors import InputError
 from ..fonts import CJK_FONT_PACKAGE, cjk_font_file
 from .batching import MicroBatcher
 from .dependencies import (get_decode_executor, get_engine, get_image_batcher, get_limits, get_page, get_settings,
-                           get_text_batcher)
+                           get_text_batcher, read_page)
 from .engine import Answer, Query as EngineQuery, SearchEngine
 from .inputs import check_text, decode_image_upload, upload_name
 from .limits import ServeLimits
@@ -73,6 +73,17 @@ async def page_font() -> FileResponse:
     if font is None:
         raise StarletteHTTPException(404, f"no page font here: pip install {CJK_FONT_PACKAGE}")
     return FileResponse(font, media_type="font/otf", headers={"Cache-Control": "public, max-age=604800, immutable"})
+
+
+#: The style sheet and script both pages share (static/page.css, static/page.js), by path -> (file, media type).
+PAGE_ASSETS = {"/assets/page.css": ("page.css", "text/css; charset=utf-8"),
+               "/assets/page.js": ("page.js", "text/javascript; charset=utf-8")}
+
+
+async def page_asset(request: Request) -> Response:
+    """One of :data:`PAGE_ASSETS`, from the package (like the pages, public: no data in it)."""
+    name, media_type = PAGE_ASSETS[request.url.path]
+    return Response(read_page(name), media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
 
 
 async def healthz(request: Request, engine: SearchEngine = Depends(get_engine),
@@ -147,6 +158,8 @@ def page_router() -> APIRouter:
     router = APIRouter()
     router.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
     router.add_api_route(FONT_PATH, page_font, methods=["GET"], response_class=FileResponse, include_in_schema=False)
+    for path in PAGE_ASSETS:
+        router.add_api_route(path, page_asset, methods=["GET"], include_in_schema=False)
     router.add_api_route("/healthz", healthz, methods=["GET"])
     return router
 

@@ -95,7 +95,13 @@ def test_the_page_font_and_the_api_docs_come_from_the_service(client):
     font = client.get("/assets/cjk-font.otf")
     assert font.status_code == 200 and font.headers["content-type"] == "font/otf"
     assert font.content == cjk_font_file().read_bytes() and "immutable" in font.headers["cache-control"]
-    assert "/assets/cjk-font.otf" in client.get("/").text
+    assert "/assets/cjk-font.otf" in client.get("/assets/page.css").text
+    page = client.get("/").text
+    for asset, kind, needle in (("/assets/page.css", "text/css", "@font-face"),
+                                ("/assets/page.js", "text/javascript", "function startPage(")):
+        served = client.get(asset)
+        assert asset in page and served.status_code == 200, asset
+        assert served.headers["content-type"].startswith(kind) and needle in served.text, asset
     for page, assets in (("/docs", ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css")),
                          ("/redoc", ("/docs-assets/redoc.standalone.js",))):
         html = client.get(page).text
@@ -713,7 +719,8 @@ def test_page_ships_in_the_wheel_and_is_found_from_an_installed_package(tmp_path
     assert proc.returncode == 0, proc.stderr
     wheel = next((tmp_path / "dist").glob("ernievil2torch-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
-        assert "ernievil2torch/apps/serve/static/index.html" in archive.namelist()
+        assert {f"ernievil2torch/apps/serve/static/{name}" for name in ("index.html", "library.html", "page.css",
+                                                                        "page.js")} <= set(archive.namelist())
     target = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                            str(wheel)], capture_output=True, text=True, timeout=600)

@@ -107,7 +107,8 @@ def test_every_api_route_needs_the_token_and_the_page_does_not(client):
     for method, url in (("GET", "/v1/search?q=x"), ("POST", "/v1/embed/text"), ("POST", "/v1/search/image"),
                         ("POST", "/v1/embed/image"), ("GET", "/v1/images/0"), ("GET", "/v1/nothing-here")):
         assert client.request(method, url, headers=bearer("Bearer " + TOKEN[:-1])).status_code == 401, url
-    assert client.get("/").status_code == 200
+    for public in ("/", "/assets/page.css", "/assets/page.js"):
+        assert client.get(public).status_code == 200, public
     assert client.get("/healthz").json() == {"status": "ok", "auth_required": True}
     details = client.get("/healthz", headers=bearer("Bearer " + TOKEN)).json()
     assert details["gallery_size"] == 1 and details["auth_required"] is True
