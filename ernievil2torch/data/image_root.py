@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Union
 
 from ..errors import InputError
-from .inputs import IMAGE_EXTENSIONS
+from .inputs import IMAGE_EXTENSIONS, PHONE_PHOTO_EXTENSIONS
 
 
 class ImageLookupError(InputError):
@@ -39,7 +39,7 @@ class ImageRoot:
 
         Raises :class:`ImageLookupError` with status 403 when the id is absolute, holds a NUL, or leads outside
         the root (``..``, a symlink anywhere on the way), and 404 when the file is missing, not a regular file, or
-        not an image by its extension.
+        not an image by its extension (those an image folder lists, HEIC/HEIF included).
         """
         if "\x00" in image_id or os.path.isabs(image_id):
             raise ImageLookupError(f"refused: gallery id {image_id!r} is not a path inside the image root", 403)
@@ -51,6 +51,6 @@ class ImageRoot:
             raise ImageLookupError(f"refused: {image_id!r} leads outside the image root", 403)
         if not real.is_file():
             raise ImageLookupError(f"{image_id!r} is not a regular file", 404)
-        if real.suffix.lower() not in IMAGE_EXTENSIONS:
+        if real.suffix.lower() not in IMAGE_EXTENSIONS | PHONE_PHOTO_EXTENSIONS:  # what image folders list
             raise ImageLookupError(f"{image_id!r} is not an image file ({real.suffix or 'no extension'})", 404)
         return real

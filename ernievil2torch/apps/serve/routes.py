@@ -7,6 +7,7 @@ is built, so they are checked by FastAPI and shown in the OpenAPI schema.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import mimetypes
@@ -27,6 +28,7 @@ from .engine import Answer, Query as EngineQuery, SearchEngine
 from .inputs import check_text, decode_image_upload, upload_name
 from .limits import ServeLimits
 from .schemas import EmbeddingsOut, SearchOut, TextsIn, search_hits
+from .thumbnails import browser_rendition
 from .security import request_authorized
 from .settings import ServiceSettings
 
@@ -144,12 +146,25 @@ async def search_image(file: UploadFile = File(..., description="the query image
     return SearchOut(k=k, results=search_hits(answer.hits or []))
 
 
+#: Photo formats browsers do not show: the gallery route answers a JPEG rendition of them instead.
+BROWSERLESS_SUFFIXES = (".heic", ".heif")
+
+
 async def gallery_image(row: int = Path(..., description="a gallery row (0-based, as in search results)"),
-                        engine: SearchEngine = Depends(get_engine)):
-    """The gallery image of ``row``; only files inside the image root are served."""
+                        engine: SearchEngine = Depends(get_engine), executor: Executor = Depends(get_decode_executor)):
+    """The gallery image of ``row``; only files inside the image root are served. A HEIC/HEIF photo is answered
+    as a metadata-free JPEG (decoded on the decode pool), since browsers cannot show it."""
     path = engine.gallery.image_file(row)
+    headers = {"Cache-Control": "private, max-age=3600"}
+    if path.suffix.lower() in BROWSERLESS_SUFFIXES:
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(executor, browser_rendition, path)
+        except InputError as exc:
+            raise StarletteHTTPException(422, str(exc)) from None
+        return Response(data, media_type="image/jpeg", headers=headers)
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+    return FileResponse(path, media_type=media_type, headers=headers)
 
 
 # ---- routers ----------------------------------------------------------------------------------------------------

@@ -39,8 +39,13 @@ class ThumbnailCache:
         return target
 
 
-def make_thumbnail(photo: Path, target: Path) -> None:
-    """Write ``photo``'s thumbnail to ``target`` atomically (see the module docstring)."""
+#: Longest side of the JPEG a browser gets for a photo in a format it cannot show (HEIC/HEIF).
+RENDITION_SIZE = 2048
+
+
+def clean_upright(photo: Path, size: int, what: str):
+    """``photo`` turned upright and shrunk to fit ``size`` pixels, as a new RGB image made from its pixels alone
+    (no EXIF, XMP, ICC profile or comment comes along); :class:`InputError` naming ``what`` when it cannot be read."""
     from PIL import Image, ImageOps
 
     from ..index.files import register_heif
@@ -48,13 +53,29 @@ def make_thumbnail(photo: Path, target: Path) -> None:
     register_heif()
     try:
         with Image.open(photo) as image:
-            image.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))  # JPEG: decode at a reduced scale
+            image.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale
             upright = ImageOps.exif_transpose(image).convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"cannot make a thumbnail of this photo: {exc}") from None
-    upright.thumbnail((THUMB_SIZE, THUMB_SIZE))
+        raise InputError(f"cannot make {what} of this photo: {exc}") from None
+    upright.thumbnail((size, size))
     clean = Image.new("RGB", upright.size)
     clean.paste(upright)  # a new image: nothing of the original's info dict comes along
+    return clean
+
+
+def browser_rendition(photo: Path) -> bytes:
+    """A JPEG of ``photo`` (at most :data:`RENDITION_SIZE` pixels a side, metadata-free like a thumbnail) for a
+    browser that cannot show its format (HEIC/HEIF)."""
+    import io
+
+    out = io.BytesIO()
+    clean_upright(photo, RENDITION_SIZE, "a browser image").save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def make_thumbnail(photo: Path, target: Path) -> None:
+    """Write ``photo``'s thumbnail to ``target`` atomically (see the module docstring)."""
+    clean = clean_upright(photo, THUMB_SIZE, "a thumbnail")
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".thumb-", suffix=".jpg")
     try:
         with os.fdopen(handle, "wb") as out:

@@ -789,3 +789,34 @@ def test_fast_decode_reaches_the_uploads_and_the_service(site, monkeypatch):
         server.serve(str(site["model"]), str(site["root"] / "gallery"), str(site["root"] / "images"),
                      fast_decode=True)
     assert made[-1]["fast_decode"] is True
+
+
+def test_a_heic_gallery_photo_is_answered_as_a_metadata_free_jpeg(tmp_path, site):
+    """Browsers cannot show HEIC: the gallery route answers such a photo as a JPEG made from its pixels alone (no
+    EXIF comes along), while other formats are served as the files themselves; an unreadable one is a JSON 4xx."""
+    require_module("pillow_heif")
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests" / "apps" / "index"))
+    from photo_library import photo_bytes
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.heic").write_bytes(photo_bytes(5, "HEIF", taken="2024:01:15 08:00:00", size=(64, 48)))
+    (images / "b.png").write_bytes(png_bytes())
+    from ernievil2torch.apps.embed import embed
+
+    embed(str(images), str(site["model"]), str(tmp_path / "gallery"), kind="image", batch_size=8, num_workers=0,
+          progress=False)
+    engine = SearchEngine(site["pretrained"], Gallery.load(tmp_path / "gallery", images))
+    rows = {Path(engine.gallery.image_file(row)).name: row for row in range(2)}
+    with TestClient(create_app(engine), base_url=BASE) as client:
+        heic = client.get(f"/v1/images/{rows['a.heic']}")
+        assert heic.status_code == 200 and heic.headers["content-type"] == "image/jpeg"
+        picture = Image.open(io.BytesIO(heic.content))
+        assert picture.format == "JPEG" and picture.size == (64, 48) and not picture.getexif()
+        png = client.get(f"/v1/images/{rows['b.png']}")
+        assert png.headers["content-type"] == "image/png" and png.content == (images / "b.png").read_bytes()
+        (images / "a.heic").write_bytes(b"not a photo any more")
+        broken = client.get(f"/v1/images/{rows['a.heic']}")
+        assert broken.status_code == 422 and "cannot make a browser image" in broken.json()["error"]
