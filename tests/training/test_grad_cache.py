@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import subprocess
 import sys
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from helpers import REPO_ROOT
 from shapes import shapes_setup
 
 WORKER = REPO_ROOT / "tests" / "workers" / "grad_cache_gradients.py"
+CALLS_WORKER = REPO_ROOT / "tests" / "workers" / "finetune_cache_calls.py"
 BOUNDS = {torch.float64: 1e-6, torch.float32: 1e-5}
 BATCH, CHUNK = 16, 4
 LENGTHS = (8, 30, 5, 17, 12, 3, 25, 9) * 2
@@ -193,7 +195,25 @@ def weight_change(setup, out) -> Dict[str, torch.Tensor]:
     return {k: (after[k].double() - before[k].double()) for k in before}
 
 
-def test_one_finetune_step_with_the_cache_changes_the_weights_as_without(shapes, tmp_path, capsys):
+@pytest.fixture
+def cache_calls(monkeypatch) -> List[Dict[str, int]]:
+    """Every call the trainer makes to ``grad_cache_backward`` (the rows of its batch and its chunk), recorded:
+    with the settings of these tests a trainer that ignored ``--grad_cache_chunk`` would step plainly and end
+    with the same weights, so only the calls show that the cache ran."""
+    import ernievil2torch.training.trainer as trainer_module
+
+    calls: List[Dict[str, int]] = []
+    real = trainer_module.grad_cache_backward
+
+    def recording(objective, pixel_values, input_ids, attention_mask, chunk, autocast, **kwargs):
+        calls.append({"rows": int(pixel_values.shape[0]), "chunk": int(chunk)})
+        return real(objective, pixel_values, input_ids, attention_mask, chunk, autocast, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "grad_cache_backward", recording)
+    return calls
+
+
+def test_one_finetune_step_with_the_cache_changes_the_weights_as_without(shapes, tmp_path, capsys, cache_calls):
     """``ernievil2 finetune``: one step of batch 16 (dropout off) with and without --grad_cache_chunk 4.
 
     AdamW's first step is ``lr * g / (|g| + eps)``: with the default eps that is ``lr * sign(g)``, which turns the
@@ -206,8 +226,10 @@ def test_one_finetune_step_with_the_cache_changes_the_weights_as_without(shapes,
               "--max_steps", "1", "--warmup_steps", "0", "--lr", "100", "--num_workers", "0", "--progress", "false",
               "--gradient_checkpointing", "false", "--precision", "fp32", "--adam_eps", "1", "--weight_decay", "0"]
     run_command(COMMANDS, name="ernievil2", argv=["finetune", *common[:2], str(tmp_path / "plain"), *common[2:]])
+    assert cache_calls == []  # the plain run steps without the cache
     run_command(COMMANDS, name="ernievil2", argv=["finetune", *common[:2], str(tmp_path / "cache"), *common[2:],
                                                   "--grad_cache_chunk", "4"])
+    assert cache_calls == [{"rows": 16, "chunk": 4}]  # the one step: the whole batch of 16, in chunks of 4
     capsys.readouterr()
     plain, cache = weight_change(shapes, tmp_path / "plain"), weight_change(shapes, tmp_path / "cache")
     changed = [k for k in plain if plain[k].norm() > 0]
@@ -217,7 +239,7 @@ def test_one_finetune_step_with_the_cache_changes_the_weights_as_without(shapes,
     assert len(changed) == len(plain) and worst <= 1e-5
 
 
-def test_a_cached_run_resumed_ends_as_the_uninterrupted_run(shapes, tmp_path):
+def test_a_cached_run_resumed_ends_as_the_uninterrupted_run(shapes, tmp_path, cache_calls):
     """A run with the cache and dropout (text 0.1 from the model's config here) resumed from its step-2
     checkpoint ends with the uninterrupted run's weights, bit for bit."""
     setup = shapes_setup(tmp_path / "data", images_per_caption=1, text_dropout=0.1)
@@ -225,11 +247,13 @@ def test_a_cached_run_resumed_ends_as_the_uninterrupted_run(shapes, tmp_path):
                     max_steps=4, save_every=2, keep_last=2, num_workers=0, progress=False, eval_at_start=False,
                     gradient_checkpointing=True)
     finetune(setup.model, setup.train, tmp_path / "straight", **settings)
+    assert cache_calls == [{"rows": 8, "chunk": 3}] * 4  # every step through the cache (chunks of 3, 3 and 2)
     shutil.copytree(tmp_path / "straight", tmp_path / "cut")
     shutil.rmtree(tmp_path / "cut" / FINAL_DIR)
     shutil.rmtree(tmp_path / "cut" / CHECKPOINTS_DIR / "step-00000004")  # as if killed after step 2's checkpoint
     result = finetune(setup.model, setup.train, tmp_path / "cut", resume=True, **settings)
     assert result.resumed_from == 2 and result.steps == 4
+    assert cache_calls == [{"rows": 8, "chunk": 3}] * 6  # the resumed run's steps 3 and 4 through the cache too
     a = ErnieViL2.from_pretrained(tmp_path / "straight" / FINAL_DIR).state_dict()
     b = ErnieViL2.from_pretrained(tmp_path / "cut" / FINAL_DIR).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -239,18 +263,23 @@ def test_finetune_under_torchrun_with_the_cache_steps_as_one_process_with_the_gl
                                                                                            capsys):
     """`python -m ernievil2torch.finetune` under torchrun (2 gloo processes x 8 pairs in chunks of 4: the trainer's
     own path, no DDP, gradients averaged by the cache) against one process's plain step on the same 16 pairs:
-    one step's weight change within 1e-5 (the settings of the one-step test above)."""
+    one step's weight change within 1e-5 (the settings of the one-step test above). The command runs through
+    tests/workers/finetune_cache_calls.py, which records each process's calls to the gradient cache."""
     import os
 
     steps = ["--batch_size", "8", "--max_steps", "1", "--warmup_steps", "0", "--lr", "100", "--num_workers", "0",
              "--progress", "false", "--gradient_checkpointing", "false", "--precision", "fp32", "--adam_eps", "1",
              "--weight_decay", "0", "--images", str(shapes.train_images)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "ernievil2torch.finetune", str(shapes.model), str(shapes.train), str(tmp_path / "two"), *steps,
-           "--grad_cache_chunk", "4"]
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(CALLS_WORKER),
+           str(calls), str(shapes.model), str(shapes.train), str(tmp_path / "two"), *steps, "--grad_cache_chunk", "4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for rank in range(2):  # each process stepped once through the cache: its 8 pairs in chunks of 4, 2 processes
+        recorded = json.loads((calls / f"rank{rank}.json").read_text(encoding="utf-8"))
+        assert recorded == [{"rows": 8, "chunk": 4, "world_size": 2}], (rank, recorded)
     one = [a if a != "8" else "16" for a in steps]  # the global batch in one process, plain
     run_command(COMMANDS, name="ernievil2", argv=["finetune", str(shapes.model), str(shapes.train),
                                                   str(tmp_path / "one"), *one])
