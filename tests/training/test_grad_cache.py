@@ -65,13 +65,14 @@ def gradients(model: ErnieViL2) -> Dict[str, Optional[torch.Tensor]]:
     return {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
 
 
-def step(config, dtype, cached: bool, checkpointing=False, freeze=None, autocast=contextlib.nullcontext):
+def step(config, dtype, cached: bool, checkpointing=False, freeze=None, autocast=contextlib.nullcontext,
+         chunk: int = CHUNK):
     torch.manual_seed(0)
     model = make_model(config, dtype, checkpointing, freeze)
     objective = ContrastiveObjective(model, freeze)
     pixels, ids, mask = inputs(config, dtype)
     if cached:
-        loss = grad_cache_backward(objective, pixels, ids, mask, CHUNK, autocast).loss
+        loss = grad_cache_backward(objective, pixels, ids, mask, chunk, autocast).loss
     else:
         with autocast():
             loss = objective(pixels, ids, mask)
@@ -94,15 +95,18 @@ def test_chunks_cover_the_batch_and_the_last_may_be_smaller():
             chunk_slices(4, chunk)
 
 
+@pytest.mark.parametrize("chunk", [CHUNK, 5], ids=["chunk4", "chunk5-last1"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_gradient_cache_equals_the_plain_full_batch(dtype):
-    """Batch 16 in chunks of 4, one process, dropout off: the loss and every gradient as the plain step's."""
+def test_gradient_cache_equals_the_plain_full_batch(dtype, chunk):
+    """Batch 16, one process, dropout off: the loss and every gradient as the plain step's, in chunks of 4 and in
+    chunks of 5 (5 + 5 + 5 + 1: the last chunk smaller, down to one pair)."""
+    assert chunk == CHUNK or BATCH % chunk == 1
     config = config_with()
     plain_loss, plain = step(config, dtype, cached=False)
-    cache_loss, cache = step(config, dtype, cached=True)
+    cache_loss, cache = step(config, dtype, cached=True, chunk=chunk)
     worst = worst_relative(cache, plain)
-    print(f"\n{dtype}: loss {plain_loss:.9f} vs {cache_loss:.9f}; worst per-tensor relative gradient norm "
-          f"difference {worst:.2e} over {len(plain)} tensors")
+    print(f"\n{dtype}, chunks of {chunk}: loss {plain_loss:.9f} vs {cache_loss:.9f}; worst per-tensor relative "
+          f"gradient norm difference {worst:.2e} over {len(plain)} tensors")
     assert abs(cache_loss - plain_loss) <= BOUNDS[dtype] * abs(plain_loss)
     assert worst <= BOUNDS[dtype]
 
@@ -146,6 +150,26 @@ def test_second_pass_replays_the_first_bit_for_bit_with_dropout(checkpointing):
     model.eval()  # dropout really acted: the eval features differ
     with torch.no_grad():
         assert not torch.equal(model.encode_text(ids[:CHUNK], mask[:CHUNK]), result.cached_text[:CHUNK])
+
+
+def test_bf16_weights_replay_exactly_with_dropout():
+    """bf16 weights (``model.to(torch.bfloat16)``, no autocast), dropout 0.1 in both towers: the re-encoded
+    features equal the cached ones bit for bit. Under no-grad in half precision the vision MLP would take its fused
+    QuickGELU fast path (other roundings) while the replay, with a graph, takes the autograd one; the first pass
+    runs inside ``autograd_paths()`` so that both passes compute the same thing."""
+    config = config_with(text_dropout=0.1, vision_dropout=0.1)
+    model = make_model(config, torch.bfloat16)
+    pixels, ids, mask = inputs(config, torch.bfloat16)
+    torch.manual_seed(3)
+    result = grad_cache_backward(ContrastiveObjective(model), pixels, ids, mask, CHUNK, contextlib.nullcontext,
+                                 keep_replay=True)
+    assert result.cached_image.dtype == result.cached_text.dtype == torch.bfloat16
+    assert torch.equal(result.replayed_image, result.cached_image)
+    assert torch.equal(result.replayed_text, result.cached_text)
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in model.parameters())
+    model.eval()  # dropout really acted: the eval features differ
+    with torch.no_grad():
+        assert not torch.equal(model.encode_image(pixels[:CHUNK]), result.cached_image[:CHUNK])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
