@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import subprocess
 import sys
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from helpers import REPO_ROOT
 from shapes import shapes_setup
 
 WORKER = REPO_ROOT / "tests" / "workers" / "grad_cache_gradients.py"
+CALLS_WORKER = REPO_ROOT / "tests" / "workers" / "finetune_cache_calls.py"
 BOUNDS = {torch.float64: 1e-6, torch.float32: 1e-5}
 BATCH, CHUNK = 16, 4
 LENGTHS = (8, 30, 5, 17, 12, 3, 25, 9) * 2
@@ -63,13 +65,14 @@ def gradients(model: ErnieViL2) -> Dict[str, Optional[torch.Tensor]]:
     return {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
 
 
-def step(config, dtype, cached: bool, checkpointing=False, freeze=None, autocast=contextlib.nullcontext):
+def step(config, dtype, cached: bool, checkpointing=False, freeze=None, autocast=contextlib.nullcontext,
+         chunk: int = CHUNK):
     torch.manual_seed(0)
     model = make_model(config, dtype, checkpointing, freeze)
     objective = ContrastiveObjective(model, freeze)
     pixels, ids, mask = inputs(config, dtype)
     if cached:
-        loss = grad_cache_backward(objective, pixels, ids, mask, CHUNK, autocast).loss
+        loss = grad_cache_backward(objective, pixels, ids, mask, chunk, autocast).loss
     else:
         with autocast():
             loss = objective(pixels, ids, mask)
@@ -92,15 +95,18 @@ def test_chunks_cover_the_batch_and_the_last_may_be_smaller():
             chunk_slices(4, chunk)
 
 
+@pytest.mark.parametrize("chunk", [CHUNK, 5], ids=["chunk4", "chunk5-last1"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_gradient_cache_equals_the_plain_full_batch(dtype):
-    """Batch 16 in chunks of 4, one process, dropout off: the loss and every gradient as the plain step's."""
+def test_gradient_cache_equals_the_plain_full_batch(dtype, chunk):
+    """Batch 16, one process, dropout off: the loss and every gradient as the plain step's, in chunks of 4 and in
+    chunks of 5 (5 + 5 + 5 + 1: the last chunk smaller, down to one pair)."""
+    assert chunk == CHUNK or BATCH % chunk == 1
     config = config_with()
     plain_loss, plain = step(config, dtype, cached=False)
-    cache_loss, cache = step(config, dtype, cached=True)
+    cache_loss, cache = step(config, dtype, cached=True, chunk=chunk)
     worst = worst_relative(cache, plain)
-    print(f"\n{dtype}: loss {plain_loss:.9f} vs {cache_loss:.9f}; worst per-tensor relative gradient norm "
-          f"difference {worst:.2e} over {len(plain)} tensors")
+    print(f"\n{dtype}, chunks of {chunk}: loss {plain_loss:.9f} vs {cache_loss:.9f}; worst per-tensor relative "
+          f"gradient norm difference {worst:.2e} over {len(plain)} tensors")
     assert abs(cache_loss - plain_loss) <= BOUNDS[dtype] * abs(plain_loss)
     assert worst <= BOUNDS[dtype]
 
@@ -144,6 +150,26 @@ def test_second_pass_replays_the_first_bit_for_bit_with_dropout(checkpointing):
     model.eval()  # dropout really acted: the eval features differ
     with torch.no_grad():
         assert not torch.equal(model.encode_text(ids[:CHUNK], mask[:CHUNK]), result.cached_text[:CHUNK])
+
+
+def test_bf16_weights_replay_exactly_with_dropout():
+    """bf16 weights (``model.to(torch.bfloat16)``, no autocast), dropout 0.1 in both towers: the re-encoded
+    features equal the cached ones bit for bit. Under no-grad in half precision the vision MLP would take its fused
+    QuickGELU fast path (other roundings) while the replay, with a graph, takes the autograd one; the first pass
+    runs inside ``autograd_paths()`` so that both passes compute the same thing."""
+    config = config_with(text_dropout=0.1, vision_dropout=0.1)
+    model = make_model(config, torch.bfloat16)
+    pixels, ids, mask = inputs(config, torch.bfloat16)
+    torch.manual_seed(3)
+    result = grad_cache_backward(ContrastiveObjective(model), pixels, ids, mask, CHUNK, contextlib.nullcontext,
+                                 keep_replay=True)
+    assert result.cached_image.dtype == result.cached_text.dtype == torch.bfloat16
+    assert torch.equal(result.replayed_image, result.cached_image)
+    assert torch.equal(result.replayed_text, result.cached_text)
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in model.parameters())
+    model.eval()  # dropout really acted: the eval features differ
+    with torch.no_grad():
+        assert not torch.equal(model.encode_image(pixels[:CHUNK]), result.cached_image[:CHUNK])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -193,7 +219,25 @@ def weight_change(setup, out) -> Dict[str, torch.Tensor]:
     return {k: (after[k].double() - before[k].double()) for k in before}
 
 
-def test_one_finetune_step_with_the_cache_changes_the_weights_as_without(shapes, tmp_path, capsys):
+@pytest.fixture
+def cache_calls(monkeypatch) -> List[Dict[str, int]]:
+    """Every call the trainer makes to ``grad_cache_backward`` (the rows of its batch and its chunk), recorded:
+    with the settings of these tests a trainer that ignored ``--grad_cache_chunk`` would step plainly and end
+    with the same weights, so only the calls show that the cache ran."""
+    import ernievil2torch.training.trainer as trainer_module
+
+    calls: List[Dict[str, int]] = []
+    real = trainer_module.grad_cache_backward
+
+    def recording(objective, pixel_values, input_ids, attention_mask, chunk, autocast, **kwargs):
+        calls.append({"rows": int(pixel_values.shape[0]), "chunk": int(chunk)})
+        return real(objective, pixel_values, input_ids, attention_mask, chunk, autocast, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "grad_cache_backward", recording)
+    return calls
+
+
+def test_one_finetune_step_with_the_cache_changes_the_weights_as_without(shapes, tmp_path, capsys, cache_calls):
     """``ernievil2 finetune``: one step of batch 16 (dropout off) with and without --grad_cache_chunk 4.
 
     AdamW's first step is ``lr * g / (|g| + eps)``: with the default eps that is ``lr * sign(g)``, which turns the
@@ -206,8 +250,10 @@ def test_one_finetune_step_with_the_cache_changes_the_weights_as_without(shapes,
               "--max_steps", "1", "--warmup_steps", "0", "--lr", "100", "--num_workers", "0", "--progress", "false",
               "--gradient_checkpointing", "false", "--precision", "fp32", "--adam_eps", "1", "--weight_decay", "0"]
     run_command(COMMANDS, name="ernievil2", argv=["finetune", *common[:2], str(tmp_path / "plain"), *common[2:]])
+    assert cache_calls == []  # the plain run steps without the cache
     run_command(COMMANDS, name="ernievil2", argv=["finetune", *common[:2], str(tmp_path / "cache"), *common[2:],
                                                   "--grad_cache_chunk", "4"])
+    assert cache_calls == [{"rows": 16, "chunk": 4}]  # the one step: the whole batch of 16, in chunks of 4
     capsys.readouterr()
     plain, cache = weight_change(shapes, tmp_path / "plain"), weight_change(shapes, tmp_path / "cache")
     changed = [k for k in plain if plain[k].norm() > 0]
@@ -217,7 +263,7 @@ def test_one_finetune_step_with_the_cache_changes_the_weights_as_without(shapes,
     assert len(changed) == len(plain) and worst <= 1e-5
 
 
-def test_a_cached_run_resumed_ends_as_the_uninterrupted_run(shapes, tmp_path):
+def test_a_cached_run_resumed_ends_as_the_uninterrupted_run(shapes, tmp_path, cache_calls):
     """A run with the cache and dropout (text 0.1 from the model's config here) resumed from its step-2
     checkpoint ends with the uninterrupted run's weights, bit for bit."""
     setup = shapes_setup(tmp_path / "data", images_per_caption=1, text_dropout=0.1)
@@ -225,11 +271,13 @@ def test_a_cached_run_resumed_ends_as_the_uninterrupted_run(shapes, tmp_path):
                     max_steps=4, save_every=2, keep_last=2, num_workers=0, progress=False, eval_at_start=False,
                     gradient_checkpointing=True)
     finetune(setup.model, setup.train, tmp_path / "straight", **settings)
+    assert cache_calls == [{"rows": 8, "chunk": 3}] * 4  # every step through the cache (chunks of 3, 3 and 2)
     shutil.copytree(tmp_path / "straight", tmp_path / "cut")
     shutil.rmtree(tmp_path / "cut" / FINAL_DIR)
     shutil.rmtree(tmp_path / "cut" / CHECKPOINTS_DIR / "step-00000004")  # as if killed after step 2's checkpoint
     result = finetune(setup.model, setup.train, tmp_path / "cut", resume=True, **settings)
     assert result.resumed_from == 2 and result.steps == 4
+    assert cache_calls == [{"rows": 8, "chunk": 3}] * 6  # the resumed run's steps 3 and 4 through the cache too
     a = ErnieViL2.from_pretrained(tmp_path / "straight" / FINAL_DIR).state_dict()
     b = ErnieViL2.from_pretrained(tmp_path / "cut" / FINAL_DIR).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -239,18 +287,23 @@ def test_finetune_under_torchrun_with_the_cache_steps_as_one_process_with_the_gl
                                                                                            capsys):
     """`python -m ernievil2torch.finetune` under torchrun (2 gloo processes x 8 pairs in chunks of 4: the trainer's
     own path, no DDP, gradients averaged by the cache) against one process's plain step on the same 16 pairs:
-    one step's weight change within 1e-5 (the settings of the one-step test above)."""
+    one step's weight change within 1e-5 (the settings of the one-step test above). The command runs through
+    tests/workers/finetune_cache_calls.py, which records each process's calls to the gradient cache."""
     import os
 
     steps = ["--batch_size", "8", "--max_steps", "1", "--warmup_steps", "0", "--lr", "100", "--num_workers", "0",
              "--progress", "false", "--gradient_checkpointing", "false", "--precision", "fp32", "--adam_eps", "1",
              "--weight_decay", "0", "--images", str(shapes.train_images)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "ernievil2torch.finetune", str(shapes.model), str(shapes.train), str(tmp_path / "two"), *steps,
-           "--grad_cache_chunk", "4"]
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(CALLS_WORKER),
+           str(calls), str(shapes.model), str(shapes.train), str(tmp_path / "two"), *steps, "--grad_cache_chunk", "4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for rank in range(2):  # each process stepped once through the cache: its 8 pairs in chunks of 4, 2 processes
+        recorded = json.loads((calls / f"rank{rank}.json").read_text(encoding="utf-8"))
+        assert recorded == [{"rows": 8, "chunk": 4, "world_size": 2}], (rank, recorded)
     one = [a if a != "8" else "16" for a in steps]  # the global batch in one process, plain
     run_command(COMMANDS, name="ernievil2", argv=["finetune", str(shapes.model), str(shapes.train),
                                                   str(tmp_path / "one"), *one])

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from ernievil2torch.config import tiny_config
-from ernievil2torch.constants import CHECKPOINTS_DIR, FINAL_DIR, METRICS_LOG_NAME
+from ernievil2torch.constants import BEST_DIR, CHECKPOINTS_DIR, FINAL_DIR, METRICS_LOG_NAME
 from ernievil2torch.errors import CheckpointError, InputError
 from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.training import FinetuneSettings, Trainer, finetune
@@ -89,6 +90,28 @@ def test_merged_model_equals_the_adapter_model(shapes, trained):
     for a, b, ref in zip(features(merged16, config, torch.bfloat16), features(inner16, config, torch.bfloat16), fp32):
         rounding = float((a.float() - ref).abs().max())
         assert float((a.float() - b.float()).abs().max()) <= 2 * rounding
+
+
+def check_merged_with_adapter_beside(folder, base, rank: int) -> None:
+    """``folder`` (a run's ``final/`` or ``best/``) is a plain converted directory, the adapters merged (no
+    ``.lora_``/``base_layer`` key; the normal loader reads it), with beside it the ``peft`` adapter of rank
+    ``rank`` naming ``base``: that adapter, loaded onto ``base`` by peft's own ``PeftModel``, gives the folder's
+    features within 1e-5 in float32 (so it is this folder's adapter, not another step's), and is non-zero."""
+    from peft import PeftModel
+
+    merged = ErnieViL2.from_pretrained(folder)
+    assert not any(".lora_" in k or "base_layer" in k for k in merged.state_dict())
+    adapter_config = json.loads((folder / ADAPTER_DIR / "adapter_config.json").read_text())
+    assert adapter_config["r"] == rank and adapter_config["peft_type"] == "LORA"
+    assert Path(adapter_config["base_model_name_or_path"]).resolve() == Path(base).resolve()
+    adapted = PeftModel.from_pretrained(ErnieViL2.from_pretrained(base), folder / ADAPTER_DIR)
+    inner = adapted.base_model.model
+    assert all(float(p.abs().max()) > 0 for n, p in inner.named_parameters() if ".lora_B." in n)
+    with torch.no_grad():
+        inner.temperature.copy_(merged.temperature)  # the temperature is no adapter: the merged weights hold it
+    merged.eval(), inner.eval()
+    for a, b in zip(features(merged, merged.config), features(inner, merged.config)):
+        assert float((a - b).abs().max()) <= MERGE_ATOL_FP32
 
 
 def adapted_tiny(rank: int = 4, targets: str = "qkv,out_proj,fc1,fc2,text.pooler") -> ErnieViL2:
@@ -254,6 +277,10 @@ def test_adapters_learn_new_shape_captions_on_a_colour_base(tmp_path, single_thr
           + ", ".join(f"{s}: {v:.0f}" for s, v in validations) + f"; CPU {cpu:.1f} s")
     assert validations[0][1] <= 35.0  # the colour base alone: about 25 %
     assert result.last_validation["t2i"]["R@1"] >= LEARNING_MIN_R1
+    # best/ (the run validated every 100 steps) is published as final/ is: merged, the adapter beside
+    assert result.best == tmp_path / "lora" / BEST_DIR and result.best_step is not None
+    assert json.loads((result.best / "best.json").read_text())["step"] == result.best_step
+    check_merged_with_adapter_beside(result.best, base.final, LEARNING_RANK)
     assert cpu <= LEARNING_CPU_LIMIT_S
 
 
