@@ -73,6 +73,7 @@ class Site:
     date_rows: int = 0
     build_seconds: float = 0.0
     loads: Dict[str, dict] = field(default_factory=dict)  # "db" / "uri" -> seconds, peak RSS, the command
+    built_now: bool = False  # built by this run (not a cached site)
 
     def part(self, name: str) -> Path:
         """A part of the site: ``model``, ``photos`` (the files), ``embeddings`` (the embed output), ``photos.db``
@@ -94,7 +95,7 @@ def cached_site(folder: Path) -> "Site | None":
         facts = json.loads((folder / SITE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return Site(**facts) if facts.get("version") == SITE_VERSION else None
+    return Site(**dict(facts, built_now=False)) if facts.get("version") == SITE_VERSION else None
 
 
 def build_library(workdir: Path, size: str, rows: int, real: int, log) -> Site:
@@ -119,6 +120,7 @@ def build_library(workdir: Path, size: str, rows: int, real: int, log) -> Site:
     log(f"writing {rows} files ({site.real} real JPEGs) and an embed output of {site.dim}-d rows in {folder}")
     _write_library(site, model_fingerprint(model), log)
     site.build_seconds = time.perf_counter() - started
+    site.built_now = True
     site.save()
     log(f"built in {site.build_seconds:.0f} s")
     return site
@@ -241,4 +243,4 @@ def load_library(site: Site, key: str, target: Sequence[str], log) -> dict:
                        "command": "ernievil2 " + " ".join(arguments[:2] + ["--from_embeddings", "OUT", target[0],
                                                                             "..."])}
     site.save()
-    return site.loads[key]
+    return dict(site.loads[key], now=True)

@@ -140,9 +140,10 @@ def render(summary: Dict[str, object], site: Site, args: argparse.Namespace, com
         f"of Zipf sizes (cosine ~0.75 to their centre, as `benchmarks/milvus_ann.py` draws them), one album folder "
         f"`YEAR/album_NNNN` per cluster, capture dates over ten years; every row a file on disk ({site.real} real "
         f"JPEGs with EXIF dates, the others stubs of 4 bytes), an `embed` output loaded by `{load['command']}`. "
-        f"Built in {site.build_seconds:.0f} s and loaded in {load['seconds']:.0f} s (both possibly in an earlier "
-        f"run: the library is kept in --workdir); the service answered `/healthz` {startup:.0f} s after it was "
-        f"started, counting {summary['library_rows']} rows. Filters sent: folder `{site.album}` "
+        f"Built in {site.build_seconds:.0f} s ({'this run' if site.built_now else 'earlier: kept in --workdir'}) "
+        f"and loaded in {load['seconds']:.0f} s ({'this run' if load.get('now') else 'by an earlier run'}); the "
+        f"service answered `/healthz` {startup:.0f} s after it was started, counting {summary['library_rows']} "
+        f"rows. Filters sent: folder `{site.album}` "
         f"({site.album_rows:,} rows, {100 * site.album_rows / site.rows:.2f} %), dates {site.date_from} .. "
         f"{site.date_to} ({FILTER_DAYS} days: {site.date_rows:,} rows, {100 * site.date_rows / site.rows:.2f} %).",
         "", *result_tables(summary), "",
