@@ -3,6 +3,8 @@
     python benchmarks/serve_load.py                       # 8 clients x 200 requests, full-size model (the figures)
     python benchmarks/serve_load.py --quick               # 4 clients x 25 requests, 2-layer model (a smoke run)
     python benchmarks/serve_load.py --write               # also write benchmarks/serve_load.md (sealed)
+    python benchmarks/serve_load.py --library --rows 1000000 --workdir DIR [--uri] --write
+                                                          # serve --db (--uri) over a library: serve_load_library.py
 
 A synthetic checkpoint (random weights: speed only, the results mean nothing) is converted, a gallery of generated
 images is embedded with ``ernievil2 embed``, and ``ernievil2 serve`` is started as a user would (a subprocess on
