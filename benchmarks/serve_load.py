@@ -3,8 +3,8 @@
     python benchmarks/serve_load.py                       # 8 clients x 200 requests, full-size model (the figures)
     python benchmarks/serve_load.py --quick               # 4 clients x 25 requests, 2-layer model (a smoke run)
     python benchmarks/serve_load.py --write               # also write benchmarks/serve_load.md (sealed)
-    python benchmarks/serve_load.py --library --rows 1000000 --workdir DIR [--uri] --write
-                                                          # serve --db (--uri) over a library: serve_load_library.py
+    python benchmarks/serve_load.py --library --rows 1000000 --workdir DIR --forms db uri --write
+                                                          # serve --db, --uri over a library: serve_load_library.py
 
 A synthetic checkpoint (random weights: speed only, the results mean nothing) is converted, a gallery of generated
 images is embedded with ``ernievil2 embed``, and ``ernievil2 serve`` is started as a user would (a subprocess on
@@ -333,9 +333,10 @@ def main() -> None:
                          help="load-test `serve --db` (or --uri) over a library of --rows rows instead of a gallery; "
                               "--write then writes benchmarks/serve_load_library.md")
     library.add_argument("--rows", type=int, default=1_000_000, help="library rows (default 1,000,000)")
-    library.add_argument("--uri", action="store_true",
-                         help="through a `milvus-lite server` process this script starts on loopback (--uri) "
-                              "instead of an embedded database (--db)")
+    library.add_argument("--forms", nargs="+", choices=("db", "uri"), default=["db"],
+                         help="db: `serve --db`, Milvus Lite embedded in the service; uri: `serve --uri` against a "
+                              "`milvus-lite server` process this script starts on loopback; both: one run each, "
+                              "one report (default db)")
     library.add_argument("--workdir", type=str, default=None,
                          help="where the library is built and kept: a later run with the same --rows and --size "
                               "reuses it (default: a temporary folder, deleted after the run)")
@@ -350,7 +351,9 @@ def main() -> None:
     if args.library:
         from serve_load_library import run_library  # noqa: E402 (its own module: it imports this one)
 
-        return exit_on_failure(run_library(args, command))
+        for summary in run_library(args, command):
+            exit_on_failure(summary)
+        return
 
     with tempfile.TemporaryDirectory(prefix="ernievil2-load-") as tmp:
         work = Path(tmp)
