@@ -34,7 +34,7 @@ from library_site import FILTER_DAYS, Site, build_library, load_library
 from peak_memory import PeakMemory, mib
 from repo import ROOT, load_file
 from serve_load import (QUERIES, UPLOAD_LIMIT_MB, Call, ServerProcess, bad_calls, batching_line, drive, log,
-                        multipart, publish, result_tables, schedule, summarize)
+                        multipart, passed, publish, result_tables, schedule, summarize)
 
 REPORT = ROOT / "benchmarks" / "serve_load_library.md"
 PAGE = 24  # the page's grid
@@ -102,7 +102,8 @@ def serve_form(site: Site, form: str, args: argparse.Namespace) -> Dict[str, obj
         target = ["--db", str(site.part("photos.db"))]
         if form == "uri":
             server_class = load_file("tests/serve_helpers.py").MilvusLiteServer
-            milvus = stack.enter_context(server_class(site.part("server.db"), startup_timeout=1800))
+            milvus = stack.enter_context(server_class(site.part("server.db"), startup_timeout=1800,
+                                                      stop_timeout=3600))
             memory.watch("milvus-lite server", milvus.process.pid)
             target = ["--uri", milvus.uri]
         load = load_library(site, form, target, log)
@@ -127,6 +128,11 @@ def serve_form(site: Site, form: str, args: argparse.Namespace) -> Dict[str, obj
             service = vars(memory.finish("service"))
         server_memory = vars(memory.finish("milvus-lite server")) if form == "uri" else None
     summary = summarize(outcomes, args.clients * args.requests, wall, health)
+    if health.get("gallery_size") != site.rows:  # a load lost or cut short: fail, and load again next time
+        summary["unexpected"] += 1
+        summary["errors"].insert(0, f"the service counts {health.get('gallery_size')} rows, not {site.rows}")
+        site.loads.pop(form, None)
+        site.save()
     summary.update(form=form, library_rows=health.get("gallery_size"), startup_s=startup, load=load,
                    memory={"service": service, "milvus-lite server": server_memory})
     return summary
@@ -159,6 +165,7 @@ def render(runs: Dict[str, Dict[str, object]], site: Site, args: argparse.Namesp
             f"Loaded in {load['seconds']:.0f} s ({'this run' if load.get('now') else 'by an earlier run'}); the "
             f"service answered `/healthz` {summary['startup_s']:.0f} s after it was started, counting "
             f"{summary['library_rows']} rows.", "", *result_tables(summary), "",
+            *([f"**FAILED**: {'; '.join(summary['errors']) or 'see the tables'}.", ""] if not passed(summary) else []),
             "| process | peak RSS, sampled every 0.5 s (with children) | peak RSS, kernel (VmHWM / wait4) | "
             "at the end |",
             "|---|---|---|---|",

@@ -185,10 +185,11 @@ def free_port() -> int:
 class MilvusLiteServer:
     """``milvus-lite server --data-dir DATA`` on 127.0.0.1 (a free port) in its own process, for the ``--uri``
     path: ``uri`` is its address, ``process`` the Popen. The context waits until the port accepts connections
-    (AssertionError with its output when it exits or ``startup_timeout`` passes) and terminates it on exit."""
+    (AssertionError with its output when it exits or ``startup_timeout`` passes) and terminates it on exit, waiting
+    ``stop_timeout`` seconds for it to close its data folder (a large one takes long) before killing it."""
 
-    def __init__(self, data: Path, startup_timeout: float = 60) -> None:
-        self.data, self.startup_timeout = Path(data), startup_timeout
+    def __init__(self, data: Path, startup_timeout: float = 60, stop_timeout: float = 60) -> None:
+        self.data, self.startup_timeout, self.stop_timeout = Path(data), startup_timeout, stop_timeout
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: Optional[subprocess.Popen] = None
@@ -213,7 +214,7 @@ class MilvusLiteServer:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=60)
+                self.process.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
