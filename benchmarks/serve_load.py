@@ -330,13 +330,13 @@ def main() -> None:
     ap.add_argument("--json", type=str, default=None, help="also write the summary as JSON here")
     library = ap.add_argument_group("library mode (serve --db / --uri over a synthetic photo library)")
     library.add_argument("--library", action="store_true",
-                         help="load-test `serve --db` (or --uri) over a library of --rows rows instead of a gallery; "
+                         help="load-test `serve --db` and/or --uri (--forms) over a library of --rows rows instead of a gallery; "
                               "--write then writes benchmarks/serve_load_library.md")
     library.add_argument("--rows", type=int, default=1_000_000, help="library rows (default 1,000,000)")
     library.add_argument("--forms", nargs="+", choices=("db", "uri"), default=["db"],
                          help="db: `serve --db`, Milvus Lite embedded in the service; uri: `serve --uri` against a "
-                              "`milvus-lite server` process this script starts on loopback; both: one run each, "
-                              "one report (default db)")
+                              "`milvus-lite server` process this script starts on loopback; `--forms db uri`: one "
+                              "run of each, one report (default db)")
     library.add_argument("--workdir", type=str, default=None,
                          help="where the library is built and kept: a later run with the same --rows and --size "
                               "reuses it (default: a temporary folder, deleted after the run)")
@@ -349,6 +349,8 @@ def main() -> None:
     args.images = args.images or (40 if args.quick else 200)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     if args.library:
+        if args.rows < 1 or args.real_photos < 1 or args.clients < 1 or args.requests < 1:
+            ap.error("--rows, --real-photos, --clients and --requests must be at least 1")
         from serve_load_library import run_library  # noqa: E402 (its own module: it imports this one)
 
         for summary in run_library(args, command):
