@@ -330,8 +330,8 @@ def main() -> None:
     ap.add_argument("--json", type=str, default=None, help="also write the summary as JSON here")
     library = ap.add_argument_group("library mode (serve --db / --uri over a synthetic photo library)")
     library.add_argument("--library", action="store_true",
-                         help="load-test `serve --db` and/or --uri (--forms) over a library of --rows rows instead of a gallery; "
-                              "--write then writes benchmarks/serve_load_library.md")
+                         help="load-test `serve --db` and/or --uri (--forms) over a library of --rows rows instead "
+                              "of a gallery; --write then writes benchmarks/serve_load_library.md")
     library.add_argument("--rows", type=int, default=1_000_000, help="library rows (default 1,000,000)")
     library.add_argument("--forms", nargs="+", choices=("db", "uri"), default=["db"],
                          help="db: `serve --db`, Milvus Lite embedded in the service; uri: `serve --uri` against a "
