@@ -3,6 +3,8 @@
     python benchmarks/serve_load.py                       # 8 clients x 200 requests, full-size model (the figures)
     python benchmarks/serve_load.py --quick               # 4 clients x 25 requests, 2-layer model (a smoke run)
     python benchmarks/serve_load.py --write               # also write benchmarks/serve_load.md (sealed)
+    python benchmarks/serve_load.py --library --rows 1000000 --workdir DIR --forms db uri --write
+                                                          # serve --db, --uri over a library: serve_load_library.py
 
 A synthetic checkpoint (random weights: speed only, the results mean nothing) is converted, a gallery of generated
 images is embedded with ``ernievil2 embed``, and ``ernievil2 serve`` is started as a user would (a subprocess on
@@ -29,7 +31,7 @@ import urllib.parse
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -56,13 +58,20 @@ def log(message: str) -> None:
 
 
 # ---- the site: model, gallery, server -------------------------------------------------------------------------------
-def build_site(work: Path, size: str, n_images: int) -> Tuple[Path, Path, Path]:
-    """A converted synthetic model, ``n_images`` generated images and their ``embed`` output."""
+def build_model(work: Path, size: str) -> Path:
+    """A synthetic model (random weights, marked as such) of ``size`` ("base" or "tiny": 2 layers, 224 px),
+    converted into ``work / "model"`` as ``convert.py`` would."""
     config = base_config() if size == "base" else tiny224_config()
     source = write_synthetic_pdparams(work / f"synthetic_{size}.pdparams", config, "official", seed=0)
     model = work / "model"
     convert_checkpoint(source, model, vocab=write_synthetic_vocab(work / "vocab.txt"))
     source.unlink()
+    return model
+
+
+def build_site(work: Path, size: str, n_images: int) -> Tuple[Path, Path, Path]:
+    """A converted synthetic model, ``n_images`` generated images and their ``embed`` output."""
+    model = build_model(work, size)
     images = work / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
@@ -149,13 +158,14 @@ def good_call(i: int, uploads: List[bytes], n_rows: int) -> Call:
     return Call("gallery image", "GET", f"/v1/images/{i % n_rows}", None, {}, 200)
 
 
-def schedule(client: int, count: int, bad_every: int, uploads: List[bytes], n_rows: int) -> List[Call]:
-    bad = bad_calls(uploads)
+def schedule(client: int, count: int, bad_every: int, good: Callable[[int], Call], bad: List[Call]) -> List[Call]:
+    """Client ``client``'s ``count`` calls: ``good(number)`` for a request's number over all clients, every
+    ``bad_every``-th one taken from ``bad`` in turn instead."""
     calls = []
     for i in range(count):
         number = client * count + i
         calls.append(bad[(number // bad_every) % len(bad)] if bad_every and (i + 1) % bad_every == 0
-                     else good_call(number, uploads, n_rows))
+                     else good(number))
     return calls
 
 
@@ -188,6 +198,34 @@ def run_client(port: int, calls: List[Call], deadline: float, out: List[Outcome]
 
 def percentile(values: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def drive(port: int, plans: List[List[Call]], deadline_s: float, timeout: float,
+          warmup: Sequence[Call]) -> Tuple[List[Outcome], float, dict]:
+    """Send ``warmup`` (not counted: first-call costs stay out of the percentiles), then every plan on its own
+    client thread and connection; returns the outcomes, the wall time of the client phase and ``/healthz``'s
+    answer after it (a failed health check is one more outcome, an unexpected status)."""
+    for call in warmup:
+        request(port, call.method, call.path, call.body, call.headers, timeout=timeout)
+    outcomes: List[Outcome] = []
+    deadline = time.monotonic() + deadline_s
+    threads = [threading.Thread(target=run_client, args=(port, plan, deadline, outcomes, timeout)) for plan in plans]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    status, body = request(port, "GET", "/healthz", timeout=timeout)
+    if status != 200:
+        outcomes.append(Outcome("healthz after the run", 200, status, 0.0))
+    return outcomes, wall, json.loads(body) if status == 200 else {}
+
+
+def passed(summary: Dict[str, object]) -> bool:
+    """The pass line: every planned request answered, none a 5xx, none with another status than expected."""
+    return not (summary["server_errors"] or summary["dropped"] or summary["unexpected"]
+                or summary["done"] != summary["planned"])
 
 
 def summarize(outcomes: List[Outcome], planned: int, wall: float, health: dict) -> Dict[str, object]:
@@ -225,11 +263,37 @@ def machine() -> str:
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}{load}")
 
 
-def render(summary: Dict[str, object], args: argparse.Namespace, command: str) -> str:
-    passed = not (summary["server_errors"] or summary["dropped"] or summary["unexpected"]
-                  or summary["done"] != summary["planned"])
+def result_tables(summary: Dict[str, object]) -> List[str]:
+    """The run's line (requests, req/s, p50/p99, 5xx, dropped, unexpected, passed or FAILED) and the table per
+    request kind."""
+    lines = [
+        "| requests | wall | req/s | p50 | p99 | 5xx | dropped | unexpected status | result |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {summary['done']} of {summary['planned']} | {summary['wall_s']:.1f} s | {summary['req_per_s']:.1f} | "
+        f"{summary['p50_ms']:.0f} ms | {summary['p99_ms']:.0f} ms | {summary['server_errors']} | "
+        f"{summary['dropped']} | {summary['unexpected']} | {'passed' if passed(summary) else 'FAILED'} |",
+        "",
+        "| request kind | count | expected | got | p50 | p99 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, row in summary["kinds"].items():
+        got = ", ".join(f"{status}: {n}" for status, n in sorted(row["got"].items()))
+        lines.append(f"| {kind} | {row['count']} | {row['expect']} | {got} | {row['p50_ms']:.0f} ms | "
+                     f"{row['p99_ms']:.0f} ms |")
+    return lines
+
+
+def batching_line(summary: Dict[str, object]) -> str:
     text = summary["batching"].get("text", {})
     image = summary["batching"].get("image", {})
+    return (f"Micro-batching (server counters after the run): text queries {text.get('items', 0)} in "
+            f"{text.get('batches', 0)} model calls (mean {text.get('mean_batch', 0)}, largest "
+            f"{text.get('largest_batch', 0)}); images {image.get('items', 0)} in {image.get('batches', 0)} "
+            f"calls (mean {image.get('mean_batch', 0)}, largest {image.get('largest_batch', 0)}). "
+            "`/healthz` answered after the run.")
+
+
+def render(summary: Dict[str, object], args: argparse.Namespace, command: str) -> str:
     lines = [
         "# Service under load (`ernievil2 serve`, loopback)",
         "",
@@ -242,24 +306,10 @@ def render(summary: Dict[str, object], args: argparse.Namespace, command: str) -
         f"gallery {args.images} images; {args.clients} clients x {args.requests} requests, every {args.bad_every}th "
         f"a bad one; server --max_batch {args.max_batch} --max_wait_ms {args.max_wait_ms}.",
         "",
-        "| requests | wall | req/s | p50 | p99 | 5xx | dropped | unexpected status | result |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {summary['done']} of {summary['planned']} | {summary['wall_s']:.1f} s | {summary['req_per_s']:.1f} | "
-        f"{summary['p50_ms']:.0f} ms | {summary['p99_ms']:.0f} ms | {summary['server_errors']} | "
-        f"{summary['dropped']} | {summary['unexpected']} | {'passed' if passed else 'FAILED'} |",
+        *result_tables(summary),
         "",
-        "| request kind | count | expected | got | p50 | p99 |",
-        "|---|---|---|---|---|---|",
+        batching_line(summary),
     ]
-    for kind, row in summary["kinds"].items():
-        got = ", ".join(f"{status}: {n}" for status, n in sorted(row["got"].items()))
-        lines.append(f"| {kind} | {row['count']} | {row['expect']} | {got} | {row['p50_ms']:.0f} ms | "
-                     f"{row['p99_ms']:.0f} ms |")
-    lines += ["", f"Micro-batching (server counters after the run): text queries {text.get('items', 0)} in "
-                  f"{text.get('batches', 0)} model calls (mean {text.get('mean_batch', 0)}, largest "
-                  f"{text.get('largest_batch', 0)}); images {image.get('items', 0)} in {image.get('batches', 0)} "
-                  f"calls (mean {image.get('mean_batch', 0)}, largest {image.get('largest_batch', 0)}). "
-                  "`/healthz` answered after the run."]
     return "\n".join(lines)
 
 
@@ -278,12 +328,34 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=120, help="seconds per request")
     ap.add_argument("--write", action="store_true", help=f"write the report, sealed, to {REPORT.relative_to(ROOT)}")
     ap.add_argument("--json", type=str, default=None, help="also write the summary as JSON here")
+    library = ap.add_argument_group("library mode (serve --db / --uri over a synthetic photo library)")
+    library.add_argument("--library", action="store_true",
+                         help="load-test `serve --db` and/or --uri (--forms) over a library of --rows rows instead "
+                              "of a gallery; --write then writes benchmarks/serve_load_library.md")
+    library.add_argument("--rows", type=int, default=1_000_000, help="library rows (default 1,000,000)")
+    library.add_argument("--forms", nargs="+", choices=("db", "uri"), default=["db"],
+                         help="db: `serve --db`, Milvus Lite embedded in the service; uri: `serve --uri` against a "
+                              "`milvus-lite server` process this script starts on loopback; `--forms db uri`: one "
+                              "run of each, one report (default db)")
+    library.add_argument("--workdir", type=str, default=None,
+                         help="where the library is built and kept: a later run with the same --rows and --size "
+                              "reuses it (default: a temporary folder, deleted after the run)")
+    library.add_argument("--real-photos", type=int, default=300,
+                         help="rows that are real JPEGs with EXIF dates (thumbnails, uploads); the rest are stubs")
     args = ap.parse_args()
     args.size = args.size or ("tiny" if args.quick else "base")
     args.clients = args.clients or (4 if args.quick else 8)
     args.requests = args.requests or (25 if args.quick else 200)
     args.images = args.images or (40 if args.quick else 200)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    if args.library:
+        if args.rows < 1 or args.real_photos < 1 or args.clients < 1 or args.requests < 1:
+            ap.error("--rows, --real-photos, --clients and --requests must be at least 1")
+        from serve_load_library import run_library  # noqa: E402 (its own module: it imports this one)
+
+        for summary in run_library(args, command):
+            exit_on_failure(summary)
+        return
 
     with tempfile.TemporaryDirectory(prefix="ernievil2-load-") as tmp:
         work = Path(tmp)
@@ -294,37 +366,29 @@ def main() -> None:
                       "--port", "0", "--log_level", "warning", "--max_upload_mb", str(UPLOAD_LIMIT_MB),
                       "--max_batch", str(args.max_batch), "--max_wait_ms", str(args.max_wait_ms)]
         with ServerProcess(args_serve, startup_timeout=600) as server:
-            port = server.port
-            log(f"server on 127.0.0.1:{port}; {args.clients} clients x {args.requests} requests")
-            outcomes: List[Outcome] = []
-            plans = [schedule(c, args.requests, args.bad_every, uploads, args.images) for c in range(args.clients)]
-            # warm-up (not counted): one of each kind, so first-call costs are not in the percentiles
-            for call in plans[0][:4]:
-                request(port, call.method, call.path, call.body, call.headers)
-            deadline = time.monotonic() + args.deadline
-            threads = [threading.Thread(target=run_client, args=(port, plan, deadline, outcomes, args.timeout))
-                       for plan in plans]
-            start = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            wall = time.perf_counter() - start
-            status, body = request(port, "GET", "/healthz")
-            health = json.loads(body) if status == 200 else {}
-            if status != 200:
-                outcomes.append(Outcome("healthz after the run", 200, status, 0.0))
+            log(f"server on 127.0.0.1:{server.port}; {args.clients} clients x {args.requests} requests")
+            bad = bad_calls(uploads)
+            plans = [schedule(c, args.requests, args.bad_every, lambda n: good_call(n, uploads, args.images), bad)
+                     for c in range(args.clients)]
+            outcomes, wall, health = drive(server.port, plans, args.deadline, args.timeout, plans[0][:4])
     summary = summarize(outcomes, args.clients * args.requests, wall, health)
-    section = render(summary, args, command)
-    print(section)
+    publish(render(summary, args, command), summary, args, REPORT, command)
+    exit_on_failure(summary)
+
+
+def publish(text: str, summary: Dict[str, object], args: argparse.Namespace, report: Path, command: str) -> None:
+    """Print the report; with ``--json`` write the summary, with ``--write`` seal the report into ``report``."""
+    print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.write:
-        REPORT.write_text(seal(section + "\n", "benchmarks/serve_load.py", command), encoding="utf-8")
-        log(f"wrote {REPORT.relative_to(ROOT)}")
-    failed = summary["server_errors"] or summary["dropped"] or summary["unexpected"] or \
-        summary["done"] != summary["planned"]
-    if failed:
+        report.write_text(seal(text + "\n", "benchmarks/serve_load.py", command), encoding="utf-8")
+        log(f"wrote {report.relative_to(ROOT)}")
+
+
+def exit_on_failure(summary: Dict[str, object]) -> None:
+    """Say FAILED and exit 1 unless the run :func:`passed`."""
+    if not passed(summary):
         log(f"FAILED: {summary['server_errors']} 5xx, {summary['dropped']} dropped, {summary['unexpected']} "
             f"unexpected, {summary['done']}/{summary['planned']} done; errors: {summary['errors']}")
         sys.exit(1)

@@ -6,6 +6,7 @@
 * ``embedded_gallery(root, model_dir)``: that gallery under ``root/images``, embedded into ``root/gallery``.
 * ``png_header_only(w, h)``: a valid PNG header declaring ``w`` x ``h`` pixels with almost no data (a bomb).
 * ``ServerProcess``: ``ernievil2 serve`` as a user starts it (a subprocess), with its printed address.
+* ``MilvusLiteServer``: a ``milvus-lite server`` process (a Milvus gRPC server) on a free loopback port.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import io
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -171,3 +173,48 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MilvusLiteServer:
+    """``milvus-lite server --data-dir DATA`` on 127.0.0.1 (a free port) in its own process, for the ``--uri``
+    path: ``uri`` is its address, ``process`` the Popen. The context waits until the port accepts connections
+    (AssertionError with its output when it exits or ``startup_timeout`` passes) and terminates it on exit, waiting
+    ``stop_timeout`` seconds for it to close its data folder (a large one takes long) before killing it."""
+
+    def __init__(self, data: Path, startup_timeout: float = 60, stop_timeout: float = 60) -> None:
+        self.data, self.startup_timeout, self.stop_timeout = Path(data), startup_timeout, stop_timeout
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: Optional[subprocess.Popen] = None
+
+    def __enter__(self) -> "MilvusLiteServer":
+        code = "import sys; from milvus_lite.cmdline import main; sys.exit(main())"
+        self.process = subprocess.Popen([sys.executable, "-c", code, "server", "--data-dir", str(self.data),
+                                         "--host", "127.0.0.1", "--port", str(self.port)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.process.kill()
+                    raise AssertionError(f"milvus-lite server did not start: {self.process.stdout.read()}")
+                time.sleep(0.2)
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

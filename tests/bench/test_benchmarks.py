@@ -155,11 +155,29 @@ def test_finetune_modes_quick_writes_a_sealed_report(tmp_path: Path):
 
 def test_importing_the_scripts_runs_nothing():
     for name in ("benchlib", "cases", "chart", "environment", "paddlenlp_client", "report", "repo", "subprocess_runs",
-                 "readme_speed", "gpu", "serve_load", "photo_decode", "finetune_modes", "kernels", "op_profile"):
+                 "readme_speed", "gpu", "serve_load", "photo_decode", "finetune_modes", "kernels", "op_profile",
+                 "serve_load_library", "library_site", "peak_memory"):
         load(name)
     run_py = load("run")
     assert callable(run_py.main) and callable(run_py.parse_args)
     assert run_py.parse_args(["--smoke"]).rounds == 1
+
+
+def test_a_failing_load_run_says_failed_and_exits_1():
+    """serve_load's pass line (both modes): a 5xx, a dropped request, an unexpected status or a request never sent
+    each turn the report's result to FAILED and the exit status to 1."""
+    serve_load = load("serve_load")
+    ok = [serve_load.Outcome("text search", 200, 200, 0.1), serve_load.Outcome("bad: k=0", 422, 422, 0.01)]
+    assert "| passed |" in serve_load.result_tables(serve_load.summarize(ok, 2, 1.0, {}))[2]
+    for broken, planned in (([serve_load.Outcome("text search", 200, 500, 0.1)], 1),
+                            ([serve_load.Outcome("text search", 200, None, 9.0, "timed out")], 1),
+                            ([serve_load.Outcome("bad: k=0", 422, 200, 0.1)], 1), (ok, 3)):
+        summary = serve_load.summarize(broken, planned, 1.0, {})
+        assert not serve_load.passed(summary)
+        assert "| FAILED |" in serve_load.result_tables(summary)[2]
+        with pytest.raises(SystemExit) as exited:
+            serve_load.exit_on_failure(summary)
+        assert exited.value.code == 1
 
 
 def test_readme_speed_summary_is_what_readme_speed_renders():

@@ -3,12 +3,6 @@ loopback): ``index`` writes to it over the network while a service started with 
 sees newly indexed photos without a restart (the way to index while serving: the server owns the data folder)."""
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 from helpers import require_module, torch_threads
 
@@ -18,6 +12,7 @@ require_module("milvus_lite")
 require_module("pillow_heif")
 
 from photo_library import make_library, photo_bytes, write  # noqa: E402
+from serve_helpers import MilvusLiteServer  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ernievil2torch.apps.index import index_photos  # noqa: E402
@@ -28,35 +23,12 @@ from ernievil2torch.pretrained import load_pretrained  # noqa: E402
 from ernievil2torch.retrieval.milvus import DatabaseBusyError, connect  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def milvus_server(tmp_path):
-    """``milvus-lite server`` on 127.0.0.1 in its own process; yields (uri, data folder)."""
-    port = free_port()
+    """``milvus-lite server`` on 127.0.0.1 in its own process; yields (uri, data folder, process)."""
     data = tmp_path / "server.db"
-    code = "import sys; from milvus_lite.cmdline import main; sys.exit(main())"
-    process = subprocess.Popen([sys.executable, "-c", code, "server", "--data-dir", str(data), "--host", "127.0.0.1",
-                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"milvus-lite server did not start: {process.stdout.read()}")
-            time.sleep(0.2)
-    try:
-        yield f"http://127.0.0.1:{port}", data, process
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with MilvusLiteServer(data) as running:
+        yield running.uri, data, running.process
 
 
 def test_index_and_serve_share_a_server_and_the_service_sees_new_photos(milvus_server, model_folder, tmp_path):
