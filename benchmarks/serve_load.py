@@ -342,7 +342,12 @@ def main() -> None:
                               "reuses it (default: a temporary folder, deleted after the run)")
     library.add_argument("--real-photos", type=int, default=300,
                          help="rows that are real JPEGs with EXIF dates (thumbnails, uploads); the rest are stubs")
+    library.add_argument("--uri-serves-db", action="store_true",
+                         help="the uri form's `milvus-lite server` opens the database the db form loaded (one load "
+                              "instead of two; the uri load path itself is then not timed): needs --forms db uri")
     args = ap.parse_args()
+    if args.uri_serves_db and args.forms != ["db", "uri"]:
+        ap.error("--uri-serves-db needs --forms db uri (the db form loads the database the server then opens)")
     args.size = args.size or ("tiny" if args.quick else "base")
     args.clients = args.clients or (4 if args.quick else 8)
     args.requests = args.requests or (25 if args.quick else 200)
