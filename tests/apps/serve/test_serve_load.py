@@ -72,3 +72,14 @@ def test_library_mode_small_run_through_db_and_uri_on_one_built_library(tmp_path
 
     kept = cached_site(site_folder(work, "tiny", 300, 20))  # what a later run at the same size reuses
     assert kept is not None and kept.rows == 300 and set(kept.loads) == {"db", "uri"} and not kept.built_now
+
+
+def test_the_server_form_can_open_the_embedded_forms_database_only_after_it(tmp_path):
+    """``--uri-serves-db`` reuses the database the ``db`` form loads, so it is refused (before any work) unless both
+    forms run, ``db`` first."""
+    for forms in (["uri"], ["db"], ["uri", "db"]):
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_load.py"), "--library", "--rows", "10",
+                               "--workdir", str(tmp_path / "work"), "--uri-serves-db", "--forms", *forms],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 2 and "--uri-serves-db needs --forms db uri" in proc.stderr, forms
+        assert not (tmp_path / "work").exists()
