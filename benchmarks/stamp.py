@@ -35,6 +35,13 @@ def seal(text: str, generator: str, command: str) -> str:
 
 def check_seal(sealed: str) -> Tuple[str, str]:
     """``(generator, command)`` of a sealed text; raises ``ValueError`` when the seal is missing or broken."""
+    generator, command, _ = read_sealed(sealed)
+    return generator, command
+
+
+def read_sealed(sealed: str) -> Tuple[str, str, str]:
+    """``(generator, command, text above the seal)`` of a sealed text; raises ``ValueError`` when the seal is
+    missing or broken."""
     match = _SEAL.search(sealed)
     if match is None:
         raise ValueError("no seal line at the end: the report was not written by its generator (or was edited "
@@ -43,7 +50,7 @@ def check_seal(sealed: str) -> Tuple[str, str]:
     if _digest(body) != match.group("digest"):
         raise ValueError(f"the text was changed after {match.group('generator')} wrote it: run "
                          f"`{match.group('command')}` again instead of editing the report")
-    return match.group("generator"), match.group("command")
+    return match.group("generator"), match.group("command"), body
 
 
 def block(text: str, begin: str, end: str) -> str:

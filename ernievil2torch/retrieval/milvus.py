@@ -208,15 +208,15 @@ def _under(field: str, folder: str) -> str:
             f"{field} < {_literal(folder + '0')}))")
 
 
-def _finite(value: Any) -> float:
-    _number(value)
+def _finite(value: Any) -> Any:
+    """``value`` when it is a finite number (a range bound), else :class:`InputError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"a range bound must be a finite number, got {value!r}")
     return value
 
 
 def _number(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"a range bound must be a finite number, got {value!r}")
-    return repr(value)
+    return repr(_finite(value))
 
 
 def _literal(value: Any) -> str:

@@ -53,8 +53,13 @@ class PhotoFile:
     @property
     def folders(self) -> List[str]:
         """The folders it is in, relative to its root, outermost first ('' is the root itself)."""
-        parts = self.path.split("/")[:-1]
-        return [""] + ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+        return [""] + folder_and_above(self.path.rpartition("/")[0])
+
+
+def folder_and_above(folder: str) -> List[str]:
+    """``folder`` (relative, ``/``-separated) and the folders above it, outermost first; none for the root ('')."""
+    parts = folder.split("/") if folder else []
+    return ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
 
 
 def photo_id(root: str, path: str) -> str:

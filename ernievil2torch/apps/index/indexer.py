@@ -54,9 +54,9 @@ def row_metadata(item: PhotoFile, sha: str, facts: Dict[str, Any], model_name: s
     ``height``, ``taken``, ``taken_ts``) and the model that made its vector. ``folder`` is the folder it is in and
     ``folders`` that folder and the ones above it (relative to the root; '' is the root itself)."""
     return {"root": item.root, "path": item.path, "folder": item.folders[-1], "folders": item.folders,
-            "size": item.size, "mtime_ns": item.mtime_ns, "sha256": sha, "width": facts.get("width"), "height": facts.get("height"),
-            "taken": facts.get("taken"), "taken_ts": facts.get("taken_ts"), "model": model_name,
-            "model_hash": model_hash}
+            "size": item.size, "mtime_ns": item.mtime_ns, "sha256": sha, "width": facts.get("width"),
+            "height": facts.get("height"), "taken": facts.get("taken"), "taken_ts": facts.get("taken_ts"),
+            "model": model_name, "model_hash": model_hash}
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ...errors import InputError
 from ...retrieval.backends import Range, Under, UnknownIdError
 from ...retrieval.milvus import MilvusBackend, connect, is_embedded
 from ..index.catalog import ALIAS, FILTER_FIELDS, INDEX_TYPE, active_collection, collection_for
-from ..index.files import PHOTO_EXTENSIONS
+from ..index.files import PHOTO_EXTENSIONS, folder_and_above
 from ..index.indexer import model_fingerprint
 from .thumbnails import ThumbnailCache
 
@@ -157,8 +157,7 @@ class PhotoLibrary:
         seen: set = set()
         for folder in self.backend.values("folder"):
             if isinstance(folder, str) and folder:
-                parts = folder.split("/")
-                seen.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
+                seen.update(folder_and_above(folder))
                 if len(seen) >= limit:
                     break
         listed = sorted(seen)[:limit]

@@ -82,10 +82,16 @@ PAGE_ASSETS = {"/assets/page.css": ("page.css", "text/css; charset=utf-8"),
                "/assets/page.js": ("page.js", "text/javascript; charset=utf-8")}
 
 
+@functools.lru_cache(maxsize=None)
+def _page_asset_text(name: str) -> str:
+    """A shared page file, read from the package once per process (like the page itself, at start-up)."""
+    return read_page(name)
+
+
 async def page_asset(request: Request) -> Response:
     """One of :data:`PAGE_ASSETS`, from the package (like the pages, public: no data in it)."""
     name, media_type = PAGE_ASSETS[request.url.path]
-    return Response(read_page(name), media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
+    return Response(_page_asset_text(name), media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
 
 
 async def healthz(request: Request, engine: SearchEngine = Depends(get_engine),
@@ -156,12 +162,8 @@ async def gallery_image(row: int = Path(..., description="a gallery row (0-based
     as a metadata-free JPEG (decoded on the decode pool), since browsers cannot show it."""
     path = engine.gallery.image_file(row)
     headers = {"Cache-Control": "private, max-age=3600"}
-    if path.suffix.lower() in BROWSERLESS_SUFFIXES:
-        loop = asyncio.get_running_loop()
-        try:
-            data = await loop.run_in_executor(executor, browser_rendition, path)
-        except InputError as exc:
-            raise StarletteHTTPException(422, str(exc)) from None
+    if path.suffix.lower() in BROWSERLESS_SUFFIXES:  # an unreadable one: InputError, a JSON 422 like any other
+        data = await asyncio.get_running_loop().run_in_executor(executor, browser_rendition, path)
         return Response(data, media_type="image/jpeg", headers=headers)
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media_type, headers=headers)
