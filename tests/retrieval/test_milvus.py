@@ -66,6 +66,31 @@ def test_filters_agree_with_the_in_memory_back_end(database, where):
             == [[h.id for h in row] for row in memory.search(query, k=40, where=where)])
 
 
+@pytest.mark.parametrize("bound, exact", [(20, True), (19, False)])
+def test_a_selective_filter_is_ranked_exactly_without_a_filtered_count(database, monkeypatch, bound, exact):
+    """A filter keeping at most ``EXACT_FILTER_ROWS`` rows is ranked here over those rows read back by id; one more
+    row and the index answers. Neither asks for a filtered ``count(*)`` (which Milvus Lite answers by materialising
+    every passing row, vectors included)."""
+    from ernievil2torch.retrieval import milvus as module
+
+    rows, ids = unit_rows(40, seed=31), [f"r{i:02d}" for i in range(40)]
+    backend = MilvusBackend(DIM, database, collection=f"x{next(_names)}", index_type="HNSW")
+    backend.add(rows, ids, [{"album": "ab"[i % 2]} for i in range(40)])  # 20 rows in each album
+    monkeypatch.setattr(module, "EXACT_FILTER_ROWS", bound)
+    calls = []
+    for name in ("query", "search", "get"):
+        original = getattr(backend.client, name)
+        monkeypatch.setattr(backend.client, name, lambda *a, _name=name, _f=original, **kw: (
+            calls.append((_name, kw.get("output_fields"))), _f(*a, **kw))[1])
+    query = unit_rows(1, seed=32)
+    hits = backend.search(query, k=5, offset=2, where={"album": "b"})
+    memory = InMemoryBackend(DIM, use_faiss=False)
+    memory.add(rows, ids, [{"album": "ab"[i % 2]} for i in range(40)])
+    assert [h.id for h in hits[0]] == [h.id for h in memory.search(query, k=5, offset=2, where={"album": "b"})[0]]
+    assert all("count(*)" not in (fields or []) for _, fields in calls)
+    assert ("get" in dict(calls)) is exact and ("search" in dict(calls)) is not exact, calls
+
+
 #: Folder names that a string range or a LIKE pattern could get wrong: a sibling sharing a prefix (``a/bc``), the
 #: character after ``/`` (``a/b0``), LIKE's wildcards, CJK, and the root ('').
 _FOLDERS = ["", "a", "a/b", "a/b/c", "a/bc", "a/b0", "a0", "a_b", "a%b", "a/b/c/d", "照片", "照片/2024", "照片2"]
