@@ -345,6 +345,8 @@ def main() -> None:
     library.add_argument("--uri-serves-db", action="store_true",
                          help="the uri form's `milvus-lite server` opens the database the db form loaded (one load "
                               "instead of two; the uri load path itself is then not timed): needs --forms db uri")
+    library.add_argument("--db-searches", type=int, default=2,
+                         help="the service's --db_searches: photo-library searches at a time (default 2, its own)")
     args = ap.parse_args()
     if args.uri_serves_db and args.forms != ["db", "uri"]:
         ap.error("--uri-serves-db needs --forms db uri (the db form loads the database the server then opens)")

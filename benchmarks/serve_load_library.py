@@ -114,7 +114,8 @@ def serve_form(site: Site, form: str, args: argparse.Namespace) -> Dict[str, obj
         uploads = [(site.part("photos") / path).read_bytes() for path in site.real_paths[:8]]
         serve_args = [str(site.part("model")), *target, "--thumbnails", str(thumbs), "--host", "127.0.0.1",
                       "--port", "0", "--log_level", "warning", "--max_upload_mb", str(UPLOAD_LIMIT_MB),
-                      "--max_batch", str(args.max_batch), "--max_wait_ms", str(args.max_wait_ms)]
+                      "--max_batch", str(args.max_batch), "--max_wait_ms", str(args.max_wait_ms),
+                      "--db_searches", str(args.db_searches)]
         started = time.perf_counter()
         with ServerProcess(serve_args, startup_timeout=3600) as server:
             startup = time.perf_counter() - started
@@ -150,7 +151,7 @@ def render(runs: Dict[str, Dict[str, object]], site: Site, args: argparse.Namesp
         f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} at the end (a shared machine counts other work). "
         f"Model: {'full-size' if args.size == 'base' else '2-layer'} synthetic, fp32, CPU; "
         f"{args.clients} clients x {args.requests} requests per form, every {args.bad_every}th a hostile one; "
-        f"server --max_batch {args.max_batch} --max_wait_ms {args.max_wait_ms}.", "",
+        f"server --max_batch {args.max_batch} --max_wait_ms {args.max_wait_ms} --db_searches {args.db_searches}.", "",
         f"Library (`benchmarks/library_site.py`): {site.rows:,} rows of {site.dim}-d unit vectors in 1000 clusters "
         f"of Zipf sizes (cosine ~0.75 to their centre, as `benchmarks/milvus_ann.py` draws them), one album folder "
         f"`YEAR/album_NNNN` per cluster, capture dates over ten years; every row a file on disk ({site.real} real "

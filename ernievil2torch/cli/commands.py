@@ -180,7 +180,8 @@ def serve(model: str, gallery: Optional[str] = None, images: Optional[str] = Non
           max_k: int = 1000, max_batch: int = 32, max_wait_ms: float = 5.0, decode_workers: int = 2,
           dtype: str = "float32", device: Optional[str] = None, vocab: Optional[str] = None,
           faiss: Optional[bool] = None, log_level: str = "info", fast_decode: bool = False, db: Optional[str] = None,
-          uri: Optional[str] = None, db_token: Optional[str] = None, thumbnails: Optional[str] = None) -> None:
+          uri: Optional[str] = None, db_token: Optional[str] = None, thumbnails: Optional[str] = None,
+          db_searches: int = 2) -> None:
     """Search your own photos: an HTTP API (OpenAPI at /docs) and a web page (/) over an `embed` output, or over a
     photo library that `ernievil2 index` keeps in Milvus (--db or --uri).
 
@@ -218,6 +219,8 @@ def serve(model: str, gallery: Optional[str] = None, images: Optional[str] = Non
         db_token: the Milvus server's token, for --uri.
         thumbnails: where result thumbnails are cached (default: DB.thumbs beside --db, else
             ~/.cache/ernievil2torch/thumbs).
+        db_searches: most photo-library searches run at a time (others wait): Milvus Lite builds every filtered
+            search from a copy of all the vectors (about 3 GiB at a million rows), so this bounds the memory.
     """
     from ..apps.serve import ServeLimits
     from ..apps.serve import serve as run_service
@@ -227,7 +230,8 @@ def serve(model: str, gallery: Optional[str] = None, images: Optional[str] = Non
     run_service(model, gallery, images, host=host, port=port, token=token, cors_origins=cors_origins or (),
                 limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms, decode_workers=decode_workers,
                 dtype=dtype, device=device, vocab=vocab, faiss=faiss, log_level=log_level, on_ready=_print_banner,
-                fast_decode=fast_decode, db=db, uri=uri, db_token=db_token, thumbnails=thumbnails)
+                fast_decode=fast_decode, db=db, uri=uri, db_token=db_token, thumbnails=thumbnails,
+                db_searches=db_searches)
 
 
 def index(model: str, folders: Optional[List[str]] = None, db: Optional[str] = None, uri: Optional[str] = None,
@@ -387,7 +391,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
             {"gallery": FOLDER, "images": FOLDER, "port": PORT, "max_upload_mb": POSITIVE, "max_pixels": POSITIVE,
              "max_files": POSITIVE, "max_texts": POSITIVE, "max_text_chars": POSITIVE, "max_k": POSITIVE,
              "max_batch": POSITIVE, "max_wait_ms": NON_NEGATIVE, "decode_workers": POSITIVE, "dtype": DTYPE,
-             "device": DEVICE, "vocab": FILE,
+             "device": DEVICE, "vocab": FILE, "db_searches": POSITIVE,
              "log_level": one_of("critical", "error", "warning", "info", "debug", "trace")}),
     Command("index", index, "follow photo folders in a Milvus index for serve --db: incremental, crash-safe",
             INDEX_RESUMABLE, {"model": FOLDER, "batch_size": POSITIVE, "num_workers": POSITIVE, "dtype": DTYPE,

@@ -357,14 +357,6 @@ class MilvusBackend:
         for row in self._paged(filter_expression(where, self.scalar_fields), "metadata"):
             yield str(row["id"]), row.get("metadata") or {}
 
-    def values(self, key: str) -> Iterator[Any]:
-        """Every row's value of scalar field ``key`` (None where it has none), read ``READ_BATCH`` at a time without
-        the JSON metadata or vectors (what listing a library's folders needs)."""
-        if key not in self.scalar_fields:
-            raise InputError(f"{key!r} is not a scalar field of collection {self.collection!r}")
-        for row in self._paged("", key):
-            yield row.get(key)
-
     def drop(self) -> None:
         """Delete the whole collection."""
         self.client.drop_collection(self.collection)

@@ -144,10 +144,8 @@ def test_typed_fields_are_checked(database):
             backend.add(unit_rows(1, seed=1), ["x"], [entry])
     assert backend.count() == 0
     backend.add(unit_rows(3, seed=2), ["a", "b", "c"], [{"folder": "x/y"}, {"taken": 4}, {"folder": "z", "taken": 5}])
-    assert sorted(backend.values("folder"), key=str) == sorted(["x/y", None, "z"], key=str)
-    assert sorted(v for v in backend.values("taken") if v is not None) == [4, 5]
-    with pytest.raises(InputError, match="not a scalar field"):
-        list(backend.values("metadata"))
+    assert sorted(dict(backend.rows({"folder": Under("x")}))) == ["a"]
+    assert sorted(dict(backend.rows({"taken": Range(4, 5)}))) == ["b", "c"]
     plain = f"p{next(_names)}"
     MilvusBackend(DIM, database, collection=plain)
     with pytest.raises(InputError, match=r"no indexed field folder \(VARCHAR\)"):

@@ -41,7 +41,7 @@ from ...retrieval.milvus import check_uri
 from ...runtime.progress import progress_bar
 from ...storage.embeddings import MANIFEST_FILE, EmbedOutput, read_embed_output, read_file_records
 from ..embed.shards import is_embed_run
-from .catalog import Catalog
+from .catalog import Catalog, FolderList
 from .crash import crash_point
 from .files import RECORD_KEYS, PhotoFile, is_followed
 from .indexer import model_dim, row_metadata
@@ -109,7 +109,8 @@ def load_embeddings(model: str, embeddings: str, db: Optional[str] = None, uri: 
         writing = time.perf_counter()
         store = catalog.rows(collection, output.dim)
         broken = catalog.failures(collection)
-        _load(output, records, store, broken, report, model_dir.name, fingerprint, batch_size, progress)
+        _load(output, records, store, broken, catalog.folder_list(collection), report, model_dir.name, fingerprint,
+              batch_size, progress)
         report.reindexed_from = catalog.switch_to(collection)
         report.rows = store.count()
         report.write_seconds = time.perf_counter() - writing
@@ -197,11 +198,12 @@ def stale_reason(item: PhotoFile) -> Optional[str]:
     return None
 
 
-def _load(output: EmbedOutput, records: Sequence[Optional[dict]], store: Any, broken: Any, report: BulkReport,
-          model_name: str, fingerprint: str, batch_size: int, progress: bool) -> None:
+def _load(output: EmbedOutput, records: Sequence[Optional[dict]], store: Any, broken: Any, folders: FolderList,
+          report: BulkReport, model_name: str, fingerprint: str, batch_size: int, progress: bool) -> None:
     rows = dict(store.rows())
     failed = {row_id for row_id, _ in broken.rows()}
     seen: set = set()
+    present_folders: set = set()  # listed at the end (an index made before folder lists gets its list so)
     pending: List[Tuple[int, PhotoFile, dict]] = []
 
     def flush() -> None:
@@ -212,6 +214,7 @@ def _load(output: EmbedOutput, records: Sequence[Optional[dict]], store: Any, br
         ids = [item.id for _, item, _ in pending]
         store.upsert(vectors, ids, [row_metadata(item, record["sha256"], record, model_name, fingerprint)
                                     for _, item, record in pending])
+        folders.add(item.folders[-1] for _, item, _ in pending)
         listed_broken = [row_id for row_id in ids if row_id in failed]
         if listed_broken:  # it reads now: no longer a failure a folder run should report
             broken.remove(listed_broken)
@@ -239,10 +242,12 @@ def _load(output: EmbedOutput, records: Sequence[Optional[dict]], store: Any, br
             if held is not None and (held.get("size"), held.get("mtime_ns"), held.get("sha256")) == (
                     item.size, item.mtime_ns, record["sha256"]):
                 report.present += 1
+                present_folders.add(item.folders[-1])
                 continue
             pending.append((index, item, record))
             if len(pending) >= batch_size:
                 flush()
         flush()
+        folders.add(present_folders)
     finally:
         bar.close()

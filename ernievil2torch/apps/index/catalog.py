@@ -9,11 +9,17 @@ list of files that could not be read.
   and the alias is moved only when it is complete; the old collection is then dropped.
 * ``photos_<model hash>_failed``: the files that could not be read, with the reason, size and mtime (a 2-d
   placeholder vector: Milvus collections need one), retried only when the file changes.
+* ``photos_<model hash>_folders``: the folders that hold photos (:class:`FolderList`), for the page's folder
+  filter: listing them from the photo rows would read every row (Milvus Lite reads the whole collection for each
+  page of a scan: minutes at a million rows).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, List, Optional, Set
+
+import numpy as np
 
 from ...errors import InputError
 from ...retrieval.milvus import MilvusBackend, connect, is_embedded, open_here, release
@@ -78,6 +84,9 @@ class Catalog:
     def failures(self, collection: str) -> MilvusBackend:
         return MilvusBackend(2, self.uri, collection=f"{collection}_failed", client=self.client)
 
+    def folder_list(self, collection: str) -> "FolderList":
+        return FolderList(MilvusBackend(2, self.uri, collection=folders_collection(collection), client=self.client))
+
     def publish(self, collection: str) -> Optional[str]:
         """Point the alias at ``collection`` (complete now); returns the collection it pointed at before."""
         previous = self.active
@@ -100,10 +109,56 @@ class Catalog:
         return previous
 
     def drop(self, collection: str) -> None:
-        """Drop a collection and its list of failures (after the alias left it)."""
-        for name in (collection, f"{collection}_failed"):
+        """Drop a collection, its list of failures and its folder list (after the alias left it)."""
+        for name in (collection, f"{collection}_failed", folders_collection(collection)):
             if self.client.has_collection(name):
                 self.client.drop_collection(name)
+
+
+def folders_collection(collection: str) -> str:
+    """The collection of ``collection``'s folder list."""
+    return f"{collection}_folders"
+
+
+class FolderList:
+    """The folders that hold a collection's photos (each photo's own folder, relative to its root; the root '' is
+    not listed): one row per folder, its id the SHA-1 of the folder (a folder may be longer than an id may be), the
+    folder in its metadata, a 2-d placeholder vector.
+
+    Writers keep it: each batch of rows :meth:`add` s its folders (so a folder indexed while the service runs is
+    listed at once), and a folder run, which knows every photo of the library, :meth:`replace` s the list at its end
+    (folders emptied by moves and deletions leave then). Killed in between, the list can hold an emptied folder
+    until the next complete run (a filter on it finds nothing); it never misses a folder that holds a row."""
+
+    def __init__(self, backend: MilvusBackend) -> None:
+        self.backend = backend
+        self._known: Optional[Set[str]] = None
+
+    def read(self) -> List[str]:
+        """The folders listed, sorted."""
+        return sorted({meta["folder"] for _, meta in self.backend.rows() if isinstance(meta.get("folder"), str)})
+
+    def add(self, folders: Iterable[str]) -> None:
+        """List these folders too (those listed already cost nothing: the list is read once per writer)."""
+        if self._known is None:
+            self._known = set(self.read())
+        new = sorted({folder for folder in folders if folder} - self._known)
+        if new:
+            self.backend.upsert(np.tile(np.float32([1.0, 0.0]), (len(new), 1)), [_folder_id(f) for f in new],
+                                [{"folder": folder} for folder in new])
+            self._known.update(new)
+
+    def replace(self, folders: Iterable[str]) -> None:
+        """Make the list exactly ``folders``: the new ones added first, then the others removed."""
+        wanted = {folder for folder in folders if folder}
+        self.add(wanted)
+        stale = [row_id for row_id, meta in self.backend.rows() if meta.get("folder") not in wanted]
+        self.backend.remove(stale)
+        self._known = set(wanted)
+
+
+def _folder_id(folder: str) -> str:
+    return hashlib.sha1(folder.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def active_collection(client: Any) -> Optional[str]:

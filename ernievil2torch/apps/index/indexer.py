@@ -166,8 +166,10 @@ class _Run:
         self.dim = model_dim(model_dir)
         self.store = catalog.rows(collection, self.dim)
         self.broken = catalog.failures(collection)
+        self.folders = catalog.folder_list(collection)
         self.report = IndexReport(catalog.uri, collection, model_dir.name)
         self._failed_now: set = set()
+        self._written: set = set()  # ids of the rows this run wrote
         self.kinds: Dict[str, str] = {}  # id -> added / changed / moved / copied, as planned
 
     # ---- planning ----------------------------------------------------------------------------------------------
@@ -233,7 +235,15 @@ class _Run:
         report.removed = len(vanished) - len(moved_from)
         self.store.remove(list(vanished))
         self.broken.remove([row_id for row_id in failures if row_id not in live])
+        held = (set(rows) - set(vanished)) | self._written
+        self.folders.replace(item.folders[-1] for item in files if item.id in held)
         return report
+
+    def _upsert(self, vectors: np.ndarray, ids: List[str], metadata: List[dict]) -> None:
+        """Write photo rows, and list their folders."""
+        self.store.upsert(vectors, ids, metadata)
+        self._written.update(ids)
+        self.folders.add(entry["folder"] for entry in metadata)
 
     # ---- writing -----------------------------------------------------------------------------------------------
     def _write_groups(self, groups: List[_Group], rows: Dict[str, dict]) -> None:
@@ -253,7 +263,7 @@ class _Run:
                     ids.append(item.id)
                     metadata.append(self._metadata(item, group.sha256, source.metadata))
             if ids:
-                self.store.upsert(np.stack(vectors), ids, metadata)
+                self._upsert(np.stack(vectors), ids, metadata)
         if fresh:
             self._embed_groups(fresh, rows)
 
@@ -287,7 +297,7 @@ class _Run:
                                 metadata.append(self._metadata(item, group.sha256, facts))
                         if any(row_id in rows for row_id in ids):
                             crash_point("before-changed-write")
-                        self.store.upsert(np.stack(out), ids, metadata)
+                        self._upsert(np.stack(out), ids, metadata)
                         crash_point("batch-written")
                     bar.update(len(batch))
         finally:

@@ -11,12 +11,13 @@ it is complete), with the two safe ways from a row id to a file: the photo itsel
 """
 from __future__ import annotations
 
+import logging
 import re
-import time
+import threading
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -24,16 +25,16 @@ from ...data.image_root import ImageLookupError
 from ...errors import InputError
 from ...retrieval.backends import Range, Under, UnknownIdError
 from ...retrieval.milvus import MilvusBackend, connect, is_embedded
-from ..index.catalog import ALIAS, FILTER_FIELDS, INDEX_TYPE, active_collection, collection_for
+from ..index.catalog import (ALIAS, FILTER_FIELDS, INDEX_TYPE, FolderList, active_collection, collection_for,
+                             folders_collection)
 from ..index.files import PHOTO_EXTENSIONS, folder_and_above
 from ..index.indexer import model_fingerprint
 from .thumbnails import ThumbnailCache
 
+logger = logging.getLogger(__name__)
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 #: Longest folder filter accepted (characters).
 MAX_FOLDER_CHARS = 1024
-#: How long the folder list of the page's filter is reused before it is read again.
-FOLDER_LIST_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,9 @@ class PhotoLibrary:
     """The index at ``uri`` (searched through its alias) for the model whose fingerprint is ``model_hash``."""
 
     def __init__(self, uri: str, model_hash: str, dim: int, thumbnails: ThumbnailCache,
-                 token: Optional[str] = None) -> None:
+                 token: Optional[str] = None, searches: int = 2) -> None:
+        if isinstance(searches, bool) or not isinstance(searches, int) or searches < 1:
+            raise InputError(f"db_searches must be a positive integer, got {searches!r}")
         client = connect(uri, token)
         active = active_collection(client)
         if active is None:
@@ -95,12 +98,14 @@ class PhotoLibrary:
         self.thumbnails = thumbnails
         self._private = [Path(uri).resolve()] if is_embedded(uri) else []
         self._private.append(thumbnails.folder.resolve())
-        self._folder_list: Optional[Tuple[float, int, List[str]]] = None
+        self._folder_list: Optional[FolderList] = None
+        self._searching = threading.BoundedSemaphore(searches)
+        self._unlisted: set = set()  # collections without a folder list (warned about once)
 
     @classmethod
     def open(cls, uri: str, model_dir: Path, dim: int, thumbnail_dir: Path,
-             token: Optional[str] = None) -> "PhotoLibrary":
-        return cls(uri, model_fingerprint(Path(model_dir)), dim, ThumbnailCache(thumbnail_dir), token)
+             token: Optional[str] = None, searches: int = 2) -> "PhotoLibrary":
+        return cls(uri, model_fingerprint(Path(model_dir)), dim, ThumbnailCache(thumbnail_dir), token, searches)
 
     def __len__(self) -> int:
         return self.backend.count()
@@ -111,9 +116,13 @@ class PhotoLibrary:
 
     def search(self, queries: np.ndarray, k: int, where: Optional[Dict[str, Any]] = None,
                offset: int = 0) -> List[List[LibraryHit]]:
-        """The hits ``offset .. offset + k - 1`` of each query's ranking among the photos passing ``where``."""
-        return [[self._hit(hit.id, hit.score, hit.metadata) for hit in hits]
-                for hits in self.backend.search(queries, k, where=where or None, offset=offset)]
+        """The hits ``offset .. offset + k - 1`` of each query's ranking among the photos passing ``where``. At most
+        ``searches`` (``serve --db_searches``) run at a time, the others wait: Milvus Lite answers each filtered
+        search from a fresh copy of every vector of the collection (about 3 GiB at a million rows), so the number
+        at a time is what bounds the service's memory under load."""
+        with self._searching:
+            found = self.backend.search(queries, k, where=where or None, offset=offset)
+        return [[self._hit(hit.id, hit.score, hit.metadata) for hit in hits] for hits in found]
 
     def vector(self, photo_id: str) -> np.ndarray:
         """The stored embedding of a photo (more like this); 404 for an unknown id."""
@@ -146,23 +155,24 @@ class PhotoLibrary:
         return self.thumbnails.get(self.photo_file(photo_id), str(metadata.get("sha256", photo_id)))
 
     def folders(self, limit: int = 500) -> List[str]:
-        """The library's folders (relative to their roots) and the folders above them, sorted, at most ``limit``
-        (for the page's filter). Read from the indexed ``folder`` field of every row (no JSON), and kept for
-        ``FOLDER_LIST_SECONDS``: a million rows take seconds to read, and a folder indexed meanwhile shows after
-        that (its photos are searchable at once)."""
-        now = time.monotonic()
-        cached = self._folder_list
-        if cached is not None and now - cached[0] < FOLDER_LIST_SECONDS and cached[1] == limit:
-            return list(cached[2])
+        """The library's folders (relative to their roots) and the folders above them, sorted, the first ``limit``
+        (for the page's filter): read from the folder list the writers keep beside the active collection
+        (:class:`~..index.catalog.FolderList`, a row per folder), not from the photo rows. An index written before
+        folder lists existed has none: [] until ``index`` runs over it again (its folder filter still works)."""
+        active = active_collection(self.backend.client)
+        name = folders_collection(active) if active is not None else None
+        if name is None or not self.backend.client.has_collection(name):
+            if name not in self._unlisted:
+                self._unlisted.add(name)
+                logger.warning("%s has no folder list (written by an earlier version): re-run `ernievil2 index` "
+                               "over it to list its folders on the page", self.uri)
+            return []
+        if self._folder_list is None or self._folder_list.backend.collection != name:
+            self._folder_list = FolderList(MilvusBackend(2, self.uri, collection=name, client=self.backend.client))
         seen: set = set()
-        for folder in self.backend.values("folder"):
-            if isinstance(folder, str) and folder:
-                seen.update(folder_and_above(folder))
-                if len(seen) >= limit:
-                    break
-        listed = sorted(seen)[:limit]
-        self._folder_list = (now, limit, listed)
-        return list(listed)
+        for folder in self._folder_list.read():
+            seen.update(folder_and_above(folder))
+        return sorted(seen)[:limit]
 
     # ---- helpers -----------------------------------------------------------------------------------------------
     def _checked_id(self, photo_id: str) -> str:

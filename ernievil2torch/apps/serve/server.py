@@ -85,7 +85,8 @@ class ServiceBanner:
 
 
 def _searchable(model_dir: str, gallery: Optional[str], images: Optional[str], faiss: Optional[bool], backend: str,
-                db: Optional[str], uri: Optional[str], db_token: Optional[str], thumbnails: Optional[str]):
+                db: Optional[str], uri: Optional[str], db_token: Optional[str], thumbnails: Optional[str],
+                db_searches: int = 2):
     """The gallery (``embed`` output) or photo library (Milvus) the service searches; InputError for a wrong mix."""
     library = db if db is not None else uri
     if db is not None and uri is not None:
@@ -111,7 +112,8 @@ def _searchable(model_dir: str, gallery: Optional[str], images: Optional[str], f
     if thumbnails is None:
         thumbnails = (f"{target}.thumbs" if is_embedded(target)
                       else str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ernievil2torch" / "thumbs"))
-    return PhotoLibrary.open(target, Path(model_dir), model_dim(Path(model_dir)), Path(thumbnails), db_token)
+    return PhotoLibrary.open(target, Path(model_dir), model_dim(Path(model_dir)), Path(thumbnails), db_token,
+                             searches=db_searches)
 
 
 def serve(model_dir: str, gallery: Optional[str] = None, images: Optional[str] = None, host: str = "127.0.0.1",
@@ -121,7 +123,7 @@ def serve(model_dir: str, gallery: Optional[str] = None, images: Optional[str] =
           device: Optional[str] = None, vocab: Optional[str] = None, faiss: Optional[bool] = None,
           max_length: int = DEFAULT_MAX_LENGTH, log_level: str = "info", backend: str = "memory",
           fast_decode: bool = False, db: Optional[str] = None, uri: Optional[str] = None,
-          db_token: Optional[str] = None, thumbnails: Optional[str] = None,
+          db_token: Optional[str] = None, thumbnails: Optional[str] = None, db_searches: int = 2,
           on_ready: Optional[Callable[[ServiceBanner], None]] = None) -> None:
     """Serve text->image and image->image search over an ``embed`` output until interrupted.
 
@@ -159,7 +161,7 @@ def serve(model_dir: str, gallery: Optional[str] = None, images: Optional[str] =
     from .engine import SearchEngine
 
     limits = limits or ServeLimits()
-    searchable = _searchable(model_dir, gallery, images, faiss, backend, db, uri, db_token, thumbnails)
+    searchable = _searchable(model_dir, gallery, images, faiss, backend, db, uri, db_token, thumbnails, db_searches)
     # (a bad gallery or library is refused above, before the model loads)
     pretrained = load_pretrained(model_dir, dtype=torch_dtype(dtype), device=place, vocab=vocab)
     engine = SearchEngine(pretrained, searchable, limits, max_length, fast_decode=fast_decode)

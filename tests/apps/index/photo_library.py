@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
 
-from ernievil2torch.apps.index.catalog import active_collection
+from ernievil2torch.apps.index.catalog import Catalog, active_collection
 from ernievil2torch.retrieval.milvus import connect, release
 
 
@@ -70,3 +70,12 @@ def index_rows(db: str) -> Tuple[str, Dict[str, dict], Dict[str, np.ndarray]]:
     assert len({row["id"] for row in rows}) == len(rows), "duplicate rows under one id"
     return (active, {row["id"]: row["metadata"] for row in rows},
             {row["id"]: np.asarray(row["vector"], np.float32) for row in rows})
+
+
+def listed_folders(db: str) -> List[str]:
+    """The folder list the writers keep beside the active collection of ``db`` (released afterwards)."""
+    catalog = Catalog.open(db)
+    try:
+        return catalog.folder_list(catalog.active).read()
+    finally:
+        catalog.close()

@@ -13,7 +13,7 @@ require_module("pymilvus")
 require_module("milvus_lite")
 require_module("pillow_heif")
 
-from photo_library import index_rows, make_library, photo_bytes, write  # noqa: E402
+from photo_library import index_rows, listed_folders, make_library, photo_bytes, write  # noqa: E402
 
 from ernievil2torch.apps.index import ModelMismatchError, index_photos  # noqa: E402
 from ernievil2torch.apps.index.files import photo_id  # noqa: E402
@@ -63,6 +63,7 @@ def test_first_run_writes_one_row_per_file_with_its_facts(model_folder, tmp_path
     assert meta["mtime_ns"] == 1_700_000_000_000_000_000 and len(meta["sha256"]) == 64
     assert meta["model"] == model.name and len(meta["model_hash"]) == 64
     assert by_path["2023/c.png"][1]["taken"] is None and by_path["2024/e.heic"][1]["width"] == 40
+    assert listed_folders(db) == ["2023", "2023/trip", "2024"]  # each photo's own folder; the root is not listed
     for vector in vectors.values():
         assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-4)
 
@@ -116,17 +117,19 @@ def test_a_database_inside_the_photo_folder_is_not_indexed(model_folder, tmp_pat
 def test_moved_file_keeps_its_vector_without_a_model_call(model_folder, tmp_path, calls):
     model = model_folder("tiny", 0)
     root = tmp_path / "photos"
-    write(root / "x.jpg", photo_bytes(11))
+    write(root / "old" / "x.jpg", photo_bytes(11))
     db = str(tmp_path / "photos.db")
     run(model, root, db)
     _, _, before = index_rows(db)
+    assert listed_folders(db) == ["old"]
     calls.update(images=0, calls=0)
     (root / "sub").mkdir()
-    shutil.move(root / "x.jpg", root / "sub" / "y.jpg")
+    shutil.move(root / "old" / "x.jpg", root / "sub" / "y.jpg")
     report = run(model, root, db)
     assert (report.moved, report.removed, report.added, calls["calls"]) == (1, 0, 0, 0)
     _, rows, after = index_rows(db)
     assert [meta["path"] for meta in rows.values()] == ["sub/y.jpg"]
+    assert listed_folders(db) == ["sub"]  # the emptied folder left the list
     assert np.array_equal(next(iter(after.values())), next(iter(before.values())))
 
 

@@ -20,7 +20,7 @@ require_module("pymilvus")
 require_module("milvus_lite")
 require_module("pillow_heif")
 
-from photo_library import index_rows, make_library, photo_bytes, write  # noqa: E402
+from photo_library import index_rows, listed_folders, make_library, photo_bytes, write  # noqa: E402
 from test_index_server import milvus_server  # noqa: E402,F401  (the fixture: a separate milvus-lite server)
 
 from ernievil2torch.apps.embed import embed  # noqa: E402
@@ -93,6 +93,7 @@ def test_bulk_load_writes_the_rows_a_folder_run_writes_and_a_folder_run_then_emb
     assert (report.loaded, report.present, report.skipped, report.rows) == (PHOTOS, 0, [], PHOTOS)
     assert calls["images"] == 0 and "loaded 7" in report.summary()
     assert_rows_equal(index_rows(str(db)), built["reference"])
+    assert listed_folders(str(db)) == ["2023", "2023/trip", "2024"]
     again = index_photos(str(built["model"]), [str(built["root"])], db=str(db), progress=False)
     assert calls["images"] == 0 and again.model_calls == 0 and again.embedded == 0
     assert (again.unchanged, again.added, again.removed, len(again.failed)) == (PHOTOS, 0, 0, 1)  # broken.jpg
@@ -212,6 +213,7 @@ def test_a_load_killed_mid_way_is_finished_by_a_re_run(built, tmp_path):
     report = load(built, db, batch_size=2)
     assert (report.present, report.loaded) == (4, PHOTOS - 4)  # what the killed run wrote is not written again
     assert_rows_equal(index_rows(str(db)), built["reference"])
+    assert listed_folders(str(db)) == ["2023", "2023/trip", "2024"]  # none lost to the kill
 
 
 def test_the_uri_path_loads_into_a_separate_server_process(built, milvus_server, calls):

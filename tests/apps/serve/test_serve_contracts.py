@@ -421,28 +421,69 @@ def test_a_foreign_host_is_told_which_hosts_the_service_answers_to():
     assert TestClient(HostCheck(app, None)).get("/ok", headers={"host": "evil.example"}).status_code == 200
 
 
-def test_the_folder_list_reads_the_folder_field_once_per_period(monkeypatch):
-    """The page's folder list holds each indexed folder and those above it, sorted and capped, read from the
-    ``folder`` field (not every row's JSON) and reused for FOLDER_LIST_SECONDS, then read again."""
+def test_the_folder_list_is_read_from_the_writers_list_not_the_photo_rows(tmp_path, caplog):
+    """The page's folder list holds each listed folder and those above it, sorted and capped, read from the folder
+    list beside the active collection; the photo rows are never scanned for it. An index without a folder list
+    (an earlier version's) gives [] and one warning."""
+    from ernievil2torch.apps.index.catalog import ALIAS, Catalog, collection_for, folders_collection
     from ernievil2torch.apps.serve import library as library_module
+    from ernievil2torch.retrieval.milvus import MilvusBackend
 
-    reads = []
-
-    class Rows:
-        def values(self, key):
-            reads.append(key)
-            yield from ["2023/trip/day1", "", None, "2024", "2023/trip/day2"]
-
-    clock = [100.0]
-    monkeypatch.setattr(library_module.time, "monotonic", lambda: clock[0])
+    uri = str(tmp_path / "lib.db")
+    catalog = Catalog.open(uri)
+    collection = collection_for("ab" * 32)
+    catalog.rows(collection, 4)
+    catalog.publish(collection)
     library = library_module.PhotoLibrary.__new__(library_module.PhotoLibrary)
-    library.backend, library._folder_list = Rows(), None
+    library.uri, library._folder_list, library._unlisted = uri, None, set()
+    library.backend = MilvusBackend(4, uri, collection=ALIAS, client=catalog.client)
+    library.backend.rows = library.backend._paged = None  # a scan of the photo rows would fail
+    with caplog.at_level("WARNING"):
+        assert library.folders() == [] and library.folders() == []
+    assert sum("has no folder list" in record.message for record in caplog.records) == 1
+    catalog.folder_list(collection).add(["2023/trip/day1", "", "2024", "2023/trip/day2", "2024"])
     everything = ["2023", "2023/trip", "2023/trip/day1", "2023/trip/day2", "2024"]
-    assert library.folders() == everything and reads == ["folder"]
-    clock[0] += library_module.FOLDER_LIST_SECONDS - 1
-    assert library.folders() == everything and len(reads) == 1
-    assert library.folders(limit=2) == ["2023", "2023/trip"] and len(reads) == 2  # another cap: read again
-    clock[0] += library_module.FOLDER_LIST_SECONDS
-    library.folders(limit=2)
-    assert len(reads) == 3
+    assert library.folders() == everything
+    assert library.folders(limit=2) == ["2023", "2023/trip"]
+    catalog.folder_list(collection).replace(["2024/x"])
+    assert library.folders() == ["2024", "2024/x"]
+    catalog.drop(collection)
+    assert not catalog.client.has_collection(folders_collection(collection))
+    catalog.close()
 
+
+def test_library_searches_at_a_time_are_bounded():
+    """``serve --db_searches N``: at most N database searches run at once (each filtered search on Milvus Lite
+    copies every vector of the collection), the others wait their turn and all are answered."""
+    import threading
+    import time
+
+    from ernievil2torch.apps.serve import library as library_module
+    from ernievil2torch.errors import InputError
+    from ernievil2torch.retrieval.backends import BackendHit
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    class SlowBackend:
+        def search(self, queries, k, where=None, offset=0):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+            return [[BackendHit("a" * 32, 0.5, {"path": "x.jpg"})]]
+
+    library = library_module.PhotoLibrary.__new__(library_module.PhotoLibrary)
+    library.backend, library._searching = SlowBackend(), threading.BoundedSemaphore(2)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(library.search([[0.0] * 4], 1)))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 2 and len(answers) == 8 and all(a[0][0].path == "x.jpg" for a in answers)
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(InputError, match="db_searches"):
+            library_module.PhotoLibrary("unused.db", "0" * 64, 4, None, searches=bad)
