@@ -144,7 +144,7 @@ class FolderList:
             self._known = set(self.read())
         new = sorted({folder for folder in folders if folder} - self._known)
         if new:
-            self.backend.upsert(np.tile(np.float32([1.0, 0.0]), (len(new), 1)), [_folder_id(f) for f in new],
+            self.backend.upsert(placeholder_vectors(len(new)), [_folder_id(f) for f in new],
                                 [{"folder": folder} for folder in new])
             self._known.update(new)
 
@@ -155,6 +155,11 @@ class FolderList:
         stale = [row_id for row_id, meta in self.backend.rows() if meta.get("folder") not in wanted]
         self.backend.remove(stale)
         self._known = set(wanted)
+
+
+def placeholder_vectors(count: int) -> np.ndarray:
+    """``count`` copies of the 2-d vector the side collections (failures, folders) store: Milvus needs one per row."""
+    return np.tile(np.float32([1.0, 0.0]), (count, 1))
 
 
 def _folder_id(folder: str) -> str:

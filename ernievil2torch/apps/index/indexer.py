@@ -36,7 +36,7 @@ import numpy as np
 from ...errors import InputError
 from ...retrieval.milvus import check_uri, is_embedded
 from ...runtime.progress import progress_bar
-from .catalog import Catalog
+from .catalog import Catalog, placeholder_vectors
 from .crash import crash_point
 from .files import PhotoFile, by_hash, content_hash, read_facts, register_heif, scan
 from .model_hash import model_fingerprint
@@ -336,7 +336,7 @@ class _Run:
         for item in files:
             self.report.failed.append((str(item.absolute), reason))
             self._failed_now.add(item.id)
-        self.broken.upsert(np.tile(np.float32([1.0, 0.0]), (len(files), 1)), [item.id for item in files],
+        self.broken.upsert(placeholder_vectors(len(files)), [item.id for item in files],
                            [{**{key: getattr(item, key) for key in _FILE_KEYS}, "reason": reason} for item in files])
 
     def _load_model(self) -> None:
