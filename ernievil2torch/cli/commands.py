@@ -219,8 +219,9 @@ def serve(model: str, gallery: Optional[str] = None, images: Optional[str] = Non
         db_token: the Milvus server's token, for --uri.
         thumbnails: where result thumbnails are cached (default: DB.thumbs beside --db, else
             ~/.cache/ernievil2torch/thumbs).
-        db_searches: most photo-library searches run at a time (others wait): Milvus Lite builds every filtered
-            search from a copy of all the vectors (about 3 GiB at a million rows), so this bounds the memory.
+        db_searches: most photo-library searches run at a time (others wait, served in arrival order): Milvus
+            Lite builds every filtered search from a copy of all the vectors (about 3 GiB at a million rows), so
+            this bounds the memory.
     """
     from ..apps.serve import ServeLimits
     from ..apps.serve import serve as run_service

@@ -2,7 +2,8 @@
 
 :func:`install_state` puts the engine, the settings, the two micro-batchers (texts, images) and the page on
 ``app.state``; :func:`lifespan` makes the thread pools (``app.state.executors``: one model thread that both
-batchers share, so model calls never compete, and a pool that decodes uploads) and starts and stops the batchers.
+batchers share, so model calls never compete, a pool that decodes uploads, and a pool for the photo library's
+blocking database calls) and starts and stops the batchers.
 Pools are made per lifespan, so an app can be started again after a shutdown. Handlers never reach ``app.state``
 themselves: they declare the dependencies below, so a test can call a handler with its own values.
 """
@@ -19,6 +20,11 @@ from .batching import MicroBatcher
 from .engine import SearchEngine
 from .limits import ServeLimits
 from .settings import ServiceSettings
+
+#: Threads for the photo library's blocking database calls beyond ``--db_searches``: searches wait their turn inside
+#: the library (:class:`~.library.PhotoLibrary`), and a thumbnail or a folder list must not wait for a thread behind
+#: them (asyncio's default pool has min(32, CPUs + 4) threads: six on two cores, all of them could be waiting).
+LIBRARY_THREADS = 16
 
 
 def read_page(name: str = "index.html") -> str:
@@ -43,8 +49,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Make the pools, start the batchers; on shutdown stop the batchers and shut the pools down."""
     settings: ServiceSettings = app.state.settings
     batchers = app.state.batchers
+    library = getattr(app.state.engine, "gallery", None)
     executors = {"model": ThreadPoolExecutor(1, thread_name_prefix="ernievil2-model"),
-                 "decode": ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="ernievil2-decode")}
+                 "decode": ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="ernievil2-decode"),
+                 "library": ThreadPoolExecutor(LIBRARY_THREADS + getattr(library, "searches", 0),
+                                               thread_name_prefix="ernievil2-library")}
     app.state.executors = executors
     for batcher in batchers.values():
         batcher.executor = executors["model"]
@@ -82,6 +91,10 @@ def get_image_batcher(request: Request) -> MicroBatcher:
 
 def get_decode_executor(request: Request) -> Executor:
     return request.app.state.executors["decode"]
+
+
+def get_library_executor(request: Request) -> Executor:
+    return request.app.state.executors["library"]
 
 
 def get_page(request: Request) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..index.catalog import (ALIAS, FILTER_FIELDS, INDEX_TYPE, FolderList, activ
                              folders_collection)
 from ..index.files import PHOTO_EXTENSIONS, folder_and_above
 from ..index.indexer import model_fingerprint
+from .fair_slots import FairSlots
 from .thumbnails import ThumbnailCache
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ class PhotoLibrary:
         self._private = [Path(uri).resolve()] if is_embedded(uri) else []
         self._private.append(thumbnails.folder.resolve())
         self._folder_list: Optional[FolderList] = None
-        self._searching = threading.BoundedSemaphore(searches)
+        self.searches = searches
+        self._searching = FairSlots(searches)
         self._unlisted: set = set()  # collections without a folder list (warned about once)
 
     @classmethod
@@ -117,9 +118,10 @@ class PhotoLibrary:
     def search(self, queries: np.ndarray, k: int, where: Optional[Dict[str, Any]] = None,
                offset: int = 0) -> List[List[LibraryHit]]:
         """The hits ``offset .. offset + k - 1`` of each query's ranking among the photos passing ``where``. At most
-        ``searches`` (``serve --db_searches``) run at a time, the others wait: Milvus Lite answers each filtered
-        search from a fresh copy of every vector of the collection (about 3 GiB at a million rows), so the number
-        at a time is what bounds the service's memory under load."""
+        ``searches`` (``serve --db_searches``) run at a time, the others wait their turn in arrival order
+        (:class:`~.fair_slots.FairSlots`): Milvus Lite answers each filtered search from a fresh copy of every
+        vector of the collection (about 3 GiB at a million rows), so the number at a time is what bounds the
+        service's memory under load, and the order is what bounds its slowest answer."""
         with self._searching:
             found = self.backend.search(queries, k, where=where or None, offset=offset)
         return [[self._hit(hit.id, hit.score, hit.metadata) for hit in hits] for hits in found]

@@ -475,7 +475,7 @@ def test_library_searches_at_a_time_are_bounded():
             return [[BackendHit("a" * 32, 0.5, {"path": "x.jpg"})]]
 
     library = library_module.PhotoLibrary.__new__(library_module.PhotoLibrary)
-    library.backend, library._searching = SlowBackend(), threading.BoundedSemaphore(2)
+    library.backend, library._searching = SlowBackend(), library_module.FairSlots(2)
     answers = []
     threads = [threading.Thread(target=lambda: answers.append(library.search([[0.0] * 4], 1)))
                for _ in range(8)]

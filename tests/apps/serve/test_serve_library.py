@@ -111,6 +111,41 @@ def test_more_like_this_and_image_upload(site):
     assert {h["path"] for h in found["results"]} == {"2023/trip/a.jpg", "2023/trip/b.jpg"}
 
 
+def test_searches_wait_their_turn_without_holding_up_thumbnails_and_folders(site):
+    """Searches beyond ``--db_searches`` wait inside the library, in arrival order, on threads of the library's own
+    pool: eight waiting searches (more than asyncio's default pool of six threads on two cores could even hold)
+    leave a thumbnail and the folder list answered at once, and every search is answered once the gate opens."""
+    import threading
+    import time
+
+    from ernievil2torch.apps.serve.fair_slots import FairSlots
+
+    client, library = site["client"], site["library"]
+    hit = ok(client.get("/v1/search", params={"q": "一只猫", "k": 1}))["results"][0]
+    gate, kept = FairSlots(1), library._searching
+    gate.acquire()  # the one database search slot is busy
+    library._searching = gate
+    answers = []
+    searches = [threading.Thread(target=lambda i=i: answers.append(client.get("/v1/search", params={"q": f"猫{i}"})))
+                for i in range(8)]
+    try:
+        for thread in searches:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while gate.waiting < 8 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert gate.waiting == 8, f"only {gate.waiting} of 8 searches reached the library"
+        assert client.get(hit["thumb_url"]).status_code == 200
+        assert isinstance(ok(client.get("/v1/folders"))["folders"], list)
+        assert gate.waiting == 8 and not answers  # answered while every search still waited
+    finally:
+        gate.release()
+        for thread in searches:
+            thread.join(60)
+        library._searching = kept
+    assert [response.status_code for response in answers] == [200] * 8
+
+
 def test_thumbnails_are_small_exif_free_and_made_once(site):
     client = site["client"]
     hit, = ok(client.get("/v1/search", params={"q": "地图", "taken_from": "2022-01-01", "taken_to": "2022-12-31"}))[
