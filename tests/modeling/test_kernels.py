@@ -1,8 +1,9 @@
 """The per-machine kernel choice: each kernel forced, agreement with eager fp32, training paths untouched, no stale
 reordered weight, and the measured / cached / overridden choice.
 
-Tiny config with random weights; oneDNN is part of every x86 torch wheel, so its kernel runs here (a build without
-it fails ``test_onednn_is_usable``: a forced choice must never silently fall back)."""
+Tiny config with random weights; oneDNN is part of every x86 torch wheel and numpy's wheels carry OpenBLAS, so both
+fp32 kernels run here (a build without them fails ``test_fp32_kernels_are_usable``: a forced choice must never
+silently fall back)."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,8 @@ from ernievil2torch.verify.synthetic import random_state
 
 ATOL = 1e-5
 ONEDNN = KernelChoice(float32="onednn")
+#: The fp32 kernels other than the reference, and the function of :mod:`kernels` each one runs.
+FP32_KERNELS = {"onednn": "_onednn", "numpy": "_numpy"}
 HALF_FP32 = KernelChoice(bfloat16="fp32", float16="fp32")
 TINY_GEMMS = [(6, 16, 48, False), (6, 16, 64, True)]
 
@@ -59,9 +62,25 @@ def _plain(model: ErnieViL2, pixels, ids):
     return image, text
 
 
+@pytest.fixture(params=sorted(FP32_KERNELS))
+def fp32_kernel(request, monkeypatch):
+    """(a choice forcing one fp32 kernel, the list its calls are counted in): a forced choice that silently ran
+    the reference would pass the comparisons otherwise."""
+    calls = []
+    name = FP32_KERNELS[request.param]
+    original = getattr(kernels, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, name, counting)
+    return KernelChoice(float32=request.param), calls
+
+
 @pytest.fixture
 def onednn_calls(monkeypatch):
-    """Counts calls of the oneDNN kernel (a forced choice that silently ran the reference would pass otherwise)."""
+    """Counts calls of the oneDNN kernel."""
     calls = []
     original = kernels._onednn
 
@@ -73,21 +92,37 @@ def onednn_calls(monkeypatch):
     return calls
 
 
-def test_onednn_is_usable():
-    assert kernels.onednn_usable()
+def test_fp32_kernels_are_usable():
+    assert kernels.onednn_usable() and kernels.numpy_blas_usable()
 
 
-def test_forced_kernels_agree_with_each_other_and_eager_fp32(onednn_calls):
+def test_forced_kernels_agree_with_each_other_and_eager_fp32(fp32_kernel):
+    choice, calls = fp32_kernel
     model = _model()
     pixels, ids = _inputs()
     image_ref, text_ref = _features(model, REFERENCE, pixels, ids)
-    assert not onednn_calls
-    image_dnn, text_dnn = _features(model, ONEDNN, pixels, ids)
-    assert len(onednn_calls) > 0
+    assert not calls
+    image_fast, text_fast = _features(model, choice, pixels, ids)
+    assert len(calls) > 0
     image_plain, text_plain = _plain(model, pixels, ids)
-    for got, want in [(image_dnn, image_ref), (text_dnn, text_ref), (image_dnn, image_plain), (text_dnn, text_plain),
-                      (image_ref, image_plain), (text_ref, text_plain)]:
+    for got, want in [(image_fast, image_ref), (text_fast, text_ref), (image_fast, image_plain),
+                      (text_fast, text_plain), (image_ref, image_plain), (text_ref, text_plain)]:
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_the_numpy_kernel_holds_numpy_blas_to_torch_threads():
+    """numpy's BLAS pool follows ``torch.set_num_threads`` (both libraries on the same cores, never twice as many
+    threads as asked for)."""
+    model = _model()
+    pixels, ids = _inputs()
+    threads = torch.get_num_threads()
+    try:
+        for wanted in (1, threads):
+            torch.set_num_threads(wanted)
+            _features(model, KernelChoice(float32="numpy"), pixels, ids)
+            assert [c.num_threads for c in kernels._numpy_blas_controllers()] == [wanted]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_reference_runs_the_code_path_of_a_model_without_a_choice(monkeypatch):
@@ -125,7 +160,8 @@ def test_half_precision_fp32_kernel(dtype, monkeypatch):
     assert calls  # the fp32 kernel did run
 
 
-def test_gradients_do_not_depend_on_the_choice():
+@pytest.mark.parametrize("kernel", sorted(FP32_KERNELS))
+def test_gradients_do_not_depend_on_the_choice(kernel):
     """Training never meets a chosen kernel: gradients (with and without checkpointing) equal the reference's."""
     pixels, ids = _inputs()
 
@@ -137,17 +173,18 @@ def test_gradients_do_not_depend_on_the_choice():
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     for checkpointing in (False, True):
-        want, got = grads(REFERENCE, checkpointing), grads(ONEDNN, checkpointing)
+        want, got = grads(REFERENCE, checkpointing), grads(KernelChoice(float32=kernel), checkpointing)
         assert want.keys() == got.keys() and len(want) > 10
         assert all(torch.equal(want[n], got[n]) for n in want)
 
 
-def test_reordered_weight_follows_optimizer_steps_and_loads(onednn_calls):
-    """After an optimizer step (in-place update) and after load_state_dict, the oneDNN kernel computes with the new
-    weights: a stale reordered copy would keep the old features."""
-    model = _model().use_kernels(ONEDNN)
+def test_laid_out_weight_follows_optimizer_steps_and_loads(fp32_kernel):
+    """After an optimizer step (in-place update) and after load_state_dict, the kernel computes with the new
+    weights: a stale reordered (or transposed) copy would keep the old features."""
+    choice, calls = fp32_kernel
+    model = _model().use_kernels(choice)
     pixels, ids = _inputs()
-    before = _features(model, ONEDNN, pixels, ids)
+    before = _features(model, choice, pixels, ids)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     model.train()
     model(pixels, ids, return_loss=True).loss.backward()
@@ -156,9 +193,9 @@ def test_reordered_weight_follows_optimizer_steps_and_loads(onednn_calls):
     for state in (None, _model(seed=11).state_dict()):
         if state is not None:
             model.load_state_dict(state)
-        calls = len(onednn_calls)
-        got = _features(model, ONEDNN, pixels, ids)
-        assert len(onednn_calls) > calls
+        count = len(calls)
+        got = _features(model, choice, pixels, ids)
+        assert len(calls) > count
         want = _features(model, REFERENCE, pixels, ids)
         assert not torch.allclose(got[0], before[0], atol=1e-3)
         for g, w in zip(got, want):
@@ -179,7 +216,8 @@ def test_packed_cache_keeps_one_copy_per_view():
     assert "_ernievil2_packed" not in str(list(model.state_dict()))
 
 
-def test_lora_adapters_are_called_under_any_choice():
+@pytest.mark.parametrize("kernel", sorted(FP32_KERNELS))
+def test_lora_adapters_are_called_under_any_choice(kernel):
     """A LoRA-wrapped layer is called as a module (the adapter adds its term) whatever kernel is chosen."""
     from ernievil2torch.training.lora import DEFAULT_LORA_TARGETS, add_adapters, lora_spec
 
@@ -192,7 +230,7 @@ def test_lora_adapters_are_called_under_any_choice():
             torch.nn.init.normal_(param, std=0.5)
     adapted.eval()
     want = _features(adapted, REFERENCE, pixels, ids)
-    got = _features(adapted, ONEDNN, pixels, ids)
+    got = _features(adapted, KernelChoice(float32=kernel), pixels, ids)
     assert not torch.allclose(want[0], plain[0], atol=1e-3)  # the adapters act
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
@@ -217,7 +255,7 @@ def test_kernel_record_names_only_a_non_reference_kernel():
 def test_measure_kernels_times_every_usable_kernel():
     measured = measure_kernels(TINY_GEMMS, rounds=1, repeats=1)
     assert set(measured.gflops) == {"float32", "bfloat16", "float16"}
-    assert set(measured.gflops["float32"]) == {"reference", "onednn"}
+    assert set(measured.gflops["float32"]) == {"reference", "onednn", "numpy"}
     assert set(measured.gflops["bfloat16"]) == {"reference", "fp32"}
     assert all(rate > 0 for rates in measured.gflops.values() for rate in rates.values())
     assert "float32" in measured.summary()
