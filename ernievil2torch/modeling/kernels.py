@@ -122,20 +122,26 @@ def _transpose_dense(weight: torch.Tensor) -> torch.Tensor:
 WEIGHT_FORMS = {"onednn": _reorder_onednn, "numpy": _transpose_dense}
 
 
-def packed_weight(owner: nn.Module, weight: torch.Tensor, form: str = "onednn") -> torch.Tensor:
-    """``weight`` (or a view of it) in the layout of kernel ``form`` (:data:`WEIGHT_FORMS`), cached on ``owner``.
+def packed_weight(owner: nn.Module, weight: torch.Tensor, form: str = "onednn",
+                  scale: float = 1.0) -> torch.Tensor:
+    """``weight * scale`` (``weight`` or a view of it) in the layout of kernel ``form`` (:data:`WEIGHT_FORMS`),
+    cached on ``owner``.
 
-    The cache key is the form and the weight's storage address, shape, strides, offset and version counter (views
+    The cache key is the form, the scale and the weight's storage address, shape, strides, offset and version
+    counter (views
     share their base's counter, which every in-place update bumps): a changed weight misses the cache and is laid
     out again. Entries of an older version are dropped when a new one is stored, so the cache holds at most one
     copy per view and form. A weight made under ``torch.inference_mode`` has no version counter: it is laid out
     on each call instead.
     """
-    make = WEIGHT_FORMS[form]
+    form_of = WEIGHT_FORMS[form]
+
+    def make(w: torch.Tensor) -> torch.Tensor:
+        return form_of(w if scale == 1.0 else w * scale)
     if weight.is_inference():  # no version counter to key on: laid out on every call, never cached
         return make(weight)
     cache: Dict[tuple, Tuple[int, torch.Tensor]] = owner.__dict__.setdefault(_PACKED_ATTR, {})
-    slot = (form, weight.untyped_storage().data_ptr(), weight.storage_offset(), tuple(weight.shape), weight.stride(),
+    slot = (form, scale, weight.untyped_storage().data_ptr(), weight.storage_offset(), tuple(weight.shape), weight.stride(),
             weight.dtype)
     version = weight._version
     hit = cache.get(slot)
@@ -150,12 +156,16 @@ def packed_weight(owner: nn.Module, weight: torch.Tensor, form: str = "onednn") 
     return packed
 
 
+#: The activations a kernel applies after its GEMM: oneDNN fuses each as a post-op (its "swish" is SiLU).
+ONEDNN_POST_OPS = {"none": ("none", ""), "gelu": ("gelu", "none"), "silu": ("swish", "")}
+
+
 def _onednn(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-            gelu: bool) -> torch.Tensor:
+            activation: str, weight_scale: float = 1.0) -> torch.Tensor:
     x = x.contiguous()  # oneDNN reads dense rows; a no-op except for the [CLS] row view
-    if gelu:
-        return torch.ops.mkldnn._linear_pointwise(x, packed_weight(owner, weight), bias, "gelu", [], "none")
-    return torch.ops.mkldnn._linear_pointwise(x, packed_weight(owner, weight), bias, "none", [], "")
+    op, algorithm = ONEDNN_POST_OPS[activation]
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight(owner, weight, "onednn", weight_scale), bias, op, [],
+                                              algorithm)
 
 
 _BLAS_THREADS = threading.local()
@@ -189,18 +199,29 @@ def _hold_blas_threads() -> None:
 
 
 def _numpy(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-           gelu: bool) -> torch.Tensor:
+           activation: str, weight_scale: float = 1.0) -> torch.Tensor:
     import numpy as np
 
     _hold_blas_threads()
     rows = x.detach().reshape(-1, x.shape[-1])
     if not rows.is_contiguous():
         rows = rows.contiguous()
-    out = torch.from_numpy(np.matmul(rows.numpy(), packed_weight(owner, weight, "numpy").numpy()))
+    out = torch.from_numpy(np.matmul(rows.numpy(), packed_weight(owner, weight, "numpy", weight_scale).numpy()))
     if bias is not None:
         out += bias
     out = out.view(*x.shape[:-1], weight.shape[0])
-    return F.gelu(out) if gelu else out
+    if activation == "silu":
+        return F.silu(out, inplace=True)
+    return F.gelu(out) if activation == "gelu" else out
+
+
+#: The fp32 kernels that compute from a weight laid out once (:func:`packed_weight`).
+LAID_OUT_KERNELS = ("onednn", "numpy")
+
+
+def _laid_out(kernel: str):
+    """The function of a :data:`LAID_OUT_KERNELS` kernel (looked up per call: tests count calls by patching)."""
+    return _onednn if kernel == "onednn" else _numpy
 
 
 def _fp32(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -224,12 +245,26 @@ def linear(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Option
     an inference call on a plain ``nn.Linear``'s weight (or a view of it); see the module docstring.
     """
     kernel = chosen_kernel(x)
-    if kernel == "onednn" and x.dtype == torch.float32:
-        return _onednn(owner, x, weight, bias, gelu)
-    if kernel == "numpy" and x.dtype == torch.float32:
-        return _numpy(owner, x, weight, bias, gelu)
+    if kernel in LAID_OUT_KERNELS and x.dtype == torch.float32:
+        return _laid_out(kernel)(owner, x, weight, bias, "gelu" if gelu else "none")
     out = _fp32(x, weight, bias) if kernel == "fp32" else F.linear(x, weight, bias)
     return F.gelu(out) if gelu else out
+
+
+def scaled_silu_linear(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       weight_scale: float, bias_scale: float, silu: bool) -> torch.Tensor:
+    """``x @ (a W).T + c b``, then SiLU when ``silu`` (a = ``weight_scale``, c = ``bias_scale``), with the active
+    fp32 kernel of :data:`LAID_OUT_KERNELS`: ``a W`` is laid out once (cached like any laid-out weight) and SiLU
+    runs as oneDNN's post-op or in place, so QuickGELU's slope costs no pass over the activations (see
+    :meth:`~.layers.MLP.forward`). The caller checks :func:`folds_scales` first."""
+    return _laid_out(chosen_kernel(x))(owner, x, weight, None if bias is None else bias * bias_scale, "silu" if silu else "none",
+                  weight_scale)
+
+
+def folds_scales(x: torch.Tensor) -> bool:
+    """Whether the active kernel for ``x`` is an fp32 kernel that lays out weights (``onednn``, ``numpy``), so
+    :func:`scaled_silu_linear` can run."""
+    return x.dtype == torch.float32 and chosen_kernel(x) in LAID_OUT_KERNELS
 
 
 def scaled_addmm(bias: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, beta: float,

@@ -110,6 +110,29 @@ def test_forced_kernels_agree_with_each_other_and_eager_fp32(fp32_kernel):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("kernel", sorted(FP32_KERNELS))
+def test_quick_gelu_mlp_folds_its_slope_into_the_laid_out_weights(kernel, monkeypatch):
+    """Under a laid-out fp32 kernel each ViT MLP runs ``silu(s h) / s`` with ``s`` in the weights (fc1 and fc2 each
+    once per block); the reference never does, and the features agree within 1e-5 (the forced-kernel test)."""
+    from ernievil2torch.modeling import layers
+
+    calls = []
+    original = layers.scaled_silu_linear
+    monkeypatch.setattr(layers, "scaled_silu_linear", lambda *a, **k: calls.append(a[-2:]) or original(*a, **k))
+    model = _model()
+    pixels, ids = _inputs()
+    want = _features(model, REFERENCE, pixels, ids)[0]
+    assert not calls
+    got = _features(model, KernelChoice(float32=kernel), pixels, ids)[0]
+    blocks = len(model.vision.layers)
+    assert len(calls) == 2 * blocks
+    assert calls[:2] == [(layers.QUICK_GELU_SLOPE, layers.QUICK_GELU_SLOPE), (1.0 / layers.QUICK_GELU_SLOPE, 1.0)]
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    fc1 = model.vision.layers[0].mlp.fc1
+    (form, scale, *_), = fc1.__dict__[kernels._PACKED_ATTR]  # the scaled copy only
+    assert form == kernel and scale == layers.QUICK_GELU_SLOPE
+
+
 def test_the_numpy_kernel_holds_numpy_blas_to_torch_threads():
     """numpy's BLAS pool follows ``torch.set_num_threads`` (both libraries on the same cores, never twice as many
     threads as asked for)."""
