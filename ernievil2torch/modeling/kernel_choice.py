@@ -28,7 +28,7 @@ from ..constants import KERNELS_ENV
 from ..errors import InputError
 from ..storage.atomic import atomic_write_bytes
 from .kernels import DTYPE_FIELDS, KERNELS, REFERENCE, REFERENCE_KERNEL, KernelChoice, kernel_scope, linear, \
-    numpy_blas_usable, onednn_usable
+    onednn_usable
 
 ENV_VAR = KERNELS_ENV
 CACHE_NAME = "kernels.json"
@@ -112,8 +112,7 @@ def model_gemms(rows: int = MEASURE_ROWS) -> List[Gemm]:
 
 def _candidates(dtype_name: str) -> List[str]:
     names = [k for k, dtypes in KERNELS.items() if dtype_name in dtypes]
-    usable = {"onednn": onednn_usable, "numpy": numpy_blas_usable}
-    return [k for k in names if k not in usable or usable[k]()]
+    return [k for k in names if k != "onednn" or onednn_usable()]
 
 
 def _time(fn, repeats: int) -> float:

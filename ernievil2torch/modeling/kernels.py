@@ -11,27 +11,20 @@ Kernels, by name (:data:`KERNELS`):
   output is bit-identical to a model that has no choice at all.
 * ``onednn`` (fp32 only): oneDNN's ``mkldnn::_linear_pointwise`` on a weight reordered once into oneDNN's blocked
   layout, the exact GELU of the text MLP fused into ``fc1`` as a post-op. Within 1e-5 of ``reference``.
-* ``numpy`` (fp32 only): the GEMM by numpy's ``matmul``, that is numpy's own BLAS (OpenBLAS in numpy's wheels),
-  on the weight transposed once into a dense copy; the bias and the GELU are added by torch after it. On some
-  CPUs OpenBLAS's sgemm outruns both MKL and oneDNN (an AMD EPYC with AVX2 only, where MKL takes a generic path).
-  Its thread pool is held to torch's thread count (``threadpoolctl``), so both libraries use the same cores.
-  Within 1e-5 of ``reference``; usable where ``threadpoolctl`` finds numpy's BLAS.
 * ``fp32`` (bf16/fp16 only): the GEMM computed in fp32 from the half-precision operands (exactly representable),
   the result rounded back to the tensors' dtype; the other ops stay in half precision.
 
 Only inference takes a chosen kernel: where autograd records (training, ``autograd_paths``), or where a layer is not
 a plain ``nn.Linear`` (a LoRA adapter wraps it), the module is called as always, so gradients, adapters and gradient
-checkpointing never meet these kernels (oneDNN's op has no autograd formula at all). A reordered (or transposed)
-weight is cached with the identity and the version counter of the weight it came from, and rebuilt when either
-changes (an optimizer step, ``load_state_dict``, a merged adapter, ``.to()``): it can never go stale.
+checkpointing never meet these kernels (oneDNN's op has no autograd formula at all). A reordered weight is cached
+with the identity and the version counter of the weight it came from, and rebuilt when either changes (an
+optimizer step, ``load_state_dict``, a merged adapter, ``.to()``): it can never go stale.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
@@ -45,7 +38,6 @@ REFERENCE_KERNEL = "reference"
 KERNELS: Dict[str, Tuple[str, ...]] = {
     REFERENCE_KERNEL: ("float32", "bfloat16", "float16"),
     "onednn": ("float32",),
-    "numpy": ("float32",),
     "fp32": ("bfloat16", "float16"),
 }
 DTYPE_FIELDS = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -110,39 +102,22 @@ def onednn_usable() -> bool:
 _PACKED_ATTR = "_ernievil2_packed"
 
 
-def _reorder_onednn(weight: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(weight)
+def packed_weight(owner: nn.Module, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``weight * scale`` (``weight`` or a view of it) in oneDNN's blocked layout, cached on ``owner``.
 
-
-def _transpose_dense(weight: torch.Tensor) -> torch.Tensor:
-    return weight.t().contiguous()
-
-
-#: How each kernel lays out a weight once: oneDNN's blocked layout, or the dense transpose numpy multiplies by.
-WEIGHT_FORMS = {"onednn": _reorder_onednn, "numpy": _transpose_dense}
-
-
-def packed_weight(owner: nn.Module, weight: torch.Tensor, form: str = "onednn",
-                  scale: float = 1.0) -> torch.Tensor:
-    """``weight * scale`` (``weight`` or a view of it) in the layout of kernel ``form`` (:data:`WEIGHT_FORMS`),
-    cached on ``owner``.
-
-    The cache key is the form, the scale and the weight's storage address, shape, strides, offset and version
-    counter (views
-    share their base's counter, which every in-place update bumps): a changed weight misses the cache and is laid
-    out again. Entries of an older version are dropped when a new one is stored, so the cache holds at most one
-    copy per view and form. A weight made under ``torch.inference_mode`` has no version counter: it is laid out
+    The cache key is the scale and the weight's storage address, shape, strides, offset and version counter (views
+    share their base's counter, which every in-place update bumps): a changed weight misses the cache and is
+    reordered again. Entries of an older version are dropped when a new one is stored, so the cache holds at most one
+    copy per view and scale. A weight made under ``torch.inference_mode`` has no version counter: it is reordered
     on each call instead.
     """
-    form_of = WEIGHT_FORMS[form]
-
     def make(w: torch.Tensor) -> torch.Tensor:
-        return form_of(w if scale == 1.0 else w * scale)
-    if weight.is_inference():  # no version counter to key on: laid out on every call, never cached
+        return torch.ops.mkldnn._reorder_linear_weight(w if scale == 1.0 else w * scale)
+    if weight.is_inference():  # no version counter to key on: reordered on every call, never cached
         return make(weight)
     cache: Dict[tuple, Tuple[int, torch.Tensor]] = owner.__dict__.setdefault(_PACKED_ATTR, {})
-    slot = (form, scale, weight.untyped_storage().data_ptr(), weight.storage_offset(), tuple(weight.shape), weight.stride(),
-            weight.dtype)
+    slot = (scale, weight.untyped_storage().data_ptr(), weight.storage_offset(), tuple(weight.shape),
+            weight.stride(), weight.dtype)
     version = weight._version
     hit = cache.get(slot)
     if hit is not None and hit[0] == version:
@@ -156,7 +131,7 @@ def packed_weight(owner: nn.Module, weight: torch.Tensor, form: str = "onednn",
     return packed
 
 
-#: The activations a kernel applies after its GEMM: oneDNN fuses each as a post-op (its "swish" is SiLU).
+#: The activations oneDNN fuses into its GEMM as a post-op (its "swish" is SiLU).
 ONEDNN_POST_OPS = {"none": ("none", ""), "gelu": ("gelu", "none"), "silu": ("swish", "")}
 
 
@@ -164,64 +139,8 @@ def _onednn(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optio
             activation: str, weight_scale: float = 1.0) -> torch.Tensor:
     x = x.contiguous()  # oneDNN reads dense rows; a no-op except for the [CLS] row view
     op, algorithm = ONEDNN_POST_OPS[activation]
-    return torch.ops.mkldnn._linear_pointwise(x, packed_weight(owner, weight, "onednn", weight_scale), bias, op, [],
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight(owner, weight, weight_scale), bias, op, [],
                                               algorithm)
-
-
-_BLAS_THREADS = threading.local()
-
-
-def numpy_blas_usable() -> bool:
-    """Whether the ``numpy`` kernel can run here: numpy's BLAS found, and its threads settable, by threadpoolctl."""
-    return bool(_numpy_blas_controllers())
-
-
-@functools.lru_cache(maxsize=1)
-def _numpy_blas_controllers() -> tuple:
-    try:
-        import numpy as np
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return ()
-    np.ones((2, 2)) @ np.ones((2, 2))  # numpy loads its BLAS on first use
-    folder = str(Path(np.__file__).resolve().parent.parent)
-    return tuple(c for c in ThreadpoolController().select(user_api="blas").lib_controllers
-                 if str(Path(c.filepath).resolve()).startswith(folder) and "numpy" in c.filepath.lower())
-
-
-def _hold_blas_threads() -> None:
-    """numpy's BLAS pool sized to torch's thread count (set again only when that count changes)."""
-    threads = torch.get_num_threads()
-    if getattr(_BLAS_THREADS, "count", None) != threads:
-        for controller in _numpy_blas_controllers():
-            controller.set_num_threads(threads)
-        _BLAS_THREADS.count = threads
-
-
-def _numpy(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-           activation: str, weight_scale: float = 1.0) -> torch.Tensor:
-    import numpy as np
-
-    _hold_blas_threads()
-    rows = x.detach().reshape(-1, x.shape[-1])
-    if not rows.is_contiguous():
-        rows = rows.contiguous()
-    out = torch.from_numpy(np.matmul(rows.numpy(), packed_weight(owner, weight, "numpy", weight_scale).numpy()))
-    if bias is not None:
-        out += bias
-    out = out.view(*x.shape[:-1], weight.shape[0])
-    if activation == "silu":
-        return F.silu(out, inplace=True)
-    return F.gelu(out) if activation == "gelu" else out
-
-
-#: The fp32 kernels that compute from a weight laid out once (:func:`packed_weight`).
-LAID_OUT_KERNELS = ("onednn", "numpy")
-
-
-def _laid_out(kernel: str):
-    """The function of a :data:`LAID_OUT_KERNELS` kernel (looked up per call: tests count calls by patching)."""
-    return _onednn if kernel == "onednn" else _numpy
 
 
 def _fp32(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -245,26 +164,25 @@ def linear(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Option
     an inference call on a plain ``nn.Linear``'s weight (or a view of it); see the module docstring.
     """
     kernel = chosen_kernel(x)
-    if kernel in LAID_OUT_KERNELS and x.dtype == torch.float32:
-        return _laid_out(kernel)(owner, x, weight, bias, "gelu" if gelu else "none")
+    if kernel == "onednn" and x.dtype == torch.float32:
+        return _onednn(owner, x, weight, bias, "gelu" if gelu else "none")
     out = _fp32(x, weight, bias) if kernel == "fp32" else F.linear(x, weight, bias)
     return F.gelu(out) if gelu else out
 
 
 def scaled_silu_linear(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                        weight_scale: float, bias_scale: float, silu: bool) -> torch.Tensor:
-    """``x @ (a W).T + c b``, then SiLU when ``silu`` (a = ``weight_scale``, c = ``bias_scale``), with the active
-    fp32 kernel of :data:`LAID_OUT_KERNELS`: ``a W`` is laid out once (cached like any laid-out weight) and SiLU
-    runs as oneDNN's post-op or in place, so QuickGELU's slope costs no pass over the activations (see
-    :meth:`~.layers.MLP.forward`). The caller checks :func:`folds_scales` first."""
-    return _laid_out(chosen_kernel(x))(owner, x, weight, None if bias is None else bias * bias_scale, "silu" if silu else "none",
+    """``x @ (a W).T + c b``, then SiLU when ``silu`` (a = ``weight_scale``, c = ``bias_scale``), with the oneDNN
+    kernel: ``a W`` is reordered once (cached like any reordered weight) and SiLU runs as oneDNN's post-op, so
+    QuickGELU's slope costs no pass over the activations (see :meth:`~.layers.MLP.forward`). The caller checks
+    :func:`folds_scales` first."""
+    return _onednn(owner, x, weight, None if bias is None else bias * bias_scale, "silu" if silu else "none",
                   weight_scale)
 
 
 def folds_scales(x: torch.Tensor) -> bool:
-    """Whether the active kernel for ``x`` is an fp32 kernel that lays out weights (``onednn``, ``numpy``), so
-    :func:`scaled_silu_linear` can run."""
-    return x.dtype == torch.float32 and chosen_kernel(x) in LAID_OUT_KERNELS
+    """Whether the active kernel for ``x`` is the fp32 ``onednn`` kernel, so :func:`scaled_silu_linear` can run."""
+    return x.dtype == torch.float32 and chosen_kernel(x) == "onednn"
 
 
 def scaled_addmm(bias: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, beta: float,

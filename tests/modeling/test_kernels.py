@@ -1,9 +1,8 @@
 """The per-machine kernel choice: each kernel forced, agreement with eager fp32, training paths untouched, no stale
 reordered weight, and the measured / cached / overridden choice.
 
-Tiny config with random weights; oneDNN is part of every x86 torch wheel and numpy's wheels carry OpenBLAS, so both
-fp32 kernels run here (a build without them fails ``test_fp32_kernels_are_usable``: a forced choice must never
-silently fall back)."""
+Tiny config with random weights; oneDNN is part of every x86 torch wheel, so its kernel runs here (a build without
+it fails ``test_onednn_is_usable``: a forced choice must never silently fall back)."""
 from __future__ import annotations
 
 import json
@@ -25,8 +24,6 @@ from ernievil2torch.verify.synthetic import random_state
 
 ATOL = 1e-5
 ONEDNN = KernelChoice(float32="onednn")
-#: The fp32 kernels other than the reference, and the function of :mod:`kernels` each one runs.
-FP32_KERNELS = {"onednn": "_onednn", "numpy": "_numpy"}
 HALF_FP32 = KernelChoice(bfloat16="fp32", float16="fp32")
 TINY_GEMMS = [(6, 16, 48, False), (6, 16, 64, True)]
 
@@ -62,22 +59,6 @@ def _plain(model: ErnieViL2, pixels, ids):
     return image, text
 
 
-@pytest.fixture(params=sorted(FP32_KERNELS))
-def fp32_kernel(request, monkeypatch):
-    """(a choice forcing one fp32 kernel, the list its calls are counted in): a forced choice that silently ran
-    the reference would pass the comparisons otherwise."""
-    calls = []
-    name = FP32_KERNELS[request.param]
-    original = getattr(kernels, name)
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(kernels, name, counting)
-    return KernelChoice(float32=request.param), calls
-
-
 @pytest.fixture
 def onednn_calls(monkeypatch):
     """Counts calls of the oneDNN kernel."""
@@ -92,12 +73,12 @@ def onednn_calls(monkeypatch):
     return calls
 
 
-def test_fp32_kernels_are_usable():
-    assert kernels.onednn_usable() and kernels.numpy_blas_usable()
+def test_onednn_is_usable():
+    assert kernels.onednn_usable()
 
 
-def test_forced_kernels_agree_with_each_other_and_eager_fp32(fp32_kernel):
-    choice, calls = fp32_kernel
+def test_forced_kernels_agree_with_each_other_and_eager_fp32(onednn_calls):
+    choice, calls = ONEDNN, onednn_calls
     model = _model()
     pixels, ids = _inputs()
     image_ref, text_ref = _features(model, REFERENCE, pixels, ids)
@@ -110,10 +91,9 @@ def test_forced_kernels_agree_with_each_other_and_eager_fp32(fp32_kernel):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("kernel", sorted(FP32_KERNELS))
-def test_quick_gelu_mlp_folds_its_slope_into_the_laid_out_weights(kernel, monkeypatch):
-    """Under a laid-out fp32 kernel each ViT MLP runs ``silu(s h) / s`` with ``s`` in the weights (fc1 and fc2 each
-    once per block); the reference never does, and the features agree within 1e-5 (the forced-kernel test)."""
+def test_quick_gelu_mlp_folds_its_slope_into_the_reordered_weights(monkeypatch):
+    """Under the oneDNN kernel each ViT MLP runs ``silu(s h) / s`` with ``s`` in the weights (fc1 and fc2 each once
+    per block); the reference never does, and the features agree within 1e-5."""
     from ernievil2torch.modeling import layers
 
     calls = []
@@ -123,29 +103,14 @@ def test_quick_gelu_mlp_folds_its_slope_into_the_laid_out_weights(kernel, monkey
     pixels, ids = _inputs()
     want = _features(model, REFERENCE, pixels, ids)[0]
     assert not calls
-    got = _features(model, KernelChoice(float32=kernel), pixels, ids)[0]
+    got = _features(model, ONEDNN, pixels, ids)[0]
     blocks = len(model.vision.layers)
     assert len(calls) == 2 * blocks
     assert calls[:2] == [(layers.QUICK_GELU_SLOPE, layers.QUICK_GELU_SLOPE), (1.0 / layers.QUICK_GELU_SLOPE, 1.0)]
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
     fc1 = model.vision.layers[0].mlp.fc1
-    (form, scale, *_), = fc1.__dict__[kernels._PACKED_ATTR]  # the scaled copy only
-    assert form == kernel and scale == layers.QUICK_GELU_SLOPE
-
-
-def test_the_numpy_kernel_holds_numpy_blas_to_torch_threads():
-    """numpy's BLAS pool follows ``torch.set_num_threads`` (both libraries on the same cores, never twice as many
-    threads as asked for)."""
-    model = _model()
-    pixels, ids = _inputs()
-    threads = torch.get_num_threads()
-    try:
-        for wanted in (1, threads):
-            torch.set_num_threads(wanted)
-            _features(model, KernelChoice(float32="numpy"), pixels, ids)
-            assert [c.num_threads for c in kernels._numpy_blas_controllers()] == [wanted]
-    finally:
-        torch.set_num_threads(threads)
+    (scale, *_), = fc1.__dict__[kernels._PACKED_ATTR]  # the scaled copy only
+    assert scale == layers.QUICK_GELU_SLOPE
 
 
 def test_reference_runs_the_code_path_of_a_model_without_a_choice(monkeypatch):
@@ -183,8 +148,7 @@ def test_half_precision_fp32_kernel(dtype, monkeypatch):
     assert calls  # the fp32 kernel did run
 
 
-@pytest.mark.parametrize("kernel", sorted(FP32_KERNELS))
-def test_gradients_do_not_depend_on_the_choice(kernel):
+def test_gradients_do_not_depend_on_the_choice():
     """Training never meets a chosen kernel: gradients (with and without checkpointing) equal the reference's."""
     pixels, ids = _inputs()
 
@@ -196,15 +160,15 @@ def test_gradients_do_not_depend_on_the_choice(kernel):
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     for checkpointing in (False, True):
-        want, got = grads(REFERENCE, checkpointing), grads(KernelChoice(float32=kernel), checkpointing)
+        want, got = grads(REFERENCE, checkpointing), grads(ONEDNN, checkpointing)
         assert want.keys() == got.keys() and len(want) > 10
         assert all(torch.equal(want[n], got[n]) for n in want)
 
 
-def test_laid_out_weight_follows_optimizer_steps_and_loads(fp32_kernel):
-    """After an optimizer step (in-place update) and after load_state_dict, the kernel computes with the new
-    weights: a stale reordered (or transposed) copy would keep the old features."""
-    choice, calls = fp32_kernel
+def test_reordered_weight_follows_optimizer_steps_and_loads(onednn_calls):
+    """After an optimizer step (in-place update) and after load_state_dict, the oneDNN kernel computes with the new
+    weights (the QuickGELU MLP's scaled copies too): a stale reordered copy would keep the old features."""
+    choice, calls = ONEDNN, onednn_calls
     model = _model().use_kernels(choice)
     pixels, ids = _inputs()
     before = _features(model, choice, pixels, ids)
@@ -239,8 +203,7 @@ def test_packed_cache_keeps_one_copy_per_view():
     assert "_ernievil2_packed" not in str(list(model.state_dict()))
 
 
-@pytest.mark.parametrize("kernel", sorted(FP32_KERNELS))
-def test_lora_adapters_are_called_under_any_choice(kernel):
+def test_lora_adapters_are_called_under_any_choice():
     """A LoRA-wrapped layer is called as a module (the adapter adds its term) whatever kernel is chosen."""
     from ernievil2torch.training.lora import DEFAULT_LORA_TARGETS, add_adapters, lora_spec
 
@@ -253,7 +216,7 @@ def test_lora_adapters_are_called_under_any_choice(kernel):
             torch.nn.init.normal_(param, std=0.5)
     adapted.eval()
     want = _features(adapted, REFERENCE, pixels, ids)
-    got = _features(adapted, KernelChoice(float32=kernel), pixels, ids)
+    got = _features(adapted, ONEDNN, pixels, ids)
     assert not torch.allclose(want[0], plain[0], atol=1e-3)  # the adapters act
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
@@ -278,7 +241,7 @@ def test_kernel_record_names_only_a_non_reference_kernel():
 def test_measure_kernels_times_every_usable_kernel():
     measured = measure_kernels(TINY_GEMMS, rounds=1, repeats=1)
     assert set(measured.gflops) == {"float32", "bfloat16", "float16"}
-    assert set(measured.gflops["float32"]) == {"reference", "onednn", "numpy"}
+    assert set(measured.gflops["float32"]) == {"reference", "onednn"}
     assert set(measured.gflops["bfloat16"]) == {"reference", "fp32"}
     assert all(rate > 0 for rates in measured.gflops.values() for rate in rates.values())
     assert "float32" in measured.summary()
