@@ -32,6 +32,7 @@ from repo import ROOT
 from stamp import seal
 
 from ernievil2torch.config import base_config, tiny_config
+from ernievil2torch.constants import KERNELS_ENV
 from ernievil2torch.modeling import ErnieViL2
 from ernievil2torch.modeling.kernel_choice import resolve_kernels
 from ernievil2torch.verify.synthetic import random_state
@@ -107,6 +108,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--write", action="store_true", help="write benchmarks/op_profile.md (sealed)")
     args = parser.parse_args(argv)
     args.command = shlex.join(["python", "benchmarks/op_profile.py", *(sys.argv[1:] if argv is None else argv)])
+    if os.environ.get(KERNELS_ENV):  # the override decides what ours runs: part of the command that reproduces it
+        args.command = f"{KERNELS_ENV}={shlex.quote(os.environ[KERNELS_ENV])} {args.command}"
     pin_threads(args.threads, argv)
     args.load_before = os.getloadavg()[0]
     cfg = tiny_config() if args.quick else base_config()
