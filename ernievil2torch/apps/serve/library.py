@@ -99,7 +99,6 @@ class PhotoLibrary:
         self._private = [Path(uri).resolve()] if is_embedded(uri) else []
         self._private.append(thumbnails.folder.resolve())
         self._folder_list: Optional[FolderList] = None
-        self.searches = searches
         self._searching = FairSlots(searches)
         self._unlisted: set = set()  # collections without a folder list (warned about once)
 
@@ -107,6 +106,11 @@ class PhotoLibrary:
     def open(cls, uri: str, model_dir: Path, dim: int, thumbnail_dir: Path,
              token: Optional[str] = None, searches: int = 2) -> "PhotoLibrary":
         return cls(uri, model_fingerprint(Path(model_dir)), dim, ThumbnailCache(thumbnail_dir), token, searches)
+
+    @property
+    def searches(self) -> int:
+        """Database searches at a time (``serve --db_searches``)."""
+        return self._searching.count
 
     def __len__(self) -> int:
         return self.backend.count()
