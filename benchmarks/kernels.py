@@ -9,7 +9,7 @@ ratios are what to read, absolute rates move with the load). Groups:
 
 * linear: every kernel of :mod:`ernievil2torch.modeling.kernels` usable here, per dtype, on the model's GEMMs at the
   benchmark's rows (8 x 197 image tokens; the text's 32 x 48 rows run the same shapes), fc1 with its activation
-  (exact GELU: fused into oneDNN's GEMM as a post-op, separate after MKL's);
+  (exact GELU: in place on oneDNN's output, out of place after MKL's);
 * attention: ``F.scaled_dot_product_attention`` (torch's fused CPU kernel) against the unfused math
   (``softmax(q k^T / sqrt(d) + bias) v``), per tower shape;
 * threads: the fp32 MLP GEMM at 1 thread and at every core (a run on a shared machine may prefer fewer);
