@@ -32,6 +32,7 @@ from environment import machine_info, pin_threads
 from repo import ROOT
 from stamp import seal
 
+from ernievil2torch.config import tiny_config
 from ernievil2torch.modeling.kernel_choice import _candidates, measure_kernels
 from ernievil2torch.modeling.kernels import DTYPE_FIELDS, KernelChoice, kernel_scope, linear
 
@@ -144,7 +145,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.quick:
         args.rows, dim, hidden, args.rounds = 24, 32, 64, 1
         attention = {"image": (2, 2, 9, 16), "text": (2, 2, 6, 16)}
-        measurement = measure_kernels([(6, 16, 48, False)], rounds=1, repeats=1)
+        measurement = measure_kernels(tiny_config(), rounds=1, repeats=1)
     else:
         args.rows, dim, hidden = 8 * 197, 768, 3072
         attention = {"image (8 x 12 heads x 197)": (8, 12, 197, 64), "text (32 x 12 heads x 48)": (32, 12, 48, 64)}

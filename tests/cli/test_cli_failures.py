@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from ernievil2torch import cli
-from ernievil2torch.config import tiny224_config
+from ernievil2torch.config import tiny224_config, tiny_config
 from ernievil2torch.errors import CheckpointError, InputError
 from ernievil2torch.data.demo import demo_images
 from ernievil2torch.verify.synthetic import write_synthetic_pdparams
@@ -411,7 +411,7 @@ def interrupt_kernels(tmp_path, small_model, images, interrupt):
     interrupt.monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     real = kernel_choice.measure_kernels
     interrupt.monkeypatch.setattr(kernel_choice, "measure_kernels",
-                                  lambda: real([(4, 8, 16, False)], rounds=1, repeats=1))
+                                  lambda: real(tiny_config(), rounds=1, repeats=1))
     interrupt.patch(kernel_choice, "atomic_write_bytes", after_call=False)
 
     def check() -> None:

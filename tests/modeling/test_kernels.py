@@ -25,7 +25,6 @@ from ernievil2torch.verify.synthetic import random_state
 ATOL = 1e-5
 ONEDNN = KernelChoice(float32="onednn")
 HALF_FP32 = KernelChoice(bfloat16="fp32", float16="fp32")
-TINY_GEMMS = [(6, 16, 48, False), (6, 16, 64, True)]
 
 
 def _model(seed: int = 3) -> ErnieViL2:
@@ -259,8 +258,19 @@ def test_kernel_record_names_only_a_non_reference_kernel():
     assert parse_kernels(kernel_record(HALF_FP32, torch.bfloat16)["kernels"]) == KernelChoice(bfloat16="fp32")
 
 
-def test_measure_kernels_times_every_usable_kernel():
-    measured = measure_kernels(TINY_GEMMS, rounds=1, repeats=1)
+def test_measure_kernels_times_every_usable_kernel(monkeypatch):
+    """Every usable kernel of every dtype is timed on whole blocks of both towers, as the model runs them: the
+    ViT block's folded MLP under the oneDNN candidate, the ERNIE block's exact GELU, the reference modules."""
+    from ernievil2torch.modeling import layers
+
+    folded, gelus = [], []
+    original_fold, original_linear = layers.scaled_silu_linear, layers.linear
+    monkeypatch.setattr(layers, "scaled_silu_linear", lambda *a, **k: folded.append(1) or original_fold(*a, **k))
+    monkeypatch.setattr(layers, "linear", lambda *a, **k: gelus.append(k.get("gelu", a[-1] if len(a) > 4 else False))
+                        or original_linear(*a, **k))
+    measured = measure_kernels(tiny_config(), rounds=1, repeats=1)
+    assert folded, "the ViT block's MLP did not run its oneDNN fold"
+    assert True in gelus, "the text block's fc1 + GELU did not run under a chosen kernel"
     assert set(measured.gflops) == {"float32", "bfloat16", "float16"}
     assert set(measured.gflops["float32"]) == {"reference", "onednn"}
     assert set(measured.gflops["bfloat16"]) == {"reference", "fp32"}
@@ -282,7 +292,7 @@ def test_resolve_env_then_cache_then_measurement(tmp_path, monkeypatch):
     measured = []
     real = kernel_choice.measure_kernels
     monkeypatch.setattr(kernel_choice, "measure_kernels",
-                        lambda: measured.append(1) or real(TINY_GEMMS, rounds=1, repeats=1))
+                        lambda: measured.append(1) or real(tiny_config(), rounds=1, repeats=1))
     first = resolve_kernels()
     assert measured == [1] and cache_path() == tmp_path / "ernievil2torch" / "kernels.json"
     entry = json.loads(cache_path().read_text())[machine_key()]
@@ -329,7 +339,7 @@ def test_kernel_report_names_the_source(tmp_path, monkeypatch):
     report = kernel_report()
     assert report.source == "environment" and report.choice == ONEDNN and KERNELS_ENV in report.summary()
     real = kernel_choice.measure_kernels
-    monkeypatch.setattr(kernel_choice, "measure_kernels", lambda: real(TINY_GEMMS, rounds=1, repeats=1))
+    monkeypatch.setattr(kernel_choice, "measure_kernels", lambda: real(tiny_config(), rounds=1, repeats=1))
     measured = kernel_report(measure=True)  # --measure ignores the variable and rewrites the cache
     assert measured.source == "measured" and "GFLOP/s" in measured.summary() and cache_path().is_file()
     monkeypatch.delenv(KERNELS_ENV)
