@@ -8,8 +8,8 @@ key (CPU model, usable cores, torch version: the three things that decide which 
 The measurement times every usable kernel of each dtype on one whole block of each tower at the model's size (a ViT
 block on two images' tokens, an ERNIE block on eight 48-token texts), as the model runs them: LayerNorms,
 attention, the MLP with its activation and whatever a kernel folds into it. Lone GEMMs mislead: on an AMD EPYC
-(AVX2, 2 threads) oneDNN led MKL by 10 % on an isolated ``fc1`` yet ran the text tower 8 % slower, and its
-GELU post-op cost a third of ``fc1`` without showing in a GEMM-only timing. Kernels alternate within each round,
+(AVX2, 2 threads) oneDNN led MKL by 10 % on an isolated ``fc1`` yet ran the text tower 8 % slower, and a
+GEMM-only timing cannot see the ViT MLP's QuickGELU fold at all. Kernels alternate within each round,
 the best of each is kept, the sum over both blocks decides. A kernel other than ``reference`` must be at least
 :data:`MIN_GAIN` faster to be chosen: within noise the reference keeps results bit-identical to a model without a
 choice.
