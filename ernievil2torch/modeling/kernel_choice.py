@@ -21,11 +21,11 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn
 
 from ..config import ErnieViL2Config, base_config, canonical_dtype
 from ..constants import KERNELS_ENV
@@ -123,7 +123,7 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
-Probe = Tuple[str, nn.Module, torch.Tensor, float]  # tower, block, input, FLOPs of one call
+Probe = Tuple[Callable[[], torch.Tensor], float]  # one block's inference call on its input, FLOPs of that call
 
 
 def block_flops(hidden: int, intermediate: int, sequences: int, tokens: int) -> float:
@@ -134,7 +134,7 @@ def block_flops(hidden: int, intermediate: int, sequences: int, tokens: int) -> 
 
 def _probes(config: ErnieViL2Config, dtype: torch.dtype, generator: torch.Generator) -> List[Probe]:
     """One block of each tower in ``dtype`` (made outside inference mode, as a model's parameters are, so reordered
-    weights are cached) with its input, per :data:`PROBES`."""
+    weights are cached) called on its input, per :data:`PROBES`."""
     probes = []
     for tower, sequences, tokens in PROBES:
         cfg = config.vision if tower == "image" else config.text
@@ -142,13 +142,9 @@ def _probes(config: ErnieViL2Config, dtype: torch.dtype, generator: torch.Genera
             torch.manual_seed(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator)))
             block = (VisionBlock(cfg) if tower == "image" else TextBlock(cfg)).to(dtype).eval()
         x = torch.randn(sequences, tokens, cfg.hidden_size, generator=generator).to(dtype)
-        flops = block_flops(cfg.hidden_size, cfg.intermediate_size, sequences, tokens)
-        probes.append((tower, block, x, flops))
+        call = partial(block, x) if tower == "image" else partial(block, x, None)  # the text block takes a mask
+        probes.append((call, block_flops(cfg.hidden_size, cfg.intermediate_size, sequences, tokens)))
     return probes
-
-
-def _call(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return block(x) if isinstance(block, VisionBlock) else block(x, None)
 
 
 def measure_kernels(config: Optional[ErnieViL2Config] = None, rounds: int = 5, repeats: int = 2,
@@ -164,14 +160,14 @@ def measure_kernels(config: Optional[ErnieViL2Config] = None, rounds: int = 5, r
         name = DTYPE_FIELDS[dtype]
         kernels = _candidates(name)
         probes = _probes(config, dtype, generator)
-        flops = sum(p[3] for p in probes)
+        flops = sum(f for _, f in probes)
         best = {k: [float("inf")] * len(probes) for k in kernels}
         with torch.no_grad():
             for _ in range(rounds):
                 for kernel in kernels:
                     with kernel_scope(KernelChoice(**{name: kernel})):
-                        for i, (_, block, x, _) in enumerate(probes):
-                            seconds = _time(lambda: _call(block, x), repeats)
+                        for i, (call, _) in enumerate(probes):
+                            seconds = _time(call, repeats)
                             best[kernel][i] = min(best[kernel][i], seconds)
                 totals = sorted(sum(v) for v in best.values())
                 if len(totals) > 1 and totals[1] >= DECISIVE * totals[0]:

@@ -11,7 +11,7 @@ Kernels, by name (:data:`KERNELS`):
   output is bit-identical to a model that has no choice at all.
 * ``onednn`` (fp32 only): oneDNN's ``mkldnn::_linear_pointwise`` on a weight reordered once into oneDNN's blocked
   layout; an activation after it (the text MLP's exact GELU, the ViT's SiLU) runs in place on its output, not as
-  oneDNN's post-op (see :data:`IN_PLACE_ACTIVATIONS`). Within 1e-5 of ``reference``.
+  oneDNN's post-op (see :func:`_onednn`). Within 1e-5 of ``reference``.
 * ``fp32`` (bf16/fp16 only): the GEMM computed in fp32 from the half-precision operands (exactly representable),
   the result rounded back to the tensors' dtype; the other ops stay in half precision.
 
@@ -132,21 +132,17 @@ def packed_weight(owner: nn.Module, weight: torch.Tensor, scale: float = 1.0) ->
     return packed
 
 
-#: The activations applied after the ``onednn`` kernel's GEMM, each in place on its fresh output. Not oneDNN's
-#: post-ops, on purpose: on an AVX2 CPU (AMD EPYC, 2 threads, 15 paired calls) the exact-GELU post-op made ``fc1``
-#: of a 32 x 48-token text batch 32 % slower (72.4 against 54.9 ms) and the SiLU ("swish") post-op the ViT's ``fc1``
-#: 33 % slower (76.1 against 57.4 ms), where one separate in-place pass costs 2-3 % (56.8 and 58.9 ms). The
-#: pass reads memory the GEMM has just written; the post-op's vector polynomials inside the GEMM's tiles do not
-#: pay off there.
-IN_PLACE_ACTIVATIONS = {"none": None, "gelu": torch.ops.aten.gelu_, "silu": torch.ops.aten.silu_}
-
-
 def _onednn(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-            activation: str, weight_scale: float = 1.0) -> torch.Tensor:
+            weight_scale: float = 1.0) -> torch.Tensor:
+    """``x @ (weight_scale * weight).T + bias`` by oneDNN, the plain GEMM without a post-op.
+
+    The callers apply an activation in place on this fresh output (``aten::gelu_``, ``aten::silu_``) instead of
+    asking oneDNN for its post-op, on purpose: on an AVX2 CPU (AMD EPYC, 2 threads, 15 paired calls) the exact-GELU
+    post-op made ``fc1`` of a 32 x 48-token text batch 32 % slower (72.4 against 54.9 ms) and the SiLU ("swish")
+    post-op the ViT's ``fc1`` 33 % slower (76.1 against 57.4 ms), where one separate in-place pass costs 2-3 %
+    (56.8 and 58.9 ms)."""
     x = x.contiguous()  # oneDNN reads dense rows; a no-op except for the [CLS] row view
-    out = torch.ops.mkldnn._linear_pointwise(x, packed_weight(owner, weight, weight_scale), bias, "none", [], "")
-    in_place = IN_PLACE_ACTIVATIONS[activation]
-    return out if in_place is None else in_place(out)
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight(owner, weight, weight_scale), bias, "none", [], "")
 
 
 def _fp32(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -171,7 +167,8 @@ def linear(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Option
     """
     kernel = chosen_kernel(x)
     if kernel == "onednn" and x.dtype == torch.float32:
-        return _onednn(owner, x, weight, bias, "gelu" if gelu else "none")
+        out = _onednn(owner, x, weight, bias)
+        return torch.ops.aten.gelu_(out) if gelu else out
     out = _fp32(x, weight, bias) if kernel == "fp32" else F.linear(x, weight, bias)
     return F.gelu(out) if gelu else out
 
@@ -182,8 +179,8 @@ def scaled_silu_linear(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, 
     kernel: ``a W`` is reordered once (cached like any reordered weight) and SiLU runs in place on the GEMM's
     output, so QuickGELU's slope costs no pass over the activations (see :meth:`~.layers.MLP.forward`). The caller
     checks :func:`folds_scales` first."""
-    return _onednn(owner, x, weight, None if bias is None else bias * bias_scale, "silu" if silu else "none",
-                  weight_scale)
+    out = _onednn(owner, x, weight, None if bias is None else bias * bias_scale, weight_scale)
+    return torch.ops.aten.silu_(out) if silu else out
 
 
 def folds_scales(x: torch.Tensor) -> bool:

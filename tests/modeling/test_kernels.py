@@ -114,7 +114,7 @@ def test_quick_gelu_mlp_folds_its_slope_into_the_reordered_weights(monkeypatch):
 
 def test_onednn_applies_activations_in_place_not_as_post_ops(monkeypatch):
     """The oneDNN kernel asks oneDNN for the plain GEMM only (its GELU and SiLU post-ops measured a third slower than
-    the GEMM followed by one in-place pass, see ``kernels.IN_PLACE_ACTIVATIONS``); the activation is still applied:
+    the GEMM followed by one in-place pass, see ``kernels._onednn``); the activation is still applied:
     both towers agree with the reference within 1e-5."""
     seen = []
     original = torch.ops.mkldnn._linear_pointwise
